@@ -1,0 +1,49 @@
+"""Ablation: remove a component from the clean run and watch the metric.
+
+A drop is necessity-style evidence, mixed with redundancy and compensation (self-repair): it is
+a lower bound on one kind of causal role. What "remove" means is itself a counterfactual and part
+of the claim (Chan et al. 2022, causal scrubbing; Heimersheim & Nanda 2024):
+
+- ``zero``: the activation is set to zero (off-distribution: the model never sees zeros);
+- ``mean``: its mean, per position, over a reference set (here every clean and corrupted prompt
+  of the experiment), which keeps what is common to the set and removes what varies;
+- ``resample``: its value on another prompt of that set, drawn with a seed (Chan et al. 2022).
+
+The replacement values are built here and applied by the same core as activation patching.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+
+def ablation_values(
+    kind: str,
+    pool: Sequence[dict[str, Tensor]],
+    base_index: int,
+    seed: int,
+) -> dict[str, Tensor]:
+    """Per-hook replacement activations for the prompt at ``pool[base_index]``.
+
+    ``pool`` holds the cached activations of every reference prompt (batch axis of size 1).
+    """
+    base = pool[base_index]
+    if kind == "zero":
+        return {name: torch.zeros_like(act) for name, act in base.items()}
+    if kind == "mean":
+        return {name: torch.stack([p[name] for p in pool]).mean(dim=0) for name in base}
+    if kind == "resample":
+        return dict(pool[resample_index(len(pool), base_index, seed)])
+    raise ValueError(f"unknown ablation {kind!r}: use zero, mean or resample")
+
+
+def resample_index(pool_size: int, base_index: int, seed: int) -> int:
+    """A seeded choice of another prompt of the pool (never the base prompt itself)."""
+    if pool_size < 2:
+        raise ValueError("resample ablation needs at least two prompts to draw from")
+    choices = [j for j in range(pool_size) if j != base_index]
+    return random.Random(seed * 1_000_003 + base_index).choice(choices)

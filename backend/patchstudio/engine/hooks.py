@@ -1,0 +1,141 @@
+"""Component names -> TransformerLens hook names, and the patch masks over each activation.
+
+This is the one place hook strings live. An activation at a hook has a batch axis followed by
+the axes below; a patch is a boolean mask over those axes (broadcastable), so one generic core
+(``engine.patching``) can apply any patch: ``where(mask, source, activation)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+# component -> (hook suffix under blocks.L, kind of activation)
+_HOOKS: dict[str, tuple[str, str]] = {
+    "head": ("attn.hook_z", "head_vector"),
+    "head_q": ("attn.hook_q", "head_vector"),
+    "head_k": ("attn.hook_k", "head_vector"),
+    "head_v": ("attn.hook_v", "head_vector"),
+    "pattern": ("attn.hook_pattern", "pattern"),
+    "resid_pre": ("hook_resid_pre", "stream"),
+    # TL 4's hook_resid_mid is ln2's input: an out-of-place edit there reaches the MLP but not the
+    # residual stream. Patch the stream itself through attn_out: resid_mid = resid_pre + attn_out.
+    "resid_mid": ("hook_attn_out", "stream"),
+    "resid_post": ("hook_resid_post", "stream"),
+    "attn_out": ("hook_attn_out", "stream"),
+    "mlp_out": ("hook_mlp_out", "stream"),
+    # A block's contribution is replaced at its output: resid_post = resid_pre + delta.
+    "layer": ("hook_resid_post", "stream"),
+}
+
+HEAD_COMPONENTS = frozenset({"head", "head_q", "head_k", "head_v", "pattern"})
+
+
+def hook_name(component: str, layer: int) -> str:
+    return f"blocks.{layer}.{_HOOKS[component][0]}"
+
+
+def resid_pre_name(layer: int) -> str:
+    return f"blocks.{layer}.hook_resid_pre"
+
+
+def resid_post_name(layer: int) -> str:
+    return f"blocks.{layer}.hook_resid_post"
+
+
+def activation_kind(component: str) -> str:
+    return _HOOKS[component][1]
+
+
+def n_heads_for(model, component: str) -> int:
+    """Heads along the activation's head axis (fewer for k/v under grouped-query attention)."""
+    kv = getattr(model.cfg, "n_key_value_heads", None)
+    if component in ("head_k", "head_v") and kv:
+        return int(kv)
+    return int(model.cfg.n_heads)
+
+
+@dataclass(frozen=True)
+class Site:
+    """One patch: at ``hook`` (in block ``layer``), overwrite the elements where ``mask`` is true."""
+
+    layer: int
+    hook: str
+    mask: Tensor  # bool, over the activation's non-batch axes (broadcastable)
+
+
+def sites(model, component: str, positions: str, seq_len: int) -> tuple[list[Site], list[str], list[int]]:
+    """Every patch of a sweep, in row-major order of its axes.
+
+    Returns (sites, axis names, axis sizes). Axes follow TransformerLens's patching module:
+    (layer, head) for heads at all positions, (layer, pos, head) per position, (layer, pos) for
+    stream components per position, (layer,) for a stream component at every position.
+    For ``pattern`` the ``pos`` axis is the destination (query) position.
+    """
+    n_layers = int(model.cfg.n_layers)
+    kind = activation_kind(component)
+    out: list[Site] = []
+    if kind in ("head_vector", "pattern"):
+        n_heads = n_heads_for(model, component)
+        per_pos = positions == "each"
+        axes = ["layer", "pos", "head"] if per_pos else ["layer", "head"]
+        sizes = [n_layers, seq_len, n_heads] if per_pos else [n_layers, n_heads]
+        for layer in range(n_layers):
+            name = hook_name(component, layer)
+            for pos in range(seq_len) if per_pos else [None]:
+                for head in range(n_heads):
+                    if kind == "head_vector":  # [pos, head, d_head]
+                        mask = torch.zeros(seq_len, n_heads, 1, dtype=torch.bool)
+                        mask[slice(None) if pos is None else pos, head] = True
+                    else:  # [head, dest_pos, src_pos]
+                        mask = torch.zeros(n_heads, seq_len, 1, dtype=torch.bool)
+                        mask[head, slice(None) if pos is None else pos] = True
+                    out.append(Site(layer, name, mask))
+        return out, axes, sizes
+    # stream: [pos, d_model]
+    per_pos = positions == "each"
+    for layer in range(n_layers):
+        name = hook_name(component, layer)
+        for pos in range(seq_len) if per_pos else [None]:
+            mask = torch.zeros(seq_len, 1, dtype=torch.bool)
+            mask[slice(None) if pos is None else pos] = True
+            out.append(Site(layer, name, mask))
+    if per_pos:
+        return out, ["layer", "pos"], [n_layers, seq_len]
+    return out, ["layer"], [n_layers]
+
+
+def _read_name(component: str, layer: int) -> str:
+    """The hook whose value *is* the component (it differs from the patched hook for resid_mid)."""
+    return f"blocks.{layer}.hook_resid_mid" if component == "resid_mid" else hook_name(component, layer)
+
+
+def source_hooks(component: str, n_layers: int) -> list[str]:
+    """The hooks whose values a sweep over ``component`` needs from the source and base runs."""
+    names = [_read_name(component, layer) for layer in range(n_layers)]
+    if component in ("layer", "resid_mid"):
+        names += [resid_pre_name(layer) for layer in range(n_layers)]
+    return names
+
+
+def patch_values(component: str, n_layers: int, base: dict[str, Tensor], source: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The value each patched hook takes, from the base run's and the source run's activations.
+
+    Mostly this is the source activation itself. Two components are patched at another hook,
+    using the fact that rows are identical to the base run until the patched layer:
+    ``layer`` sets resid_post = base resid_pre + the source block's contribution
+    (resid_post - resid_pre); ``resid_mid`` sets attn_out = source resid_mid - base resid_pre,
+    which makes the residual stream after attention equal the source's.
+    """
+    out = {}
+    for layer in range(n_layers):
+        name, pre = hook_name(component, layer), resid_pre_name(layer)
+        if component == "layer":
+            out[name] = base[pre] + (source[name] - source[pre])
+        elif component == "resid_mid":
+            out[name] = source[_read_name(component, layer)] - base[pre]
+        else:
+            out[name] = source[name]
+    return out

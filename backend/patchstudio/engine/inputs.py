@@ -1,0 +1,121 @@
+"""Tokenizing and checking prompt pairs, with errors that name the problem."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from torch import Tensor
+
+
+class InputError(ValueError):
+    """Bad input: the message says what is wrong; ``detail`` carries data a UI can show
+    (e.g. both tokenizations with the differing position)."""
+
+    def __init__(self, message: str, *, field: str | None = None, detail: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.field = field
+        self.detail = detail or {}
+
+
+@dataclass(frozen=True)
+class PreparedPair:
+    clean: Tensor  # [1, pos]
+    corrupted: Tensor  # [1, pos]
+    answer: int
+    wrong: int
+    clean_str: list[str] = field(default_factory=list)
+    corrupted_str: list[str] = field(default_factory=list)
+    answer_str: str = ""
+    wrong_str: str = ""
+
+
+def tokenize(model, text: str) -> Tensor:
+    return model.to_tokens(text)
+
+
+def str_tokens(model, tokens: Tensor) -> list[str]:
+    return [model.tokenizer.decode([int(t)]) for t in tokens.reshape(-1)]
+
+
+def answer_token(model, text: str, which: str, index: int) -> int:
+    """The single token id of an answer word, as it would follow the prompt (leading space)."""
+    word = text if text.startswith(" ") else " " + text
+    ids = model.to_tokens(word, prepend_bos=False).reshape(-1).tolist()
+    where = f"prompt {index + 1}: {which}"
+    if len(ids) != 1:
+        pieces = [model.tokenizer.decode([i]) for i in ids]
+        raise InputError(
+            f"{where} {text.strip()!r} is {len(ids)} tokens {pieces}; it must be a single token",
+            field=which,
+            detail={"tokens": pieces},
+        )
+    unk = getattr(model.tokenizer, "unk_token_id", None)
+    if unk is not None and ids[0] == unk:
+        raise InputError(f"{where} {text.strip()!r} is not in the model's vocabulary", field=which)
+    return ids[0]
+
+
+def prepare_pairs(model, prompts: Sequence[Any], *, same_length: bool) -> list[PreparedPair]:
+    """Tokenize and check every pair: equal clean/corrupted lengths, within the context, one-token
+    answers, known words; with ``same_length`` also one length across the whole set."""
+    if not prompts:
+        raise InputError("the prompt set is empty: give at least one prompt pair", field="prompts")
+    n_ctx = int(model.cfg.n_ctx)
+    unk = getattr(model.tokenizer, "unk_token_id", None)
+    out: list[PreparedPair] = []
+    for i, p in enumerate(prompts):
+        clean, corrupted = tokenize(model, p.clean), tokenize(model, p.corrupted)
+        clean_str, corrupted_str = str_tokens(model, clean), str_tokens(model, corrupted)
+        for name, toks, strs in (("clean", clean, clean_str), ("corrupted", corrupted, corrupted_str)):
+            if toks.shape[-1] > n_ctx:
+                raise InputError(
+                    f"prompt {i + 1}: the {name} prompt is {toks.shape[-1]} tokens, longer than the "
+                    f"model's context of {n_ctx}",
+                    field=name,
+                )
+            if unk is not None and (toks == unk).any():
+                words = [s for s, t in zip(strs, toks.reshape(-1).tolist()) if t == unk]
+                raise InputError(
+                    f"prompt {i + 1}: the {name} prompt has {len(words)} word(s) the model does not know "
+                    f"(they become {model.tokenizer.unk_token!r}); check the spelling or use words from its vocabulary",
+                    field=name,
+                    detail={"tokens": strs},
+                )
+        if clean.shape[-1] != corrupted.shape[-1]:
+            diff = next(
+                (j for j, (a, b) in enumerate(zip(clean_str, corrupted_str)) if a != b),
+                min(len(clean_str), len(corrupted_str)),
+            )
+            raise InputError(
+                f"prompt {i + 1}: clean and corrupted prompts must have the same number of tokens, "
+                f"but clean has {len(clean_str)} {clean_str} and corrupted has {len(corrupted_str)} "
+                f"{corrupted_str}; they first differ at position {diff}",
+                field="corrupted",
+                detail={"clean_tokens": clean_str, "corrupted_tokens": corrupted_str, "first_difference": diff},
+            )
+        out.append(
+            PreparedPair(
+                clean=clean,
+                corrupted=corrupted,
+                answer=answer_token(model, p.answer, "answer", i),
+                wrong=answer_token(model, p.wrong, "wrong", i),
+                clean_str=clean_str,
+                corrupted_str=corrupted_str,
+                answer_str=p.answer.strip(),
+                wrong_str=p.wrong.strip(),
+            )
+        )
+    if same_length:
+        lengths = {pp.clean.shape[-1] for pp in out}
+        if len(lengths) > 1:
+            first = out[0].clean.shape[-1]
+            bad = next(i for i, pp in enumerate(out) if pp.clean.shape[-1] != first)
+            raise InputError(
+                f"all prompts must have the same number of tokens for this experiment (positions 'each', "
+                f"or a mean/resample ablation): prompt 1 has {first}, prompt {bad + 1} has "
+                f"{out[bad].clean.shape[-1]}; use prompts from one template",
+                field="prompts",
+            )
+    return out
+

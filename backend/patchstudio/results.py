@@ -1,0 +1,66 @@
+"""Typed results: axes, labels, values and baselines. Tensors become lists here and nowhere else."""
+
+from __future__ import annotations
+
+from typing import Any, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from patchstudio.specs import AblationSpec, ActivationPatchingSpec
+
+
+class PromptTokens(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    clean: list[str]
+    corrupted: list[str]
+    answer: str
+    wrong: str
+    differ: list[int] = Field(description="Positions where the clean and corrupted tokens differ.")
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    n_layers: int
+    n_heads: int
+    d_model: int
+    n_ctx: int
+    d_vocab: int
+
+
+class PatchResult(BaseModel):
+    """The outcome of one experiment. ``values`` is a nested list in ``axes`` order, averaged over
+    the prompt set; ``clean`` and ``corrupted`` are the metric on the unpatched runs."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    spec: Union[ActivationPatchingSpec, AblationSpec] = Field(discriminator="method")
+    axes: list[str]
+    labels: dict[str, list[str]]
+    values: Any
+    clean: float
+    corrupted: float
+    per_prompt_clean: list[float]
+    per_prompt_corrupted: list[float]
+    prompts: list[PromptTokens]
+    model: ModelInfo
+    versions: dict[str, str]
+    seconds: float = Field(description="Wall time of the computation.")
+
+
+def to_nested(values, sizes: list[int]) -> Any:
+    """A flat tensor/sequence in row-major order -> nested Python lists of floats of shape ``sizes``."""
+    flat = [float(v) for v in (values.tolist() if hasattr(values, "tolist") else values)]
+
+    def build(offset: int, dims: list[int]) -> Any:
+        if not dims:
+            return flat[offset]
+        step = 1
+        for d in dims[1:]:
+            step *= d
+        return [build(offset + i * step, dims[1:]) for i in range(dims[0])]
+
+    return build(0, sizes)

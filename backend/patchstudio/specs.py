@@ -1,0 +1,145 @@
+"""The experiment spec: one JSON object that names a causal intervention completely.
+
+The spec is the public contract shared by the CLI, the Python API, the JSON API and share links.
+It is data, never code: frozen pydantic models with extra fields forbidden, discriminated by
+``method``. Its canonical JSON (defaults filled in, keys sorted, no whitespace) hashes to the
+experiment's ``id``, which is the permalink: the same experiment always gets the same link.
+
+"The corruption and the metric are part of the claim": both are required parts of every spec,
+and every result carries them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+
+SCHEMA_VERSION = 1
+
+Component = Literal[
+    "head", "head_q", "head_k", "head_v", "pattern",
+    "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "layer",
+]
+Metric = Literal["logit_diff", "normalized_logit_diff", "prob", "loss", "kl"]
+Positions = Literal["all", "each"]
+Direction = Literal["denoise", "noise"]
+AblationKind = Literal["zero", "mean", "resample"]
+
+COMPONENTS: tuple[str, ...] = Component.__args__  # type: ignore[attr-defined]
+METRICS: tuple[str, ...] = Metric.__args__  # type: ignore[attr-defined]
+
+# Plain-language descriptions, shown next to every result.
+COMPONENT_LABELS = {
+    "head": "attention head output (z)",
+    "head_q": "attention head queries (q)",
+    "head_k": "attention head keys (k)",
+    "head_v": "attention head values (v)",
+    "pattern": "attention head pattern",
+    "resid_pre": "residual stream before the layer",
+    "resid_mid": "residual stream between attention and MLP",
+    "resid_post": "residual stream after the layer",
+    "attn_out": "attention layer output",
+    "mlp_out": "MLP layer output",
+    "layer": "whole block's contribution",
+}
+METRIC_LABELS = {
+    "logit_diff": "logit(answer) − logit(wrong)",
+    "normalized_logit_diff": "logit difference, 0 = corrupted, 1 = clean",
+    "prob": "P(answer)",
+    "loss": "−log P(answer)",
+    "kl": "KL(clean ‖ run) at the final position",
+}
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PromptPair(_Frozen):
+    """A clean prompt, its corruption, and the two answer tokens the metric compares."""
+
+    clean: str = Field(description="Prompt on which the model shows the behaviour.")
+    corrupted: str = Field(description="Same length prompt with the relevant fact altered.")
+    answer: str = Field(description="The correct next token on the clean prompt.")
+    wrong: str = Field(description="The competing token (the correct one on the corrupted prompt).")
+
+    @field_validator("clean", "corrupted", "answer", "wrong")
+    @classmethod
+    def _not_blank(cls, value: str, info: Any) -> str:
+        if not value.strip():
+            raise ValueError(f"{info.field_name} is empty")
+        return value
+
+
+class _SpecBase(_Frozen):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    model: str = Field("default", description="Name of an allowed model ('default' is the shipped one).")
+    prompts: tuple[PromptPair, ...] = Field(min_length=1, description="One or more prompt pairs.")
+    component: Component = "head"
+    positions: Positions = Field("all", description="'all': patch every position at once; 'each': one position at a time.")
+    metric: Metric = "logit_diff"
+
+    @property
+    def id(self) -> str:
+        return spec_id(self)
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+class ActivationPatchingSpec(_SpecBase):
+    """Copy a component's activation from one run into the other (Vig et al. 2020; Meng et al. 2022)."""
+
+    method: Literal["activation_patching"] = "activation_patching"
+    direction: Direction = Field(
+        "denoise",
+        description="'denoise': clean activation into the corrupted run; 'noise': corrupted activation into the clean run.",
+    )
+
+
+class AblationSpec(_SpecBase):
+    """Replace a component's activation on the clean run by zero, its mean, or a resampled value."""
+
+    method: Literal["ablation"] = "ablation"
+    ablation: AblationKind = Field(
+        "mean",
+        description="'zero'; 'mean' over all the spec's clean and corrupted prompts; 'resample': the value on another prompt of that set.",
+    )
+    seed: int = Field(0, description="Seed for 'resample'.")
+
+
+ExperimentSpec = Annotated[Union[ActivationPatchingSpec, AblationSpec], Field(discriminator="method")]
+_ADAPTER: TypeAdapter[ExperimentSpec] = TypeAdapter(ExperimentSpec)
+
+DEFAULTS_DOC = {
+    "model": "default",
+    "component": "head",
+    "positions": "all",
+    "metric": "logit_diff",
+    "direction": "denoise (activation_patching)",
+    "ablation": "mean (ablation)",
+    "seed": "0 (ablation: resample)",
+}
+
+
+def parse_spec(data: Any) -> ActivationPatchingSpec | AblationSpec:
+    """A spec from a dict, a JSON string or a spec object. ``method`` defaults to activation_patching."""
+    if isinstance(data, (ActivationPatchingSpec, AblationSpec)):
+        return data
+    if isinstance(data, (str, bytes)):
+        data = json.loads(data)
+    if isinstance(data, dict) and "method" not in data:
+        data = {**data, "method": "activation_patching"}
+    return _ADAPTER.validate_python(data)
+
+
+def spec_id(spec: _SpecBase) -> str:
+    """Content address of a spec: the first 16 hex digits of the sha256 of its canonical JSON."""
+    return hashlib.sha256(spec.canonical_json().encode("utf-8")).hexdigest()[:16]
+
+
+def spec_json_schema() -> dict[str, Any]:
+    return _ADAPTER.json_schema()
