@@ -77,10 +77,19 @@ class PromptPair(_Frozen):
 class _SpecBase(_Frozen):
     schema_version: Literal[1] = SCHEMA_VERSION
     model: str = Field("default", description="Name of an allowed model ('default' is the shipped one).")
-    prompts: tuple[PromptPair, ...] = Field(min_length=1, description="One or more prompt pairs.")
+    # Not Field(min_length=1): on a tuple, pydantic counts only the items that validated, so one bad
+    # pair also gave a false "Tuple should have at least 1 item ... not 0". Checked after instead.
+    prompts: tuple[PromptPair, ...] = Field(description="One or more prompt pairs.", json_schema_extra={"minItems": 1})
     component: Component = "head"
     positions: Positions = Field("all", description="'all': patch every position at once; 'each': one position at a time.")
     metric: Metric = "logit_diff"
+
+    @field_validator("prompts")
+    @classmethod
+    def _some_prompts(cls, value: tuple[PromptPair, ...]) -> tuple[PromptPair, ...]:
+        if not value:
+            raise ValueError("the prompt set is empty: give at least one prompt pair")
+        return value
 
     @property
     def id(self) -> str:

@@ -31,7 +31,9 @@ class PreparedPair:
 
 
 def tokenize(model, text: str) -> Tensor:
-    return model.to_tokens(text)
+    # truncate=False: TransformerLens would otherwise silently cut a long prompt to n_ctx (dropping
+    # its final tokens, the ones the metric reads); prepare_pairs reports it instead.
+    return model.to_tokens(text, truncate=False)
 
 
 def str_tokens(model, tokens: Tensor) -> list[str]:
