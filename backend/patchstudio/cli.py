@@ -80,6 +80,25 @@ def run_command(
         typer.echo(f"wrote {out} (id {result.id})", err=True)
 
 
+@app.command("serve")
+def serve_command(
+    host: Optional[str] = typer.Option(None, help="Interface to listen on (default 127.0.0.1, or PATCHSTUDIO_HOST)."),
+    port: Optional[int] = typer.Option(None, help="Port (default 8000, or PATCHSTUDIO_PORT)."),
+) -> None:
+    """Start the web app: loads the allowed models once, then serves the explorer and the JSON API."""
+    import uvicorn
+
+    from patchstudio.settings import Settings
+    from patchstudio.web.app import create_app
+
+    settings = Settings()
+    host = host or settings.host
+    port = port or settings.port
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    typer.echo(f"Patch Studio: loading {', '.join(settings.models)}; then open http://{shown}:{port}/", err=True)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
 @app.command("train-default")
 def train_default_command(
     out: Optional[Path] = typer.Option(None, help="Output directory (default: the package's shipped model)."),

@@ -1,8 +1,10 @@
-"""Settings from the environment (prefix PATCHSTUDIO_) or a .env file."""
+"""Settings from the environment (prefix PATCHSTUDIO_; DATABASE_URL also read bare) or a .env file."""
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -19,6 +21,17 @@ class Settings(BaseSettings):
     max_patched_runs: int = Field(
         50_000, ge=1, description="Budget: most patched runs (prompts x patches) one experiment may ask for."
     )
+    background_patched_runs: int = Field(
+        2_000, ge=0, description="Experiments needing more patched runs than this run as background jobs in the page."
+    )
+    database_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("DATABASE_URL", "PATCHSTUDIO_DATABASE_URL"),
+        description="Any SQLAlchemy URL (e.g. postgresql+psycopg://...); default: a SQLite file at db_path.",
+    )
+    db_path: Path = Field(Path("data/patchstudio.sqlite3"), description="SQLite file used when no DATABASE_URL is set.")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
 
     @field_validator("models")
     @classmethod
@@ -26,3 +39,10 @@ class Settings(BaseSettings):
         if not value:
             raise ValueError("PATCHSTUDIO_MODELS must name at least one model")
         return value
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        from patchstudio.store import sqlite_url
+
+        return sqlite_url(self.db_path)

@@ -1,0 +1,83 @@
+"""Experiments for the web layer: allow-listed models, cost checks, store-first computation.
+
+Web -> store -> engine: pages and the API call this; it calls the store and the engine."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from patchstudio.engine.inputs import InputError, prepare_pairs
+from patchstudio.engine.run import count_patched_runs, run
+from patchstudio.models.registry import ModelUnavailableError, load_model, model_fingerprint
+from patchstudio.settings import Settings
+from patchstudio.specs import parse_spec
+from patchstudio.store import Store, StoredRun
+
+log = logging.getLogger("patchstudio")
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    model: Any = None
+    fingerprint: str = ""
+    error: str | None = None
+
+
+@dataclass
+class ExperimentService:
+    settings: Settings
+    store: Store
+    models: dict[str, LoadedModel] = field(default_factory=dict)
+
+    def load_models(self, loader: Callable[[str], Any] | None = None) -> None:
+        """Load every allow-listed model once. A model that cannot load is kept with its message,
+        so requests for it get that message instead of a traceback."""
+        for name in self.settings.models:
+            try:
+                model = (loader or (lambda n: load_model(n, device=self.settings.device)))(name)
+                self.models[name] = LoadedModel(name, model, model_fingerprint(model))
+                log.info("loaded model %s", name)
+            except (ModelUnavailableError, FileNotFoundError) as exc:
+                self.models[name] = LoadedModel(name, error=str(exc))
+                log.warning("model %s unavailable: %s", name, exc)
+
+    @property
+    def ready(self) -> bool:
+        return any(m.model is not None for m in self.models.values())
+
+    def model(self, name: str) -> LoadedModel:
+        loaded = self.models.get(name)
+        if loaded is None:
+            offered = ", ".join(self.settings.models)
+            raise InputError(f"unknown model {name!r}: this server offers {offered}", field="model")
+        if loaded.model is None:
+            raise InputError(loaded.error or f"model {name!r} is not loaded", field="model")
+        return loaded
+
+    def cost(self, spec: Any) -> int:
+        """Patched runs the spec needs; checks the prompts (raises InputError on bad input)."""
+        spec = parse_spec(spec)
+        model = self.model(spec.model).model
+        same = spec.positions == "each" or (spec.method == "ablation" and spec.ablation != "zero")
+        pairs = prepare_pairs(model, spec.prompts, same_length=same)
+        return count_patched_runs(model, spec, [p.clean.shape[-1] for p in pairs])
+
+    def get_or_run(self, spec: Any, progress: Callable[[int, int], None] | None = None) -> StoredRun:
+        """The stored result for this spec, computing and storing it first if needed."""
+        spec = parse_spec(spec)
+        stored = self.store.get(spec.id)
+        if stored is not None:
+            return stored
+        loaded = self.model(spec.model)
+        result = run(
+            loaded.model,
+            spec,
+            model_name=loaded.name,
+            chunk_rows=self.settings.chunk_rows,
+            max_patched_runs=self.settings.max_patched_runs,
+            progress=progress,
+        )
+        return self.store.put(result, loaded.fingerprint)

@@ -1,0 +1,59 @@
+"""Every URL the app links to is built here, never by string-joining in templates."""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+HTMX = "vendor/htmx-2.0.11.min.js"
+PLOTLY = "vendor/plotly-3.7.0.min.js"
+
+
+def home() -> str:
+    return "/"
+
+
+def explore() -> str:
+    return "/explore"
+
+
+def run_page(run_id: str, **view: object) -> str:
+    """A stored result's page; ``view`` holds view-only options, sent as ``_``-prefixed params."""
+    query = urlencode({f"_{k}": v for k, v in view.items() if v is not None})
+    return f"/runs/{run_id}" + (f"?{query}" if query else "")
+
+
+def run_json(run_id: str) -> str:
+    return f"/runs/{run_id}.json"
+
+
+def run_csv(run_id: str) -> str:
+    return f"/runs/{run_id}.csv"
+
+
+def figure1(run_id: str, **cell: int | None) -> str:
+    query = urlencode({k: v for k, v in cell.items() if v is not None})
+    return f"/runs/{run_id}/figure1" + (f"?{query}" if query else "")
+
+
+def job(job_id: str) -> str:
+    return f"/jobs/{job_id}"
+
+
+def job_json(job_id: str) -> str:
+    return f"/jobs/{job_id}.json"
+
+
+def job_cancel(job_id: str) -> str:
+    return f"/jobs/{job_id}/cancel"
+
+
+def family(name: str) -> str:
+    return f"/families/{name}"
+
+
+def api_runs() -> str:
+    return "/api/runs"
+
+
+def static(path: str) -> str:
+    return f"/static/{path}"

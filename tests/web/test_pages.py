@@ -1,0 +1,144 @@
+"""HTML pages and htmx fragments: status, content type, and the text a user reads."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from patchstudio.engine.run import run
+from web_helpers import HTMX, IOI, IOI_CORRUPTED, form, make_client
+
+
+def test_home_page_shows_the_form_and_a_first_result(client):
+    response = client.get("/")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    text = response.text
+    assert 'id="spec-form"' in text and "Clean prompt" in text
+    assert 'id="heatmap"' in text  # the default experiment is computed and shown
+    assert "/static/vendor/htmx-2.0.11.min.js" in text and "/static/vendor/plotly-3.7.0.min.js" in text
+    assert "cdn" not in text.lower()
+
+
+def test_vendored_assets_are_served_with_licenses(client):
+    for path in ("vendor/htmx-2.0.11.min.js", "vendor/plotly-3.7.0.min.js", "vendor/htmx-LICENSE.txt", "vendor/plotly-LICENSE.txt", "app.js", "app.css"):
+        assert client.get(f"/static/{path}").status_code == 200, path
+
+
+def test_live_edit_returns_a_fragment_and_pushes_the_permalink(client, tiny_model):
+    response = client.post("/explore", data=form(), headers=HTMX)
+    assert response.status_code == 200
+    push = response.headers["HX-Push-Url"]
+    assert re.fullmatch(r"/runs/[0-9a-f]{16}", push)
+    assert "<html" not in response.text  # a fragment, not the page
+    # the derived corruption and answers come back out-of-band
+    assert f'value="{IOI_CORRUPTED}"' in response.text
+    assert 'id="answer" value="Mary"' in response.text and 'id="wrong" value="John"' in response.text
+    expected = run(tiny_model, {"prompts": [{"clean": IOI, "corrupted": IOI_CORRUPTED, "answer": "Mary", "wrong": "John"}]})
+    assert push == f"/runs/{expected.id}"
+    assert f"{expected.clean:.4f}" in response.text and f"{expected.corrupted:.4f}" in response.text
+
+
+def test_run_page_has_its_json_twin_and_the_same_numbers(client):
+    push = client.post("/explore", data=form(), headers=HTMX).headers["HX-Push-Url"]
+    page = client.get(push)
+    twin = client.get(push + ".json").json()
+    assert page.status_code == 200
+    assert f'<link rel="alternate" type="application/json" href="{push}.json">' in page.text
+    assert f'id="clean-value">{twin["clean"]:.4f}<' in page.text
+    assert f"http://testserver{push}" in page.text  # the share link
+    assert "metric: logit(answer) − logit(wrong)" in page.text and "corruption:" in page.text
+
+
+def test_figure1_fragment_for_a_clicked_cell(client):
+    push = client.post("/explore", data=form(), headers=HTMX).headers["HX-Push-Url"]
+    run_id = push.rsplit("/", 1)[1]
+    twin = client.get(push + ".json").json()
+    response = client.get(f"/runs/{run_id}/figure1?layer=1&head=2")
+    assert response.status_code == 200
+    assert "L1 H2" in response.text
+    assert f'id="patched-value">{twin["values"][1][2]:.4f}<' in response.text
+    assert "mean ablation of the clean run" in response.text
+    assert client.get(f"/runs/{run_id}/figure1?layer=9&head=0").text.startswith('<p class="error"')
+
+
+def test_prompt_text_is_escaped(client):
+    evil = "<script>alert(1)</script> When Mary and John went to the store , John gave a drink to"
+    response = client.post("/explore", data=form(clean=evil), headers=HTMX)
+    assert "<script>alert(1)</script>" not in response.text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in response.text
+
+
+def test_mismatched_lengths_show_both_tokenizations_inline(client):
+    response = client.post("/explore", data=form(corruption="custom", corrupted="When Mary and John went to the store gave a drink to"), headers=HTMX)
+    assert response.status_code == 200 and "HX-Push-Url" not in response.headers
+    text = response.text
+    assert re.search(r'id="err-corrupted"[^>]*>prompt 1: clean and corrupted prompts must have the same number of tokens', text)
+    assert '<td class="diff">,</td>' in text and '<td class="diff">gave</td>' in text
+    assert "clean (15)" in text and "corrupted (13)" in text
+
+
+def test_non_ioi_prompt_with_generated_corruption_explains_itself(client):
+    response = client.post("/explore", data=form(clean="the store had a lot of fun"), headers=HTMX)
+    assert "not an IOI-shaped prompt" in response.text and 'id="err-corrupted"' in response.text
+
+
+def test_unknown_model_in_the_form_is_refused_inline(client):
+    response = client.post("/explore", data=form(model="../../etc/passwd"), headers=HTMX)
+    assert "unknown model &#39;../../etc/passwd&#39;" in response.text or "unknown model '../../etc/passwd'" in response.text
+
+
+def test_family_source_generates_pairs(tmp_path):
+    from patchstudio.models.default_model import DEFAULT_DIR
+
+    if not (DEFAULT_DIR / "model.safetensors").exists():
+        pytest.skip("default model weights not built")
+    from patchstudio.models.registry import load_model
+
+    with make_client(tmp_path, load_model("default")) as c:
+        response = c.post("/explore", data=form(source="family", family="ioi_swap", n_pairs="3", clean=""), headers=HTMX)
+        assert response.status_code == 200, response.text
+        assert "3 prompt pairs" in response.text
+        assert response.text.count(" | ") >= 9  # the generated pairs are shown in the form
+
+
+def test_unknown_run_page_is_404_with_a_message(client):
+    response = client.get("/runs/0123456789abcdef")
+    assert response.status_code == 404 and "no stored run with id" in response.text
+
+
+def test_recent_runs_on_the_home_page(client):
+    client.post("/explore", data=form(component="mlp_out", positions="each"), headers=HTMX)
+    text = client.get("/").text
+    assert "Recent runs" in text and "mlp_out" in text
+
+
+def test_long_sweeps_run_as_background_jobs(tmp_path, tiny_model):
+    with make_client(tmp_path, tiny_model, background_patched_runs=0) as c:
+        first = c.post("/explore", data=form(positions="each"), headers=HTMX)
+        assert "<progress" in first.text and "HX-Push-Url" not in first.headers
+        job_id = re.search(r'hx-get="/jobs/([0-9a-f]{16})"', first.text).group(1)
+        for _ in range(200):
+            poll = c.get(f"/jobs/{job_id}", headers=HTMX)
+            if "HX-Push-Url" in poll.headers:
+                break
+            time.sleep(0.05)
+        assert poll.headers["HX-Push-Url"] == f"/runs/{job_id}"
+        assert 'id="heatmap"' in poll.text
+        assert c.get(f"/jobs/{job_id}.json").json()["status"] == "done"
+
+
+def test_cancelled_job_stores_nothing(tmp_path, tiny_model):
+    with make_client(tmp_path, tiny_model, background_patched_runs=0, chunk_rows=1) as c:
+        first = c.post("/explore", data=form(component="pattern", positions="each", source="pair"), headers=HTMX)
+        job_id = re.search(r'hx-get="/jobs/([0-9a-f]{16})"', first.text).group(1)
+        cancelled = c.post(f"/jobs/{job_id}/cancel", headers=HTMX)
+        assert cancelled.status_code == 200
+        for _ in range(200):
+            status = c.get(f"/jobs/{job_id}.json").json()["status"]
+            if status in ("cancelled", "done"):
+                break
+            time.sleep(0.02)
+        assert status == "cancelled"
+        assert c.get(f"/runs/{job_id}.json").status_code == 404
