@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 import patchstudio
-from conftest import TINY_PAIRS
+from helpers import TINY_PAIRS
 from patchstudio.cli import app
 from patchstudio.models.registry import ModelUnavailableError
 

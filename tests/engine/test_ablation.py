@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import TINY_PAIRS
+from helpers import TINY_PAIRS
 from patchstudio.engine.ablation import resample_index
 from patchstudio.engine.run import run
 

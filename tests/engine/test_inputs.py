@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from conftest import TINY_PAIRS
+from helpers import TINY_PAIRS
 from patchstudio.engine.inputs import InputError
 from patchstudio.engine.run import run
 

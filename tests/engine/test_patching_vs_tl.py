@@ -6,7 +6,7 @@ import pytest
 import torch
 import transformer_lens.patching as tlp
 
-from conftest import TINY_PAIRS
+from helpers import TINY_PAIRS
 from patchstudio.engine.run import run
 
 TOL = 1e-4

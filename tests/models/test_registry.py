@@ -8,7 +8,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from transformer_lens.model_bridge import TransformerBridge
 
 import patchstudio
-from conftest import TINY_PAIRS, build_word_tokenizer
+from helpers import TINY_PAIRS, build_word_tokenizer
 from patchstudio.models.registry import ModelUnavailableError, load_model, model_fingerprint
 
 MISSING = "no-such-org/no-such-model-xyz"
