@@ -1,0 +1,63 @@
+"""The store on a real database: SQLite always; PostgreSQL when PATCHSTUDIO_TEST_POSTGRES_URL names
+one (CI starts a PostgreSQL server and sets it)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from helpers import TINY_PAIRS
+from patchstudio.engine.run import run
+from patchstudio.store import Store
+
+POSTGRES_URL = os.environ.get("PATCHSTUDIO_TEST_POSTGRES_URL")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        yield Store(f"sqlite:///{tmp_path}/runs.sqlite3")
+        return
+    if not POSTGRES_URL:
+        pytest.skip("PATCHSTUDIO_TEST_POSTGRES_URL is not set (CI sets it and starts PostgreSQL)")
+    schema = f"t_{uuid.uuid4().hex[:10]}"  # an isolated schema per test
+    admin = create_engine(POSTGRES_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    yield Store(f"{POSTGRES_URL}{separator}options=-csearch_path%3D{schema}")
+    with admin.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()
+
+
+def test_put_get_round_trip(store, tiny_model):
+    result = run(tiny_model, {"prompts": TINY_PAIRS, "component": "head"})
+    stored = store.put(result, "f" * 64)
+    again = store.get(result.id)
+    assert again is not None and again.result == result == stored.result
+    assert again.model_fingerprint == "f" * 64 and again.model_name == "default"
+    assert again.transformer_lens_version == result.versions["transformer-lens"]
+    assert store.get("0" * 16) is None
+
+
+def test_first_write_wins_so_links_never_change(store, tiny_model):
+    result = run(tiny_model, {"prompts": TINY_PAIRS, "component": "head"})
+    first = store.put(result, "a" * 64)
+    altered = result.model_copy(update={"clean": 123.0})
+    second = store.put(altered, "b" * 64)
+    assert second.result.clean == result.clean and second.model_fingerprint == "a" * 64
+    assert second.created_at == first.created_at
+    assert store.count() == 1
+
+
+def test_recent_lists_newest_first(store, tiny_model):
+    ids = []
+    for component in ("head", "mlp_out", "attn_out"):
+        ids.append(store.put(run(tiny_model, {"prompts": TINY_PAIRS, "component": component}), "c" * 64).id)
+    recent = store.recent(2)
+    assert [r.id for r in recent] == ids[::-1][:2]
+    assert recent[0].method == "activation_patching"
