@@ -200,8 +200,8 @@ def verdict(result: PatchResult, patched: float, ablated: float, direction: str)
     gap = result.clean - result.corrupted
     if abs(gap) < 1e-9:
         return "Clean and corrupted runs agree, so this corruption cannot show an effect."
-    restored = (patched - result.corrupted) / gap if direction == "denoise" else (result.clean - patched) / gap
-    dropped = (result.clean - ablated) / gap
+    restored = ((patched - result.corrupted) if direction == "denoise" else (result.clean - patched)) / gap + 0.0
+    dropped = (result.clean - ablated) / gap + 0.0  # + 0.0 turns -0.0 into 0.0 for display
     part = "restores" if direction == "denoise" else "breaks"
     text = f"Patching {part} {restored:.0%} of the clean–corrupted gap; ablating it removes {dropped:.0%}."
     if abs(restored) > 0.3 and abs(dropped) < 0.1:

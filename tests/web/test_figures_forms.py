@@ -1,0 +1,96 @@
+"""Pure pieces of the web layer: figures from results, specs from forms."""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers import TINY_PAIRS
+from patchstudio.engine.run import run
+from patchstudio.web import figures
+from patchstudio.web.forms import form_from_spec, parse_pairs_text, spec_from_form
+from web_helpers import IOI, IOI_CORRUPTED, form
+
+
+@pytest.fixture(scope="module")
+def head_result(tiny_model):
+    return run(tiny_model, {"prompts": TINY_PAIRS, "component": "head"})
+
+
+def test_heatmap_is_centred_on_no_effect_and_hovers_like_l3_h5(head_result):
+    fig = figures.heatmap(head_result)
+    trace = fig["data"][0]
+    assert trace["zmid"] == head_result.corrupted  # denoising: no effect leaves the corrupted metric
+    assert trace["zmin"] < trace["zmid"] < trace["zmax"]
+    assert trace["zmid"] - trace["zmin"] == pytest.approx(trace["zmax"] - trace["zmid"])
+    value = head_result.values[1][2]
+    assert trace["text"][1][2] == f"L1 H2: {value:.3f}"
+    assert trace["customdata"][1][2] == [1, None, 2]
+    assert "logit(answer) − logit(wrong)" in fig["layout"]["title"]["text"]
+
+
+def test_noising_and_ablation_centre_on_the_clean_run(tiny_model):
+    noised = run(tiny_model, {"prompts": TINY_PAIRS, "component": "head", "direction": "noise"})
+    ablated = run(tiny_model, {"method": "ablation", "prompts": TINY_PAIRS, "component": "head"})
+    assert figures.no_effect(noised) == noised.clean and figures.no_effect(ablated) == ablated.clean
+
+
+def test_position_labels_are_indexed_and_escaped(tiny_model):
+    result = run(tiny_model, {"prompts": TINY_PAIRS, "component": "resid_pre", "positions": "each"})
+    fig = figures.heatmap(result)
+    assert fig["data"][0]["x"][:3] == ["0 &lt;bos&gt;", "1 When", "2 Mary"]
+
+
+def test_per_position_head_sweep_shows_one_position(tiny_model):
+    result = run(tiny_model, {"prompts": TINY_PAIRS, "component": "head", "positions": "each"})
+    fig = figures.heatmap(result, pos=10)
+    assert fig["data"][0]["z"] == [row[10] for row in result.values]
+    assert "position 10 (John)" in fig["layout"]["title"]["text"]
+    assert figures.cell_value(result, 1, 10, 3) == result.values[1][10][3]
+    assert figures.cell_name(result, 1, 10, 3) == "L1 H3 @ 10 John"
+
+
+def test_layer_component_is_a_bar_chart(tiny_model):
+    result = run(tiny_model, {"prompts": TINY_PAIRS, "component": "layer"})
+    fig = figures.heatmap(result)
+    assert fig["data"][0]["type"] == "bar" and fig["data"][0]["y"] == result.values
+
+
+def test_figure1_and_the_verdict(head_result):
+    fig = figures.figure1(head_result, "L1 H2", patched=0.5, ablated=0.1, ablation="mean")
+    assert fig["data"][0]["x"] == ["clean", "corrupted", "patch clean L1 H2", "mean-ablate L1 H2"]
+    assert fig["data"][0]["y"] == [head_result.clean, head_result.corrupted, 0.5, 0.1]
+    gap = head_result.clean - head_result.corrupted
+    text = figures.verdict(head_result, head_result.corrupted + gap, head_result.clean, "denoise")
+    assert text.startswith("Patching restores 100% of the clean–corrupted gap; ablating it removes 0%.")
+    assert "redundancy or self-repair suspected" in text
+
+
+def test_form_with_swap_corruption_and_guessed_answers():
+    state = spec_from_form(form())
+    assert state.error is None
+    pair = state.spec.prompts[0]
+    assert (pair.clean, pair.corrupted, pair.answer, pair.wrong) == (IOI, IOI_CORRUPTED, "Mary", "John")
+    assert state.values["corrupted"] == IOI_CORRUPTED
+
+
+def test_form_errors_name_the_field():
+    state = spec_from_form(form(clean="   "))
+    assert (state.error_field, state.error) == ("clean", "the clean prompt is empty")
+    state = spec_from_form(form(source="family", family="ioi_swap", n_pairs="500"))
+    assert state.error_field == "n_pairs" and "between 1 and 64" in state.error
+    state = spec_from_form(form(component="neuron"))
+    assert state.error_field == "component" and state.error.startswith("component:")
+
+
+def test_custom_pairs_text_and_round_trip_through_a_stored_spec():
+    pairs = parse_pairs_text(f"{IOI}\n\nWhen Alice and Bob went to the garden , Bob gave a book to | | Alice | Bob\n")
+    assert pairs[0]["corrupted"] == IOI_CORRUPTED and pairs[0]["answer"] == "Mary"
+    assert pairs[1]["corrupted"].endswith("Alice gave a book to") and pairs[1]["wrong"] == "Bob"
+    state = spec_from_form(form(source="family", family="custom", pairs_text="\n".join(" | ".join(p.values()) for p in pairs)))
+    assert state.error is None and len(state.spec.prompts) == 2
+    again = spec_from_form(form_from_spec(state.spec))
+    assert again.spec == state.spec
+    single = spec_from_form(form())
+    values = form_from_spec(single.spec)
+    assert values["corruption"] == "swap" and values["auto_answers"] == "on"
+    assert spec_from_form(values).spec == single.spec
