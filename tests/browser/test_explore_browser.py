@@ -1,0 +1,225 @@
+"""The explore page in a real browser: what a user types, clicks and sees.
+
+Each test drives Chromium against a live server and waits with Playwright's auto-waiting
+assertions (no fixed sleeps).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("playwright.sync_api", reason="browser tests need playwright (pip install -e '.[test]')")
+from playwright.sync_api import expect  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+RUN_URL = re.compile(r"/runs/[0-9a-f]{16}$")
+ALICE = "When Alice and Bob went to the store, Bob gave a drink to"
+ALICE_SWAPPED = "When Alice and Bob went to the store, Alice gave a drink to"
+TOM = "When Tom and Anna went to the garden, Anna gave a book to"
+EVIL = "<script>alert(1)</script> When Mary and John went to the store, John gave a drink to"
+
+HEATMAP_Z = "() => { const gd = document.getElementById('heatmap'); return gd && gd.data ? gd.data[0].z : null; }"
+
+
+def open_explore(page, path: str = "/") -> list[list[float]]:
+    """Open a page with a result and wait until plotly has drawn the heatmap; its z values."""
+    page.goto(path)
+    expect(page.locator("#heatmap .main-svg").first).to_be_visible()
+    page.wait_for_function(f"({HEATMAP_Z})() !== null")
+    return heatmap_z(page)
+
+
+def heatmap_z(page) -> list[list[float]]:
+    return page.evaluate(HEATMAP_Z)
+
+
+def wait_for_new_run(page, previous: str) -> str:
+    """Wait until the address bar shows a run page other than ``previous``; the new URL."""
+    page.wait_for_url(lambda url: bool(RUN_URL.search(url)) and url != previous)
+    return page.url
+
+
+def wait_for_heatmap_change(page, old: list[list[float]]) -> list[list[float]]:
+    page.wait_for_function(
+        f"old => {{ const z = ({HEATMAP_Z})(); return z !== null && JSON.stringify(z) !== JSON.stringify(old); }}",
+        arg=old,
+    )
+    return heatmap_z(page)
+
+
+def click_cell(page, z: list[list[float]], layer: int, head: int) -> None:
+    """A real mouse click on the heatmap cell (layer, head): hover until plotly labels it, then click."""
+    box = page.locator("#heatmap .nsewdrag").first.bounding_box()
+    assert box is not None
+    x = box["x"] + (head + 0.5) / len(z[0]) * box["width"]
+    y = box["y"] + (layer + 0.5) / len(z) * box["height"]  # layer 0 is the top row
+    page.mouse.move(x, y)
+    expect(page.locator("#heatmap .hoverlayer .hovertext")).to_contain_text(f"L{layer} H{head}")
+    page.mouse.click(x, y)
+
+
+def edit_clean(page, text: str) -> None:
+    """Type a new clean prompt the way a user does: replace the text; the form posts as they type."""
+    box = page.locator("#clean")
+    box.fill(text)
+    box.press("End")
+
+
+def test_typing_a_prompt_redraws_the_heatmap_and_pushes_a_run_url(page):
+    before = open_explore(page)
+    assert len(before) == 2 and len(before[0]) == 4  # the tiny model: 2 layers x 4 heads
+    start = page.url
+
+    edit_clean(page, ALICE)
+
+    url = wait_for_new_run(page, start)
+    after = wait_for_heatmap_change(page, before)
+    assert RUN_URL.search(url)
+    assert len(after) == 2 and len(after[0]) == 4
+    expect(page.locator("#answer")).to_have_value("Alice")  # guessed: the name said once
+    expect(page.locator("#wrong")).to_have_value("Bob")
+    expect(page.locator("#corrupted")).to_have_value(ALICE_SWAPPED)
+    expect(page.locator("#results table.tokens").first).to_contain_text("Alice")
+
+
+def test_clicking_a_heatmap_cell_loads_figure1_for_that_cell(page):
+    z = open_explore(page)
+    caption = page.locator("#figure1-caption")
+    expect(caption).to_contain_text("Selected L")  # the initial selection (strongest cell) has loaded
+    layer, head = (1, 2) if "L1 H2" not in caption.inner_text() else (0, 1)
+
+    click_cell(page, z, layer, head)
+
+    expect(caption).to_contain_text(f"L{layer} H{head}")
+    expect(page.locator("#patched-value")).to_have_text(f"{z[layer][head]:.4f}")
+    expect(page.locator("#figure1-plot .main-svg").first).to_be_visible()
+
+
+def test_share_link_opens_the_same_result_in_a_fresh_browser(page, context, browser, base_url):
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=base_url)
+    z = open_explore(page)
+    clean = page.locator("#clean-value").inner_text()
+    corrupted = page.locator("#corrupted-value").inner_text()
+    shown = page.locator("input#share-link").input_value()
+    assert RUN_URL.search(shown) and shown.startswith(base_url)
+
+    button = page.locator(".copy-link")
+    button.click()
+    expect(button).to_have_text("Copied!")
+    try:
+        link = page.evaluate("navigator.clipboard.readText()")
+    except Exception:  # clipboard reads can be unavailable headless: use what the user sees
+        link = shown
+    assert link == shown
+
+    fresh = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        other = fresh.new_page()
+        assert open_explore(other, link) == z
+        expect(other.locator("#clean-value")).to_have_text(clean)
+        expect(other.locator("#corrupted-value")).to_have_text(corrupted)
+        assert other.url == link
+    finally:
+        fresh.close()
+
+
+def test_script_in_a_prompt_is_shown_as_text_never_run(page):
+    dialogs: list[str] = []
+
+    def on_dialog(dialog):
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", on_dialog)
+    before = open_explore(page)
+    start = page.url
+
+    edit_clean(page, EVIL)
+
+    wait_for_new_run(page, start)
+    wait_for_heatmap_change(page, before)
+    clean_row = page.locator("#results table.tokens").first.locator("tr").first
+    for piece in ("<", "script", ">", "alert", "(", "1", ")</"):
+        expect(clean_row.locator("td", has_text=piece).first).to_be_visible()
+    cells = clean_row.locator("td").all_inner_texts()  # after <bos>
+    assert cells[1:10] == ["<", "script", ">", "alert", "(", "1", ")</", "script", ">"]
+    expect(page.locator("#clean")).to_have_value(EVIL)
+    assert page.evaluate(
+        "[...document.querySelectorAll('script')].filter(s => s.textContent.includes('alert(1)')).length"
+    ) == 0
+    assert dialogs == []
+
+
+def test_mismatched_token_counts_show_an_inline_error_with_both_tokenizations(page):
+    open_explore(page)
+    page.locator("[name=corruption]").select_option("custom")
+    run_url = wait_for_new_run(page, page.url)  # the same experiment, now with a custom corruption
+    corrupted = page.locator("#corrupted")
+    expect(corrupted).to_be_editable()
+
+    corrupted.fill("When Mary and John went to the store gave a drink to")
+
+    expect(page.locator("#err-corrupted")).to_contain_text("same number of tokens")
+    box = page.locator("#error-box")
+    expect(box).to_be_visible()
+    expect(box.locator("tr").nth(0)).to_contain_text("clean (15)")
+    expect(box.locator("tr").nth(1)).to_contain_text("corrupted (13)")
+    expect(box.locator("td.diff")).to_have_text([",", "gave"])
+    assert page.url == run_url
+    expect(page.locator("#heatmap")).to_have_count(0)
+
+
+def test_back_and_forward_restore_each_run(page):
+    z0 = open_explore(page)
+
+    edit_clean(page, ALICE)
+    first = wait_for_new_run(page, page.url)
+    z1 = wait_for_heatmap_change(page, z0)
+    first_clean = page.locator("#clean-value").inner_text()
+
+    edit_clean(page, TOM)
+    second = wait_for_new_run(page, first)
+    z2 = wait_for_heatmap_change(page, z1)
+    second_clean = page.locator("#clean-value").inner_text()
+    assert first_clean != second_clean
+
+    page.go_back()
+    page.wait_for_url(first)
+    expect(page.locator("#clean-value")).to_have_text(first_clean)
+    page.wait_for_function(f"z => JSON.stringify(({HEATMAP_Z})()) === JSON.stringify(z)", arg=z1)
+    # the form shows the first run's experiment, not the text typed after it, and still works
+    expect(page.locator("#clean")).to_have_value(ALICE)
+    expect(page.locator("#corrupted")).to_have_value(ALICE_SWAPPED)
+    expect(page.locator("#answer")).to_have_value("Alice")
+    caption = page.locator("#figure1-caption")
+    expect(caption).to_contain_text("Selected L")
+    layer, head = (0, 3) if "L0 H3" not in caption.inner_text() else (1, 1)
+    click_cell(page, z1, layer, head)
+    expect(caption).to_contain_text(f"L{layer} H{head}")
+    expect(page.locator("#patched-value")).to_have_text(f"{z1[layer][head]:.4f}")
+
+    page.go_forward()
+    page.wait_for_url(second)
+    expect(page.locator("#clean-value")).to_have_text(second_clean)
+    page.wait_for_function(f"z => JSON.stringify(({HEATMAP_Z})()) === JSON.stringify(z)", arg=z2)
+
+
+def test_screenshot_for_the_readme(browser, showcase):
+    url, model = showcase
+    ctx = browser.new_context(base_url=url, viewport={"width": 1360, "height": 900})
+    try:
+        page = ctx.new_page()
+        z = open_explore(page)
+        assert len(z) == model.cfg.n_layers and all(len(row) == model.cfg.n_heads for row in z)
+        expect(page.locator("#figure1-plot .main-svg").first).to_be_visible()
+        expect(page.locator("#figure1-caption")).to_contain_text("Selected L")
+        page.mouse.move(0, 0)  # no hover label in the picture
+        docs = REPO / "docs"
+        docs.mkdir(exist_ok=True)
+        page.screenshot(path=str(docs / "screenshot.png"), full_page=True)
+        assert (docs / "screenshot.png").stat().st_size > 10_000
+    finally:
+        ctx.close()
