@@ -298,6 +298,7 @@ def test_json_schema_discriminates_on_method():
     assert schema["discriminator"]["mapping"] == {
         "activation_patching": "#/$defs/ActivationPatchingSpec",
         "ablation": "#/$defs/AblationSpec",
+        "attribution_patching": "#/$defs/AttributionPatchingSpec",
     }
     defs = schema["$defs"]
     assert {"ActivationPatchingSpec", "AblationSpec", "PromptPair"} <= set(defs)

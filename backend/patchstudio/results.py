@@ -6,7 +6,7 @@ from typing import Any, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from patchstudio.specs import AblationSpec, ActivationPatchingSpec
+from patchstudio.specs import AblationSpec, ActivationPatchingSpec, AttributionPatchingSpec
 
 
 class PromptTokens(BaseModel):
@@ -37,7 +37,7 @@ class PatchResult(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     id: str
-    spec: Union[ActivationPatchingSpec, AblationSpec] = Field(discriminator="method")
+    spec: Union[ActivationPatchingSpec, AblationSpec, AttributionPatchingSpec] = Field(discriminator="method")
     axes: list[str]
     labels: dict[str, list[str]]
     values: Any

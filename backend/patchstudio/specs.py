@@ -120,7 +120,28 @@ class AblationSpec(_SpecBase):
     seed: int = Field(0, description="Seed for 'resample'.")
 
 
-ExperimentSpec = Annotated[Union[ActivationPatchingSpec, AblationSpec], Field(discriminator="method")]
+ATTRIBUTION_COMPONENTS = ("head", "head_q", "head_k", "head_v", "resid_pre", "attn_out", "mlp_out")
+
+
+class AttributionPatchingSpec(_SpecBase):
+    """Linear estimate of activation patching from one backward pass (Nanda 2023; Syed et al. 2023),
+    or EAP-IG with ``steps`` > 1 (Hanna et al. 2024)."""
+
+    method: Literal["attribution_patching"] = "attribution_patching"
+    direction: Direction = "denoise"
+    steps: int = Field(1, ge=1, le=64, description="1: gradient at the base run; more: integrated gradients (EAP-IG).")
+
+    @field_validator("component")
+    @classmethod
+    def _supported(cls, value: str) -> str:
+        if value not in ATTRIBUTION_COMPONENTS:
+            raise ValueError(f"attribution patching supports {', '.join(ATTRIBUTION_COMPONENTS)}; not {value!r}")
+        return value
+
+
+ExperimentSpec = Annotated[
+    Union[ActivationPatchingSpec, AblationSpec, AttributionPatchingSpec], Field(discriminator="method")
+]
 _ADAPTER: TypeAdapter[ExperimentSpec] = TypeAdapter(ExperimentSpec)
 
 DEFAULTS_DOC = {
@@ -131,12 +152,13 @@ DEFAULTS_DOC = {
     "direction": "denoise (activation_patching)",
     "ablation": "mean (ablation)",
     "seed": "0 (ablation: resample)",
+    "steps": "1 (attribution_patching; more = EAP-IG)",
 }
 
 
-def parse_spec(data: Any) -> ActivationPatchingSpec | AblationSpec:
+def parse_spec(data: Any) -> ActivationPatchingSpec | AblationSpec | AttributionPatchingSpec:
     """A spec from a dict, a JSON string or a spec object. ``method`` defaults to activation_patching."""
-    if isinstance(data, (ActivationPatchingSpec, AblationSpec)):
+    if isinstance(data, (ActivationPatchingSpec, AblationSpec, AttributionPatchingSpec)):
         return data
     if isinstance(data, (str, bytes)):
         data = json.loads(data)

@@ -10,11 +10,12 @@ import torch
 
 from patchstudio.engine import hooks as H
 from patchstudio.engine.ablation import ablation_values
+from patchstudio.engine.attribution import attribution_sweep
 from patchstudio.engine.inputs import InputError, PreparedPair, prepare_pairs
 from patchstudio.engine.metrics import Readout, logits_metric, normalize
 from patchstudio.engine.patching import model_lock, patch_sweep
 from patchstudio.results import ModelInfo, PatchResult, PromptTokens, to_nested
-from patchstudio.specs import AblationSpec, ActivationPatchingSpec, parse_spec
+from patchstudio.specs import AblationSpec, ActivationPatchingSpec, AttributionPatchingSpec, parse_spec
 
 ProgressFn = Callable[[int, int], None]
 
@@ -34,6 +35,8 @@ def versions() -> dict[str, str]:
 def count_patched_runs(model, spec: Any, seq_lens: list[int]) -> int:
     """How many patched forward rows a spec needs (its cost), given each prompt's token length."""
     spec = parse_spec(spec)
+    if isinstance(spec, AttributionPatchingSpec):  # one forward and backward pass (x steps) per prompt
+        return len(seq_lens) * spec.steps
     return sum(len(H.sites(model, spec.component, spec.positions, t)[0]) for t in seq_lens)
 
 
@@ -102,6 +105,17 @@ def run(
         clean_lp = clean_final[i].log_softmax(-1)[0]
         clean_vals.append(float(logits_metric(spec.metric, clean_final[i], p.answer, p.wrong, clean_lp)[0]))
         corrupted_vals.append(float(logits_metric(spec.metric, corrupted_final[i], p.answer, p.wrong, clean_lp)[0]))
+        site_list, axes, sizes = H.sites(model, spec.component, spec.positions, p.clean.shape[-1])
+        if isinstance(spec, AttributionPatchingSpec):
+            base, source = (p.corrupted, p.clean) if spec.direction == "denoise" else (p.clean, p.corrupted)
+
+            def metric(logits, p=p, clean_lp=clean_lp):
+                return logits_metric(spec.metric, logits, p.answer, p.wrong, clean_lp)
+
+            estimate, _ = attribution_sweep(model, base, source, spec.component, spec.positions, metric, steps=spec.steps)
+            sweeps.append(estimate)
+            step(spec.steps)
+            continue
         if isinstance(spec, ActivationPatchingSpec):
             denoise = spec.direction == "denoise"
             base_tokens = p.corrupted if denoise else p.clean
@@ -111,7 +125,6 @@ def run(
             base_tokens, base_cache = p.clean, clean_caches[i]
             source = ablation_values(spec.ablation, pool, i, spec.seed)
         values = H.patch_values(spec.component, n_layers, base_cache, source)
-        site_list, axes, sizes = H.sites(model, spec.component, spec.positions, p.clean.shape[-1])
         readout = Readout(model, spec.metric, p.answer, p.wrong, clean_lp)
         sweeps.append(patch_sweep(model, base_tokens, values, site_list, readout, chunk_rows=chunk_rows, progress=step))
 

@@ -36,6 +36,7 @@ DEFAULT_FORM: dict[str, str] = {
     "direction": "denoise",
     "ablation": "mean",
     "seed": "0",
+    "steps": "1",
     "metric": "logit_diff",
 }
 
@@ -156,6 +157,8 @@ def spec_from_form(form: Mapping[str, Any]) -> FormState:
             data["seed"] = _int(values, "seed", 0, 10**9)
         else:
             data["direction"] = values["direction"]
+        if values["method"] == "attribution_patching":
+            data["steps"] = _int(values, "steps", 1, 64)
         state.spec = parse_spec(data)
     except InputError as exc:
         state.error, state.error_field, state.error_detail = str(exc), exc.field, exc.detail
@@ -174,6 +177,8 @@ def form_from_spec(spec: Any) -> dict[str, str]:
         values.update(ablation=spec.ablation, seed=str(spec.seed))
     else:
         values["direction"] = spec.direction
+    if spec.method == "attribution_patching":
+        values["steps"] = str(spec.steps)
     if len(spec.prompts) == 1:
         p = spec.prompts[0]
         values.update(source="pair", clean=p.clean, corrupted=p.corrupted, answer=p.answer, wrong=p.wrong)

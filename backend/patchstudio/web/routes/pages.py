@@ -182,13 +182,11 @@ def figure1(request: Request, run_id: str, service: ServiceDep, layer: int = 0, 
     result = stored.result
     try:
         figures.cell_value(result, layer, pos, head)
-        companion = service.get_or_run(_companion(result.spec))
+        patching = result if result.spec.method == "activation_patching" else service.get_or_run(_exact_patching(result.spec)).result
+        ablation = result if result.spec.method == "ablation" else service.get_or_run(_mean_ablation(result.spec)).result
     except (ValueError, IndexError, InputError) as exc:
         return HTMLResponse(f'<p class="error" role="alert">Cannot show Figure 1: {_escape(str(exc))}</p>')
-    if result.spec.method == "activation_patching":
-        patching, ablation = result, companion.result
-    else:
-        patching, ablation = companion.result, result
+    companion_id = (ablation if result.spec.method == "activation_patching" else patching).id
     patched = figures.cell_value(patching, layer, pos, head)
     ablated = figures.cell_value(ablation, layer, pos, head)
     cell = figures.cell_name(result, layer, pos, head)
@@ -203,18 +201,24 @@ def figure1(request: Request, run_id: str, service: ServiceDep, layer: int = 0, 
         "patched_how": patched_how,
         "ablated_how": ablated_how,
         "caption": f"Metric: {METRIC_LABELS[result.spec.metric]}",
-        "companion_id": companion.id,
+        "companion_id": companion_id,
         "verdict": figures.verdict(result, patched, ablated, spec.direction),
     }
     return templates.TemplateResponse(request, "explore.html", context, block_name="figure1")
 
 
-def _companion(spec):
-    """The other half of Figure 1: mean ablation for a patching spec, denoising for an ablation spec."""
-    common = {"model": spec.model, "prompts": spec.prompts, "component": spec.component, "positions": spec.positions, "metric": spec.metric}
-    if isinstance(spec, ActivationPatchingSpec):
-        return AblationSpec(ablation="mean", **common)
-    return ActivationPatchingSpec(direction="denoise", **common)
+def _common(spec) -> dict[str, Any]:
+    return {"model": spec.model, "prompts": spec.prompts, "component": spec.component, "positions": spec.positions, "metric": spec.metric}
+
+
+def _exact_patching(spec) -> ActivationPatchingSpec:
+    """Figure 1's restoration bar: exact activation patching (an attribution spec keeps its direction)."""
+    return ActivationPatchingSpec(direction=getattr(spec, "direction", "denoise"), **_common(spec))
+
+
+def _mean_ablation(spec) -> AblationSpec:
+    """Figure 1's necessity bar: mean ablation of the same component on the clean run."""
+    return AblationSpec(ablation="mean", **_common(spec))
 
 
 def _escape(text: str) -> str:
