@@ -28,7 +28,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from patchstudio.engine import hooks as H
-from patchstudio.engine.patching import model_lock
+from patchstudio.engine.patching import run_to_final_resid
 
 SUPPORTED = frozenset({"head", "head_q", "head_k", "head_v", "resid_pre", "attn_out", "mlp_out"})
 
@@ -45,56 +45,53 @@ def _reduce(component: str, positions: str, values: Tensor) -> Tensor:
 def attribution_sweep(
     model,
     base_tokens: Int[Tensor, "1 pos"],
-    source_tokens: Int[Tensor, "1 pos"],
+    base_cache: dict[str, Tensor],
+    source_cache: dict[str, Tensor],
     component: str,
     positions: str,
-    metric: Callable[[Float[Tensor, "rows vocab"]], Float[Tensor, "rows"]],
+    readout: Callable[[Float[Tensor, "rows d_model"]], Float[Tensor, "rows"]],
     *,
     steps: int = 1,
-) -> tuple[Float[Tensor, "n_sites"], float]:
-    """Estimated metric after patching each site of ``hooks.sites`` order, and the base metric.
+) -> Float[Tensor, "n_sites"]:
+    """Estimated metric after patching each site (``hooks.sites`` order) of ``component``.
 
-    ``metric`` maps final-position logits to one value per row. ``steps=1`` is plain attribution
-    patching (gradient at the base run); ``steps>1`` is EAP-IG with that many interpolation points.
+    ``base_cache``/``source_cache`` hold each layer's activation at the component's hook (and
+    ``blocks.0.hook_resid_pre`` for ``steps`` > 1) from the base and source runs. ``readout``
+    maps final-position residual vectors to the metric. The cost is one forward and one backward
+    pass (with ``steps`` rows); the backward pass computes activation gradients only.
     """
     if component not in SUPPORTED:
         raise ValueError(f"attribution patching supports {sorted(SUPPORTED)}, not {component!r}")
     n_layers = int(model.cfg.n_layers)
     names = [H.hook_name(component, layer) for layer in range(n_layers)]
-    first = H.resid_pre_name(0)
-    with model_lock(model):
-        with torch.no_grad():
-            _, src_cache = model.run_with_cache(source_tokens, names_filter=names + [first])
-            base_logits, base_cache = model.run_with_cache(base_tokens, names_filter=names + [first])
-            base_metric = float(metric(base_logits[:, -1, :].float())[0])
+    captured: dict[str, Tensor] = {}
 
-        captured: dict[str, Tensor] = {}
+    def keeper(name: str):
+        def keep(act: Tensor, hook) -> Tensor:
+            captured[name] = act  # keyed by our name: TL reports aliased hooks under theirs
+            return act
 
-        def keeper(name: str):
-            def keep(act: Tensor, hook) -> Tensor:
-                captured[name] = act  # keyed by our name: TL reports aliased hooks under theirs
-                return act
+        return keep
 
-            return keep
+    hooks: dict[str, list] = {name: [keeper(name)] for name in names}
+    if steps > 1:
+        # Riemann sum at the midpoints of the path from the base to the source input embeddings.
+        first = H.resid_pre_name(0)
+        start, end = base_cache[first], source_cache[first]
+        alphas = ((torch.arange(steps, dtype=torch.float32) + 0.5) / steps).to(start.device, start.dtype)
 
-        fwd_hooks = [(name, keeper(name)) for name in names]
-        if steps > 1:
-            # Riemann sum at the midpoints of the path from the base to the source input embeddings.
-            alphas = (torch.arange(steps, dtype=torch.float32) + 0.5) / steps
-            start, end = base_cache[first], src_cache[first]
+        def interpolate(act: Tensor, hook) -> Tensor:
+            return start + alphas.view(-1, 1, 1) * (end - start)
 
-            def interpolate(act: Tensor, hook) -> Tensor:
-                a = alphas.to(act.device, act.dtype).view(-1, 1, 1)
-                return start + a * (end - start)
-
-            fwd_hooks = [(first, interpolate)] + fwd_hooks
-        with torch.enable_grad(), model.hooks(fwd_hooks=fwd_hooks):
-            logits = model(base_tokens)
-            total = metric(logits[:, -1, :].float()).sum()
-            grads = torch.autograd.grad(total, [captured[n] for n in names])
+        hooks.setdefault(first, []).insert(0, interpolate)
+    with torch.enable_grad():
+        resid = run_to_final_resid(model, base_tokens, hooks, grad=True)
+        total = readout(resid).sum()
+        grads = torch.autograd.grad(total, [captured[n] for n in names])
+    base_metric = float(readout(run_to_final_resid(model, base_tokens, {}))[0]) if steps > 1 else float(total)
     estimates = []
     for name, grad in zip(names, grads):
         mean_grad = grad.detach().sum(0, keepdim=True) / grad.shape[0]  # average over the IG steps
-        delta = src_cache[name] - base_cache[name]
+        delta = source_cache[name] - base_cache[name]
         estimates.append(_reduce(component, positions, mean_grad * delta)[0].reshape(-1))
-    return torch.stack(estimates).reshape(-1).float().cpu() + base_metric, base_metric
+    return torch.stack(estimates).reshape(-1).float().cpu() + base_metric

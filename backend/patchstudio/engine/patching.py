@@ -71,14 +71,14 @@ def _compose(fns: Sequence[HookFn]) -> HookFn:
 
 
 def run_to_final_resid(
-    model, tokens: Int[Tensor, "1 pos"], hooks: dict[str, list[HookFn]]
+    model, tokens: Int[Tensor, "1 pos"], hooks: dict[str, list[HookFn]], *, grad: bool = False
 ) -> Float[Tensor, "rows d_model"]:
     """Run ``tokens`` with ``hooks`` and return the residual stream at the final position after the
-    last block, without computing the unembedding."""
+    last block, without computing the unembedding. With ``grad`` the result keeps its autograd graph."""
     captured: list[Tensor] = []
 
     def read_out(act: Tensor, hook: object) -> None:
-        captured.append(act[:, -1, :].clone())
+        captured.append(act[:, -1, :] if grad else act[:, -1, :].clone())
         raise _StopForward
 
     all_hooks: dict[str, list[HookFn]] = defaultdict(list)

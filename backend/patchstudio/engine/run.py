@@ -80,6 +80,8 @@ def run(
         )
 
     names = H.source_hooks(spec.component, n_layers)
+    if isinstance(spec, AttributionPatchingSpec) and spec.steps > 1:
+        names.append(H.resid_pre_name(0))  # EAP-IG interpolates the input embeddings
     clean_final, corrupted_final, clean_caches, corrupted_caches = [], [], [], []
     for p in pairs:
         logits, cache = _cache(model, p.clean, names)
@@ -107,13 +109,14 @@ def run(
         corrupted_vals.append(float(logits_metric(spec.metric, corrupted_final[i], p.answer, p.wrong, clean_lp)[0]))
         site_list, axes, sizes = H.sites(model, spec.component, spec.positions, p.clean.shape[-1])
         if isinstance(spec, AttributionPatchingSpec):
-            base, source = (p.corrupted, p.clean) if spec.direction == "denoise" else (p.clean, p.corrupted)
-
-            def metric(logits, p=p, clean_lp=clean_lp):
-                return logits_metric(spec.metric, logits, p.answer, p.wrong, clean_lp)
-
-            estimate, _ = attribution_sweep(model, base, source, spec.component, spec.positions, metric, steps=spec.steps)
-            sweeps.append(estimate)
+            denoise = spec.direction == "denoise"
+            caches = (corrupted_caches[i], clean_caches[i]) if denoise else (clean_caches[i], corrupted_caches[i])
+            readout = Readout(model, spec.metric, p.answer, p.wrong, clean_lp)
+            sweeps.append(
+                attribution_sweep(
+                    model, p.corrupted if denoise else p.clean, *caches, spec.component, spec.positions, readout, steps=spec.steps
+                )
+            )
             step(spec.steps)
             continue
         if isinstance(spec, ActivationPatchingSpec):
