@@ -14,8 +14,10 @@ computes the full unembedding each time. This core gives the same numbers with f
 - **no recomputation below the patched layer**: the base prompt runs with batch 1 up to
   ``blocks.L.hook_resid_pre``, where a hook widens the residual stream to one row per patch;
   rows only diverge where the patch is applied, so the layers below run once;
-- **only the logits the metric reads**: the forward stops at the last block's output and the
-  final position alone goes through ``ln_final`` and the unembedding columns the metric needs;
+- **only the final position at the end**: the metric reads the final position, so the last
+  block's MLP runs on that position alone (checked once per model against a full pass), the
+  forward stops at the last block's output, and only that position goes through ``ln_final`` and
+  the unembedding columns the metric needs;
 - **bounded memory**: at most ``chunk_rows`` rows per forward pass.
 
 A patch is data (``hooks.Site``): a hook and a boolean mask over the activation, applied as
@@ -97,6 +99,35 @@ def run_to_final_resid(
     return captured[0]
 
 
+_TRIM_OK: "weakref.WeakKeyDictionary[object, bool]" = weakref.WeakKeyDictionary()
+
+
+def _trim_to_final(act: Tensor, hook: object) -> Tensor:
+    return act[:, -1:, :]
+
+
+def _last_mlp_trim(model, tokens: Tensor) -> dict[str, list[HookFn]]:
+    """A hook that feeds only the final position to the last block's MLP, where that is exact.
+
+    In a pre-LN block the MLP reads resid_mid (TL 4: ``ln2``'s input) and its output is added to
+    the residual stream, so one position in gives the final position's output and the addition
+    broadcasts it. Blocks built otherwise (parallel attention and MLP, no resid_mid hook) fail the
+    one-time check and keep the full pass.
+    """
+    name = f"blocks.{model.cfg.n_layers - 1}.hook_resid_mid"
+    ok = _TRIM_OK.get(model)
+    if ok is None:
+        try:
+            with torch.no_grad():
+                full = run_to_final_resid(model, tokens, {})
+                trimmed = run_to_final_resid(model, tokens, {name: [_trim_to_final]})
+            ok = trimmed.shape == full.shape and torch.allclose(trimmed, full, atol=1e-5, rtol=1e-5)
+        except Exception:  # any architecture that cannot take it just runs in full
+            ok = False
+        _TRIM_OK[model] = ok
+    return {name: [_trim_to_final]} if ok else {}
+
+
 def _widen(rows: int) -> HookFn:
     def widen(act: Tensor, hook: object) -> Tensor:
         return act.expand(rows, *act.shape[1:]).clone()
@@ -138,12 +169,17 @@ def patch_sweep(
     for i, site in enumerate(sites):
         by_layer[site.layer].append(i)
     device = base_tokens.device
+    last = int(model.cfg.n_layers) - 1
+    trim = _last_mlp_trim(model, base_tokens)
     with torch.no_grad():
         for layer in sorted(by_layer):
             for chunk in _chunks(by_layer[layer], max(1, chunk_rows)):
                 rows = len(chunk)
                 hooks: dict[str, list[HookFn]] = defaultdict(list)
                 hooks[resid_pre_name(layer)].append(_widen(rows))
+                if layer < last:  # patches inside the last block see it whole
+                    for name, fns in trim.items():
+                        hooks[name].extend(fns)
                 by_hook: dict[str, list[tuple[int, Tensor]]] = defaultdict(list)
                 for row, i in enumerate(chunk):
                     by_hook[sites[i].hook].append((row, sites[i].mask))
