@@ -1,0 +1,375 @@
+"""Prompt families: the default model's training data and the app's ready-made prompt pairs.
+
+Pure Python (no torch), seeded and deterministic: every generator takes a seed and draws from its
+own ``random.Random(seed)``, never from global state.
+
+The default model's tokenizer is word level and splits text exactly like ``split_words`` (runs of
+word characters, every other non-space character on its own), so ``len(split_words(text))`` is a
+prompt's token count (plus one for the BOS token the tokenizer prepends). Every name, place and
+object is one word, so all prompts made from one template have the same token length.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterator
+
+# --------------------------------------------------------------------------------------------
+# Word lists
+# --------------------------------------------------------------------------------------------
+
+NAMES: tuple[str, ...] = (
+    "Mary", "John", "Alice", "Bob", "Tom", "Anna", "James", "Sarah", "David", "Emma",
+    "Michael", "Laura", "Daniel", "Kate", "Paul", "Lisa", "Mark", "Emily", "Peter", "Rachel",
+    "Steven", "Jessica", "Andrew", "Linda", "Chris", "Susan", "Robert", "Helen", "Brian", "Karen",
+    "Kevin", "Amy", "Jason", "Nancy", "Eric", "Julia", "Adam", "Sophie", "Ryan", "Grace",
+    "Jacob", "Olivia", "Henry", "Lucy", "Sam", "Claire", "George", "Hannah", "Frank", "Diana",
+    "Oliver", "Rose", "Jack", "Ella", "Matthew", "Megan", "Luke", "Victoria", "Joseph", "Natalie",
+)  # fmt: skip
+PLACES: tuple[str, ...] = (
+    "store", "garden", "school", "park", "hospital", "office", "restaurant", "station", "house",
+    "library", "beach", "museum", "market", "church", "gym",
+)  # fmt: skip
+# Consonant-initial only: templates say "a [OBJECT]".
+OBJECTS: tuple[str, ...] = (
+    "drink", "ring", "book", "kiss", "bone", "basketball", "computer", "necklace", "flower",
+    "snack", "letter", "ball", "gift", "key", "cake",
+)  # fmt: skip
+NAME_SET = frozenset(NAMES)
+
+# --------------------------------------------------------------------------------------------
+# IOI templates (after Wang et al. 2022). {N1} and {N2} are the two names introduced together,
+# {S} is the subject, who repeats one of them; the prompt ends just before the indirect object
+# (the name that appears once), which is the answer. Each template makes both orders:
+# ABBA (N1 = IO, N2 = S) and BABA (N1 = S, N2 = IO).
+# --------------------------------------------------------------------------------------------
+
+IOI_TEMPLATES: tuple[str, ...] = (
+    "When {N1} and {N2} went to the {PLACE}, {S} gave a {OBJECT} to",
+    "When {N1} and {N2} got a {OBJECT} at the {PLACE}, {S} decided to give it to",
+    "When {N1} and {N2} got a {OBJECT} at the {PLACE}, {S} decided to give the {OBJECT} to",
+    "Then, {N1} and {N2} went to the {PLACE}. {S} gave a {OBJECT} to",
+    "Then, {N1} and {N2} had a lot of fun at the {PLACE}. {S} gave a {OBJECT} to",
+    "Then, {N1} and {N2} were working at the {PLACE}. {S} decided to give a {OBJECT} to",
+    "Then, {N1} and {N2} were thinking about going to the {PLACE}. {S} wanted to give a {OBJECT} to",
+    "Then, {N1} and {N2} had a long argument, and afterwards {S} said to",
+    "After {N1} and {N2} went to the {PLACE}, {S} gave a {OBJECT} to",
+    "While {N1} and {N2} were working at the {PLACE}, {S} gave a {OBJECT} to",
+    "While {N1} and {N2} were commuting to the {PLACE}, {S} gave a {OBJECT} to",
+    "After the lunch, {N1} and {N2} went to the {PLACE}. {S} gave a {OBJECT} to",
+    "Afterwards, {N1} and {N2} went to the {PLACE}. {S} gave a {OBJECT} to",
+    "Then, {N1} and {N2} had a long argument. Afterwards {S} said to",
+    "The {PLACE} {N1} and {N2} went to had a {OBJECT}. {S} gave it to",
+    "Friends {N1} and {N2} found a {OBJECT} at the {PLACE}. {S} gave it to",
+    "When {N1} and {N2} arrived at the {PLACE}, {S} handed a {OBJECT} to",
+    "After {N1} and {N2} met at the {PLACE}, {S} showed the {OBJECT} to",
+    "While {N1} and {N2} were walking to the {PLACE}, {S} threw a {OBJECT} to",
+    "Yesterday, {N1} and {N2} went to the {PLACE}. {S} brought a {OBJECT} to",
+    "Later that day, {N1} and {N2} were cleaning the {PLACE}, and {S} passed a {OBJECT} to",
+    "{N1} and {N2} had a long argument at the {PLACE}. Afterwards {S} said to",
+    "At the {PLACE}, {N1} and {N2} were talking, and then {S} said to",
+    "On the way to the {PLACE}, {N1} and {N2} found a {OBJECT}. {S} gave it to",
+    # Held out (never trained on). Built only from words the training templates use, so no
+    # held-out word has an untrained embedding: what is new is the sentence, not the vocabulary.
+    "After {N1} and {N2} found a {OBJECT} at the {PLACE}, {S} gave it to",
+    "Then, {N1} and {N2} were commuting to the {PLACE}. {S} wanted to give a {OBJECT} to",
+    "While {N1} and {N2} had a lot of fun at the {PLACE}, {S} decided to give the {OBJECT} to",
+    "After the lunch, {N1} and {N2} had a long argument, and afterwards {S} said to",
+)
+HELDOUT_TEMPLATES: tuple[int, ...] = (24, 25, 26, 27)
+TRAIN_TEMPLATES: tuple[int, ...] = tuple(i for i in range(len(IOI_TEMPLATES)) if i not in HELDOUT_TEMPLATES)
+
+# Training-only lead-in sentences (see ioi_training_texts).
+FILLERS: tuple[str, ...] = (
+    "It was a nice day.",
+    "The weather was warm.",
+    "Everyone was happy that morning.",
+    "It was late in the evening.",
+    "The town was quiet.",
+)
+
+_WORD_RE = re.compile(r"\w+|[^\w\s]")
+_NAME_RE = re.compile(r"\w+")
+
+
+def split_words(text: str) -> list[str]:
+    """The default tokenizer's pre-tokenization: word runs, each punctuation mark on its own."""
+    return _WORD_RE.findall(text)
+
+
+def vocabulary_words() -> list[str]:
+    """Every word and punctuation mark the generators can produce, in a stable order."""
+    words: dict[str, None] = {}
+    for template in IOI_TEMPLATES:
+        for w in split_words(re.sub(r"\{\w+\}", " ", template)):
+            words[w] = None
+    for w in (*split_words(" ".join(FILLERS)), *NAMES, *PLACES, *OBJECTS):
+        words[w] = None
+    return list(words)
+
+
+def is_heldout_pair(a: str, b: str) -> bool:
+    """Deterministic ~20% split of unordered name pairs; held-out pairs never occur in training
+    in either role or order. sha256, not hash(), so the split survives PYTHONHASHSEED."""
+    key = "|".join(sorted((a, b))).encode()
+    return hashlib.sha256(key).digest()[0] % 5 == 0
+
+
+# --------------------------------------------------------------------------------------------
+# Pairs
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PromptPair:
+    """A clean/corrupted prompt pair; the metric compares logits of `answer` and `wrong` (the
+    clean prompt's correct and incorrect next tokens) at the final position."""
+
+    clean: str
+    corrupted: str
+    answer: str
+    wrong: str
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def _fill(template: str, n1: str, n2: str, s: str, place: str, obj: str) -> str:
+    return template.format(N1=n1, N2=n2, S=s, PLACE=place, OBJECT=obj)
+
+
+def _pick_pair(rng: random.Random, split: str) -> tuple[str, str]:
+    while True:
+        io, s = rng.sample(NAMES, 2)
+        held = is_heldout_pair(io, s)
+        if split == "all" or held == (split == "heldout"):
+            return io, s
+
+
+def ioi_pairs(
+    n: int,
+    seed: int = 0,
+    corruption: str = "swap",
+    split: str = "all",
+    template: int | None = None,
+) -> list[PromptPair]:
+    """`n` IOI prompt pairs. The clean prompt ends before the indirect object: answer = IO,
+    wrong = S. Orders alternate ABBA, BABA, ...
+
+    corruption: "swap" replaces the repeated subject (S2) by the IO name, so the corrupted
+      prompt's correct answer is the clean prompt's S; "abc" replaces all three name slots by
+      three other distinct names. Both keep the token length.
+    split: "train" (training templates and name pairs), "heldout" (held-out templates and
+      held-out name pairs, never trained on), "all" (any template, any pair).
+    template: an index into IOI_TEMPLATES; all pairs then have the same token length. With a
+      fixed template the split only selects the name pairs (a held-out template is refused for
+      split="train").
+    """
+    if corruption not in ("swap", "abc"):
+        raise ValueError(f"corruption must be 'swap' or 'abc', got {corruption!r}")
+    if split not in ("train", "heldout", "all"):
+        raise ValueError(f"split must be 'train', 'heldout' or 'all', got {split!r}")
+    if template is not None:
+        if not 0 <= template < len(IOI_TEMPLATES):
+            raise ValueError(f"template must be in [0, {len(IOI_TEMPLATES)}), got {template}")
+        if split == "train" and template in HELDOUT_TEMPLATES:
+            raise ValueError(f"template {template} is held out; it is never used with split='train'")
+        choices: tuple[int, ...] = (template,)
+    else:
+        choices = {"train": TRAIN_TEMPLATES, "heldout": HELDOUT_TEMPLATES}.get(split, tuple(range(len(IOI_TEMPLATES))))
+    rng = random.Random(seed)
+    pairs = []
+    for i in range(n):
+        t = IOI_TEMPLATES[rng.choice(choices)]
+        io, s = _pick_pair(rng, split)
+        place, obj = rng.choice(PLACES), rng.choice(OBJECTS)
+        n1, n2 = (io, s) if i % 2 == 0 else (s, io)  # ABBA, then BABA
+        clean = _fill(t, n1, n2, s, place, obj)
+        if corruption == "swap":
+            corrupted = _fill(t, n1, n2, io, place, obj)
+        else:
+            c1, c2, c3 = rng.sample([x for x in NAMES if x not in (io, s)], 3)
+            corrupted = _fill(t, c1, c2, c3, place, obj)
+        pairs.append(PromptPair(clean, corrupted, io, s))
+    return pairs
+
+
+def induction_pairs(n: int, seed: int = 0, length: int = 8) -> list[PromptPair]:
+    """`n` induction pairs. Clean: `length` distinct words w1..wL, then w1..w(L-1) again; the
+    answer is wL (what an induction head predicts). Corrupted: the first half replaced by another
+    sequence that shares only w(L-1), at the same place, followed by a different word `wrong`;
+    the second half is unchanged, so induction now predicts `wrong`. Words come from
+    NAMES + OBJECTS + PLACES; all pairs have 2*length-1 words."""
+    pool = [*NAMES, *OBJECTS, *PLACES]
+    if not 2 <= length <= len(pool) // 2:
+        raise ValueError(f"length must be in [2, {len(pool) // 2}], got {length}")
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(n):
+        seq = rng.sample(pool, length)
+        others = rng.sample([w for w in pool if w not in seq], length - 1)
+        first = others[: length - 2] + [seq[-2], others[-1]]  # anchor w(L-1), then `wrong`
+        second = seq[:-1]
+        pairs.append(
+            PromptPair(" ".join(seq + second), " ".join(first + second), answer=seq[-1], wrong=others[-1])
+        )
+    return pairs
+
+
+# --------------------------------------------------------------------------------------------
+# Corruptions of user-typed IOI-shaped prompts
+# --------------------------------------------------------------------------------------------
+
+
+def _ioi_names(prompt: str) -> tuple[str, str, list[re.Match]] | None:
+    """(io, s, matches of every name) if the prompt names exactly two people from NAMES, one
+    once (IO) and one at least twice (S); otherwise None."""
+    matches = [m for m in _NAME_RE.finditer(prompt) if m.group() in NAME_SET]
+    counts: dict[str, int] = {}
+    for m in matches:
+        counts[m.group()] = counts.get(m.group(), 0) + 1
+    if len(counts) != 2 or sorted(counts.values())[0] != 1 or max(counts.values()) < 2:
+        return None
+    io = next(k for k, v in counts.items() if v == 1)
+    s = next(k for k, v in counts.items() if v > 1)
+    return io, s, matches
+
+
+def _require_ioi(prompt: str) -> tuple[str, str, list[re.Match]]:
+    found = _ioi_names(prompt)
+    if found is None:
+        names = [m.group() for m in _NAME_RE.finditer(prompt) if m.group() in NAME_SET]
+        raise ValueError(
+            "not an IOI-shaped prompt: it needs exactly two distinct names from the name list, "
+            f"one appearing once and the other repeated; names found: {names or 'none'}"
+        )
+    return found
+
+
+def _replace(prompt: str, matches: list[re.Match], new: list[str]) -> str:
+    out, last = [], 0
+    for m, w in zip(matches, new):
+        out += [prompt[last : m.start()], w]
+        last = m.end()
+    return "".join(out) + prompt[last:]
+
+
+def guess_answers(prompt: str) -> tuple[str, str] | None:
+    """(answer, wrong) for an IOI-shaped prompt: the name that appears once and the repeated
+    name; None if the prompt is not IOI-shaped."""
+    found = _ioi_names(prompt)
+    return None if found is None else (found[0], found[1])
+
+
+def swap_names(prompt: str) -> str:
+    """The "swap" corruption of any IOI-shaped prompt: the last mention of the repeated name S
+    becomes the IO name, so the other name is now the licensed answer. Same token length.
+    Raises ValueError if the prompt is not IOI-shaped."""
+    io, s, matches = _require_ioi(prompt)
+    last_s = max(i for i, m in enumerate(matches) if m.group() == s)
+    return _replace(prompt, matches, [io if i == last_s else m.group() for i, m in enumerate(matches)])
+
+
+def abc_corruption(prompt: str, seed: int = 0) -> str:
+    """The "ABC" corruption of any IOI-shaped prompt: every name mention becomes a different,
+    random name, all distinct and none of the original two. Same token length.
+    Raises ValueError if the prompt is not IOI-shaped."""
+    io, s, matches = _require_ioi(prompt)
+    rng = random.Random(seed)
+    new = rng.sample([x for x in NAMES if x not in (io, s)], len(matches))
+    return _replace(prompt, matches, new)
+
+
+# --------------------------------------------------------------------------------------------
+# Training data
+# --------------------------------------------------------------------------------------------
+
+
+def ioi_training_texts(n: int, seed: int = 0, prefix_prob: float = 0.5) -> list[str]:
+    """Complete IOI sentences (clean prompt + " " + IO) from training templates and pairs only.
+
+    With probability `prefix_prob` a sentence is preceded by a lead-in: a filler sentence or
+    another complete training IOI sentence with two other names (each of which then appears
+    twice, so the answer is still the one name that appears once). Without this the model ties
+    IOI to the absolute positions of the training templates and fails held-out templates whose
+    names sit elsewhere."""
+    rng = random.Random(seed)
+    main = ioi_pairs(n, seed=rng.randrange(2**32), split="train")
+    texts = []
+    for p in main:
+        text = f"{p.clean} {p.answer}"
+        r = rng.random()
+        if r < prefix_prob / 2:
+            text = f"{rng.choice(FILLERS)} {text}"
+        elif r < prefix_prob:
+            while True:
+                q = ioi_pairs(1, seed=rng.randrange(2**32), split="train")[0]
+                if not {q.answer, q.wrong} & {p.answer, p.wrong}:
+                    break
+            text = f"{q.clean} {q.answer}. {text}"
+        texts.append(text)
+    return texts
+
+
+def induction_training_texts(n: int, seed: int = 0, min_len: int = 4, max_len: int = 30) -> list[str]:
+    """Random sequences of distinct vocabulary words (any word the tokenizer knows, so induction
+    is learnt for every token), each of random length L in [min_len, max_len], written twice:
+    2*L words."""
+    vocab = vocabulary_words()
+    rng = random.Random(seed)
+    return [" ".join(seq + seq) for seq in (rng.sample(vocab, rng.randint(min_len, max_len)) for _ in range(n))]
+
+
+def training_texts(n_ioi: int, n_induction: int, seed: int = 0) -> list[str]:
+    """A shuffled mix of IOI sentences and repeated sequences."""
+    texts = ioi_training_texts(n_ioi, seed) + induction_training_texts(n_induction, seed + 1)
+    random.Random(seed + 2).shuffle(texts)
+    return texts
+
+
+def iter_training_texts(seed: int = 0, chunk: int = 1024, ioi_fraction: float = 0.75) -> Iterator[str]:
+    """Endless stream of training texts, generated in seeded chunks."""
+    for k in range(10**12):
+        n_ioi = int(chunk * ioi_fraction)
+        yield from training_texts(n_ioi, chunk - n_ioi, seed=seed * 1_000_003 + 3 * k)
+
+
+# --------------------------------------------------------------------------------------------
+# Families, for the UI
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    description: str
+    make: Callable[..., list[PromptPair]]  # make(n, seed=0, **options)
+
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family(
+            "ioi_swap",
+            "Indirect object identification; corrupted = the repeated subject replaced by the "
+            "other name, which flips the answer.",
+            lambda n, seed=0, **kw: ioi_pairs(n, seed=seed, corruption="swap", **kw),
+        ),
+        Family(
+            "ioi_abc",
+            "Indirect object identification; corrupted = all three names replaced by three "
+            "unrelated names (no answer licensed).",
+            lambda n, seed=0, **kw: ioi_pairs(n, seed=seed, corruption="abc", **kw),
+        ),
+        Family(
+            "induction",
+            "A random word sequence followed by its repeat; the answer is the next word of the "
+            "repeat. Corrupted = a different first half whose copy of the last word is followed "
+            "by another word.",
+            lambda n, seed=0, **kw: induction_pairs(n, seed=seed, **kw),
+        ),
+    )
+}
