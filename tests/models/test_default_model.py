@@ -27,7 +27,14 @@ def model():
 @pytest.fixture(scope="module")
 def measured(model, metrics):
     e = metrics["eval"]
-    return evaluate(model, n=e["n"], seed=e["seed"], n_induction=e["n_induction"], induction_length=e["induction_length"])
+    # One thread: as fast on idle cores for this small model, and far faster when other jobs
+    # share the cores (multi-threaded torch then waits on descheduled threads).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return evaluate(model, n=e["n"], seed=e["seed"], n_induction=e["n_induction"], induction_length=e["induction_length"])
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_config(model, metrics):

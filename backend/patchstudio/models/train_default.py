@@ -271,19 +271,20 @@ def train(
         "warmup": WARMUP, "schedule": "linear warmup, cosine decay to 10%", "weight_decay": WEIGHT_DECAY,
         "answer_weight": ANSWER_WEIGHT, "grad_clip": 1.0, "seed": seed, "threads": threads,
         "final_ioi_loss": running[0], "final_induction_loss": running[1],
-        "train_seconds": round(train_seconds, 1), "total_seconds": round(time.time() - t_start, 1),
+        "train_seconds": round(train_seconds, 1),
         "cpu_count": os.cpu_count(), "load_average_1min_at_end": round(os.getloadavg()[0], 2),
         "torch": torch.__version__, "platform": platform.platform(), "processor": platform.machine(),
     }  # fmt: skip
-    metrics = write_report(out_dir, training)
+    metrics = write_report(out_dir, training, started=t_start)
     log(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2))
-    log(f"wrote {out_dir} in {time.time() - t_start:.0f}s")
+    log(f"wrote {out_dir} in {metrics['training']['total_seconds']:.0f}s")
     return metrics
 
 
-def write_report(out_dir: str | Path = DEFAULT_DIR, training: dict | None = None) -> dict:
+def write_report(out_dir: str | Path = DEFAULT_DIR, training: dict | None = None, started: float | None = None) -> dict:
     """Evaluate the saved model in out_dir exactly as users load it and write metrics.json and
-    CARD.md. training: the training record (default: keep the one already in metrics.json)."""
+    CARD.md. training: the training record (default: keep the one already in metrics.json);
+    started: time.time() at the start of training, to record the total wall time."""
     from .default_model import load_default_model
 
     out_dir = Path(out_dir)
@@ -291,6 +292,8 @@ def write_report(out_dir: str | Path = DEFAULT_DIR, training: dict | None = None
         training = json.loads((out_dir / "metrics.json").read_text())["training"]
     model = load_default_model(out_dir)
     metrics = evaluate(model)
+    if started is not None:
+        training = {**training, "total_seconds": round(time.time() - started, 1)}
     metrics["training"] = training
     metrics["model"] = {
         "n_params": sum(p.numel() for p in model.parameters()),
