@@ -25,7 +25,7 @@ def _reference(model, component, positions, direction, alphas=(None,)):
         wrong = int(model.to_tokens(" " + p["wrong"], prepend_bos=False)[0, 0])
         _, src = model.run_with_cache(source)
         base_logits, bc = model.run_with_cache(base)
-        base_metric = float(base_logits[0, -1, ans] - base_logits[0, -1, wrong])
+        base_metric = float((base_logits[0, -1, ans] - base_logits[0, -1, wrong]).detach())
         seq = base.shape[1]
         values = []
         for layer in range(n_layers):
