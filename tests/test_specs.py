@@ -237,10 +237,10 @@ def test_bad_pair_gives_only_its_own_errors():
 
 def test_unknown_method_rejected():
     with pytest.raises(ValidationError) as info:
-        parse_spec({**PATCH, "method": "path_patching"})
+        parse_spec({**PATCH, "method": "causal_scrubbing"})
     message = str(info.value)
-    assert "'path_patching'" in message
-    assert "'activation_patching', 'ablation'" in message
+    assert "'causal_scrubbing'" in message
+    assert "'activation_patching', 'ablation', 'attribution_patching', 'path_patching'" in message
 
 
 def test_invalid_json_string_raises_json_error():
@@ -299,6 +299,7 @@ def test_json_schema_discriminates_on_method():
         "activation_patching": "#/$defs/ActivationPatchingSpec",
         "ablation": "#/$defs/AblationSpec",
         "attribution_patching": "#/$defs/AttributionPatchingSpec",
+        "path_patching": "#/$defs/PathPatchingSpec",
     }
     defs = schema["$defs"]
     assert {"ActivationPatchingSpec", "AblationSpec", "PromptPair"} <= set(defs)

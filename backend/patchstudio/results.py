@@ -6,7 +6,7 @@ from typing import Any, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from patchstudio.specs import AblationSpec, ActivationPatchingSpec, AttributionPatchingSpec
+from patchstudio.specs import AblationSpec, ActivationPatchingSpec, AttributionPatchingSpec, PathPatchingSpec
 
 
 class PromptTokens(BaseModel):
@@ -37,7 +37,7 @@ class PatchResult(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     id: str
-    spec: Union[ActivationPatchingSpec, AblationSpec, AttributionPatchingSpec] = Field(discriminator="method")
+    spec: Union[ActivationPatchingSpec, AblationSpec, AttributionPatchingSpec, PathPatchingSpec] = Field(discriminator="method")
     axes: list[str]
     labels: dict[str, list[str]]
     values: Any

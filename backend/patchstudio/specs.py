@@ -139,8 +139,43 @@ class AttributionPatchingSpec(_SpecBase):
         return value
 
 
+class ReceiverSpec(_Frozen):
+    """A receiver of path patching: one head's query, key or value input."""
+
+    layer: int = Field(ge=0)
+    head: int = Field(ge=0)
+    input: Literal["q", "k", "v"] = "q"
+
+
+class PathPatchingSpec(_SpecBase):
+    """Path patching (Wang et al. 2022): each sender head's effect through the receivers only.
+
+    Senders are every head (axes layer x head); the component is ``head`` at all positions.
+    No receivers: the path ends at the residual stream before the unembedding (direct effect on
+    the logits, with MLPs recomputed). ``direction`` 'noise' (as in the paper) patches the
+    corrupted sender into the clean run; 'denoise' the reverse."""
+
+    method: Literal["path_patching"] = "path_patching"
+    direction: Direction = "noise"
+    receivers: tuple[ReceiverSpec, ...] = Field((), description="Receiver heads' q/k/v inputs; empty = the logits.")
+
+    @field_validator("component")
+    @classmethod
+    def _heads_only(cls, value: str) -> str:
+        if value != "head":
+            raise ValueError("path patching sends from heads: component must be 'head'")
+        return value
+
+    @field_validator("positions")
+    @classmethod
+    def _all_positions(cls, value: str) -> str:
+        if value != "all":
+            raise ValueError("path patching patches each sender at every position: positions must be 'all'")
+        return value
+
+
 ExperimentSpec = Annotated[
-    Union[ActivationPatchingSpec, AblationSpec, AttributionPatchingSpec], Field(discriminator="method")
+    Union[ActivationPatchingSpec, AblationSpec, AttributionPatchingSpec, PathPatchingSpec], Field(discriminator="method")
 ]
 _ADAPTER: TypeAdapter[ExperimentSpec] = TypeAdapter(ExperimentSpec)
 
@@ -153,12 +188,16 @@ DEFAULTS_DOC = {
     "ablation": "mean (ablation)",
     "seed": "0 (ablation: resample)",
     "steps": "1 (attribution_patching; more = EAP-IG)",
+    "receivers": "[] (path_patching: the logits)",
 }
 
 
-def parse_spec(data: Any) -> ActivationPatchingSpec | AblationSpec | AttributionPatchingSpec:
+AnySpec = Union[ActivationPatchingSpec, AblationSpec, AttributionPatchingSpec, PathPatchingSpec]
+
+
+def parse_spec(data: Any) -> AnySpec:
     """A spec from a dict, a JSON string or a spec object. ``method`` defaults to activation_patching."""
-    if isinstance(data, (ActivationPatchingSpec, AblationSpec, AttributionPatchingSpec)):
+    if isinstance(data, (ActivationPatchingSpec, AblationSpec, AttributionPatchingSpec, PathPatchingSpec)):
         return data
     if isinstance(data, (str, bytes)):
         data = json.loads(data)

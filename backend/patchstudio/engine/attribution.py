@@ -88,7 +88,11 @@ def attribution_sweep(
         resid = run_to_final_resid(model, base_tokens, hooks, grad=True)
         total = readout(resid).sum()
         grads = torch.autograd.grad(total, [captured[n] for n in names])
-    base_metric = float(readout(run_to_final_resid(model, base_tokens, {}))[0]) if steps > 1 else float(total.detach())
+    if steps > 1:  # the IG rows are interpolations; the base metric needs its own (gradient-free) pass
+        with torch.no_grad():
+            base_metric = float(readout(run_to_final_resid(model, base_tokens, {}))[0])
+    else:
+        base_metric = float(total.detach())
     estimates = []
     for name, grad in zip(names, grads):
         mean_grad = grad.detach().sum(0, keepdim=True) / grad.shape[0]  # average over the IG steps

@@ -11,11 +11,12 @@ import torch
 from patchstudio.engine import hooks as H
 from patchstudio.engine.ablation import ablation_values
 from patchstudio.engine.attribution import attribution_sweep
+from patchstudio.engine.path_patching import path_patch_sweep
 from patchstudio.engine.inputs import InputError, PreparedPair, prepare_pairs
 from patchstudio.engine.metrics import Readout, logits_metric, normalize
 from patchstudio.engine.patching import model_lock, patch_sweep
 from patchstudio.results import ModelInfo, PatchResult, PromptTokens, to_nested
-from patchstudio.specs import AblationSpec, ActivationPatchingSpec, AttributionPatchingSpec, parse_spec
+from patchstudio.specs import AblationSpec, ActivationPatchingSpec, AttributionPatchingSpec, PathPatchingSpec, parse_spec
 
 ProgressFn = Callable[[int, int], None]
 
@@ -79,6 +80,14 @@ def run(
             field="prompts",
         )
 
+    if isinstance(spec, PathPatchingSpec):
+        for r in spec.receivers:
+            if r.layer >= n_layers or r.head >= int(model.cfg.n_heads):
+                raise InputError(
+                    f"receiver L{r.layer} H{r.head} does not exist: the model has {n_layers} layers of "
+                    f"{int(model.cfg.n_heads)} heads",
+                    field="receivers",
+                )
     names = H.source_hooks(spec.component, n_layers)
     if isinstance(spec, AttributionPatchingSpec) and spec.steps > 1:
         names.append(H.resid_pre_name(0))  # EAP-IG interpolates the input embeddings
@@ -118,6 +127,13 @@ def run(
                 )
             )
             step(spec.steps)
+            continue
+        if isinstance(spec, PathPatchingSpec):
+            denoise = spec.direction == "denoise"
+            caches = (corrupted_caches[i], clean_caches[i]) if denoise else (clean_caches[i], corrupted_caches[i])
+            receivers = [(r.layer, r.head, r.input) for r in spec.receivers]
+            readout = Readout(model, spec.metric, p.answer, p.wrong, clean_lp)
+            sweeps.append(path_patch_sweep(model, p.corrupted if denoise else p.clean, *caches, receivers, readout, progress=step))
             continue
         if isinstance(spec, ActivationPatchingSpec):
             denoise = spec.direction == "denoise"

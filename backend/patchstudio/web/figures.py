@@ -19,7 +19,7 @@ COLORSCALE = "RdBu"
 def no_effect(result: PatchResult) -> float:
     """The metric of the run being intervened on: what a patch with no effect leaves."""
     spec = result.spec
-    if spec.method in ("activation_patching", "attribution_patching") and spec.direction == "denoise":
+    if spec.method != "ablation" and spec.direction == "denoise":
         return result.corrupted
     return result.clean
 
@@ -36,9 +36,12 @@ def pos_labels(result: PatchResult) -> list[str]:
 def describe(result: PatchResult) -> str:
     """One line: method, component, metric and corruption."""
     spec = result.spec
-    if spec.method in ("activation_patching", "attribution_patching"):
+    if spec.method in ("activation_patching", "attribution_patching", "path_patching"):
         how = "denoising: clean → corrupted run" if spec.direction == "denoise" else "noising: corrupted → clean run"
         method = f"activation patching ({how})"
+        if spec.method == "path_patching":
+            to = ", ".join(f"L{r.layer}H{r.head}.{r.input}" for r in spec.receivers) or "the logits"
+            method = f"path patching from each head to {to} ({how})"
         if spec.method == "attribution_patching":
             estimate = "linear estimate" if spec.steps == 1 else f"EAP-IG estimate, {spec.steps} steps"
             method = f"attribution patching ({estimate}; {how})"

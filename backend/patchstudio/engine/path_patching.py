@@ -1,0 +1,132 @@
+"""Path patching: the effect of one head through a chosen route, not through everything.
+
+Path patching (Wang et al. 2022, "Interpretability in the wild", IOI; Goldowsky-Dill et al. 2023)
+restricts a patch to a connection. The sender head's output takes its value on the
+counterfactual run; every other attention head is frozen at its value on the base run (MLPs are
+recomputed); and only the receivers' chosen input sees the sender's new contribution:
+
+1. run the base prompt with the sender patched and all other heads frozen, and record the
+   receivers' inputs (their queries, keys or values; or, for the direct path to the logits, the
+   residual stream at the end);
+2. run the base prompt again, freely, with only those receiver inputs set to the recorded values,
+   and read the metric.
+
+For the residual stream at the end, step 1 already is the answer. This is the exact definition,
+not TransformerLens's linear approximation (``direct_path_patching``). Both steps batch every
+sender head of a layer as rows of one forward pass, widened at the sender's layer as in
+``patching``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Callable, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from patchstudio.engine import hooks as H
+from patchstudio.engine.patching import HookFn, _compose, _StopForward, _widen, model_lock, run_to_final_resid
+
+Receiver = tuple[int, int, str]  # (layer, head, "q" | "k" | "v")
+
+
+def _freeze_all(value: Tensor) -> HookFn:
+    def freeze(act: Tensor, hook) -> Tensor:
+        return value.expand_as(act)
+
+    return freeze
+
+
+def _sender_hooks(model, layer: int, rows: int, base_z: dict[str, Tensor], cf_z: dict[str, Tensor]) -> dict[str, list[HookFn]]:
+    """Step 1's hooks for the senders at ``layer`` (row i = head i): the sender's z from the
+    counterfactual run, every head of every later layer frozen at the base run."""
+    name = H.hook_name("head", layer)
+    mask = torch.zeros(rows, 1, rows, 1, dtype=torch.bool)
+    mask[torch.arange(rows), 0, torch.arange(rows), 0] = True
+    hooks: dict[str, list[HookFn]] = defaultdict(list)
+    hooks[H.resid_pre_name(layer)].append(_widen(rows))
+    hooks[name].append(lambda act, hook: torch.where(mask.to(act.device), cf_z[name].to(act.dtype), act))
+    for later in range(layer + 1, int(model.cfg.n_layers)):
+        hooks[H.hook_name("head", later)].append(_freeze_all(base_z[H.hook_name("head", later)]))
+    return hooks
+
+
+def path_patch_sweep(
+    model,
+    base_tokens: Int[Tensor, "1 pos"],
+    base_cache: dict[str, Tensor],
+    cf_cache: dict[str, Tensor],
+    receivers: Sequence[Receiver],
+    readout: Callable[[Tensor], Tensor],
+    progress: Callable[[int], None] | None = None,
+) -> Float[Tensor, "n_layers_x_n_heads"]:
+    """The metric with each sender head's path to the receivers patched, in (layer, head) order.
+
+    ``base_cache``/``cf_cache`` hold every layer's ``attn.hook_z`` (and, for receivers, the base
+    run's ``attn.hook_q/k/v`` at the receivers' layers). With no receivers the path ends at the
+    residual stream before the unembedding. A sender with no path to any receiver (it sits at or
+    after every receiver's layer) leaves the base metric.
+    """
+    n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
+    base_z = {H.hook_name("head", l): base_cache[H.hook_name("head", l)] for l in range(n_layers)}
+    cf_z = {H.hook_name("head", l): cf_cache[H.hook_name("head", l)] for l in range(n_layers)}
+    with torch.no_grad():
+        base_metric = float(readout(run_to_final_resid(model, base_tokens, {}))[0])
+        out = torch.full((n_layers, n_heads), base_metric)
+        for layer in range(n_layers):
+            hooks = _sender_hooks(model, layer, n_heads, base_z, cf_z)
+            if not receivers:
+                out[layer] = readout(run_to_final_resid(model, base_tokens, hooks)).float().cpu()
+            else:
+                reached = [r for r in receivers if r[0] > layer]
+                if reached:
+                    out[layer] = _through_receivers(model, base_tokens, hooks, reached, n_heads, readout)
+            if progress is not None:
+                progress(n_heads)
+    return out.reshape(-1)
+
+
+def _receiver_name(receiver: Receiver) -> str:
+    return H.hook_name({"q": "head_q", "k": "head_k", "v": "head_v"}[receiver[2]], receiver[0])
+
+
+def _through_receivers(model, tokens, sender_hooks, receivers, rows, readout) -> Tensor:
+    # Step 1: record the receivers' inputs with only the sender changed, then stop.
+    recorded: dict[str, Tensor] = {}
+    last = max(r[0] for r in receivers)
+    names = sorted({_receiver_name(r) for r in receivers})
+
+    def recorder(name: str) -> HookFn:
+        def record(act: Tensor, hook) -> Tensor:
+            recorded[name] = act.clone()
+            if len(recorded) == len(names):
+                raise _StopForward
+            return act
+
+        return record
+
+    hooks = {k: list(v) for k, v in sender_hooks.items()}
+    for name in names:
+        hooks.setdefault(name, []).append(recorder(name))
+    fwd_hooks = [(name, _compose(fns)) for name, fns in hooks.items()]
+    with model_lock(model):
+        try:
+            with model.hooks(fwd_hooks=fwd_hooks):
+                model(tokens)
+        except _StopForward:
+            pass
+    assert len(recorded) == len(names), f"receiver hooks did not fire by layer {last}"
+    # Step 2: a free run with only the receivers' chosen inputs set to the recorded values.
+    first = min(r[0] for r in receivers)
+    step2: dict[str, list[HookFn]] = defaultdict(list)
+    step2[H.resid_pre_name(first)].append(_widen(rows))
+    for name in names:
+        heads = [r[1] for r in receivers if _receiver_name(r) == name]
+        mask = torch.zeros(1, 1, recorded[name].shape[2], 1, dtype=torch.bool)
+        mask[0, 0, heads, 0] = True
+        value = recorded[name]
+        step2[name].append(lambda act, hook, mask=mask, value=value: torch.where(mask.to(act.device), value, act))
+    return readout(run_to_final_resid(model, tokens, step2)).float().cpu()
+
