@@ -152,3 +152,17 @@ def test_attribution_patching_page_and_its_figure1_use_exact_companions(client, 
     fig = client.get(f"/runs/{run_id}/figure1?layer=1&head=2").text
     exact = run(tiny_model, {"prompts": [{"clean": IOI, "corrupted": IOI_CORRUPTED, "answer": "Mary", "wrong": "John"}], "component": "head"})
     assert f'id="patched-value">{exact.values[1][2]:.4f}<' in fig  # the exact patch, not the estimate
+
+
+def test_path_patching_from_the_form(client, tiny_model):
+    response = client.post("/explore", data=form(method="path_patching", direction="noise", receivers="L1H2.q, L1H0.v"), headers=HTMX)
+    assert "path patching from each head to L1H2.q, L1H0.v (noising" in response.text
+    push = response.headers["HX-Push-Url"]
+    pair = {"clean": IOI, "corrupted": IOI_CORRUPTED, "answer": "Mary", "wrong": "John"}
+    expected = run(tiny_model, {"method": "path_patching", "prompts": [pair], "direction": "noise",
+                                "receivers": [{"layer": 1, "head": 2, "input": "q"}, {"layer": 1, "head": 0, "input": "v"}]})
+    assert push == f"/runs/{expected.id}"
+    page = client.get(push).text
+    assert 'value="L1H2.q L1H0.v"' in page  # the form shows the stored receivers
+    bad = client.post("/explore", data=form(method="path_patching", receivers="layer two"), headers=HTMX)
+    assert re.search(r'id="err-receivers"[^>]*>receiver &#39;layer&#39; is not like', bad.text)

@@ -7,6 +7,7 @@ family: the built-in IOI and induction families, or their own pairs, one per lin
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -37,6 +38,7 @@ DEFAULT_FORM: dict[str, str] = {
     "ablation": "mean",
     "seed": "0",
     "steps": "1",
+    "receivers": "",
     "metric": "logit_diff",
 }
 
@@ -116,6 +118,26 @@ def parse_pairs_text(text: str) -> list[dict[str, str]]:
     return pairs
 
 
+_RECEIVER = re.compile(r"^L(\d+)\s*H(\d+)(?:\.([qkv]))?$", re.IGNORECASE)
+
+
+def parse_receivers(text: str) -> list[dict[str, Any]]:
+    """'L2H3.q L3H1.k' (comma or space separated; input defaults to q) -> receiver dicts; '' = logits."""
+    out = []
+    for item in re.split(r"[,\s]+", text.strip()):
+        if not item:
+            continue
+        match = _RECEIVER.match(item)
+        if match is None:
+            raise InputError(f"receiver {item!r} is not like 'L2H3.q' (layer, head, and q, k or v)", field="receivers")
+        out.append({"layer": int(match[1]), "head": int(match[2]), "input": (match[3] or "q").lower()})
+    return out
+
+
+def format_receivers(receivers) -> str:
+    return " ".join(f"L{r.layer}H{r.head}.{r.input}" for r in receivers)
+
+
 def family_pairs(values: dict[str, str]) -> list[dict[str, str]]:
     name = values.get("family", "ioi_swap")
     if name == "custom":
@@ -159,6 +181,8 @@ def spec_from_form(form: Mapping[str, Any]) -> FormState:
             data["direction"] = values["direction"]
         if values["method"] == "attribution_patching":
             data["steps"] = _int(values, "steps", 1, 64)
+        if values["method"] == "path_patching":
+            data["receivers"] = parse_receivers(values.get("receivers", ""))
         state.spec = parse_spec(data)
     except InputError as exc:
         state.error, state.error_field, state.error_detail = str(exc), exc.field, exc.detail
@@ -179,6 +203,8 @@ def form_from_spec(spec: Any) -> dict[str, str]:
         values["direction"] = spec.direction
     if spec.method == "attribution_patching":
         values["steps"] = str(spec.steps)
+    if spec.method == "path_patching":
+        values["receivers"] = format_receivers(spec.receivers)
     if len(spec.prompts) == 1:
         p = spec.prompts[0]
         values.update(source="pair", clean=p.clean, corrupted=p.corrupted, answer=p.answer, wrong=p.wrong)

@@ -24,7 +24,7 @@ router = APIRouter(include_in_schema=False)
 templates = Jinja2Blocks(directory=str(FRONTEND / "templates"))
 templates.env.globals["urls"] = urls
 
-ERROR_FIELDS = ["model", "clean", "corrupted", "answer", "wrong", "n_pairs", "template", "pairs_text", "prompts", "spec"]
+ERROR_FIELDS = ["model", "clean", "corrupted", "answer", "wrong", "n_pairs", "template", "pairs_text", "prompts", "receivers", "spec"]
 FIELD_ALIASES = {"family": "pairs_text", "family_seed": "n_pairs", "seed": "spec"}
 
 
