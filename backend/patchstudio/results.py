@@ -6,7 +6,7 @@ from typing import Any, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from patchstudio.specs import AblationSpec, ActivationPatchingSpec, AttributionPatchingSpec, PathPatchingSpec
+from patchstudio.specs import AblationSpec, ActivationPatchingSpec, AttributionPatchingSpec, PathPatchingSpec, SelfRepairSpec
 
 
 class PromptTokens(BaseModel):
@@ -37,7 +37,9 @@ class PatchResult(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     id: str
-    spec: Union[ActivationPatchingSpec, AblationSpec, AttributionPatchingSpec, PathPatchingSpec] = Field(discriminator="method")
+    spec: Union[ActivationPatchingSpec, AblationSpec, AttributionPatchingSpec, PathPatchingSpec, SelfRepairSpec] = Field(
+        discriminator="method"
+    )
     axes: list[str]
     labels: dict[str, list[str]]
     values: Any
@@ -49,6 +51,7 @@ class PatchResult(BaseModel):
     model: ModelInfo
     versions: dict[str, str]
     seconds: float = Field(description="Wall time of the computation.")
+    extras: dict[str, Any] | None = Field(None, description="Method-specific summaries (self-repair: TE, DE, ...).")
 
 
 def to_nested(values, sizes: list[int]) -> Any:

@@ -174,8 +174,55 @@ class PathPatchingSpec(_SpecBase):
         return value
 
 
+class HeadRef(_Frozen):
+    layer: int = Field(ge=0)
+    head: int = Field(ge=0)
+
+
+class SelfRepairSpec(_SpecBase):
+    """Self-repair (McGrath et al. 2023; Rushing & Nanda 2024): ablate target heads on the clean
+    run and split the metric's change into the targets' direct effect, each downstream head's and
+    MLP's change in direct effect, and the final LayerNorm scale's part. ``compensator``: a head
+    ablated together with the targets (paired ablation)."""
+
+    method: Literal["self_repair"] = "self_repair"
+    targets: tuple[HeadRef, ...] = Field(description="The ablated heads.", json_schema_extra={"minItems": 1})
+    ablation: AblationKind = "mean"
+    seed: int = 0
+    compensator: HeadRef | None = None
+
+    @field_validator("targets")
+    @classmethod
+    def _some_targets(cls, value: tuple[HeadRef, ...]) -> tuple[HeadRef, ...]:
+        if not value:
+            raise ValueError("give at least one target head")
+        return value
+
+    @field_validator("component")
+    @classmethod
+    def _heads_only(cls, value: str) -> str:
+        if value != "head":
+            raise ValueError("self-repair ablates heads: component must be 'head'")
+        return value
+
+    @field_validator("positions")
+    @classmethod
+    def _all_positions(cls, value: str) -> str:
+        if value != "all":
+            raise ValueError("self-repair ablates heads at every position: positions must be 'all'")
+        return value
+
+    @field_validator("metric")
+    @classmethod
+    def _linear_metric(cls, value: str) -> str:
+        if value != "logit_diff":
+            raise ValueError("self-repair splits the logit difference exactly: metric must be 'logit_diff'")
+        return value
+
+
 ExperimentSpec = Annotated[
-    Union[ActivationPatchingSpec, AblationSpec, AttributionPatchingSpec, PathPatchingSpec], Field(discriminator="method")
+    Union[ActivationPatchingSpec, AblationSpec, AttributionPatchingSpec, PathPatchingSpec, SelfRepairSpec],
+    Field(discriminator="method"),
 ]
 _ADAPTER: TypeAdapter[ExperimentSpec] = TypeAdapter(ExperimentSpec)
 
@@ -192,12 +239,12 @@ DEFAULTS_DOC = {
 }
 
 
-AnySpec = Union[ActivationPatchingSpec, AblationSpec, AttributionPatchingSpec, PathPatchingSpec]
+AnySpec = Union[ActivationPatchingSpec, AblationSpec, AttributionPatchingSpec, PathPatchingSpec, SelfRepairSpec]
 
 
 def parse_spec(data: Any) -> AnySpec:
     """A spec from a dict, a JSON string or a spec object. ``method`` defaults to activation_patching."""
-    if isinstance(data, (ActivationPatchingSpec, AblationSpec, AttributionPatchingSpec, PathPatchingSpec)):
+    if isinstance(data, (ActivationPatchingSpec, AblationSpec, AttributionPatchingSpec, PathPatchingSpec, SelfRepairSpec)):
         return data
     if isinstance(data, (str, bytes)):
         data = json.loads(data)

@@ -12,11 +12,19 @@ from patchstudio.engine import hooks as H
 from patchstudio.engine.ablation import ablation_values
 from patchstudio.engine.attribution import attribution_sweep
 from patchstudio.engine.path_patching import path_patch_sweep
+from patchstudio.engine.self_repair import self_repair
 from patchstudio.engine.inputs import InputError, PreparedPair, prepare_pairs
 from patchstudio.engine.metrics import Readout, logits_metric, normalize
 from patchstudio.engine.patching import model_lock, patch_sweep
 from patchstudio.results import ModelInfo, PatchResult, PromptTokens, to_nested
-from patchstudio.specs import AblationSpec, ActivationPatchingSpec, AttributionPatchingSpec, PathPatchingSpec, parse_spec
+from patchstudio.specs import (
+    AblationSpec,
+    ActivationPatchingSpec,
+    AttributionPatchingSpec,
+    PathPatchingSpec,
+    SelfRepairSpec,
+    parse_spec,
+)
 
 ProgressFn = Callable[[int, int], None]
 
@@ -67,6 +75,7 @@ def run(
         model.eval()  # patching compares deterministic passes; dropout would break that
     n_layers = int(model.cfg.n_layers)
     is_ablation = isinstance(spec, AblationSpec)
+    is_ablation = is_ablation or isinstance(spec, SelfRepairSpec)
     same_length = spec.positions == "each" or (is_ablation and spec.ablation != "zero")
     pairs = prepare_pairs(model, spec.prompts, same_length=same_length)
 
@@ -80,6 +89,14 @@ def run(
             field="prompts",
         )
 
+    if isinstance(spec, SelfRepairSpec):
+        for r in [*spec.targets, *([spec.compensator] if spec.compensator else [])]:
+            if r.layer >= n_layers or r.head >= int(model.cfg.n_heads):
+                raise InputError(
+                    f"head L{r.layer} H{r.head} does not exist: the model has {n_layers} layers of "
+                    f"{int(model.cfg.n_heads)} heads",
+                    field="targets",
+                )
     if isinstance(spec, PathPatchingSpec):
         for r in spec.receivers:
             if r.layer >= n_layers or r.head >= int(model.cfg.n_heads):
@@ -110,6 +127,7 @@ def run(
             progress(done, total)
 
     clean_vals, corrupted_vals, sweeps = [], [], []
+    repair: list[dict] = []
     axes: list[str] = []
     sizes: list[int] = []
     for i, p in enumerate(pairs):
@@ -127,6 +145,16 @@ def run(
                 )
             )
             step(spec.steps)
+            continue
+        if isinstance(spec, SelfRepairSpec):
+            values = ablation_values(spec.ablation, pool, i, spec.seed)
+            replacements = {layer: values[H.hook_name("head", layer)] for layer in range(n_layers)}
+            targets = [(t.layer, t.head) for t in spec.targets]
+            comp = (spec.compensator.layer, spec.compensator.head) if spec.compensator else None
+            analysis = self_repair(model, p.clean, replacements, targets, p.answer, p.wrong, compensator=comp)
+            sweeps.append(analysis.pop("head_delta").reshape(-1).float().cpu())
+            repair.append(analysis)
+            step(len(site_list))
             continue
         if isinstance(spec, PathPatchingSpec):
             denoise = spec.direction == "denoise"
@@ -177,7 +205,22 @@ def run(
         ),
         versions=versions(),
         seconds=round(time.perf_counter() - start, 4),
+        extras=_repair_summary(repair, spec, clean_mean) if repair else None,
     )
+
+
+def _repair_summary(per_prompt: list[dict], spec, clean_mean: float) -> dict:
+    """Self-repair numbers averaged over the prompts, with the strongest compensators named."""
+    def mean(key: str) -> float:
+        return sum(float(d[key]) for d in per_prompt) / len(per_prompt)
+
+    mlp = torch.stack([d["mlp_delta"] for d in per_prompt]).mean(0)
+    out = {k: mean(k) for k in ("total_effect", "direct_effect", "self_repair", "ln_scale_part")}
+    out["ablated"] = clean_mean + out["total_effect"]
+    out["mlp_delta"] = [float(v) for v in mlp]
+    if spec.compensator is not None:
+        out["paired_total_effect"] = mean("paired_total_effect")
+    return out
 
 
 def _labels(axes: list[str], sizes: list[int], first: PreparedPair) -> dict[str, list[str]]:

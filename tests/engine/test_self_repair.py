@@ -1,0 +1,104 @@
+"""Self-repair on the default model: the decomposition is exact and each part equals a hand computation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from patchstudio.engine.run import run
+from patchstudio.models.prompts import ioi_pairs
+from patchstudio.specs import parse_spec
+
+PAIRS = [p.to_dict() for p in ioi_pairs(3, seed=5, template=0)]
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def model():
+    from patchstudio.models.registry import load_model
+
+    return load_model("default")
+
+
+def _ids(model, pair):
+    return (model.to_tokens(pair["clean"]), model.to_tokens(pair["corrupted"]),
+            int(model.to_tokens(" " + pair["answer"], prepend_bos=False)[0, 0]),
+            int(model.to_tokens(" " + pair["wrong"], prepend_bos=False)[0, 0]))
+
+
+def _plain(model, heads, kind="mean"):
+    """Per prompt: (clean logit diff, ablated logit diff, clean cache, ablated cache), heads ablated by plain hooks."""
+    tokens = [_ids(model, p) for p in PAIRS]
+    pool = [t[0] for t in tokens] + [t[1] for t in tokens]
+    out = []
+    for i, (clean, _, ans, wrong) in enumerate(tokens):
+        hooks = []
+        for layer in sorted({l for l, _ in heads}):
+            name = f"blocks.{layer}.attn.hook_z"
+            with torch.no_grad():
+                acts = [model.run_with_cache(t, names_filter=[name])[1][name] for t in pool]
+            repl = torch.stack(acts).mean(0) if kind == "mean" else torch.zeros_like(acts[0])
+            hs = [h for l, h in heads if l == layer]
+
+            def hook(act, hook, repl=repl, hs=hs):
+                act = act.clone()
+                act[:, :, hs] = repl[:, :, hs]
+                return act
+
+            hooks.append((name, hook))
+        with torch.no_grad():
+            clean_logits, clean_cache = model.run_with_cache(clean)
+            with model.hooks(fwd_hooks=hooks):
+                abl_logits, abl_cache = model.run_with_cache(clean)
+        out.append((float(clean_logits[0, -1, ans] - clean_logits[0, -1, wrong]),
+                    float(abl_logits[0, -1, ans] - abl_logits[0, -1, wrong]), clean_cache, abl_cache, ans, wrong))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["mean", "zero"])
+def test_total_and_direct_effects_equal_hand_computations(model, kind):
+    target = (3, 5)
+    result = run(model, {"method": "self_repair", "ablation": kind, "prompts": PAIRS, "targets": [{"layer": 3, "head": 5}]})
+    runs = _plain(model, [target], kind)
+    te = sum(a - c for c, a, *_ in runs) / len(runs)
+    assert result.extras["total_effect"] == pytest.approx(te, abs=TOL)
+    assert result.extras["ablated"] == pytest.approx(result.clean + te, abs=TOL)
+    # direct effect by hand: the target's output change through ln_final (clean scale) and the unembedding
+    de = 0.0
+    for _, _, cc, ac, ans, wrong in runs:
+        u = model.ln_final.w * (model.W_U[:, ans] - model.W_U[:, wrong])
+        name = "blocks.3.attn.hook_z"
+        dv = (ac[name][0, -1, 5] - cc[name][0, -1, 5]) @ model.W_O[3, 5]
+        de += float((((dv - dv.mean()) / cc["ln_final.hook_scale"][0, -1, 0]) @ u).detach())
+    de /= len(runs)
+    assert result.extras["direct_effect"] == pytest.approx(de, abs=TOL)
+    assert result.values[3][5] == pytest.approx(de, abs=TOL)
+    assert result.extras["self_repair"] == pytest.approx(te - de, abs=TOL)
+
+
+def test_the_decomposition_is_exact(model):
+    result = run(model, {"method": "self_repair", "prompts": PAIRS, "targets": [{"layer": 2, "head": 2}, {"layer": 2, "head": 7}]})
+    extras = result.extras
+    heads = sum(sum(row) for row in result.values)
+    assert heads + sum(extras["mlp_delta"]) + extras["ln_scale_part"] == pytest.approx(extras["total_effect"], abs=TOL)
+    assert all(v == pytest.approx(0.0, abs=1e-6) for v in result.values[0] + result.values[1])  # upstream: unchanged
+    assert all(v == pytest.approx(0.0, abs=1e-6) for v in result.extras["mlp_delta"][:2])
+
+
+def test_paired_ablation_equals_ablating_both(model):
+    result = run(model, {"method": "self_repair", "prompts": PAIRS, "targets": [{"layer": 2, "head": 2}],
+                         "compensator": {"layer": 2, "head": 7}})
+    runs = _plain(model, [(2, 2), (2, 7)])
+    assert result.extras["paired_total_effect"] == pytest.approx(sum(a - c for c, a, *_ in runs) / len(runs), abs=TOL)
+
+
+def test_bad_self_repair_specs_name_the_problem(model):
+    with pytest.raises(ValidationError, match="at least one target head"):
+        parse_spec({"method": "self_repair", "prompts": PAIRS, "targets": []})
+    with pytest.raises(ValidationError, match="metric must be 'logit_diff'"):
+        parse_spec({"method": "self_repair", "prompts": PAIRS, "targets": [{"layer": 0, "head": 0}], "metric": "prob"})
+    from patchstudio.engine.inputs import InputError
+
+    with pytest.raises(InputError, match="head L9 H0 does not exist"):
+        run(model, {"method": "self_repair", "prompts": PAIRS, "targets": [{"layer": 9, "head": 0}]})
