@@ -166,3 +166,18 @@ def test_path_patching_from_the_form(client, tiny_model):
     assert 'value="L1H2.q L1H0.v"' in page  # the form shows the stored receivers
     bad = client.post("/explore", data=form(method="path_patching", receivers="layer two"), headers=HTMX)
     assert re.search(r'id="err-receivers"[^>]*>receiver &#39;layer&#39; is not like', bad.text)
+
+
+def test_self_repair_from_the_form(client, tiny_model):
+    response = client.post("/explore", data=form(method="self_repair", targets="L0H1", compensator="L1H2", ablation="zero",
+                                                 component="mlp_out"), headers=HTMX)
+    assert "self-repair after zero-ablating L0H1" in response.text
+    pair = {"clean": IOI, "corrupted": IOI_CORRUPTED, "answer": "Mary", "wrong": "John"}
+    expected = run(tiny_model, {"method": "self_repair", "ablation": "zero", "prompts": [pair],
+                                "targets": [{"layer": 0, "head": 1}], "compensator": {"layer": 1, "head": 2}})
+    assert response.headers["HX-Push-Url"] == f"/runs/{expected.id}"
+    assert f'id="te-value">{expected.extras["total_effect"]:.4f}<' in response.text
+    assert f'id="paired-value">{expected.extras["paired_total_effect"]:.4f}<' in response.text
+    assert "Top compensators:" in response.text
+    bad = client.post("/explore", data=form(method="self_repair", targets="two heads"), headers=HTMX)
+    assert re.search(r'id="err-targets"[^>]*>targets: &#39;two&#39; is not a head', bad.text)

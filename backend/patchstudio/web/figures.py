@@ -19,6 +19,8 @@ COLORSCALE = "RdBu"
 def no_effect(result: PatchResult) -> float:
     """The metric of the run being intervened on: what a patch with no effect leaves."""
     spec = result.spec
+    if spec.method == "self_repair":  # its heatmap shows changes in direct effect
+        return 0.0
     if spec.method != "ablation" and spec.direction == "denoise":
         return result.corrupted
     return result.clean
@@ -45,6 +47,9 @@ def describe(result: PatchResult) -> str:
         if spec.method == "attribution_patching":
             estimate = "linear estimate" if spec.steps == 1 else f"EAP-IG estimate, {spec.steps} steps"
             method = f"attribution patching ({estimate}; {how})"
+    elif spec.method == "self_repair":
+        targets = " ".join(f"L{t.layer}H{t.head}" for t in spec.targets)
+        method = f"self-repair after {spec.ablation}-ablating {targets} (heatmap: each head's change in direct effect)"
     else:
         method = f"{spec.ablation} ablation of the clean run"
     return (
@@ -215,3 +220,26 @@ def verdict(result: PatchResult, patched: float, ablated: float, direction: str)
     elif abs(dropped) > 0.3 and abs(restored) < 0.1:
         text += " Ablation hurts but patching does not restore: necessary here, not sufficient alone."
     return text
+
+
+def repair_figure(result: PatchResult) -> dict[str, Any]:
+    """Self-repair as bars: total effect vs direct effect, what was given back, the LN part."""
+    x = result.extras or {}
+    labels = ["total effect (TE)", "direct effect (DE)", "given back (TE − DE)", "LayerNorm scale part"]
+    values = [x["total_effect"], x["direct_effect"], x["self_repair"], x["ln_scale_part"]]
+    if "paired_total_effect" in x:
+        labels.append("paired ablation TE")
+        values.append(x["paired_total_effect"])
+    trace = {"type": "bar", "x": labels, "y": values, "text": [f"{v:.3f}" for v in values], "textposition": "auto",
+             "hovertemplate": "%{x}: %{y:.3f}<extra></extra>"}
+    layout = {"title": {"text": f"{METRIC_LABELS[result.spec.metric]}: change on ablation", "font": {"size": 14}},
+              "yaxis": {"title": {"text": "change in metric"}}, "height": 320, "margin": {"l": 60, "r": 20, "t": 50, "b": 60}}
+    return {"data": [trace], "layout": layout}
+
+
+def top_compensators(result: PatchResult, n: int = 5) -> list[tuple[str, float]]:
+    """Heads and MLPs whose direct effect rose most when the targets were ablated."""
+    targets = {(t.layer, t.head) for t in result.spec.targets}
+    cells = [(f"L{l}H{h}", v) for l, row in enumerate(result.values) for h, v in enumerate(row) if (l, h) not in targets]
+    cells += [(f"MLP{l}", v) for l, v in enumerate((result.extras or {}).get("mlp_delta", []))]
+    return sorted(cells, key=lambda c: -c[1])[:n]

@@ -39,6 +39,8 @@ DEFAULT_FORM: dict[str, str] = {
     "seed": "0",
     "steps": "1",
     "receivers": "",
+    "targets": "L2H2",
+    "compensator": "",
     "metric": "logit_diff",
 }
 
@@ -134,6 +136,22 @@ def parse_receivers(text: str) -> list[dict[str, Any]]:
     return out
 
 
+_HEAD = re.compile(r"^L(\d+)\s*H(\d+)$", re.IGNORECASE)
+
+
+def parse_heads(text: str, field: str) -> list[dict[str, int]]:
+    """'L2H2 L2H7' (comma or space separated) -> [{"layer": 2, "head": 2}, ...]."""
+    out = []
+    for item in re.split(r"[,\s]+", text.strip()):
+        if not item:
+            continue
+        match = _HEAD.match(item)
+        if match is None:
+            raise InputError(f"{field}: {item!r} is not a head like 'L2H3'", field=field)
+        out.append({"layer": int(match[1]), "head": int(match[2])})
+    return out
+
+
 def format_receivers(receivers) -> str:
     return " ".join(f"L{r.layer}H{r.head}.{r.input}" for r in receivers)
 
@@ -181,8 +199,21 @@ def spec_from_form(form: Mapping[str, Any]) -> FormState:
             data["direction"] = values["direction"]
         if values["method"] == "attribution_patching":
             data["steps"] = _int(values, "steps", 1, 64)
+        if values["method"] in ("path_patching", "self_repair"):  # senders / targets are heads, everywhere
+            data.update(component="head", positions="all")
+            values.update(component="head", positions="all")
         if values["method"] == "path_patching":
             data["receivers"] = parse_receivers(values.get("receivers", ""))
+        if values["method"] == "self_repair":
+            data.pop("direction", None)
+            data.update(ablation=values["ablation"], seed=_int(values, "seed", 0, 10**9))
+            data["targets"] = parse_heads(values.get("targets", ""), "targets")
+            if not data["targets"]:
+                raise InputError("give at least one target head, like 'L2H2'", field="targets")
+            compensator = parse_heads(values.get("compensator", ""), "compensator")
+            if len(compensator) > 1:
+                raise InputError("give one compensator head, like 'L3H1' (or none)", field="compensator")
+            data["compensator"] = compensator[0] if compensator else None
         state.spec = parse_spec(data)
     except InputError as exc:
         state.error, state.error_field, state.error_detail = str(exc), exc.field, exc.detail
@@ -199,12 +230,16 @@ def form_from_spec(spec: Any) -> dict[str, str]:
     values.update(model=spec.model, method=spec.method, component=spec.component, positions=spec.positions, metric=spec.metric)
     if spec.method == "ablation":
         values.update(ablation=spec.ablation, seed=str(spec.seed))
-    else:
+    elif hasattr(spec, "direction"):
         values["direction"] = spec.direction
     if spec.method == "attribution_patching":
         values["steps"] = str(spec.steps)
     if spec.method == "path_patching":
         values["receivers"] = format_receivers(spec.receivers)
+    if spec.method == "self_repair":
+        values.update(ablation=spec.ablation, seed=str(spec.seed))
+        values["targets"] = " ".join(f"L{t.layer}H{t.head}" for t in spec.targets)
+        values["compensator"] = f"L{spec.compensator.layer}H{spec.compensator.head}" if spec.compensator else ""
     if len(spec.prompts) == 1:
         p = spec.prompts[0]
         values.update(source="pair", clean=p.clean, corrupted=p.corrupted, answer=p.answer, wrong=p.wrong)

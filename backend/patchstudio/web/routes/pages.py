@@ -24,7 +24,10 @@ router = APIRouter(include_in_schema=False)
 templates = Jinja2Blocks(directory=str(FRONTEND / "templates"))
 templates.env.globals["urls"] = urls
 
-ERROR_FIELDS = ["model", "clean", "corrupted", "answer", "wrong", "n_pairs", "template", "pairs_text", "prompts", "receivers", "spec"]
+ERROR_FIELDS = [
+    "model", "clean", "corrupted", "answer", "wrong", "n_pairs", "template", "pairs_text", "prompts", "receivers",
+    "targets", "compensator", "spec",
+]
 FIELD_ALIASES = {"family": "pairs_text", "family_seed": "n_pairs", "seed": "spec"}
 
 
@@ -69,6 +72,8 @@ def _result_context(request: Request, stored: StoredRun, pos: int | None = None)
         "caption": f"Metric: {METRIC_LABELS[result.spec.metric]}; {figures.corruption_summary(result)}",
         "selected": _strongest_cell(result, pos),
         "share_url": str(request.base_url).rstrip("/") + urls.run_page(stored.id),
+        "repair_figure": figures.repair_figure(result) if result.spec.method == "self_repair" else None,
+        "compensators": figures.top_compensators(result) if result.spec.method == "self_repair" else [],
     }
 
 

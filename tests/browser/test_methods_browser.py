@@ -1,0 +1,48 @@
+"""Each intervention method from the browser: pick it, fill its fields, see its result and its link."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+pytest.importorskip("playwright.sync_api", reason="browser tests need playwright (pip install -e '.[test]')")
+from playwright.sync_api import expect  # noqa: E402
+
+from test_explore_browser import RUN_URL, heatmap_z, open_explore, wait_for_new_run  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    "method, fields, claim",
+    [
+        ("ablation", {}, "mean ablation of the clean run"),
+        ("attribution_patching", {"steps": "4"}, "attribution patching (EAP-IG estimate, 4 steps"),
+        ("path_patching", {"receivers": "L1H2.q"}, "path patching from each head to L1H2.q"),
+        ("self_repair", {"targets": "L0H1", "compensator": "L1H2"}, "self-repair after mean-ablating L0H1"),
+    ],
+)
+def test_each_method_runs_from_the_form_and_gets_a_permalink(page, method, fields, claim):
+    open_explore(page)
+    first = page.url
+    page.select_option("[name=method]", method)
+    for name, value in fields.items():
+        page.fill(f"[name={name}]", value)
+    page.locator("#spec-form button[type=submit]").click()
+    wait_for_new_run(page, first)  # the method switch itself already runs (and links) an experiment
+    expect(page.locator(".claim")).to_contain_text(claim)
+    url = page.url
+    page.wait_for_function("() => { const gd = document.getElementById('heatmap'); return gd && gd.data; }")
+    z = heatmap_z(page)
+    assert len(z) == 2 and len(z[0]) == 4
+    if method == "self_repair":
+        expect(page.locator("#repair-plot .main-svg").first).to_be_visible()
+        expect(page.locator("#paired-value")).to_have_text(re.compile(r"-?\d+\.\d{4}"))
+    # the permalink (the address bar, once this result is shown) shows the same result, with the method's fields back in the form
+    assert RUN_URL.search(url)
+    fresh = page.context.new_page()
+    fresh.goto(url)
+    expect(fresh.locator(".claim")).to_contain_text(claim)
+    assert fresh.locator("[name=method]").input_value() == method
+    for name, value in fields.items():
+        assert fresh.locator(f"[name={name}]").input_value().replace(",", "") == value
+    fresh.close()
