@@ -94,3 +94,23 @@ def test_custom_pairs_text_and_round_trip_through_a_stored_spec():
     values = form_from_spec(single.spec)
     assert values["corruption"] == "swap" and values["auto_answers"] == "on"
     assert spec_from_form(values).spec == single.spec
+
+
+def test_triangulation_flags_say_where_methods_disagree():
+    rows = [
+        {"method": "activation patching (sufficiency)", "share": 0.8},
+        {"method": "mean ablation (necessity)", "share": 0.02},
+        {"method": "attribution estimate (linear)", "share": 0.3},
+        {"method": "path patching to the logits", "share": 0.1},
+        {"method": "mean ablation: total effect (TE)", "share": 0.02},
+        {"method": "mean ablation: direct effect (DE)", "share": 0.4},
+    ]
+    flags = figures.triangulation_flags(rows)
+    assert flags == [
+        "Large patching effect but small ablation drop: redundancy or self-repair suspected.",
+        "The linear estimate is off by 50% of the gap: attribution is unreliable here.",
+        "Most of its effect goes through later components, not directly to the logits.",
+        "Its direct effect is larger than its total effect: the network compensates (self-repair).",
+    ]
+    agree = [{"method": "activation patching (sufficiency)", "share": 0.6}, {"method": "mean ablation (necessity)", "share": 0.5}]
+    assert figures.triangulation_flags(agree) == []

@@ -181,3 +181,21 @@ def test_self_repair_from_the_form(client, tiny_model):
     assert "Top compensators:" in response.text
     bad = client.post("/explore", data=form(method="self_repair", targets="two heads"), headers=HTMX)
     assert re.search(r'id="err-targets"[^>]*>targets: &#39;two&#39; is not a head', bad.text)
+
+
+def test_figure1_triangulates_the_selected_head_across_methods(client, tiny_model):
+    push = client.post("/explore", data=form(), headers=HTMX).headers["HX-Push-Url"]
+    run_id = push.rsplit("/", 1)[1]
+    text = client.get(f"/runs/{run_id}/figure1?layer=0&head=1").text
+    pair = {"clean": IOI, "corrupted": IOI_CORRUPTED, "answer": "Mary", "wrong": "John"}
+    common = {"prompts": [pair], "component": "head"}
+    expected = {
+        "activation patching (sufficiency)": run(tiny_model, common).values[0][1],
+        "mean ablation (necessity)": run(tiny_model, {**common, "method": "ablation"}).values[0][1],
+        "attribution estimate (linear)": run(tiny_model, {**common, "method": "attribution_patching"}).values[0][1],
+        "path patching to the logits": run(tiny_model, {**common, "method": "path_patching", "direction": "denoise"}).values[0][1],
+        "mean ablation: total effect (TE)": run(tiny_model, {**common, "method": "self_repair", "targets": [{"layer": 0, "head": 1}]}).extras["total_effect"],
+    }
+    assert 'id="triangulation"' in text
+    for method, value in expected.items():
+        assert re.search(rf">{re.escape(method)}</a></td><td class=\"num\">{value:.4f}<", text), method

@@ -243,3 +243,26 @@ def top_compensators(result: PatchResult, n: int = 5) -> list[tuple[str, float]]
     cells = [(f"L{l}H{h}", v) for l, row in enumerate(result.values) for h, v in enumerate(row) if (l, h) not in targets]
     cells += [(f"MLP{l}", v) for l, v in enumerate((result.extras or {}).get("mlp_delta", []))]
     return sorted(cells, key=lambda c: -c[1])[:n]
+
+
+def triangulation_flags(rows: list[dict]) -> list[str]:
+    """Plain-language readings where the methods disagree (shares of the clean-corrupted gap)."""
+    share = {r["method"]: r["share"] for r in rows}
+    patch = next(v for k, v in share.items() if k.startswith("activation patching"))
+    ablate = next(v for k, v in share.items() if "ablation (necessity)" in k)
+    flags = []
+    if abs(patch) > 0.3 and abs(ablate) < 0.1:
+        flags.append("Large patching effect but small ablation drop: redundancy or self-repair suspected.")
+    if abs(ablate) > 0.3 and abs(patch) < 0.1:
+        flags.append("Ablation hurts but patching alone does not restore: necessary, not sufficient.")
+    attr = share.get("attribution estimate (linear)")
+    if attr is not None and abs(attr - patch) > 0.2:
+        flags.append(f"The linear estimate is off by {abs(attr - patch):.0%} of the gap: attribution is unreliable here.")
+    path = share.get("path patching to the logits")
+    if path is not None and abs(patch) > 0.2 and abs(path) < 0.5 * abs(patch):
+        flags.append("Most of its effect goes through later components, not directly to the logits.")
+    te = share.get("mean ablation: total effect (TE)")
+    de = share.get("mean ablation: direct effect (DE)")
+    if te is not None and de is not None and abs(de) > 0.1 and abs(te) < 0.5 * abs(de):
+        flags.append("Its direct effect is larger than its total effect: the network compensates (self-repair).")
+    return flags

@@ -11,7 +11,17 @@ from jinja2_fragments.fastapi import Jinja2Blocks
 
 from patchstudio.engine.inputs import InputError
 from patchstudio.models.prompts import FAMILIES
-from patchstudio.specs import COMPONENT_LABELS, METRIC_LABELS, AblationSpec, ActivationPatchingSpec
+from patchstudio.specs import (
+    ATTRIBUTION_COMPONENTS,
+    COMPONENT_LABELS,
+    METRIC_LABELS,
+    AblationSpec,
+    ActivationPatchingSpec,
+    AttributionPatchingSpec,
+    HeadRef,
+    PathPatchingSpec,
+    SelfRepairSpec,
+)
 from patchstudio.store import StoredRun
 from patchstudio.web import figures
 from patchstudio.web import url_builder as urls
@@ -208,8 +218,47 @@ def figure1(request: Request, run_id: str, service: ServiceDep, layer: int = 0, 
         "caption": f"Metric: {METRIC_LABELS[result.spec.metric]}",
         "companion_id": companion_id,
         "verdict": figures.verdict(result, patched, ablated, spec.direction),
+        "triangulation": _triangulation(service, result, patching, ablation, layer, pos, head),
     }
     return templates.TemplateResponse(request, "explore.html", context, block_name="figure1")
+
+
+def _triangulation(service, result, patching, ablation, layer: int, pos: int | None, head: int | None) -> list[dict[str, Any]]:
+    """The selected component under every method on the same prompts and metric, each as a share of
+    the clean-corrupted gap, with plain-language flags where they disagree."""
+    gap = result.clean - result.corrupted
+    if abs(gap) < 1e-9:
+        return []
+    direction = patching.spec.direction
+    base = result.corrupted if direction == "denoise" else result.clean
+
+    def share(value: float) -> float:  # movement away from the base run, as a share of the gap
+        return (value - base) / gap if direction == "denoise" else (base - value) / gap
+
+    rows = [
+        {"method": "activation patching (sufficiency)", "value": figures.cell_value(patching, layer, pos, head),
+         "share": share(figures.cell_value(patching, layer, pos, head)), "link": patching.id},
+        {"method": f"{ablation.spec.ablation} ablation (necessity)", "value": figures.cell_value(ablation, layer, pos, head),
+         "share": (result.clean - figures.cell_value(ablation, layer, pos, head)) / gap, "link": ablation.id},
+    ]
+    common = _common(patching.spec)
+    if common["component"] in ATTRIBUTION_COMPONENTS:
+        attr = service.get_or_run(AttributionPatchingSpec(direction=direction, **common)).result
+        value = figures.cell_value(attr, layer, pos, head)
+        rows.append({"method": "attribution estimate (linear)", "value": value, "share": share(value), "link": attr.id})
+    if common["component"] == "head" and common["positions"] == "all" and head is not None:
+        path = service.get_or_run(PathPatchingSpec(direction=direction, **common)).result
+        value = figures.cell_value(path, layer, None, head)
+        rows.append({"method": "path patching to the logits", "value": value, "share": share(value), "link": path.id})
+        if common["metric"] == "logit_diff":
+            repair = service.get_or_run(
+                SelfRepairSpec(targets=[HeadRef(layer=layer, head=head)], **{**common, "metric": "logit_diff"})
+            ).result
+            x = repair.extras or {}
+            rows.append({"method": "mean ablation: total effect (TE)", "value": x["total_effect"], "share": -x["total_effect"] / gap, "link": repair.id})
+            rows.append({"method": "mean ablation: direct effect (DE)", "value": x["direct_effect"], "share": -x["direct_effect"] / gap, "link": repair.id})
+    flags = figures.triangulation_flags(rows)
+    return [{**r, "flag": ""} for r in rows] + ([{"method": "reading", "flag": " ".join(flags)}] if flags else [])
 
 
 def _common(spec) -> dict[str, Any]:
