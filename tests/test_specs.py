@@ -240,7 +240,7 @@ def test_unknown_method_rejected():
         parse_spec({**PATCH, "method": "causal_scrubbing"})
     message = str(info.value)
     assert "'causal_scrubbing'" in message
-    assert "'activation_patching', 'ablation', 'attribution_patching', 'path_patching', 'self_repair'" in message
+    assert "'activation_patching', 'ablation', 'attribution_patching', 'path_patching', 'self_repair', 'input_influence'" in message
 
 
 def test_invalid_json_string_raises_json_error():
@@ -301,6 +301,7 @@ def test_json_schema_discriminates_on_method():
         "attribution_patching": "#/$defs/AttributionPatchingSpec",
         "path_patching": "#/$defs/PathPatchingSpec",
         "self_repair": "#/$defs/SelfRepairSpec",
+        "input_influence": "#/$defs/InputInfluenceSpec",
     }
     defs = schema["$defs"]
     assert {"ActivationPatchingSpec", "AblationSpec", "PromptPair"} <= set(defs)

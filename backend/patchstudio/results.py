@@ -6,7 +6,14 @@ from typing import Any, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from patchstudio.specs import AblationSpec, ActivationPatchingSpec, AttributionPatchingSpec, PathPatchingSpec, SelfRepairSpec
+from patchstudio.specs import (
+    AblationSpec,
+    ActivationPatchingSpec,
+    AttributionPatchingSpec,
+    InputInfluenceSpec,
+    PathPatchingSpec,
+    SelfRepairSpec,
+)
 
 
 class PromptTokens(BaseModel):
@@ -37,7 +44,9 @@ class PatchResult(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     id: str
-    spec: Union[ActivationPatchingSpec, AblationSpec, AttributionPatchingSpec, PathPatchingSpec, SelfRepairSpec] = Field(
+    spec: Union[
+        ActivationPatchingSpec, AblationSpec, AttributionPatchingSpec, PathPatchingSpec, SelfRepairSpec, InputInfluenceSpec
+    ] = Field(
         discriminator="method"
     )
     axes: list[str]

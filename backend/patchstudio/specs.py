@@ -174,6 +174,17 @@ class PathPatchingSpec(_SpecBase):
         return value
 
 
+class InputInfluenceSpec(_SpecBase):
+    """Per-token attribution of the metric to the input embeddings of the clean prompt: gradient x
+    input (``steps`` 1) or integrated gradients from the corrupted prompt (``steps`` > 1), whose
+    shares add up to metric(clean) - metric(corrupted)."""
+
+    method: Literal["input_influence"] = "input_influence"
+    component: Literal["resid_pre"] = "resid_pre"
+    positions: Literal["each"] = "each"
+    steps: int = Field(1, ge=1, le=64, description="1: gradient x input; more: integrated gradients from the corrupted prompt.")
+
+
 class HeadRef(_Frozen):
     layer: int = Field(ge=0)
     head: int = Field(ge=0)
@@ -221,7 +232,7 @@ class SelfRepairSpec(_SpecBase):
 
 
 ExperimentSpec = Annotated[
-    Union[ActivationPatchingSpec, AblationSpec, AttributionPatchingSpec, PathPatchingSpec, SelfRepairSpec],
+    Union[ActivationPatchingSpec, AblationSpec, AttributionPatchingSpec, PathPatchingSpec, SelfRepairSpec, InputInfluenceSpec],
     Field(discriminator="method"),
 ]
 _ADAPTER: TypeAdapter[ExperimentSpec] = TypeAdapter(ExperimentSpec)
@@ -239,12 +250,14 @@ DEFAULTS_DOC = {
 }
 
 
-AnySpec = Union[ActivationPatchingSpec, AblationSpec, AttributionPatchingSpec, PathPatchingSpec, SelfRepairSpec]
+AnySpec = Union[
+    ActivationPatchingSpec, AblationSpec, AttributionPatchingSpec, PathPatchingSpec, SelfRepairSpec, InputInfluenceSpec
+]
 
 
 def parse_spec(data: Any) -> AnySpec:
     """A spec from a dict, a JSON string or a spec object. ``method`` defaults to activation_patching."""
-    if isinstance(data, (ActivationPatchingSpec, AblationSpec, AttributionPatchingSpec, PathPatchingSpec, SelfRepairSpec)):
+    if isinstance(data, (ActivationPatchingSpec, AblationSpec, AttributionPatchingSpec, PathPatchingSpec, SelfRepairSpec, InputInfluenceSpec)):
         return data
     if isinstance(data, (str, bytes)):
         data = json.loads(data)

@@ -19,6 +19,7 @@ from test_explore_browser import RUN_URL, heatmap_z, open_explore, wait_for_new_
         ("attribution_patching", {"steps": "4"}, "attribution patching (EAP-IG estimate, 4 steps"),
         ("path_patching", {"receivers": "L1H2.q"}, "path patching from each head to L1H2.q"),
         ("self_repair", {"targets": "L0H1", "compensator": "L1H2"}, "self-repair after mean-ablating L0H1"),
+        ("input_influence", {"steps": "8"}, "integrated gradients from the corrupted prompt, 8 steps"),
     ],
 )
 def test_each_method_runs_from_the_form_and_gets_a_permalink(page, method, fields, claim):
@@ -34,8 +35,12 @@ def test_each_method_runs_from_the_form_and_gets_a_permalink(page, method, field
         expect(page.locator("#paired-value")).to_have_text(re.compile(r"-?\d+\.\d{4}"))
     url = page.url
     page.wait_for_function("() => { const gd = document.getElementById('heatmap'); return gd && gd.data; }")
-    z = heatmap_z(page)
-    assert len(z) == 2 and len(z[0]) == 4
+    if method == "input_influence":  # a bar per clean token
+        bars = page.evaluate("() => document.getElementById('heatmap').data[0].y")
+        assert len(bars) == 15
+    else:
+        z = heatmap_z(page)
+        assert len(z) == 2 and len(z[0]) == 4
     if method == "self_repair":
         expect(page.locator("#repair-plot .main-svg").first).to_be_visible()
     # the permalink (the address bar, once this result is shown) shows the same result, with the method's fields back in the form

@@ -199,3 +199,13 @@ def test_figure1_triangulates_the_selected_head_across_methods(client, tiny_mode
     assert 'id="triangulation"' in text
     for method, value in expected.items():
         assert re.search(rf">{re.escape(method)}</a></td><td class=\"num\">{value:.4f}<", text), method
+
+
+def test_input_influence_shows_a_bar_per_clean_token(client, tiny_model):
+    response = client.post("/explore", data=form(method="input_influence", steps="8"), headers=HTMX)
+    assert "input influence of each clean token (integrated gradients from the corrupted prompt, 8 steps)" in response.text
+    pair = {"clean": IOI, "corrupted": IOI_CORRUPTED, "answer": "Mary", "wrong": "John"}
+    expected = run(tiny_model, {"method": "input_influence", "prompts": [pair], "steps": 8})
+    assert response.headers["HX-Push-Url"] == f"/runs/{expected.id}"
+    assert '"type": "bar"' in response.text and "10 John: " in response.text
+    assert 'id="figure1"' not in response.text  # no layer to select

@@ -13,6 +13,7 @@ from patchstudio.engine.ablation import ablation_values
 from patchstudio.engine.attribution import attribution_sweep
 from patchstudio.engine.path_patching import path_patch_sweep
 from patchstudio.engine.self_repair import self_repair
+from patchstudio.engine.influence import input_influence
 from patchstudio.engine.inputs import InputError, PreparedPair, prepare_pairs
 from patchstudio.engine.metrics import Readout, logits_metric, normalize
 from patchstudio.engine.patching import model_lock, patch_sweep
@@ -21,6 +22,7 @@ from patchstudio.specs import (
     AblationSpec,
     ActivationPatchingSpec,
     AttributionPatchingSpec,
+    InputInfluenceSpec,
     PathPatchingSpec,
     SelfRepairSpec,
     parse_spec,
@@ -44,7 +46,7 @@ def versions() -> dict[str, str]:
 def count_patched_runs(model, spec: Any, seq_lens: list[int]) -> int:
     """How many patched forward rows a spec needs (its cost), given each prompt's token length."""
     spec = parse_spec(spec)
-    if isinstance(spec, AttributionPatchingSpec):  # one forward and backward pass (x steps) per prompt
+    if isinstance(spec, (AttributionPatchingSpec, InputInfluenceSpec)):  # one forward+backward pass (x steps)
         return len(seq_lens) * spec.steps
     return sum(len(H.sites(model, spec.component, spec.positions, t)[0]) for t in seq_lens)
 
@@ -106,8 +108,8 @@ def run(
                     field="receivers",
                 )
     names = H.source_hooks(spec.component, n_layers)
-    if isinstance(spec, AttributionPatchingSpec) and spec.steps > 1:
-        names.append(H.resid_pre_name(0))  # EAP-IG interpolates the input embeddings
+    if isinstance(spec, (AttributionPatchingSpec, InputInfluenceSpec)) and spec.steps > 1:
+        names.append(H.resid_pre_name(0))  # integrated gradients interpolate the input embeddings
     clean_final, corrupted_final, clean_caches, corrupted_caches = [], [], [], []
     for p in pairs:
         logits, cache = _cache(model, p.clean, names)
@@ -146,6 +148,13 @@ def run(
             )
             step(spec.steps)
             continue
+        if isinstance(spec, InputInfluenceSpec):
+            readout = Readout(model, spec.metric, p.answer, p.wrong, clean_lp)
+            baseline = corrupted_caches[i][H.resid_pre_name(0)] if spec.steps > 1 else None
+            sweeps.append(input_influence(model, p.clean, readout, steps=spec.steps, baseline=baseline))
+            axes, sizes = ["pos"], [p.clean.shape[-1]]
+            step(spec.steps)
+            continue
         if isinstance(spec, SelfRepairSpec):
             values = ablation_values(spec.ablation, pool, i, spec.seed)
             replacements = {layer: values[H.hook_name("head", layer)] for layer in range(n_layers)}
@@ -179,7 +188,10 @@ def run(
     clean_mean = sum(clean_vals) / len(clean_vals)
     corrupted_mean = sum(corrupted_vals) / len(corrupted_vals)
     if spec.metric == "normalized_logit_diff":
-        mean = normalize(mean, clean_mean, corrupted_mean)
+        if isinstance(spec, InputInfluenceSpec):  # shares of the metric, not metric values: scale only
+            mean = normalize(mean, clean_mean, corrupted_mean) - normalize(torch.zeros(()), clean_mean, corrupted_mean)
+        else:
+            mean = normalize(mean, clean_mean, corrupted_mean)
         clean_vals = normalize(torch.tensor(clean_vals), clean_mean, corrupted_mean).tolist()
         corrupted_vals = normalize(torch.tensor(corrupted_vals), clean_mean, corrupted_mean).tolist()
         clean_mean, corrupted_mean = 1.0, 0.0

@@ -19,7 +19,7 @@ COLORSCALE = "RdBu"
 def no_effect(result: PatchResult) -> float:
     """The metric of the run being intervened on: what a patch with no effect leaves."""
     spec = result.spec
-    if spec.method == "self_repair":  # its heatmap shows changes in direct effect
+    if spec.method in ("self_repair", "input_influence"):  # these show changes and shares, not metric values
         return 0.0
     if spec.method != "ablation" and spec.direction == "denoise":
         return result.corrupted
@@ -47,6 +47,9 @@ def describe(result: PatchResult) -> str:
         if spec.method == "attribution_patching":
             estimate = "linear estimate" if spec.steps == 1 else f"EAP-IG estimate, {spec.steps} steps"
             method = f"attribution patching ({estimate}; {how})"
+    elif spec.method == "input_influence":
+        how = "gradient × input" if spec.steps == 1 else f"integrated gradients from the corrupted prompt, {spec.steps} steps"
+        method = f"input influence of each clean token ({how})"
     elif spec.method == "self_repair":
         targets = " ".join(f"L{t.layer}H{t.head}" for t in spec.targets)
         method = f"self-repair after {spec.ablation}-ablating {targets} (heatmap: each head's change in direct effect)"
@@ -96,6 +99,8 @@ def heatmap(result: PatchResult, pos: int | None = None) -> dict[str, Any]:
     layers = [f"L{i}" for i in range(len(result.values))]
     if axes == ["layer"]:
         return layer_bars(result)
+    if axes == ["pos"]:
+        return token_bars(result)
     if axes == ["layer", "pos", "head"]:
         pos = default_pos(result) if pos is None else pos
         z = [row[pos] for row in result.values]
@@ -266,3 +271,14 @@ def triangulation_flags(rows: list[dict]) -> list[str]:
     if te is not None and de is not None and abs(de) > 0.1 and abs(te) < 0.5 * abs(de):
         flags.append("Its direct effect is larger than its total effect: the network compensates (self-repair).")
     return flags
+
+
+def token_bars(result: PatchResult) -> dict[str, Any]:
+    """Input influence: each clean token's share of the metric."""
+    labels = pos_labels(result)
+    trace = {"type": "bar", "x": labels, "y": result.values,
+             "text": [f"{labels[i]}: {v:.3f}" for i, v in enumerate(result.values)],
+             "hovertemplate": "%{text}<extra></extra>", "marker": {"color": "#4c78a8"}}
+    layout = _layout(f"{METRIC_LABELS[result.spec.metric]}: share of each input token", "clean token", "share")
+    layout["yaxis"] = {"title": {"text": "share of the metric"}}
+    return {"data": [trace], "layout": layout}

@@ -197,8 +197,12 @@ def spec_from_form(form: Mapping[str, Any]) -> FormState:
             data["seed"] = _int(values, "seed", 0, 10**9)
         else:
             data["direction"] = values["direction"]
-        if values["method"] == "attribution_patching":
+        if values["method"] in ("attribution_patching", "input_influence"):
             data["steps"] = _int(values, "steps", 1, 64)
+        if values["method"] == "input_influence":  # per clean token, at the model's input
+            data.pop("direction", None)
+            data.update(component="resid_pre", positions="each")
+            values.update(component="resid_pre", positions="each")
         if values["method"] in ("path_patching", "self_repair"):  # senders / targets are heads, everywhere
             data.update(component="head", positions="all")
             values.update(component="head", positions="all")
@@ -232,7 +236,7 @@ def form_from_spec(spec: Any) -> dict[str, str]:
         values.update(ablation=spec.ablation, seed=str(spec.seed))
     elif hasattr(spec, "direction"):
         values["direction"] = spec.direction
-    if spec.method == "attribution_patching":
+    if spec.method in ("attribution_patching", "input_influence"):
         values["steps"] = str(spec.steps)
     if spec.method == "path_patching":
         values["receivers"] = format_receivers(spec.receivers)

@@ -91,6 +91,8 @@ def _strongest_cell(result, pos: int | None) -> dict[str, int | None]:
     """The cell with the largest effect: Figure 1's initial selection."""
     base = figures.no_effect(result)
     best = (-1.0, {"layer": 0, "pos": pos, "head": None})
+    if result.axes == ["pos"]:
+        return {"layer": None, "pos": None, "head": None}
     for layer, row in enumerate(result.values):
         if result.axes == ["layer"]:
             cells = [(row, {"layer": layer, "pos": None, "head": None})]
