@@ -114,3 +114,19 @@ def test_triangulation_flags_say_where_methods_disagree():
     ]
     agree = [{"method": "activation patching (sufficiency)", "share": 0.6}, {"method": "mean ablation (necessity)", "share": 0.5}]
     assert figures.triangulation_flags(agree) == []
+
+
+def test_agreement_statistics(tiny_model):
+    exact = run(tiny_model, {"prompts": TINY_PAIRS, "component": "head"})
+    estimate = run(tiny_model, {"method": "attribution_patching", "prompts": TINY_PAIRS, "component": "head"})
+    a = figures.agreement(estimate, exact)
+    x = [v for row in exact.values for v in row]
+    y = [v for row in estimate.values for v in row]
+    import numpy as np
+
+    assert a["pearson"] == pytest.approx(float(np.corrcoef(x, y)[0, 1]), abs=1e-9)
+    rank = lambda v: np.argsort(np.argsort(v)).astype(float)  # noqa: E731 - no ties here
+    assert a["spearman"] == pytest.approx(float(np.corrcoef(rank(x), rank(y))[0, 1]), abs=1e-9)
+    worst = max(range(len(x)), key=lambda i: abs(y[i] - x[i]))
+    assert a["disagreements"][0] == (f"L{worst // 4} H{worst % 4}", x[worst], y[worst])
+    assert figures.agreement(exact, exact)["pearson"] == pytest.approx(1.0)

@@ -209,3 +209,9 @@ def test_input_influence_shows_a_bar_per_clean_token(client, tiny_model):
     assert response.headers["HX-Push-Url"] == f"/runs/{expected.id}"
     assert '"type": "bar"' in response.text and "10 John: " in response.text
     assert 'id="figure1"' not in response.text  # no layer to select
+
+
+def test_attribution_page_reports_agreement_with_exact_patching(client):
+    response = client.post("/explore", data=form(method="attribution_patching"), headers=HTMX)
+    assert 'id="agreement"' in response.text and 'id="pearson">' in response.text
+    assert "Largest disagreements: L" in response.text

@@ -282,3 +282,61 @@ def token_bars(result: PatchResult) -> dict[str, Any]:
     layout = _layout(f"{METRIC_LABELS[result.spec.metric]}: share of each input token", "clean token", "share")
     layout["yaxis"] = {"title": {"text": "share of the metric"}}
     return {"data": [trace], "layout": layout}
+
+
+def _flat_cells(result: PatchResult) -> list[tuple[str, float]]:
+    """(cell name, value) for every cell, in row-major order."""
+    import itertools
+
+    sizes = [len(result.labels[a]) for a in result.axes]
+    out = []
+    for index in itertools.product(*(range(n) for n in sizes)):
+        value: Any = result.values
+        for i in index:
+            value = value[i]
+        cell = dict(zip(result.axes, index))
+        out.append((cell_name(result, cell["layer"], cell.get("pos"), cell.get("head")), float(value)))
+    return out
+
+
+def _pearson(x: list[float], y: list[float]) -> float:
+    n = len(x)
+    mx, my = sum(x) / n, sum(y) / n
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    sxx = sum((a - mx) ** 2 for a in x) ** 0.5
+    syy = sum((b - my) ** 2 for b in y) ** 0.5
+    return sxy / (sxx * syy) if sxx > 0 and syy > 0 else float("nan")
+
+
+def _ranks(x: list[float]) -> list[float]:
+    order = sorted(range(len(x)), key=lambda i: x[i])
+    ranks = [0.0] * len(x)
+    i = 0
+    while i < len(order):  # average ranks over ties
+        j = i
+        while j + 1 < len(order) and x[order[j + 1]] == x[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2
+        i = j + 1
+    return ranks
+
+
+def agreement(estimate: PatchResult, exact: PatchResult, top: int = 5) -> dict[str, Any]:
+    """How well attribution patching tracks exact activation patching, cell by cell."""
+    est, ex = _flat_cells(estimate), _flat_cells(exact)
+    x, y = [v for _, v in ex], [v for _, v in est]
+    worst = sorted(range(len(x)), key=lambda i: -abs(y[i] - x[i]))[:top]
+    trace = {"type": "scatter", "mode": "markers", "x": x, "y": y, "text": [name for name, _ in ex],
+             "hovertemplate": "%{text}: exact %{x:.3f}, estimate %{y:.3f}<extra></extra>", "marker": {"size": 7}}
+    low, high = min(x + y), max(x + y)
+    layout = {"title": {"text": "attribution estimate vs exact activation patching", "font": {"size": 14}},
+              "xaxis": {"title": {"text": "exact patch"}}, "yaxis": {"title": {"text": "estimate"}}, "height": 360,
+              "shapes": [{"type": "line", "x0": low, "y0": low, "x1": high, "y1": high, "line": {"dash": "dot", "color": "#888"}}],
+              "margin": {"l": 60, "r": 20, "t": 50, "b": 50}}
+    return {
+        "figure": {"data": [trace], "layout": layout},
+        "pearson": _pearson(x, y),
+        "spearman": _pearson(_ranks(x), _ranks(y)),
+        "disagreements": [(ex[i][0], x[i], y[i]) for i in worst],
+    }

@@ -67,8 +67,12 @@ def _error_context(message: str, field: str | None, detail: dict[str, Any] | Non
     return {"error": message, "error_field": field if field in ERROR_FIELDS else "spec", "error_detail": detail or {}}
 
 
-def _result_context(request: Request, stored: StoredRun, pos: int | None = None) -> dict[str, Any]:
+def _result_context(request: Request, stored: StoredRun, pos: int | None = None, service=None) -> dict[str, Any]:
     result = stored.result
+    agreement = None
+    if result.spec.method == "attribution_patching" and service is not None:
+        exact = service.get_or_run(_exact_patching(result.spec)).result
+        agreement = {**figures.agreement(result, exact), "exact_id": exact.id}
     if result.axes == ["layer", "pos", "head"]:
         pos = figures.default_pos(result) if pos is None or not 0 <= pos < len(result.labels["pos"]) else pos
     else:
@@ -82,6 +86,7 @@ def _result_context(request: Request, stored: StoredRun, pos: int | None = None)
         "caption": f"Metric: {METRIC_LABELS[result.spec.metric]}; {figures.corruption_summary(result)}",
         "selected": _strongest_cell(result, pos),
         "share_url": str(request.base_url).rstrip("/") + urls.run_page(stored.id),
+        "agreement": agreement,
         "repair_figure": figures.repair_figure(result) if result.spec.method == "self_repair" else None,
         "compensators": figures.top_compensators(result) if result.spec.method == "self_repair" else [],
     }
@@ -128,7 +133,10 @@ def _experiment_context(request: Request, service, jobs, state: FormState) -> di
             stored = service.get_or_run(spec)
         except InputError as exc:
             return _error_context(str(exc), exc.field, exc.detail)
-    return _result_context(request, stored)
+    try:
+        return _result_context(request, stored, service=service)
+    except InputError as exc:
+        return _error_context(str(exc), exc.field, exc.detail)
 
 
 def _recent(service) -> list[dict[str, Any]]:
@@ -184,7 +192,7 @@ def run_page(request: Request, run_id: str, service: ServiceDep, jobs: JobsDep, 
         context.update(_error_context(f"no stored run with id {run_id!r}: the link may be mistyped", "spec"))
         return _render(request, context, status=404)
     context = _base_context(service, form_from_spec(stored.result.spec))
-    context.update(_result_context(request, stored, _pos))
+    context.update(_result_context(request, stored, _pos, service=service))
     if _is_htmx(request):
         return _render(request, context, blocks=["results"])
     return _render(request, context)
@@ -291,7 +299,7 @@ def job_page(request: Request, job_id: str, service: ServiceDep, jobs: JobsDep) 
     if job.status == "done":
         stored = service.store.get(job_id)
         if stored is not None:
-            context = {**_base_context(service, form_from_spec(stored.result.spec)), **_result_context(request, stored)}
+            context = {**_base_context(service, form_from_spec(stored.result.spec)), **_result_context(request, stored, service=service)}
             return _render(request, context, blocks=["results"], push=urls.run_page(stored.id))
     return _job_fragment(request, service, job)
 
