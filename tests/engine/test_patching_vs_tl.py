@@ -103,7 +103,7 @@ def _tl_reference(model, key, direction, metric):
     fn = tl_metric(model, metric, clean_logits)
     with torch.no_grad():
         ref = CASES[key](model, base, source_cache, fn)
-    return ref, float(fn(clean_logits)), float(fn(corrupted_logits))
+    return ref, float(fn(clean_logits).detach()), float(fn(corrupted_logits).detach())
 
 
 @pytest.mark.parametrize("key", list(CASES), ids=lambda k: f"{k[0]}-{k[1]}")
