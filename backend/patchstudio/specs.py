@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
@@ -147,7 +147,27 @@ class ReceiverSpec(_Frozen):
     input: Literal["q", "k", "v"] = "q"
 
 
-class PathPatchingSpec(_SpecBase):
+class _WholeHeads(_SpecBase):
+    """Methods whose units are whole heads (every position): component 'head', positions 'all'."""
+
+    _what: ClassVar[str] = "this method works on whole heads"
+
+    @field_validator("component")
+    @classmethod
+    def _heads_only(cls, value: str) -> str:
+        if value != "head":
+            raise ValueError(f"{cls._what}: component must be 'head'")
+        return value
+
+    @field_validator("positions")
+    @classmethod
+    def _all_positions(cls, value: str) -> str:
+        if value != "all":
+            raise ValueError(f"{cls._what}, at every position: positions must be 'all'")
+        return value
+
+
+class PathPatchingSpec(_WholeHeads):
     """Path patching (Wang et al. 2022): each sender head's effect through the receivers only.
 
     Senders are every head (axes layer x head); the component is ``head`` at all positions.
@@ -155,23 +175,11 @@ class PathPatchingSpec(_SpecBase):
     the logits, with MLPs recomputed). ``direction`` 'noise' (as in the paper) patches the
     corrupted sender into the clean run; 'denoise' the reverse."""
 
+    _what: ClassVar[str] = "path patching sends from heads"
     method: Literal["path_patching"] = "path_patching"
     direction: Direction = "noise"
     receivers: tuple[ReceiverSpec, ...] = Field((), description="Receiver heads' q/k/v inputs; empty = the logits.")
 
-    @field_validator("component")
-    @classmethod
-    def _heads_only(cls, value: str) -> str:
-        if value != "head":
-            raise ValueError("path patching sends from heads: component must be 'head'")
-        return value
-
-    @field_validator("positions")
-    @classmethod
-    def _all_positions(cls, value: str) -> str:
-        if value != "all":
-            raise ValueError("path patching patches each sender at every position: positions must be 'all'")
-        return value
 
 
 class InputInfluenceSpec(_SpecBase):
@@ -190,12 +198,13 @@ class HeadRef(_Frozen):
     head: int = Field(ge=0)
 
 
-class SelfRepairSpec(_SpecBase):
+class SelfRepairSpec(_WholeHeads):
     """Self-repair (McGrath et al. 2023; Rushing & Nanda 2024): ablate target heads on the clean
     run and split the metric's change into the targets' direct effect, each downstream head's and
     MLP's change in direct effect, and the final LayerNorm scale's part. ``compensator``: a head
     ablated together with the targets (paired ablation)."""
 
+    _what: ClassVar[str] = "self-repair ablates heads"
     method: Literal["self_repair"] = "self_repair"
     targets: tuple[HeadRef, ...] = Field(description="The ablated heads.", json_schema_extra={"minItems": 1})
     ablation: AblationKind = "mean"
@@ -209,19 +218,6 @@ class SelfRepairSpec(_SpecBase):
             raise ValueError("give at least one target head")
         return value
 
-    @field_validator("component")
-    @classmethod
-    def _heads_only(cls, value: str) -> str:
-        if value != "head":
-            raise ValueError("self-repair ablates heads: component must be 'head'")
-        return value
-
-    @field_validator("positions")
-    @classmethod
-    def _all_positions(cls, value: str) -> str:
-        if value != "all":
-            raise ValueError("self-repair ablates heads at every position: positions must be 'all'")
-        return value
 
     @field_validator("metric")
     @classmethod

@@ -72,6 +72,18 @@ def _compose(fns: Sequence[HookFn]) -> HookFn:
     return hook
 
 
+def run_hooked(model, tokens: Int[Tensor, "1 pos"], hooks: dict[str, list[HookFn]]) -> None:
+    """One forward pass with ``hooks`` (several per hook point run in order), holding the model's
+    lock; a hook may end the pass early by raising ``_StopForward``."""
+    fwd_hooks = [(name, _compose(fns)) for name, fns in hooks.items()]
+    with model_lock(model):
+        try:
+            with model.hooks(fwd_hooks=fwd_hooks):
+                model(tokens)
+        except _StopForward:
+            pass
+
+
 def run_to_final_resid(
     model, tokens: Int[Tensor, "1 pos"], hooks: dict[str, list[HookFn]], *, grad: bool = False
 ) -> Float[Tensor, "rows d_model"]:
@@ -87,13 +99,7 @@ def run_to_final_resid(
     for name, fns in hooks.items():
         all_hooks[name].extend(fns)
     all_hooks[resid_post_name(model.cfg.n_layers - 1)].append(read_out)
-    fwd_hooks = [(name, _compose(fns)) for name, fns in all_hooks.items()]
-    with model_lock(model):
-        try:
-            with model.hooks(fwd_hooks=fwd_hooks):
-                model(tokens)
-        except _StopForward:
-            pass
+    run_hooked(model, tokens, all_hooks)
     if not captured:  # pragma: no cover - the read-out hook always fires on a full pass
         raise RuntimeError("the read-out hook did not fire")
     return captured[0]

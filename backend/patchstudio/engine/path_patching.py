@@ -27,7 +27,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from patchstudio.engine import hooks as H
-from patchstudio.engine.patching import HookFn, _compose, _StopForward, _widen, model_lock, run_to_final_resid
+from patchstudio.engine.patching import HookFn, _StopForward, _widen, run_hooked, run_to_final_resid
 
 Receiver = tuple[int, int, str]  # (layer, head, "q" | "k" | "v")
 
@@ -110,13 +110,7 @@ def _through_receivers(model, tokens, sender_hooks, receivers, rows, readout) ->
     hooks = {k: list(v) for k, v in sender_hooks.items()}
     for name in names:
         hooks.setdefault(name, []).append(recorder(name))
-    fwd_hooks = [(name, _compose(fns)) for name, fns in hooks.items()]
-    with model_lock(model):
-        try:
-            with model.hooks(fwd_hooks=fwd_hooks):
-                model(tokens)
-        except _StopForward:
-            pass
+    run_hooked(model, tokens, hooks)
     assert len(recorded) == len(names), f"receiver hooks did not fire by layer {last}"
     # Step 2: a free run with only the receivers' chosen inputs set to the recorded values.
     first = min(r[0] for r in receivers)
