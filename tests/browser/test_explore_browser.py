@@ -96,6 +96,13 @@ def test_clicking_a_heatmap_cell_loads_figure1_for_that_cell(page):
     expect(caption).to_contain_text(f"L{layer} H{head}")
     expect(page.locator("#patched-value")).to_have_text(f"{z[layer][head]:.4f}")
     expect(page.locator("#figure1-plot .main-svg").first).to_be_visible()
+    # the triangulation table for the same head: every method, the patching row equal to the cell
+    table = page.locator("#triangulation")
+    expect(table).to_contain_text(f"Triangulation for L{layer} H{head}")
+    for method in ("activation patching (sufficiency)", "mean ablation (necessity)", "attribution estimate (linear)",
+                   "path patching to the logits", "mean ablation: total effect (TE)", "mean ablation: direct effect (DE)"):
+        expect(table).to_contain_text(method)
+    expect(table.locator("tr", has_text="activation patching (sufficiency)").locator("td.num").first).to_have_text(f"{z[layer][head]:.4f}")
 
 
 def test_share_link_opens_the_same_result_in_a_fresh_browser(page, context, browser, base_url):
