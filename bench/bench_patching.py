@@ -24,7 +24,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformers import PreTrainedTokenizerFast
 
 from patchstudio.engine import hooks as H
-from patchstudio.engine.attribution import attribution_sweep
+from patchstudio.engine.methods.attribution_patching import attribution_sweep
 from patchstudio.engine.metrics import Readout
 from patchstudio.engine.run import run
 

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, WithJsonSchema
 
-from patchstudio.specs import (
-    AblationSpec,
-    ActivationPatchingSpec,
-    AttributionPatchingSpec,
-    InputInfluenceSpec,
-    PathPatchingSpec,
-    SelfRepairSpec,
-)
+from patchstudio.specs import SpecBase, parse_spec
+
+# Any registered method's spec: validated through the registry's union, dumped as its own fields.
+AnySpec = Annotated[
+    SpecBase,
+    PlainValidator(parse_spec),
+    PlainSerializer(lambda spec: spec.model_dump(mode="json"), return_type=dict),
+    WithJsonSchema({"type": "object", "description": "The experiment spec (see the spec schema)."}),
+]
 
 
 class PromptTokens(BaseModel):
@@ -44,11 +45,7 @@ class PatchResult(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     id: str
-    spec: Union[
-        ActivationPatchingSpec, AblationSpec, AttributionPatchingSpec, PathPatchingSpec, SelfRepairSpec, InputInfluenceSpec
-    ] = Field(
-        discriminator="method"
-    )
+    spec: AnySpec
     axes: list[str]
     labels: dict[str, list[str]]
     values: Any

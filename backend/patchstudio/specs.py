@@ -7,11 +7,17 @@ experiment's ``id``, which is the permalink: the same experiment always gets the
 
 "The corruption and the metric are part of the claim": both are required parts of every spec,
 and every result carries them.
+
+This module holds what every method shares (prompt pairs, components, metrics, the base class).
+Each method's own spec class lives with its engine code in ``patchstudio.engine.methods.<name>``
+and registers itself here with ``@register``; the discriminated union, ``parse_spec`` and the
+JSON schema are derived from that registry, so adding a method never touches this file.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 from typing import Annotated, Any, ClassVar, Literal, Union
 
@@ -53,12 +59,15 @@ METRIC_LABELS = {
     "kl": "KL(clean ‖ run) at the final position",
 }
 
+# Where the registered methods live: importing this package imports (and so registers) each one.
+METHODS_PACKAGE = "patchstudio.engine.methods"
 
-class _Frozen(BaseModel):
+
+class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class PromptPair(_Frozen):
+class PromptPair(Frozen):
     """A clean prompt, its corruption, and the two answer tokens the metric compares."""
 
     clean: str = Field(description="Prompt on which the model shows the behaviour.")
@@ -74,7 +83,9 @@ class PromptPair(_Frozen):
         return value
 
 
-class _SpecBase(_Frozen):
+class SpecBase(Frozen):
+    """Fields every method shares. A method's spec adds ``method: Literal["name"]`` and its own."""
+
     schema_version: Literal[1] = SCHEMA_VERSION
     model: str = Field("default", description="Name of an allowed model ('default' is the shipped one).")
     # Not Field(min_length=1): on a tuple, pydantic counts only the items that validated, so one bad
@@ -99,47 +110,12 @@ class _SpecBase(_Frozen):
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-class ActivationPatchingSpec(_SpecBase):
-    """Copy a component's activation from one run into the other (Vig et al. 2020; Meng et al. 2022)."""
-
-    method: Literal["activation_patching"] = "activation_patching"
-    direction: Direction = Field(
-        "denoise",
-        description="'denoise': clean activation into the corrupted run; 'noise': corrupted activation into the clean run.",
-    )
+class HeadRef(Frozen):
+    layer: int = Field(ge=0)
+    head: int = Field(ge=0)
 
 
-class AblationSpec(_SpecBase):
-    """Replace a component's activation on the clean run by zero, its mean, or a resampled value."""
-
-    method: Literal["ablation"] = "ablation"
-    ablation: AblationKind = Field(
-        "mean",
-        description="'zero'; 'mean' over all the spec's clean and corrupted prompts; 'resample': the value on another prompt of that set.",
-    )
-    seed: int = Field(0, description="Seed for 'resample'.")
-
-
-ATTRIBUTION_COMPONENTS = ("head", "head_q", "head_k", "head_v", "resid_pre", "attn_out", "mlp_out")
-
-
-class AttributionPatchingSpec(_SpecBase):
-    """Linear estimate of activation patching from one backward pass (Nanda 2023; Syed et al. 2023),
-    or EAP-IG with ``steps`` > 1 (Hanna et al. 2024)."""
-
-    method: Literal["attribution_patching"] = "attribution_patching"
-    direction: Direction = "denoise"
-    steps: int = Field(1, ge=1, le=64, description="1: gradient at the base run; more: integrated gradients (EAP-IG).")
-
-    @field_validator("component")
-    @classmethod
-    def _supported(cls, value: str) -> str:
-        if value not in ATTRIBUTION_COMPONENTS:
-            raise ValueError(f"attribution patching supports {', '.join(ATTRIBUTION_COMPONENTS)}; not {value!r}")
-        return value
-
-
-class ReceiverSpec(_Frozen):
+class ReceiverSpec(Frozen):
     """A receiver of path patching: one head's query, key or value input."""
 
     layer: int = Field(ge=0)
@@ -147,125 +123,102 @@ class ReceiverSpec(_Frozen):
     input: Literal["q", "k", "v"] = "q"
 
 
-class _WholeHeads(_SpecBase):
+class WholeHeadsSpec(SpecBase):
     """Methods whose units are whole heads (every position): component 'head', positions 'all'."""
 
-    _what: ClassVar[str] = "this method works on whole heads"
+    what: ClassVar[str] = "this method works on whole heads"
 
     @field_validator("component")
     @classmethod
     def _heads_only(cls, value: str) -> str:
         if value != "head":
-            raise ValueError(f"{cls._what}: component must be 'head'")
+            raise ValueError(f"{cls.what}: component must be 'head'")
         return value
 
     @field_validator("positions")
     @classmethod
     def _all_positions(cls, value: str) -> str:
         if value != "all":
-            raise ValueError(f"{cls._what}, at every position: positions must be 'all'")
+            raise ValueError(f"{cls.what}, at every position: positions must be 'all'")
         return value
 
 
-class PathPatchingSpec(_WholeHeads):
-    """Path patching (Wang et al. 2022): each sender head's effect through the receivers only.
+# --- the registry -----------------------------------------------------------------------------------
 
-    Senders are every head (axes layer x head); the component is ``head`` at all positions.
-    No receivers: the path ends at the residual stream before the unembedding (direct effect on
-    the logits, with MLPs recomputed). ``direction`` 'noise' (as in the paper) patches the
-    corrupted sender into the clean run; 'denoise' the reverse."""
-
-    _what: ClassVar[str] = "path patching sends from heads"
-    method: Literal["path_patching"] = "path_patching"
-    direction: Direction = "noise"
-    receivers: tuple[ReceiverSpec, ...] = Field((), description="Receiver heads' q/k/v inputs; empty = the logits.")
+_REGISTRY: dict[str, type[SpecBase]] = {}
+_ADAPTER: TypeAdapter | None = None
 
 
-
-class InputInfluenceSpec(_SpecBase):
-    """Per-token attribution of the metric to the input embeddings of the clean prompt: gradient x
-    input (``steps`` 1) or integrated gradients from the corrupted prompt (``steps`` > 1), whose
-    shares add up to metric(clean) - metric(corrupted)."""
-
-    method: Literal["input_influence"] = "input_influence"
-    component: Literal["resid_pre"] = "resid_pre"
-    positions: Literal["each"] = "each"
-    steps: int = Field(1, ge=1, le=64, description="1: gradient x input; more: integrated gradients from the corrupted prompt.")
+def register(cls: type[SpecBase]) -> type[SpecBase]:
+    """Class decorator for a method's spec: its ``method`` default is its discriminator tag."""
+    global _ADAPTER
+    tag = cls.model_fields["method"].default
+    _REGISTRY[tag] = cls
+    _ADAPTER = None
+    return cls
 
 
-class HeadRef(_Frozen):
-    layer: int = Field(ge=0)
-    head: int = Field(ge=0)
+def spec_classes() -> dict[str, type[SpecBase]]:
+    """method name -> spec class, in registration order (the order methods are offered)."""
+    if not _REGISTRY:
+        importlib.import_module(METHODS_PACKAGE)
+    return dict(_REGISTRY)
 
 
-class SelfRepairSpec(_WholeHeads):
-    """Self-repair (McGrath et al. 2023; Rushing & Nanda 2024): ablate target heads on the clean
-    run and split the metric's change into the targets' direct effect, each downstream head's and
-    MLP's change in direct effect, and the final LayerNorm scale's part. ``compensator``: a head
-    ablated together with the targets (paired ablation)."""
-
-    _what: ClassVar[str] = "self-repair ablates heads"
-    method: Literal["self_repair"] = "self_repair"
-    targets: tuple[HeadRef, ...] = Field(description="The ablated heads.", json_schema_extra={"minItems": 1})
-    ablation: AblationKind = "mean"
-    seed: int = 0
-    compensator: HeadRef | None = None
-
-    @field_validator("targets")
-    @classmethod
-    def _some_targets(cls, value: tuple[HeadRef, ...]) -> tuple[HeadRef, ...]:
-        if not value:
-            raise ValueError("give at least one target head")
-        return value
+def method_names() -> list[str]:
+    return list(spec_classes())
 
 
-    @field_validator("metric")
-    @classmethod
-    def _linear_metric(cls, value: str) -> str:
-        if value != "logit_diff":
-            raise ValueError("self-repair splits the logit difference exactly: metric must be 'logit_diff'")
-        return value
+def _adapter() -> TypeAdapter:
+    global _ADAPTER
+    if _ADAPTER is None:
+        classes = tuple(spec_classes().values())
+        _ADAPTER = TypeAdapter(Annotated[Union[classes], Field(discriminator="method")])  # type: ignore[valid-type]
+    return _ADAPTER
 
 
-ExperimentSpec = Annotated[
-    Union[ActivationPatchingSpec, AblationSpec, AttributionPatchingSpec, PathPatchingSpec, SelfRepairSpec, InputInfluenceSpec],
-    Field(discriminator="method"),
-]
-_ADAPTER: TypeAdapter[ExperimentSpec] = TypeAdapter(ExperimentSpec)
-
-DEFAULTS_DOC = {
-    "model": "default",
-    "component": "head",
-    "positions": "all",
-    "metric": "logit_diff",
-    "direction": "denoise (activation_patching)",
-    "ablation": "mean (ablation)",
-    "seed": "0 (ablation: resample)",
-    "steps": "1 (attribution_patching; more = EAP-IG)",
-    "receivers": "[] (path_patching: the logits)",
-}
-
-
-AnySpec = Union[
-    ActivationPatchingSpec, AblationSpec, AttributionPatchingSpec, PathPatchingSpec, SelfRepairSpec, InputInfluenceSpec
-]
-
-
-def parse_spec(data: Any) -> AnySpec:
+def parse_spec(data: Any) -> SpecBase:
     """A spec from a dict, a JSON string or a spec object. ``method`` defaults to activation_patching."""
-    if isinstance(data, (ActivationPatchingSpec, AblationSpec, AttributionPatchingSpec, PathPatchingSpec, SelfRepairSpec, InputInfluenceSpec)):
+    if isinstance(data, SpecBase):
         return data
     if isinstance(data, (str, bytes)):
         data = json.loads(data)
     if isinstance(data, dict) and "method" not in data:
         data = {**data, "method": "activation_patching"}
-    return _ADAPTER.validate_python(data)
+    return _adapter().validate_python(data)
 
 
-def spec_id(spec: _SpecBase) -> str:
+def spec_id(spec: SpecBase) -> str:
     """Content address of a spec: the first 16 hex digits of the sha256 of its canonical JSON."""
     return hashlib.sha256(spec.canonical_json().encode("utf-8")).hexdigest()[:16]
 
 
 def spec_json_schema() -> dict[str, Any]:
-    return _ADAPTER.json_schema()
+    return _adapter().json_schema()
+
+
+def defaults_doc() -> dict[str, str]:
+    """Each optional field's default, with the methods that have it: for the API docs."""
+    seen: dict[str, dict[str, list[str]]] = {}
+    for name, cls in spec_classes().items():
+        for field, info in cls.model_fields.items():
+            if field in ("method", "schema_version", "prompts") or info.is_required():
+                continue
+            default = info.default
+            shown = json.dumps(default if not isinstance(default, tuple) else list(default), default=str)
+            seen.setdefault(field, {}).setdefault(shown, []).append(name)
+    out = {}
+    for field, by_value in seen.items():
+        out[field] = "; ".join(
+            value if len(by_value) == 1 and len(methods) == len(spec_classes()) else f"{value} ({', '.join(methods)})"
+            for value, methods in by_value.items()
+        )
+    return out
+
+
+def __getattr__(name: str) -> Any:
+    """``from patchstudio.specs import AblationSpec`` still works: spec classes by class name."""
+    for cls in spec_classes().values():
+        if cls.__name__ == name:
+            return cls
+    raise AttributeError(f"module 'patchstudio.specs' has no attribute {name!r}")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from helpers import TINY_PAIRS
-from patchstudio.engine.ablation import resample_index
+from patchstudio.engine.methods.ablation import resample_index
 from patchstudio.engine.run import run
 
 TOL = 1e-4

@@ -71,7 +71,7 @@ def test_head_ablation_equals_a_plain_hook(model, kind, layer, head):
     pool = [t[0] for t in tokens] + [t[1] for t in tokens]
     with torch.no_grad():
         acts = [model.run_with_cache(t, names_filter=[name])[1][name] for t in pool]
-    from patchstudio.engine.ablation import resample_index
+    from patchstudio.engine.methods.ablation import resample_index
 
     expected = []
     for i, (clean, _, ans, wrong) in enumerate(tokens):

@@ -30,9 +30,6 @@ _HOOKS: dict[str, tuple[str, str]] = {
     "layer": ("hook_resid_post", "stream"),
 }
 
-HEAD_COMPONENTS = frozenset({"head", "head_q", "head_k", "head_v", "pattern"})
-
-
 def hook_name(component: str, layer: int) -> str:
     return f"blocks.{layer}.{_HOOKS[component][0]}"
 
@@ -43,6 +40,22 @@ def resid_pre_name(layer: int) -> str:
 
 def resid_post_name(layer: int) -> str:
     return f"blocks.{layer}.hook_resid_post"
+
+
+def resid_mid_name(layer: int) -> str:
+    """TL 4's ``hook_resid_mid``: the last block's MLP input (read, or trimmed, never patched)."""
+    return f"blocks.{layer}.hook_resid_mid"
+
+
+def z_name(layer: int) -> str:
+    return hook_name("head", layer)
+
+
+def mlp_out_name(layer: int) -> str:
+    return hook_name("mlp_out", layer)
+
+
+LN_FINAL_SCALE = "ln_final.hook_scale"
 
 
 def activation_kind(component: str) -> str:
@@ -109,7 +122,7 @@ def sites(model, component: str, positions: str, seq_len: int) -> tuple[list[Sit
 
 def _read_name(component: str, layer: int) -> str:
     """The hook whose value *is* the component (it differs from the patched hook for resid_mid)."""
-    return f"blocks.{layer}.hook_resid_mid" if component == "resid_mid" else hook_name(component, layer)
+    return resid_mid_name(layer) if component == "resid_mid" else hook_name(component, layer)
 
 
 def source_hooks(component: str, n_layers: int) -> list[str]:

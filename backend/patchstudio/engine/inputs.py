@@ -7,15 +7,9 @@ from typing import Any, Sequence
 
 from torch import Tensor
 
+from patchstudio.errors import InputError
 
-class InputError(ValueError):
-    """Bad input: the message says what is wrong; ``detail`` carries data a UI can show
-    (e.g. both tokenizations with the differing position)."""
-
-    def __init__(self, message: str, *, field: str | None = None, detail: dict[str, Any] | None = None):
-        super().__init__(message)
-        self.field = field
-        self.detail = detail or {}
+__all__ = ["InputError", "PreparedPair", "prepare_pairs"]
 
 
 @dataclass(frozen=True)

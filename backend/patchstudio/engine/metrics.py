@@ -23,6 +23,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from patchstudio.engine.forward import model_lock
+
 NEEDS_FULL_VOCAB = frozenset({"prob", "loss", "kl"})
 
 
@@ -68,12 +70,16 @@ class Readout:
             self._cols = (w_u[:, ids].detach().clone(), bias.detach().clone())
 
     def logits(self, resid: Float[Tensor, "rows d_model"]) -> Tensor:
-        """Final-position logits; only the answer and wrong columns when that is all the metric reads."""
-        normed = self.model.ln_final(resid)
-        if self._cols is not None:
-            w, b = self._cols
-            return normed @ w + b  # columns: 0 = answer, 1 = wrong
-        return self.model.unembed(normed)
+        """Final-position logits; only the answer and wrong columns when that is all the metric reads.
+
+        Holds the model's lock: ``ln_final`` fires its hook points, where another thread's hooked
+        pass (self-repair caches ``ln_final.hook_scale``) may have hooks attached."""
+        with model_lock(self.model):
+            normed = self.model.ln_final(resid)
+            if self._cols is not None:
+                w, b = self._cols
+                return normed @ w + b  # columns: 0 = answer, 1 = wrong
+            return self.model.unembed(normed)
 
     def __call__(self, resid: Float[Tensor, "rows d_model"]) -> Float[Tensor, "rows"]:
         logits = self.logits(resid)

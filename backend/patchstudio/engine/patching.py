@@ -26,8 +26,6 @@ A patch is data (``hooks.Site``): a hook and a boolean mask over the activation,
 
 from __future__ import annotations
 
-import threading
-import weakref
 from collections import defaultdict
 from typing import Callable, Iterable, Sequence
 
@@ -35,117 +33,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from patchstudio.engine.hooks import Site, resid_post_name, resid_pre_name
+from patchstudio.engine.forward import Hooks, last_mlp_trim, merge, run_to_final_resid, setter, widen
+from patchstudio.engine.hooks import Site, resid_pre_name
 
 Progress = Callable[[int], None]
-HookFn = Callable[[Tensor, object], Tensor | None]
-
-_LOCKS: "weakref.WeakKeyDictionary[object, threading.RLock]" = weakref.WeakKeyDictionary()
-_LOCKS_GUARD = threading.Lock()
-
-
-def model_lock(model) -> threading.RLock:
-    """The lock every hooked forward pass on ``model`` holds.
-
-    TransformerLens hooks are attached to the (shared) model object, so two threads running hooked
-    passes at once would see each other's hooks. Holding this lock makes that impossible.
-    """
-    with _LOCKS_GUARD:
-        lock = _LOCKS.get(model)
-        if lock is None:
-            lock = _LOCKS[model] = threading.RLock()
-        return lock
-
-
-class _StopForward(Exception):
-    """Raised by the read-out hook: the rest of the forward pass is not needed."""
-
-
-def _compose(fns: Sequence[HookFn]) -> HookFn:
-    def hook(act: Tensor, hook: object) -> Tensor:
-        for fn in fns:
-            out = fn(act, hook)
-            if out is not None:
-                act = out
-        return act
-
-    return hook
-
-
-def run_hooked(model, tokens: Int[Tensor, "1 pos"], hooks: dict[str, list[HookFn]]) -> None:
-    """One forward pass with ``hooks`` (several per hook point run in order), holding the model's
-    lock; a hook may end the pass early by raising ``_StopForward``."""
-    fwd_hooks = [(name, _compose(fns)) for name, fns in hooks.items()]
-    with model_lock(model):
-        try:
-            with model.hooks(fwd_hooks=fwd_hooks):
-                model(tokens)
-        except _StopForward:
-            pass
-
-
-def run_to_final_resid(
-    model, tokens: Int[Tensor, "1 pos"], hooks: dict[str, list[HookFn]], *, grad: bool = False
-) -> Float[Tensor, "rows d_model"]:
-    """Run ``tokens`` with ``hooks`` and return the residual stream at the final position after the
-    last block, without computing the unembedding. With ``grad`` the result keeps its autograd graph."""
-    captured: list[Tensor] = []
-
-    def read_out(act: Tensor, hook: object) -> None:
-        captured.append(act[:, -1, :] if grad else act[:, -1, :].clone())
-        raise _StopForward
-
-    all_hooks: dict[str, list[HookFn]] = defaultdict(list)
-    for name, fns in hooks.items():
-        all_hooks[name].extend(fns)
-    all_hooks[resid_post_name(model.cfg.n_layers - 1)].append(read_out)
-    run_hooked(model, tokens, all_hooks)
-    if not captured:  # pragma: no cover - the read-out hook always fires on a full pass
-        raise RuntimeError("the read-out hook did not fire")
-    return captured[0]
-
-
-_TRIM_OK: "weakref.WeakKeyDictionary[object, bool]" = weakref.WeakKeyDictionary()
-
-
-def _trim_to_final(act: Tensor, hook: object) -> Tensor:
-    return act[:, -1:, :]
-
-
-def _last_mlp_trim(model, tokens: Tensor) -> dict[str, list[HookFn]]:
-    """A hook that feeds only the final position to the last block's MLP, where that is exact.
-
-    In a pre-LN block the MLP reads resid_mid (TL 4: ``ln2``'s input) and its output is added to
-    the residual stream, so one position in gives the final position's output and the addition
-    broadcasts it. Blocks built otherwise (parallel attention and MLP, no resid_mid hook) fail the
-    one-time check and keep the full pass.
-    """
-    name = f"blocks.{model.cfg.n_layers - 1}.hook_resid_mid"
-    ok = _TRIM_OK.get(model)
-    if ok is None:
-        try:
-            with torch.no_grad():
-                full = run_to_final_resid(model, tokens, {})
-                trimmed = run_to_final_resid(model, tokens, {name: [_trim_to_final]})
-            ok = trimmed.shape == full.shape and torch.allclose(trimmed, full, atol=1e-5, rtol=1e-5)
-        except Exception:  # any architecture that cannot take it just runs in full
-            ok = False
-        _TRIM_OK[model] = ok
-    return {name: [_trim_to_final]} if ok else {}
-
-
-def _widen(rows: int) -> HookFn:
-    def widen(act: Tensor, hook: object) -> Tensor:
-        return act.expand(rows, *act.shape[1:]).clone()
-
-    return widen
-
-
-def _setter(mask: Tensor, value: Tensor) -> HookFn:
-    def set_patch(act: Tensor, hook: object) -> Tensor:
-        return torch.where(mask, value.to(act.dtype), act)
-
-    return set_patch
 
 
 def _chunks(items: Sequence[int], size: int) -> Iterable[Sequence[int]]:
@@ -176,16 +67,13 @@ def patch_sweep(
         by_layer[site.layer].append(i)
     device = base_tokens.device
     last = int(model.cfg.n_layers) - 1
-    trim = _last_mlp_trim(model, base_tokens)
+    trim = last_mlp_trim(model, base_tokens)
     with torch.no_grad():
         for layer in sorted(by_layer):
             for chunk in _chunks(by_layer[layer], max(1, chunk_rows)):
                 rows = len(chunk)
-                hooks: dict[str, list[HookFn]] = defaultdict(list)
-                hooks[resid_pre_name(layer)].append(_widen(rows))
-                if layer < last:  # patches inside the last block see it whole
-                    for name, fns in trim.items():
-                        hooks[name].extend(fns)
+                # patches inside the last block see it whole
+                hooks: Hooks = merge({resid_pre_name(layer): [widen(rows)]}, trim if layer < last else {})
                 by_hook: dict[str, list[tuple[int, Tensor]]] = defaultdict(list)
                 for row, i in enumerate(chunk):
                     by_hook[sites[i].hook].append((row, sites[i].mask))
@@ -193,7 +81,7 @@ def patch_sweep(
                     shape = torch.broadcast_shapes(*(m.shape for _, m in entries))
                     mask = torch.zeros((rows, *shape), dtype=torch.bool)
                     mask[[r for r, _ in entries]] = torch.stack([m.expand(shape) for _, m in entries])
-                    hooks[name].append(_setter(mask.to(device), values[name]))
+                    hooks[name].append(setter(mask.to(device), values[name]))
                 resid = run_to_final_resid(model, base_tokens, hooks)
                 out[list(chunk)] = readout(resid).float().cpu()
                 if progress is not None:

@@ -1,32 +1,26 @@
-"""run(model, spec) -> result: dispatch on ``spec.method``."""
+"""run(model, spec) -> result: a loop over the spec's prompt pairs that asks the method registry.
+
+``plan`` checks and tokenizes the prompts and prices the experiment (patched runs); ``run`` then
+caches each pair's clean and corrupted activations, runs the method on each pair, and averages.
+Everything method-specific comes from ``engine.methods``.
+"""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Callable
 
 import torch
 
-from patchstudio.engine import hooks as H
-from patchstudio.engine.ablation import ablation_values
-from patchstudio.engine.attribution import attribution_sweep
-from patchstudio.engine.path_patching import path_patch_sweep
-from patchstudio.engine.self_repair import self_repair
-from patchstudio.engine.influence import input_influence
-from patchstudio.engine.inputs import InputError, PreparedPair, prepare_pairs
-from patchstudio.engine.metrics import Readout, logits_metric, normalize
-from patchstudio.engine.patching import model_lock, patch_sweep
+from patchstudio.engine.forward import run_with_cache
+from patchstudio.engine.inputs import PreparedPair, prepare_pairs
+from patchstudio.engine.methods import Method, PairContext, get_method
+from patchstudio.engine.metrics import logits_metric, normalize
+from patchstudio.errors import InputError
 from patchstudio.results import ModelInfo, PatchResult, PromptTokens, to_nested
-from patchstudio.specs import (
-    AblationSpec,
-    ActivationPatchingSpec,
-    AttributionPatchingSpec,
-    InputInfluenceSpec,
-    PathPatchingSpec,
-    SelfRepairSpec,
-    parse_spec,
-)
+from patchstudio.specs import SpecBase, parse_spec
 
 ProgressFn = Callable[[int, int], None]
 
@@ -43,18 +37,40 @@ def versions() -> dict[str, str]:
     return out
 
 
-def count_patched_runs(model, spec: Any, seq_lens: list[int]) -> int:
-    """How many patched forward rows a spec needs (its cost), given each prompt's token length."""
+@dataclass(frozen=True)
+class Plan:
+    """A checked experiment: its method, its tokenized pairs and its cost in patched runs."""
+
+    spec: SpecBase
+    method: Method
+    pairs: list[PreparedPair]
+    total: int
+
+    def check_budget(self, max_patched_runs: int | None) -> None:
+        """Refuse a sweep over ``max_patched_runs`` patched runs (None: no budget)."""
+        if max_patched_runs is not None and self.total > max_patched_runs:
+            n = len(self.pairs)
+            raise InputError(
+                f"this sweep needs {self.total:,} patched runs ({n} prompt(s) x {self.total // n:,} patches), "
+                f"over the budget of {max_patched_runs:,}; use fewer prompts, positions 'all', or raise the "
+                f"budget (PATCHSTUDIO_MAX_PATCHED_RUNS)",
+                field="prompts",
+            )
+
+
+def plan(model, spec: Any) -> Plan:
+    """Check and tokenize the spec's prompts for ``model`` and price the experiment (raises InputError)."""
     spec = parse_spec(spec)
-    if isinstance(spec, (AttributionPatchingSpec, InputInfluenceSpec)):  # one forward+backward pass (x steps)
-        return len(seq_lens) * spec.steps
-    return sum(len(H.sites(model, spec.component, spec.positions, t)[0]) for t in seq_lens)
+    method = get_method(spec.method)
+    pairs = prepare_pairs(model, spec.prompts, same_length=method.same_length(spec))
+    method.check(model, spec)
+    total = sum(method.cost(model, spec, p.clean.shape[-1]) for p in pairs)
+    return Plan(spec, method, pairs, total)
 
 
-def _cache(model, tokens, names: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    with model_lock(model), torch.no_grad():
-        logits, cache = model.run_with_cache(tokens, names_filter=names)
-    return logits[:, -1, :].float(), {name: cache[name] for name in names}
+def count_patched_runs(model, spec: Any) -> int:
+    """How many patched forward rows a spec needs (its cost)."""
+    return plan(model, spec).total
 
 
 def run(
@@ -72,53 +88,17 @@ def run(
     called after each batch, and may raise to cancel.
     """
     start = time.perf_counter()
-    spec = parse_spec(spec)
     if model.training:
         model.eval()  # patching compares deterministic passes; dropout would break that
-    n_layers = int(model.cfg.n_layers)
-    is_ablation = isinstance(spec, AblationSpec)
-    is_ablation = is_ablation or isinstance(spec, SelfRepairSpec)
-    same_length = spec.positions == "each" or (is_ablation and spec.ablation != "zero")
-    pairs = prepare_pairs(model, spec.prompts, same_length=same_length)
+    p = plan(model, spec)
+    p.check_budget(max_patched_runs)
+    spec, method, pairs = p.spec, p.method, p.pairs
 
-    lengths = [p.clean.shape[-1] for p in pairs]
-    total = count_patched_runs(model, spec, lengths)
-    if max_patched_runs is not None and total > max_patched_runs:
-        raise InputError(
-            f"this sweep needs {total:,} patched runs ({len(pairs)} prompt(s) x "
-            f"{total // len(pairs):,} patches), over the budget of {max_patched_runs:,}; use fewer prompts, "
-            f"positions 'all', or raise the budget (PATCHSTUDIO_MAX_PATCHED_RUNS)",
-            field="prompts",
-        )
-
-    if isinstance(spec, SelfRepairSpec):
-        for r in [*spec.targets, *([spec.compensator] if spec.compensator else [])]:
-            if r.layer >= n_layers or r.head >= int(model.cfg.n_heads):
-                raise InputError(
-                    f"head L{r.layer} H{r.head} does not exist: the model has {n_layers} layers of "
-                    f"{int(model.cfg.n_heads)} heads",
-                    field="targets",
-                )
-    if isinstance(spec, PathPatchingSpec):
-        for r in spec.receivers:
-            if r.layer >= n_layers or r.head >= int(model.cfg.n_heads):
-                raise InputError(
-                    f"receiver L{r.layer} H{r.head} does not exist: the model has {n_layers} layers of "
-                    f"{int(model.cfg.n_heads)} heads",
-                    field="receivers",
-                )
-    names = H.source_hooks(spec.component, n_layers)
-    if isinstance(spec, (AttributionPatchingSpec, InputInfluenceSpec)) and spec.steps > 1:
-        names.append(H.resid_pre_name(0))  # integrated gradients interpolate the input embeddings
-    clean_final, corrupted_final, clean_caches, corrupted_caches = [], [], [], []
-    for p in pairs:
-        logits, cache = _cache(model, p.clean, names)
-        clean_final.append(logits)
-        clean_caches.append(cache)
-        logits, cache = _cache(model, p.corrupted, names)
-        corrupted_final.append(logits)
-        corrupted_caches.append(cache)
-    pool = clean_caches + corrupted_caches  # the reference set for mean/resample ablation
+    names = method.cache_names(model, spec)
+    clean_runs = [run_with_cache(model, pair.clean, names) for pair in pairs]
+    corrupted_runs = [run_with_cache(model, pair.corrupted, names) for pair in pairs]
+    # the reference set for mean/resample ablation: every clean, then every corrupted prompt
+    pool = [cache for _, cache in clean_runs] + [cache for _, cache in corrupted_runs]
 
     done = 0
 
@@ -126,69 +106,26 @@ def run(
         nonlocal done
         done += rows
         if progress is not None:
-            progress(done, total)
+            progress(done, p.total)
 
-    clean_vals, corrupted_vals, sweeps = [], [], []
-    repair: list[dict] = []
-    axes: list[str] = []
-    sizes: list[int] = []
-    for i, p in enumerate(pairs):
-        clean_lp = clean_final[i].log_softmax(-1)[0]
-        clean_vals.append(float(logits_metric(spec.metric, clean_final[i], p.answer, p.wrong, clean_lp)[0]))
-        corrupted_vals.append(float(logits_metric(spec.metric, corrupted_final[i], p.answer, p.wrong, clean_lp)[0]))
-        site_list, axes, sizes = H.sites(model, spec.component, spec.positions, p.clean.shape[-1])
-        if isinstance(spec, AttributionPatchingSpec):
-            denoise = spec.direction == "denoise"
-            caches = (corrupted_caches[i], clean_caches[i]) if denoise else (clean_caches[i], corrupted_caches[i])
-            readout = Readout(model, spec.metric, p.answer, p.wrong, clean_lp)
-            sweeps.append(
-                attribution_sweep(
-                    model, p.corrupted if denoise else p.clean, *caches, spec.component, spec.positions, readout, steps=spec.steps
-                )
-            )
-            step(spec.steps)
-            continue
-        if isinstance(spec, InputInfluenceSpec):
-            readout = Readout(model, spec.metric, p.answer, p.wrong, clean_lp)
-            baseline = corrupted_caches[i][H.resid_pre_name(0)] if spec.steps > 1 else None
-            sweeps.append(input_influence(model, p.clean, readout, steps=spec.steps, baseline=baseline))
-            axes, sizes = ["pos"], [p.clean.shape[-1]]
-            step(spec.steps)
-            continue
-        if isinstance(spec, SelfRepairSpec):
-            values = ablation_values(spec.ablation, pool, i, spec.seed)
-            replacements = {layer: values[H.hook_name("head", layer)] for layer in range(n_layers)}
-            targets = [(t.layer, t.head) for t in spec.targets]
-            comp = (spec.compensator.layer, spec.compensator.head) if spec.compensator else None
-            analysis = self_repair(model, p.clean, replacements, targets, p.answer, p.wrong, compensator=comp)
-            sweeps.append(analysis.pop("head_delta").reshape(-1).float().cpu())
-            repair.append(analysis)
-            step(len(site_list))
-            continue
-        if isinstance(spec, PathPatchingSpec):
-            denoise = spec.direction == "denoise"
-            caches = (corrupted_caches[i], clean_caches[i]) if denoise else (clean_caches[i], corrupted_caches[i])
-            receivers = [(r.layer, r.head, r.input) for r in spec.receivers]
-            readout = Readout(model, spec.metric, p.answer, p.wrong, clean_lp)
-            sweeps.append(path_patch_sweep(model, p.corrupted if denoise else p.clean, *caches, receivers, readout, progress=step))
-            continue
-        if isinstance(spec, ActivationPatchingSpec):
-            denoise = spec.direction == "denoise"
-            base_tokens = p.corrupted if denoise else p.clean
-            base_cache = corrupted_caches[i] if denoise else clean_caches[i]
-            source = clean_caches[i] if denoise else corrupted_caches[i]
-        else:
-            base_tokens, base_cache = p.clean, clean_caches[i]
-            source = ablation_values(spec.ablation, pool, i, spec.seed)
-        values = H.patch_values(spec.component, n_layers, base_cache, source)
-        readout = Readout(model, spec.metric, p.answer, p.wrong, clean_lp)
-        sweeps.append(patch_sweep(model, base_tokens, values, site_list, readout, chunk_rows=chunk_rows, progress=step))
+    clean_vals, corrupted_vals, sweeps, extras = [], [], [], []
+    for i, pair in enumerate(pairs):
+        (clean_logits, clean_cache), (corrupted_logits, corrupted_cache) = clean_runs[i], corrupted_runs[i]
+        clean_lp = clean_logits.log_softmax(-1)[0]
+        clean_vals.append(float(logits_metric(spec.metric, clean_logits, pair.answer, pair.wrong, clean_lp)[0]))
+        corrupted_vals.append(float(logits_metric(spec.metric, corrupted_logits, pair.answer, pair.wrong, clean_lp)[0]))
+        ctx = PairContext(model, spec, pair, i, clean_cache, corrupted_cache, pool, clean_lp, chunk_rows, step)
+        out = method.run_pair(ctx)
+        sweeps.append(out.values)
+        if out.extras is not None:
+            extras.append(out.extras)
 
+    axes, sizes = method.axes(model, spec, pairs[0].clean.shape[-1])
     mean = torch.stack(sweeps).mean(dim=0)
     clean_mean = sum(clean_vals) / len(clean_vals)
     corrupted_mean = sum(corrupted_vals) / len(corrupted_vals)
     if spec.metric == "normalized_logit_diff":
-        if isinstance(spec, InputInfluenceSpec):  # shares of the metric, not metric values: scale only
+        if method.values == "change":  # changes of the metric, not metric values: scale only
             mean = normalize(mean, clean_mean, corrupted_mean) - normalize(torch.zeros(()), clean_mean, corrupted_mean)
         else:
             mean = normalize(mean, clean_mean, corrupted_mean)
@@ -206,10 +143,10 @@ def run(
         corrupted=corrupted_mean,
         per_prompt_clean=clean_vals,
         per_prompt_corrupted=corrupted_vals,
-        prompts=[_prompt_tokens(p) for p in pairs],
+        prompts=[_prompt_tokens(pair) for pair in pairs],
         model=ModelInfo(
             name=model_name or spec.model,
-            n_layers=n_layers,
+            n_layers=int(model.cfg.n_layers),
             n_heads=int(model.cfg.n_heads),
             d_model=int(model.cfg.d_model),
             n_ctx=int(model.cfg.n_ctx),
@@ -217,22 +154,8 @@ def run(
         ),
         versions=versions(),
         seconds=round(time.perf_counter() - start, 4),
-        extras=_repair_summary(repair, spec, clean_mean) if repair else None,
+        extras=method.summarize(extras, spec, clean_mean) if method.summarize and extras else None,
     )
-
-
-def _repair_summary(per_prompt: list[dict], spec, clean_mean: float) -> dict:
-    """Self-repair numbers averaged over the prompts, with the strongest compensators named."""
-    def mean(key: str) -> float:
-        return sum(float(d[key]) for d in per_prompt) / len(per_prompt)
-
-    mlp = torch.stack([d["mlp_delta"] for d in per_prompt]).mean(0)
-    out = {k: mean(k) for k in ("total_effect", "direct_effect", "self_repair", "ln_scale_part")}
-    out["ablated"] = clean_mean + out["total_effect"]
-    out["mlp_delta"] = [float(v) for v in mlp]
-    if spec.compensator is not None:
-        out["paired_total_effect"] = mean("paired_total_effect")
-    return out
 
 
 def _labels(axes: list[str], sizes: list[int], first: PreparedPair) -> dict[str, list[str]]:

@@ -12,14 +12,28 @@ backward pass.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 from jaxtyping import Float, Int
+from pydantic import Field
 from torch import Tensor
 
 from patchstudio.engine import hooks as H
-from patchstudio.engine.patching import run_to_final_resid
+from patchstudio.engine.forward import run_to_final_resid
+from patchstudio.engine.methods.base import Method, PairContext, PairResult
+from patchstudio.specs import SpecBase
+
+
+class InputInfluenceSpec(SpecBase):
+    """Per-token attribution of the metric to the input embeddings of the clean prompt: gradient x
+    input (``steps`` 1) or integrated gradients from the corrupted prompt (``steps`` > 1), whose
+    shares add up to metric(clean) - metric(corrupted)."""
+
+    method: Literal["input_influence"] = "input_influence"
+    component: Literal["resid_pre"] = "resid_pre"
+    positions: Literal["each"] = "each"
+    steps: int = Field(1, ge=1, le=64, description="1: gradient x input; more: integrated gradients from the corrupted prompt.")
 
 
 def input_influence(
@@ -50,3 +64,22 @@ def input_influence(
         (grad,) = torch.autograd.grad(readout(resid).sum(), [captured["path"]])
     mean_grad = grad.sum(0) / grad.shape[0]
     return (mean_grad * captured["delta"][0]).sum(-1).float().cpu()
+
+
+def run_pair(ctx: PairContext) -> PairResult:
+    steps = ctx.spec.steps
+    baseline = ctx.corrupted_cache[H.resid_pre_name(0)] if steps > 1 else None
+    values = input_influence(ctx.model, ctx.pair.clean, ctx.readout(), steps=steps, baseline=baseline)
+    ctx.progress(steps)
+    return PairResult(values)
+
+
+METHOD = Method(
+    spec=InputInfluenceSpec,
+    run_pair=run_pair,
+    values="change",  # each token's share of the metric
+    cost=lambda model, spec, seq_len: spec.steps,
+    axes=lambda model, spec, seq_len: (["pos"], [seq_len]),
+    cache_names=lambda model, spec: [H.resid_pre_name(0)],
+    references=("Shrikumar et al. 2016", "Sundararajan et al. 2017"),
+)

@@ -21,16 +21,36 @@ same site order and axes as ``patching.patch_sweep``, so the two can be compared
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 from jaxtyping import Float, Int
+from pydantic import Field, field_validator
 from torch import Tensor
 
 from patchstudio.engine import hooks as H
-from patchstudio.engine.patching import run_to_final_resid
+from patchstudio.engine.forward import run_to_final_resid
+from patchstudio.engine.methods.base import Method, PairContext, PairResult
+from patchstudio.specs import Direction, SpecBase
 
-SUPPORTED = frozenset({"head", "head_q", "head_k", "head_v", "resid_pre", "attn_out", "mlp_out"})
+ATTRIBUTION_COMPONENTS = ("head", "head_q", "head_k", "head_v", "resid_pre", "attn_out", "mlp_out")
+SUPPORTED = frozenset(ATTRIBUTION_COMPONENTS)
+
+
+class AttributionPatchingSpec(SpecBase):
+    """Linear estimate of activation patching from one backward pass (Nanda 2023; Syed et al. 2023),
+    or EAP-IG with ``steps`` > 1 (Hanna et al. 2024)."""
+
+    method: Literal["attribution_patching"] = "attribution_patching"
+    direction: Direction = "denoise"
+    steps: int = Field(1, ge=1, le=64, description="1: gradient at the base run; more: integrated gradients (EAP-IG).")
+
+    @field_validator("component")
+    @classmethod
+    def _supported(cls, value: str) -> str:
+        if value not in ATTRIBUTION_COMPONENTS:
+            raise ValueError(f"attribution patching supports {', '.join(ATTRIBUTION_COMPONENTS)}; not {value!r}")
+        return value
 
 
 def _reduce(component: str, positions: str, values: Tensor) -> Tensor:
@@ -99,3 +119,28 @@ def attribution_sweep(
         delta = source_cache[name] - base_cache[name]
         estimates.append(_reduce(component, positions, mean_grad * delta)[0].reshape(-1))
     return torch.stack(estimates).reshape(-1).float().cpu() + base_metric
+
+
+def run_pair(ctx: PairContext) -> PairResult:
+    spec = ctx.spec
+    base_tokens, base_cache, source_cache = ctx.runs(spec.direction)
+    values = attribution_sweep(
+        ctx.model, base_tokens, base_cache, source_cache, spec.component, spec.positions, ctx.readout(), steps=spec.steps
+    )
+    ctx.progress(spec.steps)
+    return PairResult(values)
+
+
+def cache_names(model, spec) -> list[str]:
+    names = [H.hook_name(spec.component, layer) for layer in range(int(model.cfg.n_layers))]
+    # integrated gradients interpolate the input embeddings
+    return names + [H.resid_pre_name(0)] if spec.steps > 1 and spec.component != "resid_pre" else names
+
+
+METHOD = Method(
+    spec=AttributionPatchingSpec,
+    run_pair=run_pair,
+    cost=lambda model, spec, seq_len: spec.steps,  # one forward+backward pass with ``steps`` rows
+    cache_names=cache_names,
+    references=("Nanda 2023", "Syed, Rager & Conmy 2023", "Hanna, Pezzelle & Belinkov 2024"),
+)

@@ -15,10 +15,27 @@ The replacement values are built here and applied by the same core as activation
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
+from pydantic import Field
 from torch import Tensor
+
+from patchstudio.engine import hooks as H
+from patchstudio.engine.methods.base import Method, PairContext, PairResult
+from patchstudio.engine.patching import patch_sweep
+from patchstudio.specs import AblationKind, SpecBase
+
+
+class AblationSpec(SpecBase):
+    """Replace a component's activation on the clean run by zero, its mean, or a resampled value."""
+
+    method: Literal["ablation"] = "ablation"
+    ablation: AblationKind = Field(
+        "mean",
+        description="'zero'; 'mean' over all the spec's clean and corrupted prompts; 'resample': the value on another prompt of that set.",
+    )
+    seed: int = Field(0, description="Seed for 'resample'.")
 
 
 def ablation_values(
@@ -47,3 +64,27 @@ def resample_index(pool_size: int, base_index: int, seed: int) -> int:
         raise ValueError("resample ablation needs at least two prompts to draw from")
     choices = [j for j in range(pool_size) if j != base_index]
     return random.Random(seed * 1_000_003 + base_index).choice(choices)
+
+
+def needs_one_length(spec) -> bool:
+    """Per-position sweeps, and mean/resample values taken position by position from other prompts."""
+    return spec.positions == "each" or spec.ablation != "zero"
+
+
+def run_pair(ctx: PairContext) -> PairResult:
+    spec, model = ctx.spec, ctx.model
+    sites, _, _ = H.sites(model, spec.component, spec.positions, ctx.pair.clean.shape[-1])
+    source = ablation_values(spec.ablation, ctx.pool, ctx.index, spec.seed)
+    values = H.patch_values(spec.component, int(model.cfg.n_layers), ctx.clean_cache, source)
+    return PairResult(
+        patch_sweep(model, ctx.pair.clean, values, sites, ctx.readout(), chunk_rows=ctx.chunk_rows, progress=ctx.progress)
+    )
+
+
+METHOD = Method(
+    spec=AblationSpec,
+    run_pair=run_pair,
+    baseline=lambda spec, clean, corrupted: clean,  # the clean run is the one ablated
+    same_length=needs_one_length,
+    references=("Chan et al. 2022", "Heimersheim & Nanda 2024"),
+)

@@ -20,21 +20,39 @@ sender head of a layer as rows of one forward pass, widened at the sender's laye
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Callable, Sequence
+from typing import Callable, ClassVar, Literal, Sequence
 
 import torch
 from jaxtyping import Float, Int
+from pydantic import Field
 from torch import Tensor
 
 from patchstudio.engine import hooks as H
-from patchstudio.engine.patching import HookFn, _StopForward, _widen, run_hooked, run_to_final_resid
+from patchstudio.engine.forward import HookFn, Hooks, StopForward, run_hooked, run_to_final_resid, setter, widen
+from patchstudio.engine.methods.base import Method, PairContext, PairResult, check_heads
+from patchstudio.specs import Direction, ReceiverSpec, WholeHeadsSpec
 
 Receiver = tuple[int, int, str]  # (layer, head, "q" | "k" | "v")
 
 
+class PathPatchingSpec(WholeHeadsSpec):
+    """Path patching (Wang et al. 2022): each sender head's effect through the receivers only.
+
+    Senders are every head (axes layer x head); the component is ``head`` at all positions.
+    No receivers: the path ends at the residual stream before the unembedding (direct effect on
+    the logits, with MLPs recomputed). ``direction`` 'noise' (as in the paper) patches the
+    corrupted sender into the clean run; 'denoise' the reverse."""
+
+    what: ClassVar[str] = "path patching sends from heads"
+    method: Literal["path_patching"] = "path_patching"
+    direction: Direction = "noise"
+    receivers: tuple[ReceiverSpec, ...] = Field((), description="Receiver heads' q/k/v inputs; empty = the logits.")
+
+
 def _freeze_all(value: Tensor) -> HookFn:
     def freeze(act: Tensor, hook) -> Tensor:
-        return value.expand_as(act)
+        # contiguous: some output projections (GPT-2's Conv1D) call .view, which a stride-0 batch refuses
+        return value.expand_as(act).contiguous()
 
     return freeze
 
@@ -45,9 +63,9 @@ def _sender_hooks(model, layer: int, rows: int, base_z: dict[str, Tensor], cf_z:
     name = H.hook_name("head", layer)
     mask = torch.zeros(rows, 1, rows, 1, dtype=torch.bool)
     mask[torch.arange(rows), 0, torch.arange(rows), 0] = True
-    hooks: dict[str, list[HookFn]] = defaultdict(list)
-    hooks[H.resid_pre_name(layer)].append(_widen(rows))
-    hooks[name].append(lambda act, hook: torch.where(mask.to(act.device), cf_z[name].to(act.dtype), act))
+    hooks: Hooks = defaultdict(list)
+    hooks[H.resid_pre_name(layer)].append(widen(rows))
+    hooks[name].append(setter(mask, cf_z[name]))
     for later in range(layer + 1, int(model.cfg.n_layers)):
         hooks[H.hook_name("head", later)].append(_freeze_all(base_z[H.hook_name("head", later)]))
     return hooks
@@ -102,7 +120,7 @@ def _through_receivers(model, tokens, sender_hooks, receivers, rows, readout) ->
         def record(act: Tensor, hook) -> Tensor:
             recorded[name] = act.clone()
             if len(recorded) == len(names):
-                raise _StopForward
+                raise StopForward
             return act
 
         return record
@@ -114,13 +132,26 @@ def _through_receivers(model, tokens, sender_hooks, receivers, rows, readout) ->
     assert len(recorded) == len(names), f"receiver hooks did not fire by layer {last}"
     # Step 2: a free run with only the receivers' chosen inputs set to the recorded values.
     first = min(r[0] for r in receivers)
-    step2: dict[str, list[HookFn]] = defaultdict(list)
-    step2[H.resid_pre_name(first)].append(_widen(rows))
+    step2: Hooks = defaultdict(list)
+    step2[H.resid_pre_name(first)].append(widen(rows))
     for name in names:
         heads = [r[1] for r in receivers if _receiver_name(r) == name]
         mask = torch.zeros(1, 1, recorded[name].shape[2], 1, dtype=torch.bool)
         mask[0, 0, heads, 0] = True
-        value = recorded[name]
-        step2[name].append(lambda act, hook, mask=mask, value=value: torch.where(mask.to(act.device), value, act))
+        step2[name].append(setter(mask, recorded[name]))
     return readout(run_to_final_resid(model, tokens, step2)).float().cpu()
 
+
+def run_pair(ctx: PairContext) -> PairResult:
+    spec = ctx.spec
+    base_tokens, base_cache, cf_cache = ctx.runs(spec.direction)
+    receivers = [(r.layer, r.head, r.input) for r in spec.receivers]
+    return PairResult(path_patch_sweep(ctx.model, base_tokens, base_cache, cf_cache, receivers, ctx.readout(), progress=ctx.progress))
+
+
+METHOD = Method(
+    spec=PathPatchingSpec,
+    run_pair=run_pair,
+    check=lambda model, spec: check_heads(model, spec.receivers, "receivers", "receiver"),
+    references=("Wang et al. 2022", "Goldowsky-Dill et al. 2023"),
+)

@@ -1,0 +1,144 @@
+"""The hooked forward pass, in one place: the model's lock, early stop, batch widening, caching.
+
+Every method runs the model through these functions, and every call into the model (readouts
+included) holds the model's lock: TransformerLens hooks are attached to the shared model object,
+so two threads running hooked passes at once would see each other's hooks.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import defaultdict
+from typing import Callable, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from patchstudio.engine import hooks as H
+
+HookFn = Callable[[Tensor, object], Tensor | None]
+Hooks = dict[str, list[HookFn]]
+
+_LOCKS: "weakref.WeakKeyDictionary[object, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model) -> threading.RLock:
+    """The (re-entrant) lock every call into ``model`` holds."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.RLock()
+        return lock
+
+
+class StopForward(Exception):
+    """Raised by a hook: the rest of the forward pass is not needed."""
+
+
+def compose(fns: Sequence[HookFn]) -> HookFn:
+    """Several hooks at one hook point, run in order; each may return a replacement activation."""
+
+    def hook(act: Tensor, hook: object) -> Tensor:
+        for fn in fns:
+            out = fn(act, hook)
+            if out is not None:
+                act = out
+        return act
+
+    return hook
+
+
+def merge(*hook_sets: Hooks) -> Hooks:
+    """Hook sets combined; at a shared hook point, the earlier set's hooks run first."""
+    out: Hooks = defaultdict(list)
+    for hooks in hook_sets:
+        for name, fns in hooks.items():
+            out[name].extend(fns)
+    return out
+
+
+def run_hooked(model, tokens: Int[Tensor, "1 pos"], hooks: Hooks) -> None:
+    """One forward pass with ``hooks``, holding the model's lock; a hook may end it early by
+    raising ``StopForward``."""
+    fwd_hooks = [(name, compose(fns)) for name, fns in hooks.items()]
+    with model_lock(model):
+        try:
+            with model.hooks(fwd_hooks=fwd_hooks):
+                model(tokens)
+        except StopForward:
+            pass
+
+
+def run_to_final_resid(
+    model, tokens: Int[Tensor, "1 pos"], hooks: Hooks, *, grad: bool = False
+) -> Float[Tensor, "rows d_model"]:
+    """Run ``tokens`` with ``hooks`` and return the residual stream at the final position after the
+    last block, without computing the unembedding. With ``grad`` the result keeps its autograd graph."""
+    captured: list[Tensor] = []
+
+    def read_out(act: Tensor, hook: object) -> None:
+        captured.append(act[:, -1, :] if grad else act[:, -1, :].clone())
+        raise StopForward
+
+    run_hooked(model, tokens, merge(hooks, {H.resid_post_name(model.cfg.n_layers - 1): [read_out]}))
+    if not captured:  # pragma: no cover - the read-out hook always fires on a full pass
+        raise RuntimeError("the read-out hook did not fire")
+    return captured[0]
+
+
+def run_with_cache(model, tokens: Int[Tensor, "1 pos"], names: Sequence[str], hooks: Hooks | None = None):
+    """(final-position logits [1, vocab] as float, {name: activation}) of a gradient-free pass."""
+    fwd_hooks = [(name, compose(fns)) for name, fns in (hooks or {}).items()]
+    with model_lock(model), torch.no_grad(), model.hooks(fwd_hooks=fwd_hooks):
+        logits, cache = model.run_with_cache(tokens, names_filter=list(names))
+    return logits[:, -1, :].float(), {name: cache[name] for name in names}
+
+
+def widen(rows: int) -> HookFn:
+    """A hook that turns a batch of 1 into ``rows`` identical rows (the layers below run once)."""
+
+    def widen_hook(act: Tensor, hook: object) -> Tensor:
+        return act.expand(rows, *act.shape[1:]).clone()
+
+    return widen_hook
+
+
+def setter(mask: Tensor, value: Tensor) -> HookFn:
+    """A hook that sets the activation to ``value`` where ``mask`` is true (both broadcast per row)."""
+
+    def set_patch(act: Tensor, hook: object) -> Tensor:
+        return torch.where(mask.to(act.device), value.to(act.dtype), act)
+
+    return set_patch
+
+
+_TRIM_OK: "weakref.WeakKeyDictionary[object, bool]" = weakref.WeakKeyDictionary()
+
+
+def _trim_to_final(act: Tensor, hook: object) -> Tensor:
+    return act[:, -1:, :]
+
+
+def last_mlp_trim(model, tokens: Tensor) -> Hooks:
+    """A hook that feeds only the final position to the last block's MLP, where that is exact.
+
+    In a pre-LN block the MLP reads resid_mid (TL 4: ``ln2``'s input) and its output is added to
+    the residual stream, so one position in gives the final position's output and the addition
+    broadcasts it. Blocks built otherwise (parallel attention and MLP, no resid_mid hook) fail the
+    one-time check and keep the full pass.
+    """
+    name = H.resid_mid_name(model.cfg.n_layers - 1)
+    ok = _TRIM_OK.get(model)
+    if ok is None:
+        try:
+            with torch.no_grad():
+                full = run_to_final_resid(model, tokens, {})
+                trimmed = run_to_final_resid(model, tokens, {name: [_trim_to_final]})
+            ok = trimmed.shape == full.shape and torch.allclose(trimmed, full, atol=1e-5, rtol=1e-5)
+        except Exception:  # any architecture that cannot take it just runs in full
+            ok = False
+        _TRIM_OK[model] = ok
+    return {name: [_trim_to_final]} if ok else {}

@@ -1,0 +1,119 @@
+"""What a method is: its spec class, its run for one prompt pair, its cost and axes, its defaults.
+
+``run()`` (``engine/run.py``) is a loop over prompt pairs that asks a ``Method`` for everything
+method-specific; the spec union, the cost, the same-length rule and the budget check are derived
+from the registered methods (``engine/methods/__init__.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+from torch import Tensor
+
+from patchstudio.engine import hooks as H
+from patchstudio.engine.inputs import PreparedPair
+from patchstudio.engine.metrics import Readout
+from patchstudio.errors import InputError
+from patchstudio.specs import SpecBase
+
+
+@dataclass(frozen=True)
+class PairContext:
+    """Everything a method's run needs for one prompt pair of a spec."""
+
+    model: Any
+    spec: Any
+    pair: PreparedPair
+    index: int  # of the pair in the spec
+    clean_cache: dict[str, Tensor]  # the hooks the method asked for (``Method.cache_names``)
+    corrupted_cache: dict[str, Tensor]
+    pool: list[dict[str, Tensor]]  # every prompt's cache: the reference set for mean/resample
+    clean_log_probs: Tensor  # final position, for the KL metric
+    chunk_rows: int
+    progress: Callable[[int], None]
+
+    def readout(self) -> Readout:
+        return Readout(self.model, self.spec.metric, self.pair.answer, self.pair.wrong, self.clean_log_probs)
+
+    def runs(self, direction: str) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+        """(base tokens, base cache, source cache): denoise runs the corrupted prompt with clean
+        activations; noise runs the clean prompt with corrupted ones."""
+        p = self.pair
+        if direction == "denoise":
+            return p.corrupted, self.corrupted_cache, self.clean_cache
+        return p.clean, self.clean_cache, self.corrupted_cache
+
+
+@dataclass(frozen=True)
+class PairResult:
+    values: Tensor  # flat, row-major in the method's axes
+    extras: dict[str, Any] | None = None  # per-pair data for ``Method.summarize``
+
+
+def sites_cost(model, spec, seq_len: int) -> int:
+    """One patched run per site of the sweep."""
+    return len(H.sites(model, spec.component, spec.positions, seq_len)[0])
+
+
+def sites_axes(model, spec, seq_len: int) -> tuple[list[str], list[int]]:
+    _, axes, sizes = H.sites(model, spec.component, spec.positions, seq_len)
+    return axes, sizes
+
+
+def component_hooks(model, spec) -> list[str]:
+    return H.source_hooks(spec.component, int(model.cfg.n_layers))
+
+
+def per_position(spec) -> bool:
+    """Per-position sweeps need one length across the prompt set (their axes are positions)."""
+    return spec.positions == "each"
+
+
+def no_check(model, spec) -> None:
+    return None
+
+
+def patching_baseline(spec, clean: float, corrupted: float) -> float:
+    """No effect leaves the metric of the run patched into: corrupted when denoising, clean when noising."""
+    return corrupted if spec.direction == "denoise" else clean
+
+
+def check_heads(model, heads, field_name: str, what: str = "head") -> None:
+    """Every (layer, head) exists in ``model``; else an InputError on ``field_name``."""
+    n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
+    for r in heads:
+        if r.layer >= n_layers or r.head >= n_heads:
+            raise InputError(
+                f"{what} L{r.layer} H{r.head} does not exist: the model has {n_layers} layers of {n_heads} heads",
+                field=field_name,
+            )
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered method. Only ``spec`` and ``run_pair`` are required; the rest has the
+    defaults of a sweep over ``hooks.sites`` (one patched run per site)."""
+
+    spec: type[SpecBase]
+    run_pair: Callable[[PairContext], PairResult]
+    # what a cell holds: the metric after the intervention, or a change of the metric (shares,
+    # changes in direct effect), whose "no effect" is 0 and which normalisation only rescales
+    values: Literal["metric", "change"] = "metric"
+    baseline: Callable[[Any, float, float], float] = patching_baseline
+    cost: Callable[[Any, Any, int], int] = sites_cost
+    axes: Callable[[Any, Any, int], tuple[list[str], list[int]]] = sites_axes
+    cache_names: Callable[[Any, Any], list[str]] = component_hooks
+    same_length: Callable[[Any], bool] = per_position
+    check: Callable[[Any, Any], None] = no_check
+    summarize: Callable[[list[dict], Any, float], dict] | None = None
+    references: tuple[str, ...] = field(default=())  # papers, for the docs
+
+    @property
+    def name(self) -> str:
+        return self.spec.model_fields["method"].default
+
+    def no_effect(self, spec, clean: float, corrupted: float) -> float:
+        """The value a cell takes when the intervention changes nothing."""
+        return 0.0 if self.values == "change" else self.baseline(spec, clean, corrupted)

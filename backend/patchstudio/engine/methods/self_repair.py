@@ -1,0 +1,186 @@
+"""Self-repair: how much of an ablated component's direct effect the rest of the network gives back.
+
+Ablating a component changes the system being measured: downstream components react (the Hydra
+effect, McGrath et al. 2023; Rushing & Nanda 2024, "Explorations of self-repair"). For the logit
+difference, the final residual stream is a sum of component outputs and the metric is linear in
+it for a fixed final LayerNorm scale s:
+
+    metric = sum_c f(out_c, s) + const,   f(v, s) = ((v - mean v) / s) . u,
+    u = ln_final.w * (W_U[:, answer] - W_U[:, wrong])
+
+so the total effect of an ablation splits exactly into per-component changes of direct effect
+(at the clean scale) plus the part due to the change of the scale itself:
+
+    TE = metric(ablated) - metric(clean) = sum_c dDE_c + LN,   dDE_c = f(out_c^abl, s_clean) - f(out_c^clean, s_clean)
+    DE = sum over the targets of dDE_c;   self-repair = TE - DE = sum over the others of dDE_c + LN
+
+A drop smaller than the direct effect means the network compensated. Paired ablation removes a
+candidate compensator along with the target and shows the new total effect.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal, Sequence
+
+import torch
+from pydantic import Field, field_validator
+from torch import Tensor
+
+from patchstudio.engine import hooks as H
+from patchstudio.engine.forward import run_with_cache
+from patchstudio.engine.methods.ablation import ablation_values
+from patchstudio.engine.methods.base import Method, PairContext, PairResult, check_heads
+from patchstudio.specs import AblationKind, HeadRef, WholeHeadsSpec
+
+Head = tuple[int, int]
+
+
+class SelfRepairSpec(WholeHeadsSpec):
+    """Self-repair (McGrath et al. 2023; Rushing & Nanda 2024): ablate target heads on the clean
+    run and split the metric's change into the targets' direct effect, each downstream head's and
+    MLP's change in direct effect, and the final LayerNorm scale's part. ``compensator``: a head
+    ablated together with the targets (paired ablation)."""
+
+    what: ClassVar[str] = "self-repair ablates heads"
+    method: Literal["self_repair"] = "self_repair"
+    targets: tuple[HeadRef, ...] = Field(description="The ablated heads.", json_schema_extra={"minItems": 1})
+    ablation: AblationKind = "mean"
+    seed: int = 0
+    compensator: HeadRef | None = None
+
+    @field_validator("targets")
+    @classmethod
+    def _some_targets(cls, value: tuple[HeadRef, ...]) -> tuple[HeadRef, ...]:
+        if not value:
+            raise ValueError("give at least one target head")
+        return value
+
+    @field_validator("metric")
+    @classmethod
+    def _linear_metric(cls, value: str) -> str:
+        if value != "logit_diff":
+            raise ValueError("self-repair splits the logit difference exactly: metric must be 'logit_diff'")
+        return value
+
+
+def _direction(model, answer: int, wrong: int) -> Tensor:
+    w_u = model.W_U.detach()
+    ln_w = getattr(model.ln_final, "w", None)
+    diff = w_u[:, answer] - w_u[:, wrong]
+    return diff * ln_w.detach() if ln_w is not None else diff
+
+
+def _head_outputs(model, z: Tensor) -> Tensor:
+    """[layers, heads, d_model]: each head's output at the final position (z_h @ W_O_h)."""
+    return torch.einsum("lhd,lhdm->lhm", z, model.W_O.detach())
+
+
+def _run(model, tokens: Tensor, hooks: dict) -> dict[str, Tensor]:
+    n_layers = int(model.cfg.n_layers)
+    names = [H.z_name(l) for l in range(n_layers)] + [H.mlp_out_name(l) for l in range(n_layers)]
+    names += [H.LN_FINAL_SCALE, H.resid_post_name(n_layers - 1)]
+    _, cache = run_with_cache(model, tokens, names, hooks)
+    z = torch.stack([cache[H.z_name(l)][0, -1] for l in range(n_layers)])  # [L, H, d_head]
+    return {
+        "heads": _head_outputs(model, z),
+        "mlps": torch.stack([cache[H.mlp_out_name(l)][0, -1] for l in range(n_layers)]),
+        "scale": cache[H.LN_FINAL_SCALE][0, -1, 0],
+        "resid": cache[H.resid_post_name(n_layers - 1)][0, -1],
+    }
+
+
+def ablation_hooks(replacements: dict[int, Tensor], heads: Sequence[Head]) -> dict:
+    """Hooks that set each (layer, head)'s z to its replacement value (batch axis of size 1)."""
+    by_layer: dict[int, list[int]] = {}
+    for layer, head in heads:
+        by_layer.setdefault(layer, []).append(head)
+    hooks = {}
+    for layer, hs in by_layer.items():
+        def set_z(act: Tensor, hook, hs=hs, value=replacements[layer]) -> Tensor:
+            act = act.clone()
+            act[:, :, hs] = value[:, :, hs].to(act.dtype)
+            return act
+
+        hooks[H.z_name(layer)] = [set_z]
+    return hooks
+
+
+def self_repair(
+    model,
+    tokens: Tensor,
+    replacements: dict[int, Tensor],
+    targets: Sequence[Head],
+    answer: int,
+    wrong: int,
+    compensator: Head | None = None,
+) -> dict[str, object]:
+    """The decomposition above for one prompt. ``replacements[layer]`` is the ablation value of
+    that layer's z ([1, pos, heads, d_head]) for the targets (and the compensator)."""
+    u = _direction(model, answer, wrong)
+
+    def f(v: Tensor, s: Tensor) -> Tensor:
+        return ((v - v.mean(-1, keepdim=True)) / s) @ u
+
+    clean = _run(model, tokens, {})
+    ablated = _run(model, tokens, ablation_hooks(replacements, targets))
+    s = clean["scale"]
+    d_heads = f(ablated["heads"], s) - f(clean["heads"], s)  # [L, H]
+    d_mlps = f(ablated["mlps"], s) - f(clean["mlps"], s)  # [L]
+    # the change of everything else (embeddings, biases) is zero; the resid sums every part
+    total = f(ablated["resid"], ablated["scale"]) - f(clean["resid"], s)
+    ln_part = f(ablated["resid"], ablated["scale"]) - f(ablated["resid"], s)
+    direct = sum(float(d_heads[l, h]) for l, h in targets)
+    out: dict[str, object] = {
+        "total_effect": float(total),
+        "direct_effect": direct,
+        "self_repair": float(total) - direct,
+        "ln_scale_part": float(ln_part),
+        "head_delta": d_heads,
+        "mlp_delta": d_mlps,
+    }
+    if compensator is not None:
+        paired = _run(model, tokens, ablation_hooks(replacements, [*targets, compensator]))
+        out["paired_total_effect"] = float(f(paired["resid"], paired["scale"]) - f(clean["resid"], s))
+    return out
+
+
+def run_pair(ctx: PairContext) -> PairResult:
+    spec, model = ctx.spec, ctx.model
+    values = ablation_values(spec.ablation, ctx.pool, ctx.index, spec.seed)
+    replacements = {layer: values[H.z_name(layer)] for layer in range(int(model.cfg.n_layers))}
+    targets = [(t.layer, t.head) for t in spec.targets]
+    comp = (spec.compensator.layer, spec.compensator.head) if spec.compensator else None
+    analysis = self_repair(model, ctx.pair.clean, replacements, targets, ctx.pair.answer, ctx.pair.wrong, compensator=comp)
+    heads = analysis.pop("head_delta")
+    ctx.progress(heads.numel())
+    return PairResult(heads.reshape(-1).float().cpu(), extras=analysis)
+
+
+def summarize(per_prompt: list[dict], spec, clean_mean: float) -> dict:
+    """Self-repair numbers averaged over the prompts."""
+
+    def mean(key: str) -> float:
+        return sum(float(d[key]) for d in per_prompt) / len(per_prompt)
+
+    mlp = torch.stack([d["mlp_delta"] for d in per_prompt]).mean(0)
+    out = {k: mean(k) for k in ("total_effect", "direct_effect", "self_repair", "ln_scale_part")}
+    out["ablated"] = clean_mean + out["total_effect"]
+    out["mlp_delta"] = [float(v) for v in mlp]
+    if spec.compensator is not None:
+        out["paired_total_effect"] = mean("paired_total_effect")
+    return out
+
+
+def check(model, spec) -> None:
+    check_heads(model, [*spec.targets, *([spec.compensator] if spec.compensator else [])], "targets")
+
+
+METHOD = Method(
+    spec=SelfRepairSpec,
+    run_pair=run_pair,
+    values="change",  # each head's change in direct effect
+    same_length=lambda spec: spec.ablation != "zero",
+    check=check,
+    summarize=summarize,
+    references=("McGrath et al. 2023", "Rushing & Nanda 2024"),
+)
