@@ -10,16 +10,9 @@ from typing import Optional
 import typer
 from pydantic import ValidationError
 
+from patchstudio.errors import describe, field_errors
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Patch Studio: causal interventions on transformers.")
-
-
-def describe_validation_error(exc: ValidationError) -> str:
-    """One line per problem, naming the field: 'prompts.0.answer: Field required'."""
-    lines = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"] if p not in ("activation_patching", "ablation"))
-        lines.append(f"{where or 'spec'}: {err['msg']}")
-    return "; ".join(lines)
 
 
 def _fail(message: str) -> None:
@@ -52,7 +45,7 @@ def run_command(
     except json.JSONDecodeError as exc:
         _fail(f"{spec_file} is not valid JSON: {exc}")
     except ValidationError as exc:
-        _fail(f"invalid spec: {describe_validation_error(exc)}")
+        _fail(f"invalid spec: {describe(field_errors(exc))}")
 
     bar = None
 

@@ -36,6 +36,10 @@
     var source = form.querySelector("[name=source]:checked");
     form.dataset.method = method ? method.value : "";
     form.dataset.source = source ? source.value : "pair";
+    // each method's fields come from the method registry (data-methods), never from CSS
+    form.querySelectorAll("[data-methods]").forEach(function (field) {
+      field.hidden = field.dataset.methods.split(" ").indexOf(form.dataset.method) < 0;
+    });
     var corruption = form.querySelector("[name=corruption]");
     var corrupted = form.querySelector("[name=corrupted]");
     if (corruption && corrupted) corrupted.readOnly = corruption.value !== "custom";

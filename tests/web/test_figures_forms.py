@@ -6,6 +6,7 @@ import pytest
 
 from helpers import TINY_PAIRS
 from patchstudio.engine.run import run
+from patchstudio import analysis
 from patchstudio.web import figures
 from patchstudio.web.forms import form_from_spec, parse_pairs_text, spec_from_form
 from web_helpers import IOI, IOI_CORRUPTED, form
@@ -31,7 +32,7 @@ def test_heatmap_is_centred_on_no_effect_and_hovers_like_l3_h5(head_result):
 def test_noising_and_ablation_centre_on_the_clean_run(tiny_model):
     noised = run(tiny_model, {"prompts": TINY_PAIRS, "component": "head", "direction": "noise"})
     ablated = run(tiny_model, {"method": "ablation", "prompts": TINY_PAIRS, "component": "head"})
-    assert figures.no_effect(noised) == noised.clean and figures.no_effect(ablated) == ablated.clean
+    assert analysis.no_effect(noised) == noised.clean and analysis.no_effect(ablated) == ablated.clean
 
 
 def test_position_labels_are_indexed_and_escaped(tiny_model):
@@ -45,8 +46,8 @@ def test_per_position_head_sweep_shows_one_position(tiny_model):
     fig = figures.heatmap(result, pos=10)
     assert fig["data"][0]["z"] == [row[10] for row in result.values]
     assert "position 10 (John)" in fig["layout"]["title"]["text"]
-    assert figures.cell_value(result, 1, 10, 3) == result.values[1][10][3]
-    assert figures.cell_name(result, 1, 10, 3) == "L1 H3 @ 10 John"
+    assert analysis.cell_value(result, 1, 10, 3) == result.values[1][10][3]
+    assert analysis.cell_name(result, 1, 10, 3) == "L1 H3 @ 10 John"
 
 
 def test_layer_component_is_a_bar_chart(tiny_model):
@@ -60,7 +61,7 @@ def test_figure1_and_the_verdict(head_result):
     assert fig["data"][0]["x"] == ["clean", "corrupted", "patch clean L1 H2", "mean-ablate L1 H2"]
     assert fig["data"][0]["y"] == [head_result.clean, head_result.corrupted, 0.5, 0.1]
     gap = head_result.clean - head_result.corrupted
-    text = figures.verdict(head_result, head_result.corrupted + gap, head_result.clean, "denoise")
+    text = analysis.verdict(head_result, head_result.corrupted + gap, head_result.clean, "denoise")
     assert text.startswith("Patching restores 100% of the clean–corrupted gap; ablating it removes 0%.")
     assert "redundancy or self-repair suspected" in text
 
@@ -97,29 +98,21 @@ def test_custom_pairs_text_and_round_trip_through_a_stored_spec():
 
 
 def test_triangulation_flags_say_where_methods_disagree():
-    rows = [
-        {"method": "activation patching (sufficiency)", "share": 0.8},
-        {"method": "mean ablation (necessity)", "share": 0.02},
-        {"method": "attribution estimate (linear)", "share": 0.3},
-        {"method": "path patching to the logits", "share": 0.1},
-        {"method": "mean ablation: total effect (TE)", "share": 0.02},
-        {"method": "mean ablation: direct effect (DE)", "share": 0.4},
-    ]
-    flags = figures.triangulation_flags(rows)
+    shares = {"patching": 0.8, "ablation": 0.02, "attribution": 0.3, "path": 0.1, "total_effect": 0.02, "direct_effect": 0.4}
+    flags = analysis.triangulation_flags(shares)
     assert flags == [
         "Large patching effect but small ablation drop: redundancy or self-repair suspected.",
         "The linear estimate is off by 50% of the gap: attribution is unreliable here.",
         "Most of its effect goes through later components, not directly to the logits.",
         "Its direct effect is larger than its total effect: the network compensates (self-repair).",
     ]
-    agree = [{"method": "activation patching (sufficiency)", "share": 0.6}, {"method": "mean ablation (necessity)", "share": 0.5}]
-    assert figures.triangulation_flags(agree) == []
+    assert analysis.triangulation_flags({"patching": 0.6, "ablation": 0.5}) == []
 
 
 def test_agreement_statistics(tiny_model):
     exact = run(tiny_model, {"prompts": TINY_PAIRS, "component": "head"})
     estimate = run(tiny_model, {"method": "attribution_patching", "prompts": TINY_PAIRS, "component": "head"})
-    a = figures.agreement(estimate, exact)
+    a = analysis.agreement(estimate, exact)
     x = [v for row in exact.values for v in row]
     y = [v for row in estimate.values for v in row]
     import numpy as np
@@ -129,4 +122,4 @@ def test_agreement_statistics(tiny_model):
     assert a["spearman"] == pytest.approx(float(np.corrcoef(rank(x), rank(y))[0, 1]), abs=1e-9)
     worst = max(range(len(x)), key=lambda i: abs(y[i] - x[i]))
     assert a["disagreements"][0] == (f"L{worst // 4} H{worst % 4}", x[worst], y[worst])
-    assert figures.agreement(exact, exact)["pearson"] == pytest.approx(1.0)
+    assert analysis.agreement(exact, exact)["pearson"] == pytest.approx(1.0)

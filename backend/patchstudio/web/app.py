@@ -7,8 +7,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Callable
 
-from fastapi import FastAPI
+import html
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
+from pydantic import ValidationError
+
+from patchstudio.errors import InputError, describe, field_errors
 
 from patchstudio.settings import Settings
 from patchstudio.store import Store
@@ -42,6 +48,18 @@ def create_app(settings: Settings | None = None, *, model_loader: Callable[[str]
         lifespan=lifespan,
     )
     app.state.settings = settings
+
+    @app.exception_handler(InputError)
+    @app.exception_handler(ValidationError)
+    async def bad_input(request: Request, exc: Exception) -> Response:
+        """Bad input is a 422 naming the field, from any route: never a 500."""
+        path = request.url.path
+        wants_html = request.headers.get("HX-Request") == "true" or "text/html" in request.headers.get("accept", "")
+        if path.startswith("/api/") or path.endswith((".json", ".csv")) or not wants_html:
+            return api.input_problem(exc)  # type: ignore[arg-type]
+        message = describe(field_errors(exc))  # type: ignore[arg-type]
+        return HTMLResponse(f'<p class="error" role="alert">{html.escape(message)}</p>', status_code=422)
+
     app.mount("/static", StaticFiles(directory=FRONTEND / "static"), name="static")
     app.include_router(api.router)
     app.include_router(pages.router)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from pydantic import ValidationError
 
-from patchstudio.engine.inputs import InputError
+from patchstudio.errors import InputError, field_errors
 from patchstudio.models import prompts as P
-from patchstudio.specs import parse_spec
+from patchstudio.specs import COMPONENT_LABELS, HeadRef, parse_spec
+from patchstudio.web.methods import WEB_METHODS
 
 DEFAULT_FORM: dict[str, str] = {
     "model": "default",
@@ -54,7 +55,6 @@ class FormState:
     error: str | None = None
     error_field: str | None = None
     error_detail: dict[str, Any] = field(default_factory=dict)
-    corruption_label: str = ""
 
 
 def _int(values: Mapping[str, str], name: str, low: int, high: int) -> int:
@@ -172,78 +172,110 @@ def family_pairs(values: dict[str, str]) -> list[dict[str, str]]:
     return pairs
 
 
+def _one_head(text: str) -> dict[str, int] | None:
+    heads = parse_heads(text, "compensator")
+    if len(heads) > 1:
+        raise InputError("give one compensator head, like 'L3H1' (or none)", field="compensator")
+    return heads[0] if heads else None
+
+
+def _head_text(head: HeadRef | None) -> str:
+    return f"L{head.layer}H{head.head}" if head is not None else ""
+
+
+@dataclass(frozen=True)
+class FormField:
+    """One spec field on the explore form: how it is drawn, read into the spec, and shown back."""
+
+    name: str
+    label: str
+    widget: str  # "select", "text" or "number"
+    parse: Callable[[dict[str, str]], Any]  # the form's values -> the spec field's value
+    show: Callable[[Any], str] = str  # the spec field's value -> the form's text
+    options: tuple[tuple[str, str], ...] = ()  # (value, text) for a select
+    title: str = ""
+    placeholder: str = ""
+
+
+def _select(name: str, label: str, options: tuple[tuple[str, str], ...], title: str = "") -> FormField:
+    return FormField(name, label, "select", parse=lambda values: values[name], options=options, title=title)
+
+
+def _number(name: str, label: str, low: int, high: int, title: str = "") -> FormField:
+    return FormField(name, label, "number", parse=lambda values: _int(values, name, low, high), title=title)
+
+
+# Every spec field a method may put on the form (each method's web module lists the ones it takes).
+FIELDS: dict[str, FormField] = {
+    f.name: f
+    for f in (
+        _select("component", "Component", tuple((c, c) for c in COMPONENT_LABELS), "the activation intervened on"),
+        _select("positions", "Positions", (("all", "all at once"), ("each", "each position"))),
+        _select("direction", "Direction", (("denoise", "denoise (clean → corrupted run)"), ("noise", "noise (corrupted → clean run)"))),
+        _select("ablation", "Ablation", (("zero", "zero"), ("mean", "mean"), ("resample", "resample"))),
+        _number("seed", "Seed", 0, 10**9, "seed for resample ablation"),
+        _number("steps", "IG steps", 1, 64, "1: gradient at the base run; more: integrated gradients (EAP-IG)"),
+        FormField("receivers", "Receivers (blank = logits)", "text", parse=lambda v: parse_receivers(v.get("receivers", "")),
+                  show=lambda receivers: format_receivers(receivers), title="e.g. L3H0.q L3H5.k; blank: the path ends at the logits",
+                  placeholder="L3H0.q L3H5.k"),
+        FormField("targets", "Target heads", "text", parse=lambda v: parse_heads(v.get("targets", ""), "targets"),
+                  show=lambda targets: " ".join(_head_text(t) for t in targets), title="heads to ablate, e.g. L2H2 L2H7"),
+        FormField("compensator", "Compensator", "text", parse=lambda v: _one_head(v.get("compensator", "")),
+                  show=_head_text, title="paired ablation: also ablate this head", placeholder="L3H1"),
+    )
+}
+
+# The form's own inputs (prompts), then every spec field: each has a slot for its error message.
+PROMPT_FIELDS = ("model", "clean", "corrupted", "answer", "wrong", "family", "n_pairs", "family_seed", "template", "pairs_text", "prompts")
+ERROR_FIELDS = (*PROMPT_FIELDS, "method", *FIELDS, "metric", "spec")
+
+
+def methods_with(field_name: str) -> list[str]:
+    """The methods whose spec takes this form field (the field is shown only for them)."""
+    return [name for name, web in WEB_METHODS.items() if field_name in web.fields]
+
+
+def form_field_of(spec_path: str, source: str) -> str:
+    """The form field that shows an error at a spec path ('prompts.0.answer' -> 'answer' for one
+    pair, 'pairs_text' for a list; 'receivers.1.layer' -> 'receivers')."""
+    parts = spec_path.split(".") if spec_path else []
+    if not parts:
+        return "spec"
+    if parts[0] == "prompts" and len(parts) > 2:
+        return parts[2] if source == "pair" else "pairs_text"
+    return parts[0] if parts[0] in ERROR_FIELDS else "spec"
+
+
 def spec_from_form(form: Mapping[str, Any]) -> FormState:
     values = {**DEFAULT_FORM, **{k: str(v) for k, v in form.items()}}
     if "auto_answers" not in form and form:  # an unchecked checkbox is absent from a submitted form
         values["auto_answers"] = ""
     state = FormState(values)
     try:
-        if values["source"] == "family":
-            prompts = family_pairs(values)
-            state.corruption_label = P.FAMILIES[values["family"]].description if values["family"] in P.FAMILIES else "your pairs"
-        else:
-            prompts = [_pair_from_clean(values)]
-            state.corruption_label = {"swap": "name swap", "abc": "ABC (other random names)"}.get(values["corruption"], "custom")
-        data: dict[str, Any] = {
-            "model": values["model"],
-            "method": values["method"],
-            "prompts": prompts,
-            "component": values["component"],
-            "positions": values["positions"],
-            "metric": values["metric"],
-        }
-        if values["method"] == "ablation":
-            data["ablation"] = values["ablation"]
-            data["seed"] = _int(values, "seed", 0, 10**9)
-        else:
-            data["direction"] = values["direction"]
-        if values["method"] in ("attribution_patching", "input_influence"):
-            data["steps"] = _int(values, "steps", 1, 64)
-        if values["method"] == "input_influence":  # per clean token, at the model's input
-            data.pop("direction", None)
-            data.update(component="resid_pre", positions="each")
-            values.update(component="resid_pre", positions="each")
-        if values["method"] in ("path_patching", "self_repair"):  # senders / targets are heads, everywhere
-            data.update(component="head", positions="all")
-            values.update(component="head", positions="all")
-        if values["method"] == "path_patching":
-            data["receivers"] = parse_receivers(values.get("receivers", ""))
-        if values["method"] == "self_repair":
-            data.pop("direction", None)
-            data.update(ablation=values["ablation"], seed=_int(values, "seed", 0, 10**9))
-            data["targets"] = parse_heads(values.get("targets", ""), "targets")
-            if not data["targets"]:
-                raise InputError("give at least one target head, like 'L2H2'", field="targets")
-            compensator = parse_heads(values.get("compensator", ""), "compensator")
-            if len(compensator) > 1:
-                raise InputError("give one compensator head, like 'L3H1' (or none)", field="compensator")
-            data["compensator"] = compensator[0] if compensator else None
+        web = WEB_METHODS.get(values["method"])
+        if web is None:
+            raise InputError(f"unknown method {values['method']!r}: use one of {', '.join(WEB_METHODS)}", field="method")
+        prompts = family_pairs(values) if values["source"] == "family" else [_pair_from_clean(values)]
+        data: dict[str, Any] = {"model": values["model"], "method": web.name, "prompts": prompts, "metric": values["metric"]}
+        data.update({name: FIELDS[name].parse(values) for name in web.fields})
         state.spec = parse_spec(data)
-    except InputError as exc:
-        state.error, state.error_field, state.error_detail = str(exc), exc.field, exc.detail
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"] if p not in ("activation_patching", "ablation"))
-        state.error, state.error_field = f"{where}: {first['msg']}", where.split(".")[0]
+    except (InputError, ValidationError) as exc:
+        first = field_errors(exc)[0]
+        state.error_detail = exc.detail if isinstance(exc, InputError) else {}
+        if isinstance(exc, InputError):
+            state.error, state.error_field = first["message"], first["field"] or "spec"
+        else:
+            state.error = f"{first['field'] or 'spec'}: {first['message']}"
+            state.error_field = form_field_of(first["field"], values["source"])
     return state
 
 
 def form_from_spec(spec: Any) -> dict[str, str]:
     """The form values that show a stored spec (single pair -> 'pair' source, else custom list)."""
     values = dict(DEFAULT_FORM)
-    values.update(model=spec.model, method=spec.method, component=spec.component, positions=spec.positions, metric=spec.metric)
-    if spec.method == "ablation":
-        values.update(ablation=spec.ablation, seed=str(spec.seed))
-    elif hasattr(spec, "direction"):
-        values["direction"] = spec.direction
-    if spec.method in ("attribution_patching", "input_influence"):
-        values["steps"] = str(spec.steps)
-    if spec.method == "path_patching":
-        values["receivers"] = format_receivers(spec.receivers)
-    if spec.method == "self_repair":
-        values.update(ablation=spec.ablation, seed=str(spec.seed))
-        values["targets"] = " ".join(f"L{t.layer}H{t.head}" for t in spec.targets)
-        values["compensator"] = f"L{spec.compensator.layer}H{spec.compensator.head}" if spec.compensator else ""
+    values.update(model=spec.model, method=spec.method, metric=spec.metric)
+    for name in WEB_METHODS[spec.method].fields:
+        values[name] = FIELDS[name].show(getattr(spec, name))
     if len(spec.prompts) == 1:
         p = spec.prompts[0]
         values.update(source="pair", clean=p.clean, corrupted=p.corrupted, answer=p.answer, wrong=p.wrong)

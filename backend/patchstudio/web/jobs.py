@@ -30,10 +30,6 @@ class Job:
     started: float = field(default_factory=time.time)
     cancel_event: threading.Event = field(default_factory=threading.Event)
 
-    @property
-    def fraction(self) -> float:
-        return self.done / self.total if self.total else 0.0
-
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "status": self.status, "done": self.done, "total": self.total, "error": self.error}
 

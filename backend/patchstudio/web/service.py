@@ -8,8 +8,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from patchstudio.engine.inputs import InputError, prepare_pairs
-from patchstudio.engine.run import count_patched_runs, run
+from patchstudio.engine.run import plan, run
+from patchstudio.errors import InputError
 from patchstudio.models.registry import ModelUnavailableError, load_model, model_fingerprint
 from patchstudio.settings import Settings
 from patchstudio.specs import parse_spec
@@ -58,12 +58,11 @@ class ExperimentService:
         return loaded
 
     def cost(self, spec: Any) -> int:
-        """Patched runs the spec needs; checks the prompts (raises InputError on bad input)."""
+        """Patched runs the spec needs; checks the prompts and the budget (raises InputError on bad input)."""
         spec = parse_spec(spec)
-        model = self.model(spec.model).model
-        same = spec.positions == "each" or (spec.method == "ablation" and spec.ablation != "zero")
-        pairs = prepare_pairs(model, spec.prompts, same_length=same)
-        return count_patched_runs(model, spec, [p.clean.shape[-1] for p in pairs])
+        checked = plan(self.model(spec.model).model, spec)
+        checked.check_budget(self.settings.max_patched_runs)
+        return checked.total
 
     def get_or_run(self, spec: Any, progress: Callable[[int, int], None] | None = None) -> StoredRun:
         """The stored result for this spec, computing and storing it first if needed."""

@@ -39,20 +39,8 @@ def job(job_id: str) -> str:
     return f"/jobs/{job_id}"
 
 
-def job_json(job_id: str) -> str:
-    return f"/jobs/{job_id}.json"
-
-
 def job_cancel(job_id: str) -> str:
     return f"/jobs/{job_id}/cancel"
-
-
-def family(name: str) -> str:
-    return f"/families/{name}"
-
-
-def api_runs() -> str:
-    return "/api/runs"
 
 
 def static(path: str) -> str:

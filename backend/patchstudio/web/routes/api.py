@@ -11,8 +11,8 @@ from fastapi import APIRouter, Body, HTTPException
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
-from patchstudio.engine.inputs import InputError
-from patchstudio.specs import DEFAULTS_DOC, parse_spec
+from patchstudio.errors import InputError, describe, field_errors
+from patchstudio.specs import defaults_doc, parse_spec
 from patchstudio.store import StoredRun
 from patchstudio.web import url_builder as urls
 from patchstudio.web.deps import JobsDep, ServiceDep
@@ -51,23 +51,26 @@ def problem(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"detail": message, **extra}, status_code=status)
 
 
+def input_problem(exc: InputError | ValidationError) -> JSONResponse:
+    """422 with every problem as ``{field, message}`` (one shape for every method and route)."""
+    errors = field_errors(exc)
+    if isinstance(exc, InputError):
+        return problem(422, str(exc), field=exc.field, errors=errors, info=exc.detail)
+    return problem(422, f"invalid spec: {describe(errors)}", field=errors[0]["field"], errors=errors)
+
+
 def _spec_or_problem(data: Any):
     try:
         return parse_spec(data), None
     except ValidationError as exc:
-        errors = [
-            {"field": ".".join(str(p) for p in e["loc"] if p not in ("activation_patching", "ablation")), "message": e["msg"]}
-            for e in exc.errors()
-        ]
-        message = "; ".join(f"{e['field'] or 'spec'}: {e['message']}" for e in errors)
-        return None, problem(422, f"invalid spec: {message}", errors=errors)
+        return None, input_problem(exc)
 
 
 @router.post(
     "/api/runs",
     summary="Run an experiment spec (or fetch it from the store) and return its result",
     description="The body is the experiment spec, unchanged. Defaults: "
-    + ", ".join(f"{k}={v}" for k, v in DEFAULTS_DOC.items())
+    + ", ".join(f"{k}={v}" for k, v in defaults_doc().items())
     + ". The same spec always gets the same id and is served from the store without recomputing.",
     tags=["runs"],
 )
@@ -75,11 +78,7 @@ def create_run(service: ServiceDep, spec: dict[str, Any] = Body(..., examples=[S
     parsed, error = _spec_or_problem(spec)
     if error is not None:
         return error
-    try:
-        stored = service.get_or_run(parsed)
-    except InputError as exc:
-        return problem(422, str(exc), field=exc.field, info=exc.detail)
-    return stored_payload(stored)
+    return stored_payload(service.get_or_run(parsed))  # an InputError becomes a 422 (app.py)
 
 
 @router.get("/runs/{run_id}.json", summary="A stored result", tags=["runs"])
@@ -134,10 +133,7 @@ def create_job(service: ServiceDep, jobs: JobsDep, spec: dict[str, Any] = Body(.
     parsed, error = _spec_or_problem(spec)
     if error is not None:
         return error
-    try:
-        service.cost(parsed)
-    except InputError as exc:
-        return problem(422, str(exc), field=exc.field, info=exc.detail)
+    service.cost(parsed)  # checks the prompts and the budget first; an InputError becomes a 422
     return jobs.submit(parsed).as_dict()
 
 

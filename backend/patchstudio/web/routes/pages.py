@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 from typing import Any
 
@@ -9,36 +10,22 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 from jinja2_fragments.fastapi import Jinja2Blocks
 
-from patchstudio.engine.inputs import InputError
+from patchstudio import analysis
+from patchstudio.errors import InputError
 from patchstudio.models.prompts import FAMILIES
-from patchstudio.specs import (
-    ATTRIBUTION_COMPONENTS,
-    COMPONENT_LABELS,
-    METRIC_LABELS,
-    AblationSpec,
-    ActivationPatchingSpec,
-    AttributionPatchingSpec,
-    HeadRef,
-    PathPatchingSpec,
-    SelfRepairSpec,
-)
+from patchstudio.specs import METRIC_LABELS
 from patchstudio.store import StoredRun
 from patchstudio.web import figures
 from patchstudio.web import url_builder as urls
 from patchstudio.web.app import FRONTEND
 from patchstudio.web.deps import JobsDep, ServiceDep
-from patchstudio.web.forms import DEFAULT_FORM, FormState, form_from_spec, spec_from_form
+from patchstudio.web.forms import DEFAULT_FORM, ERROR_FIELDS, FIELDS, FormState, form_from_spec, methods_with, spec_from_form
 from patchstudio.web.jobs import Job
+from patchstudio.web.methods import WEB_METHODS, describe
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Blocks(directory=str(FRONTEND / "templates"))
 templates.env.globals["urls"] = urls
-
-ERROR_FIELDS = [
-    "model", "clean", "corrupted", "answer", "wrong", "n_pairs", "template", "pairs_text", "prompts", "receivers",
-    "targets", "compensator", "spec",
-]
-FIELD_ALIASES = {"family": "pairs_text", "family_seed": "n_pairs", "seed": "spec"}
 
 
 def _is_htmx(request: Request) -> bool:
@@ -50,7 +37,8 @@ def _base_context(service, form: dict[str, str]) -> dict[str, Any]:
         "form": form,
         "models": list(service.settings.models),
         "families": FAMILIES,
-        "components": COMPONENT_LABELS,
+        "methods": WEB_METHODS,
+        "fields": [(f, methods_with(name)) for name, f in FIELDS.items()],
         "metrics": METRIC_LABELS,
         "error": None,
         "error_field": None,
@@ -63,18 +51,14 @@ def _base_context(service, form: dict[str, str]) -> dict[str, Any]:
 
 
 def _error_context(message: str, field: str | None, detail: dict[str, Any] | None = None) -> dict[str, Any]:
-    field = FIELD_ALIASES.get(field or "", field)
     return {"error": message, "error_field": field if field in ERROR_FIELDS else "spec", "error_detail": detail or {}}
 
 
 def _result_context(request: Request, stored: StoredRun, pos: int | None = None, service=None) -> dict[str, Any]:
     result = stored.result
-    agreement = None
-    if result.spec.method == "attribution_patching" and service is not None:
-        exact = service.get_or_run(_exact_patching(result.spec)).result
-        agreement = {**figures.agreement(result, exact), "exact_id": exact.id}
+    web = WEB_METHODS[result.spec.method]
     if result.axes == ["layer", "pos", "head"]:
-        pos = figures.default_pos(result) if pos is None or not 0 <= pos < len(result.labels["pos"]) else pos
+        pos = analysis.default_pos(result) if pos is None or not 0 <= pos < len(result.labels["pos"]) else pos
     else:
         pos = None
     return {
@@ -82,35 +66,13 @@ def _result_context(request: Request, stored: StoredRun, pos: int | None = None,
         "result": result,
         "pos": pos,
         "heatmap": figures.heatmap(result, pos),
-        "description": figures.describe(result),
+        "description": describe(result),
         "caption": f"Metric: {METRIC_LABELS[result.spec.metric]}; {figures.corruption_summary(result)}",
-        "selected": _strongest_cell(result, pos),
+        "selected": analysis.strongest_cell(result, pos),
         "share_url": str(request.base_url).rstrip("/") + urls.run_page(stored.id),
-        "agreement": agreement,
-        "repair_figure": figures.repair_figure(result) if result.spec.method == "self_repair" else None,
-        "compensators": figures.top_compensators(result) if result.spec.method == "self_repair" else [],
+        "method_partial": web.partial,
+        **(web.context(service, result) if web.partial else {}),
     }
-
-
-def _strongest_cell(result, pos: int | None) -> dict[str, int | None]:
-    """The cell with the largest effect: Figure 1's initial selection."""
-    base = figures.no_effect(result)
-    best = (-1.0, {"layer": 0, "pos": pos, "head": None})
-    if result.axes == ["pos"]:
-        return {"layer": None, "pos": None, "head": None}
-    for layer, row in enumerate(result.values):
-        if result.axes == ["layer"]:
-            cells = [(row, {"layer": layer, "pos": None, "head": None})]
-        elif result.axes == ["layer", "head"]:
-            cells = [(v, {"layer": layer, "pos": None, "head": h}) for h, v in enumerate(row)]
-        elif result.axes == ["layer", "pos"]:
-            cells = [(v, {"layer": layer, "pos": p, "head": None}) for p, v in enumerate(row)]
-        else:
-            cells = [(v, {"layer": layer, "pos": pos, "head": h}) for h, v in enumerate(row[pos])]
-        for value, cell in cells:
-            if abs(value - base) > best[0]:
-                best = (abs(value - base), cell)
-    return best[1]
 
 
 def _experiment_context(request: Request, service, jobs, state: FormState) -> dict[str, Any]:
@@ -122,12 +84,6 @@ def _experiment_context(request: Request, service, jobs, state: FormState) -> di
     if stored is None:
         try:
             cost = service.cost(spec)
-            if cost > service.settings.max_patched_runs:
-                raise InputError(
-                    f"this sweep needs {cost:,} patched runs, over the budget of {service.settings.max_patched_runs:,}; "
-                    "use fewer prompts or positions 'all'",
-                    field="prompts",
-                )
             if cost > service.settings.background_patched_runs:
                 return {"job": jobs.submit(spec)}
             stored = service.get_or_run(spec)
@@ -200,95 +156,39 @@ def run_page(request: Request, run_id: str, service: ServiceDep, jobs: JobsDep, 
 
 @router.get("/runs/{run_id}/figure1", response_class=HTMLResponse)
 def figure1(request: Request, run_id: str, service: ServiceDep, layer: int = 0, head: int | None = None, pos: int | None = None) -> Response:
-    """The seed's Figure 1 for one component: clean, corrupted, patched and ablated side by side."""
+    """The seed's Figure 1 for one component: clean, corrupted, patched and ablated side by side,
+    with the component under every method (triangulation)."""
     stored = service.store.get(run_id)
     if stored is None:
         raise HTTPException(404, f"no stored run with id {run_id!r}")
     result = stored.result
     try:
-        figures.cell_value(result, layer, pos, head)
-        patching = result if result.spec.method == "activation_patching" else service.get_or_run(_exact_patching(result.spec)).result
-        ablation = result if result.spec.method == "ablation" else service.get_or_run(_mean_ablation(result.spec)).result
+        analysis.cell_value(result, layer, pos, head)
+        specs = analysis.triangulation_specs(result.spec, layer, head)
+        runs = {role: result if spec.id == result.id else service.get_or_run(spec).result for role, spec in specs.items()}
+        patching, ablation = runs["patching"], runs["ablation"]
+        patched = analysis.cell_value(patching, layer, pos, head)
+        ablated = analysis.cell_value(ablation, layer, pos, head)
+        table = analysis.triangulate(result, runs, layer, pos, head)
     except (ValueError, IndexError, InputError) as exc:
-        return HTMLResponse(f'<p class="error" role="alert">Cannot show Figure 1: {_escape(str(exc))}</p>')
+        return HTMLResponse(f'<p class="error" role="alert">Cannot show Figure 1: {html.escape(str(exc))}</p>')
     companion_id = (ablation if result.spec.method == "activation_patching" else patching).id
-    patched = figures.cell_value(patching, layer, pos, head)
-    ablated = figures.cell_value(ablation, layer, pos, head)
-    cell = figures.cell_name(result, layer, pos, head)
-    spec = patching.spec
-    patched_how = "clean value into the corrupted run" if spec.direction == "denoise" else "corrupted value into the clean run"
-    ablated_how = f"{ablation.spec.ablation} ablation of the clean run"
+    cell = analysis.cell_name(result, layer, pos, head)  # the template escapes it; plotly labels need their own
+    direction = patching.spec.direction
     context = {
-        "figure1": figures.figure1(result, cell, patched, ablated, ablation.spec.ablation, patch_label="patch clean" if spec.direction == "denoise" else "patch corrupted"),
+        "figure1": figures.figure1(result, figures.safe(cell), patched, ablated, ablation.spec.ablation,
+                                   patch_label="patch clean" if direction == "denoise" else "patch corrupted"),
         "cell": cell,
         "patched": patched,
         "ablated": ablated,
-        "patched_how": patched_how,
-        "ablated_how": ablated_how,
+        "patched_how": "clean value into the corrupted run" if direction == "denoise" else "corrupted value into the clean run",
+        "ablated_how": f"{ablation.spec.ablation} ablation of the clean run",
         "caption": f"Metric: {METRIC_LABELS[result.spec.metric]}",
         "companion_id": companion_id,
-        "verdict": figures.verdict(result, patched, ablated, spec.direction),
-        "triangulation": _triangulation(service, result, patching, ablation, layer, pos, head),
+        "verdict": analysis.verdict(result, patched, ablated, direction),
+        "triangulation": table,
     }
     return templates.TemplateResponse(request, "explore.html", context, block_name="figure1")
-
-
-def _triangulation(service, result, patching, ablation, layer: int, pos: int | None, head: int | None) -> list[dict[str, Any]]:
-    """The selected component under every method on the same prompts and metric, each as a share of
-    the clean-corrupted gap, with plain-language flags where they disagree."""
-    gap = result.clean - result.corrupted
-    if abs(gap) < 1e-9:
-        return []
-    direction = patching.spec.direction
-    base = result.corrupted if direction == "denoise" else result.clean
-
-    def share(value: float) -> float:  # movement away from the base run, as a share of the gap
-        return (value - base) / gap if direction == "denoise" else (base - value) / gap
-
-    rows = [
-        {"method": "activation patching (sufficiency)", "value": figures.cell_value(patching, layer, pos, head),
-         "share": share(figures.cell_value(patching, layer, pos, head)), "link": patching.id},
-        {"method": f"{ablation.spec.ablation} ablation (necessity)", "value": figures.cell_value(ablation, layer, pos, head),
-         "share": (result.clean - figures.cell_value(ablation, layer, pos, head)) / gap, "link": ablation.id},
-    ]
-    common = _common(patching.spec)
-    if common["component"] in ATTRIBUTION_COMPONENTS:
-        attr = service.get_or_run(AttributionPatchingSpec(direction=direction, **common)).result
-        value = figures.cell_value(attr, layer, pos, head)
-        rows.append({"method": "attribution estimate (linear)", "value": value, "share": share(value), "link": attr.id})
-    if common["component"] == "head" and common["positions"] == "all" and head is not None:
-        path = service.get_or_run(PathPatchingSpec(direction=direction, **common)).result
-        value = figures.cell_value(path, layer, None, head)
-        rows.append({"method": "path patching to the logits", "value": value, "share": share(value), "link": path.id})
-        if common["metric"] == "logit_diff":
-            repair = service.get_or_run(
-                SelfRepairSpec(targets=[HeadRef(layer=layer, head=head)], **{**common, "metric": "logit_diff"})
-            ).result
-            x = repair.extras or {}
-            rows.append({"method": "mean ablation: total effect (TE)", "value": x["total_effect"], "share": -x["total_effect"] / gap, "link": repair.id})
-            rows.append({"method": "mean ablation: direct effect (DE)", "value": x["direct_effect"], "share": -x["direct_effect"] / gap, "link": repair.id})
-    flags = figures.triangulation_flags(rows)
-    return [{**r, "flag": ""} for r in rows] + ([{"method": "reading", "flag": " ".join(flags)}] if flags else [])
-
-
-def _common(spec) -> dict[str, Any]:
-    return {"model": spec.model, "prompts": spec.prompts, "component": spec.component, "positions": spec.positions, "metric": spec.metric}
-
-
-def _exact_patching(spec) -> ActivationPatchingSpec:
-    """Figure 1's restoration bar: exact activation patching (an attribution spec keeps its direction)."""
-    return ActivationPatchingSpec(direction=getattr(spec, "direction", "denoise"), **_common(spec))
-
-
-def _mean_ablation(spec) -> AblationSpec:
-    """Figure 1's necessity bar: mean ablation of the same component on the clean run."""
-    return AblationSpec(ablation="mean", **_common(spec))
-
-
-def _escape(text: str) -> str:
-    import html
-
-    return html.escape(text)
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)

@@ -1,0 +1,282 @@
+"""Reading results: cells, baselines, triangulation, agreement, verdicts, compensators. Pure.
+
+Importable from a notebook with no web code::
+
+    from patchstudio import analysis
+    specs = analysis.triangulation_specs(spec, layer=2, head=2)        # the runs to compare
+    runs = {role: patchstudio.run(s, model=model) for role, s in specs.items()}
+    table = analysis.triangulate(result, runs, layer=2, head=2)       # rows + plain-language flags
+
+Every threshold a reading uses is a named constant here, so a page and a notebook read a result
+the same way. "Triangulate necessity and sufficiency": a claim is stronger when restoration-style
+(patching) and necessity-style (ablation) evidence tell the same story.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from patchstudio.engine.methods import get_method
+from patchstudio.engine.methods.attribution_patching import ATTRIBUTION_COMPONENTS
+from patchstudio.results import PatchResult
+from patchstudio.specs import HeadRef, SpecBase, spec_classes
+
+# --- thresholds (shares of the clean-corrupted gap) ---------------------------------------------------
+
+LARGE_SHARE = 0.3  # "large": patching restores / ablation removes at least this share of the gap
+SMALL_SHARE = 0.1  # "small": under this share
+ATTRIBUTION_OFF = 0.2  # the linear estimate is "unreliable" when it misses exact patching by more
+PATH_MOSTLY_INDIRECT = 0.5  # "mostly through later components": path to logits under this fraction of patching
+PATH_MIN_PATCHING = 0.2  # ...judged only when patching itself is at least this share
+DIRECT_MIN = 0.1  # self-repair judged only when the direct effect is at least this share
+COMPENSATED = 0.5  # "compensates": the total effect under this fraction of the direct effect
+ZERO_GAP = 1e-9  # clean and corrupted "agree": no share of the gap is defined
+
+
+# --- cells -------------------------------------------------------------------------------------------
+
+
+def no_effect(result: PatchResult) -> float:
+    """The value a cell takes when the intervention changes nothing (per the method's definition)."""
+    return get_method(result.spec.method).no_effect(result.spec, result.clean, result.corrupted)
+
+
+def cell_value(result: PatchResult, layer: int | None, pos: int | None, head: int | None) -> float:
+    """The value at one cell; raises ValueError (naming the axis) when an index is missing or out of range."""
+    value: Any = result.values
+    for axis in result.axes:
+        index = {"layer": layer, "pos": pos, "head": head}[axis]
+        if index is None:
+            raise ValueError(f"this result needs a {axis} index")
+        if not 0 <= index < len(result.labels[axis]):
+            raise ValueError(f"{axis} {index} is out of range (0 to {len(result.labels[axis]) - 1})")
+        value = value[index]
+    return float(value)
+
+
+def cell_name(result: PatchResult, layer: int | None, pos: int | None, head: int | None) -> str:
+    """'L1 H3 @ 10 John' (plain text: a drawing escapes it)."""
+    parts = [f"L{layer}"] if "layer" in result.axes else []
+    if "head" in result.axes:
+        parts.append(f"H{head}")
+    if "pos" in result.axes:
+        parts.append(f"@ {pos} {result.labels['pos'][pos]}")
+    return " ".join(parts)
+
+
+def flat_cells(result: PatchResult) -> list[tuple[dict[str, int], float]]:
+    """({axis: index}, value) for every cell, in row-major order."""
+    sizes = [len(result.labels[a]) for a in result.axes]
+    out = []
+    for index in itertools.product(*(range(n) for n in sizes)):
+        value: Any = result.values
+        for i in index:
+            value = value[i]
+        out.append((dict(zip(result.axes, index)), float(value)))
+    return out
+
+
+def default_pos(result: PatchResult) -> int:
+    """For a (layer, pos, head) result: the position with the largest effect."""
+    base = no_effect(result)
+    best, best_pos = -1.0, len(result.labels["pos"]) - 1
+    for layer in result.values:
+        for pos, heads in enumerate(layer):
+            effect = max(abs(v - base) for v in heads)
+            if effect > best:
+                best, best_pos = effect, pos
+    return best_pos
+
+
+def strongest_cell(result: PatchResult, pos: int | None = None) -> dict[str, int | None]:
+    """The cell with the largest effect (at position ``pos`` for a per-position head sweep)."""
+    base = no_effect(result)
+    best: tuple[float, dict[str, int | None]] = (-1.0, {"layer": None, "pos": pos, "head": None})
+    for cell, value in flat_cells(result):
+        if result.axes == ["layer", "pos", "head"] and cell["pos"] != pos:
+            continue
+        if abs(value - base) > best[0]:
+            best = (abs(value - base), {"layer": cell.get("layer"), "pos": cell.get("pos"), "head": cell.get("head")})
+    return best[1]
+
+
+# --- one component under several methods -------------------------------------------------------------
+
+
+def gap(result: PatchResult) -> float:
+    return result.clean - result.corrupted
+
+
+def verdict(result: PatchResult, patched: float, ablated: float, direction: str) -> str:
+    """Plain words for what the patching and ablation bars say together."""
+    g = gap(result)
+    if abs(g) < ZERO_GAP:
+        return "Clean and corrupted runs agree, so this corruption cannot show an effect."
+    restored = ((patched - result.corrupted) if direction == "denoise" else (result.clean - patched)) / g + 0.0
+    dropped = (result.clean - ablated) / g + 0.0  # + 0.0 turns -0.0 into 0.0 for display
+    part = "restores" if direction == "denoise" else "breaks"
+    text = f"Patching {part} {restored:.0%} of the clean–corrupted gap; ablating it removes {dropped:.0%}."
+    if abs(restored) > LARGE_SHARE and abs(dropped) < SMALL_SHARE:
+        text += " Large patching effect but small ablation drop: redundancy or self-repair suspected."
+    elif abs(dropped) > LARGE_SHARE and abs(restored) < SMALL_SHARE:
+        text += " Ablation hurts but patching does not restore: necessary here, not sufficient alone."
+    return text
+
+
+def _common(spec: SpecBase) -> dict[str, Any]:
+    return {"model": spec.model, "prompts": spec.prompts, "component": spec.component, "positions": spec.positions, "metric": spec.metric}
+
+
+def _spec(method: str, **fields: Any) -> SpecBase:
+    return spec_classes()[method](**fields)
+
+
+def exact_patching_spec(spec: SpecBase) -> SpecBase:
+    """Exact activation patching of the same sweep (an attribution spec keeps its direction)."""
+    return _spec("activation_patching", direction=getattr(spec, "direction", "denoise"), **_common(spec))
+
+
+def mean_ablation_spec(spec: SpecBase) -> SpecBase:
+    """Mean ablation of the same component on the clean run."""
+    return _spec("ablation", ablation="mean", **_common(spec))
+
+
+def triangulation_specs(spec: SpecBase, layer: int | None = None, head: int | None = None) -> dict[str, SpecBase]:
+    """The companion runs that put one component of ``spec`` under every method, on the same prompts
+    and metric: exact patching and (mean) ablation always; the attribution estimate where the
+    component supports it; for a whole head, path patching to the logits and self-repair's TE/DE."""
+    out = {
+        "patching": exact_patching_spec(spec),
+        # an ablation run is its own necessity bar, under its own ablation
+        "ablation": spec if spec.method == "ablation" else mean_ablation_spec(spec),
+    }
+    common = _common(spec)
+    direction = out["patching"].direction
+    if spec.component in ATTRIBUTION_COMPONENTS:
+        out["attribution"] = _spec("attribution_patching", direction=direction, **common)
+    if spec.component == "head" and spec.positions == "all" and head is not None and layer is not None:
+        out["path"] = _spec("path_patching", direction=direction, **common)
+        if spec.metric == "logit_diff":
+            out["repair"] = _spec("self_repair", targets=[HeadRef(layer=layer, head=head)], **common)
+    return out
+
+
+@dataclass(frozen=True)
+class Triangulation:
+    rows: list[dict[str, Any]] = field(default_factory=list)  # key, method, value, share, run_id
+    flags: list[str] = field(default_factory=list)
+
+
+def triangulate(result: PatchResult, runs: dict[str, PatchResult], layer: int | None, pos: int | None, head: int | None) -> Triangulation:
+    """The selected cell under every method in ``runs`` (from ``triangulation_specs``), each as a
+    share of the clean-corrupted gap (movement away from the intervened run, towards the other),
+    with plain-language flags where they disagree."""
+    g = gap(result)
+    if abs(g) < ZERO_GAP:
+        return Triangulation()
+    patching = runs["patching"]
+    direction = patching.spec.direction
+    base = result.corrupted if direction == "denoise" else result.clean
+
+    def share(value: float) -> float:
+        return (value - base) / g if direction == "denoise" else (base - value) / g
+
+    rows = []
+
+    def add(key: str, label: str, value: float, share_of_gap: float, run: PatchResult) -> None:
+        rows.append({"key": key, "method": label, "value": value, "share": share_of_gap, "run_id": run.id})
+
+    value = cell_value(patching, layer, pos, head)
+    add("patching", "activation patching (sufficiency)", value, share(value), patching)
+    ablation = runs["ablation"]
+    value = cell_value(ablation, layer, pos, head)
+    add("ablation", f"{ablation.spec.ablation} ablation (necessity)", value, (result.clean - value) / g, ablation)
+    if "attribution" in runs:
+        value = cell_value(runs["attribution"], layer, pos, head)
+        add("attribution", "attribution estimate (linear)", value, share(value), runs["attribution"])
+    if "path" in runs:
+        value = cell_value(runs["path"], layer, None, head)
+        add("path", "path patching to the logits", value, share(value), runs["path"])
+    if "repair" in runs:
+        x = runs["repair"].extras or {}
+        add("total_effect", "mean ablation: total effect (TE)", x["total_effect"], -x["total_effect"] / g, runs["repair"])
+        add("direct_effect", "mean ablation: direct effect (DE)", x["direct_effect"], -x["direct_effect"] / g, runs["repair"])
+    return Triangulation(rows, triangulation_flags({r["key"]: r["share"] for r in rows}))
+
+
+def triangulation_flags(share: dict[str, float]) -> list[str]:
+    """Plain-language readings where the methods disagree, from shares of the gap by row key
+    (patching, ablation, attribution, path, total_effect, direct_effect)."""
+    patch, ablate = share["patching"], share["ablation"]
+    flags = []
+    if abs(patch) > LARGE_SHARE and abs(ablate) < SMALL_SHARE:
+        flags.append("Large patching effect but small ablation drop: redundancy or self-repair suspected.")
+    if abs(ablate) > LARGE_SHARE and abs(patch) < SMALL_SHARE:
+        flags.append("Ablation hurts but patching alone does not restore: necessary, not sufficient.")
+    attr = share.get("attribution")
+    if attr is not None and abs(attr - patch) > ATTRIBUTION_OFF:
+        flags.append(f"The linear estimate is off by {abs(attr - patch):.0%} of the gap: attribution is unreliable here.")
+    path = share.get("path")
+    if path is not None and abs(patch) > PATH_MIN_PATCHING and abs(path) < PATH_MOSTLY_INDIRECT * abs(patch):
+        flags.append("Most of its effect goes through later components, not directly to the logits.")
+    te, de = share.get("total_effect"), share.get("direct_effect")
+    if te is not None and de is not None and abs(de) > DIRECT_MIN and abs(te) < COMPENSATED * abs(de):
+        flags.append("Its direct effect is larger than its total effect: the network compensates (self-repair).")
+    return flags
+
+
+# --- attribution vs exact patching ---------------------------------------------------------------------
+
+
+def pearson(x: list[float], y: list[float]) -> float:
+    n = len(x)
+    mx, my = sum(x) / n, sum(y) / n
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    sxx = sum((a - mx) ** 2 for a in x) ** 0.5
+    syy = sum((b - my) ** 2 for b in y) ** 0.5
+    return sxy / (sxx * syy) if sxx > 0 and syy > 0 else float("nan")
+
+
+def ranks(x: list[float]) -> list[float]:
+    """Ranks from 0, ties sharing their average rank."""
+    order = sorted(range(len(x)), key=lambda i: x[i])
+    out = [0.0] * len(x)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and x[order[j + 1]] == x[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            out[order[k]] = (i + j) / 2
+        i = j + 1
+    return out
+
+
+def agreement(estimate: PatchResult, exact: PatchResult, top: int = 5) -> dict[str, Any]:
+    """How well an estimate (attribution patching) tracks exact activation patching, cell by cell:
+    Pearson and Spearman correlations and the ``top`` cells where they differ most."""
+    names = [cell_name(exact, c.get("layer"), c.get("pos"), c.get("head")) for c, _ in flat_cells(exact)]
+    x = [v for _, v in flat_cells(exact)]
+    y = [v for _, v in flat_cells(estimate)]
+    worst = sorted(range(len(x)), key=lambda i: -abs(y[i] - x[i]))[:top]
+    return {
+        "names": names,
+        "exact": x,
+        "estimate": y,
+        "pearson": pearson(x, y),
+        "spearman": pearson(ranks(x), ranks(y)),
+        "disagreements": [(names[i], x[i], y[i]) for i in worst],
+    }
+
+
+# --- self-repair -------------------------------------------------------------------------------------
+
+
+def top_compensators(result: PatchResult, n: int = 5) -> list[tuple[str, float]]:
+    """Heads and MLPs whose direct effect rose most when the targets were ablated."""
+    targets = {(t.layer, t.head) for t in result.spec.targets}
+    cells = [(f"L{l}H{h}", v) for l, row in enumerate(result.values) for h, v in enumerate(row) if (l, h) not in targets]
+    cells += [(f"MLP{l}", v) for l, v in enumerate((result.extras or {}).get("mlp_delta", []))]
+    return sorted(cells, key=lambda c: -c[1])[:n]

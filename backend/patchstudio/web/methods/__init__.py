@@ -1,0 +1,36 @@
+"""The web side of the method registry: one module per method (menu label, form fields, claim
+line, optional result section). Every engine method must have one (checked at import)."""
+
+from __future__ import annotations
+
+from patchstudio.engine.methods import METHODS
+from patchstudio.specs import COMPONENT_LABELS, METRIC_LABELS
+from patchstudio.web.figures import corruption_summary
+from patchstudio.web.methods import (
+    ablation,
+    activation_patching,
+    attribution_patching,
+    input_influence,
+    path_patching,
+    self_repair,
+)
+from patchstudio.web.methods.base import WebMethod
+
+_MODULES = (activation_patching, ablation, attribution_patching, path_patching, self_repair, input_influence)
+_BY_NAME = {m.WEB.name: m.WEB for m in _MODULES}
+_MISSING = [name for name in METHODS if name not in _BY_NAME]
+if _MISSING:
+    raise ImportError(f"no web module for method(s) {', '.join(_MISSING)}: add one under patchstudio/web/methods/")
+# In the engine registry's order (the method menu's order).
+WEB_METHODS: dict[str, WebMethod] = {name: _BY_NAME[name] for name in METHODS}
+
+__all__ = ["WEB_METHODS", "WebMethod", "describe"]
+
+
+def describe(result) -> str:
+    """One line: what was done, to which component, under which metric and corruption."""
+    spec = result.spec
+    return (
+        f"{WEB_METHODS[spec.method].claim(spec)} · {COMPONENT_LABELS[spec.component]} · "
+        f"metric: {METRIC_LABELS[spec.metric]} · {corruption_summary(result)}"
+    )

@@ -1,0 +1,8 @@
+from patchstudio.web.methods.base import WebMethod
+
+WEB = WebMethod(
+    name="ablation",
+    label="ablation",
+    fields=("component", "positions", "ablation", "seed"),
+    claim=lambda spec: f"{spec.ablation} ablation of the clean run",
+)

@@ -1,0 +1,30 @@
+"""Attribution patching's page adds its agreement with exact activation patching of the same sweep."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from patchstudio import analysis
+from patchstudio.web import figures
+from patchstudio.web.methods.base import WebMethod, direction_phrase
+
+
+def claim(spec) -> str:
+    estimate = "linear estimate" if spec.steps == 1 else f"EAP-IG estimate, {spec.steps} steps"
+    return f"attribution patching ({estimate}; {direction_phrase(spec)})"
+
+
+def context(service, result) -> dict[str, Any]:
+    exact = service.get_or_run(analysis.exact_patching_spec(result.spec)).result
+    stats = analysis.agreement(result, exact)
+    return {"agreement": {**stats, "figure": figures.agreement_scatter(stats), "exact_id": exact.id}}
+
+
+WEB = WebMethod(
+    name="attribution_patching",
+    label="attribution patching (estimate)",
+    fields=("component", "positions", "direction", "steps"),
+    claim=claim,
+    partial="methods/attribution_patching.html",
+    context=context,
+)

@@ -1,0 +1,28 @@
+"""Self-repair's page adds total vs direct effect, the LayerNorm part and the top compensators."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from patchstudio import analysis
+from patchstudio.web import figures
+from patchstudio.web.methods.base import WebMethod
+
+
+def claim(spec) -> str:
+    targets = " ".join(f"L{t.layer}H{t.head}" for t in spec.targets)
+    return f"self-repair after {spec.ablation}-ablating {targets} (heatmap: each head's change in direct effect)"
+
+
+def context(service, result) -> dict[str, Any]:
+    return {"repair_figure": figures.repair_figure(result), "compensators": analysis.top_compensators(result)}
+
+
+WEB = WebMethod(
+    name="self_repair",
+    label="self-repair (ablate heads)",
+    fields=("targets", "compensator", "ablation", "seed"),
+    claim=claim,
+    partial="methods/self_repair.html",
+    context=context,
+)
