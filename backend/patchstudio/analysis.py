@@ -66,12 +66,13 @@ def cell_name(result: PatchResult, layer: int | None, pos: int | None, head: int
     return " ".join(parts)
 
 
-def flat_cells(result: PatchResult) -> list[tuple[dict[str, int], float]]:
-    """({axis: index}, value) for every cell, in row-major order."""
+def flat_cells(result: PatchResult, values: Any = None) -> list[tuple[dict[str, int], float]]:
+    """({axis: index}, value) for every cell, in row-major order (of ``values``, nested like the
+    result's: a view's, say; default the result's own)."""
     sizes = [len(result.labels[a]) for a in result.axes]
     out = []
     for index in itertools.product(*(range(n) for n in sizes)):
-        value: Any = result.values
+        value: Any = result.values if values is None else values
         for i in index:
             value = value[i]
         out.append((dict(zip(result.axes, index)), float(value)))
@@ -100,6 +101,110 @@ def strongest_cell(result: PatchResult, pos: int | None = None) -> dict[str, int
         if abs(value - base) > best[0]:
             best = (abs(value - base), {"layer": cell.get("layer"), "pos": cell.get("pos"), "head": cell.get("head")})
     return best[1]
+
+
+# --- views: raw metric, change from "no effect", share of the clean-corrupted gap ------------------------
+
+VIEWS = ("share", "change", "raw")
+METRIC_UNITS = {
+    "logit_diff": "logit diff",
+    "normalized_logit_diff": "normalized logit diff",
+    "prob": "P(answer)",
+    "loss": "loss (nats)",
+    "kl": "KL (nats)",
+}
+
+
+@dataclass(frozen=True)
+class View:
+    """One way to read a result's cells: their values in this view, what 0 / "no effect" is, and a
+    title that names the unit and the baseline (for a colour bar or an axis)."""
+
+    name: str
+    values: Any  # nested like result.values
+    no_effect: float
+    title: str
+    note: str = ""  # why a requested view was replaced, if it was
+
+
+def _base_run(result: PatchResult) -> str | None:
+    """'clean' or 'corrupted': the run whose metric a cell with no effect keeps (None for methods
+    whose cells are changes)."""
+    method = get_method(result.spec.method)
+    if method.values == "change":
+        return None
+    base = method.baseline(result.spec, 1.0, 0.0)  # which of the two it returns
+    return "clean" if base == 1.0 else "corrupted"
+
+
+def share_defined(result: PatchResult) -> bool:
+    return abs(gap(result)) >= ZERO_GAP
+
+
+def default_view(result: PatchResult) -> str:
+    view = get_method(result.spec.method).default_view
+    return "change" if view == "share" and not share_defined(result) else view
+
+
+def _map(values: Any, fn) -> Any:
+    return [_map(v, fn) for v in values] if isinstance(values, list) else fn(values)
+
+
+def view(result: PatchResult, name: str | None = None) -> View:
+    """The result's cells in view ``name`` (default: the method's default view).
+
+    - ``raw``: the metric after the intervention (for change-valued methods, the change itself);
+    - ``change``: raw minus "no effect" (the intervened run's metric);
+    - ``share``: the change as a share of the clean-corrupted gap, signed so that 1 is the whole
+      gap in the intervention's direction: restored (denoising), destroyed (noising, ablation).
+    Share needs a non-zero gap; without one, ``change`` is shown and ``note`` says why.
+    """
+    name = name or default_view(result)
+    if name not in VIEWS:
+        raise ValueError(f"unknown view {name!r}: use one of {', '.join(VIEWS)}")
+    metric = result.spec.metric
+    unit = METRIC_UNITS[metric]
+    base = no_effect(result)
+    base_run = _base_run(result)
+    method = get_method(result.spec.method)
+    note = ""
+    if name == "share" and not share_defined(result):
+        name, note = "change", "share of the gap is undefined: the clean and corrupted runs have the same metric"
+    if method.values == "change":
+        what = "change in direct effect" if result.spec.method == "self_repair" else "contribution"
+        if name == "share":
+            g = gap(result)
+            return View("share", _map(result.values, lambda v: v / g), 0.0,
+                        f"{what} as a share of the clean−corrupted gap ({unit} {g:.3g}); 0 = none", note)
+        return View(name, result.values, 0.0, f"{what} ({unit}); 0 = none", note)
+    if name == "raw":
+        return View("raw", result.values, base, f"{unit}; no effect = {base:.3g} (the {base_run} run)", note)
+    if name == "change":
+        return View("change", _map(result.values, lambda v: v - base), 0.0,
+                    f"change in {unit} from the {base_run} run; 0 = no effect", note)
+    other = result.clean if base_run == "corrupted" else result.corrupted
+    span = other - base
+    if base_run == "corrupted":
+        title = "share of the clean−corrupted gap restored; 0 = corrupted run, 1 = clean run"
+    elif result.spec.method == "ablation":
+        title = f"share of the clean−corrupted gap removed by {result.spec.ablation} ablation; 0 = no effect"
+    else:
+        title = "share of the clean−corrupted gap destroyed; 0 = clean run, 1 = corrupted run"
+    return View("share", _map(result.values, lambda v: (v - base) / span), 0.0, title, note)
+
+
+def all_views(result: PatchResult) -> dict[str, Any]:
+    """Every defined view's values, for the .json twin."""
+    out: dict[str, Any] = {"default": default_view(result), "no_effect": no_effect(result), "gap": gap(result)}
+    for name in VIEWS:
+        v = view(result, name)
+        out[name] = {"values": v.values, "title": v.title} if v.name == name else None
+    return out
+
+
+def evidence(result: PatchResult) -> str:
+    """What kind of evidence the result's cells are (from the method and its direction)."""
+    return get_method(result.spec.method).evidence(result.spec)
 
 
 # --- one component under several methods -------------------------------------------------------------
@@ -154,7 +259,9 @@ def triangulation_specs(spec: SpecBase, layer: int | None = None, head: int | No
     }
     common = _common(spec)
     direction = out["patching"].direction
-    if spec.component in ATTRIBUTION_COMPONENTS:
+    if spec.method == "attribution_patching":  # the page's own estimate (linear or EAP-IG)
+        out["attribution"] = spec
+    elif spec.component in ATTRIBUTION_COMPONENTS:
         out["attribution"] = _spec("attribution_patching", direction=direction, **common)
     if spec.component == "head" and spec.positions == "all" and head is not None and layer is not None:
         out["path"] = _spec("path_patching", direction=direction, **common)
@@ -188,21 +295,28 @@ def triangulate(result: PatchResult, runs: dict[str, PatchResult], layer: int | 
     def add(key: str, label: str, value: float, share_of_gap: float, run: PatchResult) -> None:
         rows.append({"key": key, "method": label, "value": value, "share": share_of_gap, "run_id": run.id})
 
+    kind = "restoration, sufficiency-style" if direction == "denoise" else "noising, necessity-style"
     value = cell_value(patching, layer, pos, head)
-    add("patching", "activation patching (sufficiency)", value, share(value), patching)
+    add("patching", f"activation patching ({kind})", value, share(value), patching)
     ablation = runs["ablation"]
     value = cell_value(ablation, layer, pos, head)
-    add("ablation", f"{ablation.spec.ablation} ablation (necessity)", value, (result.clean - value) / g, ablation)
+    add("ablation", f"{ablation.spec.ablation} ablation (necessity-style)", value, (result.clean - value) / g, ablation)
     if "attribution" in runs:
-        value = cell_value(runs["attribution"], layer, pos, head)
-        add("attribution", "attribution estimate (linear)", value, share(value), runs["attribution"])
+        attribution = runs["attribution"]
+        steps = attribution.spec.steps
+        how = "linear" if steps == 1 else f"EAP-IG, {steps} steps"
+        value = cell_value(attribution, layer, pos, head)
+        add("attribution", f"attribution estimate ({how}) of the patching row", value, share(value), attribution)
     if "path" in runs:
         value = cell_value(runs["path"], layer, None, head)
-        add("path", "path patching to the logits", value, share(value), runs["path"])
+        add("path", f"path patching to the logits, MLPs recomputed ({kind})", value, share(value), runs["path"])
     if "repair" in runs:
-        x = runs["repair"].extras or {}
-        add("total_effect", "mean ablation: total effect (TE)", x["total_effect"], -x["total_effect"] / g, runs["repair"])
-        add("direct_effect", "mean ablation: direct effect (DE)", x["direct_effect"], -x["direct_effect"] / g, runs["repair"])
+        repair = runs["repair"]
+        x = repair.extras or {}
+        how = f"{repair.spec.ablation} ablation"
+        # changes of the metric on the clean run: as a share of the gap, a drop counts positive
+        add("total_effect", f"{how}: total effect (TE, change)", x["total_effect"], -x["total_effect"] / g, repair)
+        add("direct_effect", f"{how}: direct effect (DE, change)", x["direct_effect"], -x["direct_effect"] / g, repair)
     return Triangulation(rows, triangulation_flags({r["key"]: r["share"] for r in rows}))
 
 
@@ -272,6 +386,33 @@ def agreement(estimate: PatchResult, exact: PatchResult, top: int = 5) -> dict[s
 
 
 # --- self-repair -------------------------------------------------------------------------------------
+
+
+def repair_reading(result: PatchResult) -> dict[str, Any]:
+    """Self-repair's numbers named by what they are. TE - DE splits exactly into the other
+    components' change in direct effect and the final LayerNorm scale's part; a response of the
+    opposite sign to DE offsets it (compensation), of the same sign deepens it (amplification)."""
+    x = result.extras or {}
+    te, de, ln = x["total_effect"], x["direct_effect"], x["ln_scale_part"]
+    components = x["self_repair"] - ln
+
+    def word(v: float) -> str:
+        if abs(v) < 1e-9 or abs(de) < 1e-9:
+            return "none"
+        return "compensation" if (v > 0) != (de > 0) else "amplification"
+
+    return {
+        "total_effect": te,
+        "direct_effect": de,
+        "response": x["self_repair"],  # TE - DE
+        "response_word": word(x["self_repair"]),
+        "components": components,
+        "components_word": word(components),
+        "components_compensate": word(components) == "compensation",
+        "ln_scale_part": ln,
+        "ln_word": word(ln),
+        "paired_total_effect": x.get("paired_total_effect"),
+    }
 
 
 def top_compensators(result: PatchResult, n: int = 5) -> list[tuple[str, float]]:

@@ -36,6 +36,13 @@ def heatmap_z(page) -> list[list[float]]:
     return page.evaluate(HEATMAP_Z)
 
 
+def raw_values(page) -> list[list[float]]:
+    """The shown run's raw metric values, from its .json twin (the heatmap draws a view of them)."""
+    return page.evaluate(
+        "async () => (await (await fetch('/runs/' + document.querySelector('.result').dataset.runId + '.json')).json()).values"
+    )
+
+
 def wait_for_new_run(page, previous: str) -> str:
     """Wait until the address bar shows a run page other than ``previous``; the new URL."""
     page.wait_for_url(lambda url: bool(RUN_URL.search(url)) and url != previous)
@@ -94,15 +101,19 @@ def test_clicking_a_heatmap_cell_loads_figure1_for_that_cell(page):
     click_cell(page, z, layer, head)
 
     expect(caption).to_contain_text(f"L{layer} H{head}")
-    expect(page.locator("#patched-value")).to_have_text(f"{z[layer][head]:.4f}")
+    raw = raw_values(page)
+    expect(page.locator("#patched-value")).to_have_text(f"{raw[layer][head]:.4f}")
     expect(page.locator("#figure1-plot .main-svg").first).to_be_visible()
     # the triangulation table for the same head: every method, the patching row equal to the cell
     table = page.locator("#triangulation")
     expect(table).to_contain_text(f"Triangulation for L{layer} H{head}")
-    for method in ("activation patching (sufficiency)", "mean ablation (necessity)", "attribution estimate (linear)",
-                   "path patching to the logits", "mean ablation: total effect (TE)", "mean ablation: direct effect (DE)"):
+    for method in ("activation patching (restoration, sufficiency-style)", "mean ablation (necessity-style)",
+                   "attribution estimate (linear)", "path patching to the logits, MLPs recomputed",
+                   "mean ablation: total effect (TE, change)", "mean ablation: direct effect (DE, change)"):
         expect(table).to_contain_text(method)
-    expect(table.locator("tr", has_text="activation patching (sufficiency)").locator("td.num").first).to_have_text(f"{z[layer][head]:.4f}")
+    row = table.locator("tr", has_text="activation patching (restoration")
+    expect(row.locator("td.num").nth(0)).to_have_text(f"{100 * z[layer][head] + 0.0:.0f}%")  # the heatmap's share
+    expect(row.locator("td.num").nth(1)).to_have_text(f"{raw[layer][head]:.4f}")
 
 
 def test_share_link_opens_the_same_result_in_a_fresh_browser(page, context, browser, base_url):
@@ -206,7 +217,7 @@ def test_back_and_forward_restore_each_run(page):
     layer, head = (0, 3) if "L0 H3" not in caption.inner_text() else (1, 1)
     click_cell(page, z1, layer, head)
     expect(caption).to_contain_text(f"L{layer} H{head}")
-    expect(page.locator("#patched-value")).to_have_text(f"{z1[layer][head]:.4f}")
+    expect(page.locator("#patched-value")).to_have_text(f"{raw_values(page)[layer][head]:.4f}")
 
     page.go_forward()
     page.wait_for_url(second)

@@ -17,16 +17,51 @@ def head_result(tiny_model):
     return run(tiny_model, {"prompts": TINY_PAIRS, "component": "head"})
 
 
-def test_heatmap_is_centred_on_no_effect_and_hovers_like_l3_h5(head_result):
-    fig = figures.heatmap(head_result)
+def _white_at(trace) -> float:
+    """The z value the colour scale draws white ("no effect")."""
+    stop = next(s for s, colour in trace["colorscale"] if colour == "#f7f7f7")
+    return trace["zmin"] + stop * (trace["zmax"] - trace["zmin"])
+
+
+def test_raw_heatmap_is_centred_on_no_effect_and_hovers_like_l3_h5(head_result):
+    fig = figures.heatmap(head_result, view="raw")
     trace = fig["data"][0]
-    assert trace["zmid"] == head_result.corrupted  # denoising: no effect leaves the corrupted metric
-    assert trace["zmin"] < trace["zmid"] < trace["zmax"]
-    assert trace["zmid"] - trace["zmin"] == pytest.approx(trace["zmax"] - trace["zmid"])
+    flat = [v for row in head_result.values for v in row]
+    # denoising: no effect leaves the corrupted metric, drawn white; the range is the data's
+    assert _white_at(trace) == pytest.approx(head_result.corrupted)
+    assert trace["zmin"] == min(flat + [head_result.corrupted]) and trace["zmax"] == max(flat + [head_result.corrupted])
     value = head_result.values[1][2]
-    assert trace["text"][1][2] == f"L1 H2: {value:.3f}"
+    gap = head_result.clean - head_result.corrupted
+    change, share = value - head_result.corrupted, (value - head_result.corrupted) / gap
+    assert trace["text"][1][2] == f"L1 H2: raw {value:.3f} · share {share:+.3f} · change {change:+.3f}"
     assert trace["customdata"][1][2] == [1, None, 2]
-    assert "logit(answer) − logit(wrong)" in fig["layout"]["title"]["text"]
+    title = trace["colorbar"]["title"]["text"].replace("<br>", " ")
+    assert title == f"logit diff; no effect = {head_result.corrupted:.3g} (the corrupted run)"
+    assert "restoration" in fig["layout"]["title"]["text"]
+
+
+def test_default_heatmap_shows_the_share_of_the_gap_restored(head_result):
+    trace = figures.heatmap(head_result)["data"][0]
+    gap = head_result.clean - head_result.corrupted
+    assert trace["z"][1][2] == pytest.approx((head_result.values[1][2] - head_result.corrupted) / gap)
+    assert _white_at(trace) == pytest.approx(0.0)
+    assert trace["colorbar"]["title"]["text"].replace("<br>", " ") == (
+        "share of the clean−corrupted gap restored; 0 = corrupted run, 1 = clean run"
+    )
+    assert trace["text"][1][2].startswith("L1 H2: share ")
+
+
+def test_probability_scale_has_no_invented_extremes(tiny_model):
+    result = run(tiny_model, {"prompts": TINY_PAIRS, "component": "head", "metric": "prob"})
+    trace = figures.heatmap(result, view="raw")["data"][0]
+    assert 0.0 <= trace["zmin"] and trace["zmax"] <= 1.0  # a mirrored range would pass 1 or go below 0
+
+
+def test_layer_bars_start_at_no_effect(tiny_model):
+    result = run(tiny_model, {"prompts": TINY_PAIRS, "component": "layer"})
+    trace = figures.heatmap(result, view="raw")["data"][0]
+    assert trace["base"] == [result.corrupted] * len(result.values)
+    assert [b + y for b, y in zip(trace["base"], trace["y"])] == pytest.approx(result.values)
 
 
 def test_noising_and_ablation_centre_on_the_clean_run(tiny_model):
@@ -43,7 +78,7 @@ def test_position_labels_are_indexed_and_escaped(tiny_model):
 
 def test_per_position_head_sweep_shows_one_position(tiny_model):
     result = run(tiny_model, {"prompts": TINY_PAIRS, "component": "head", "positions": "each"})
-    fig = figures.heatmap(result, pos=10)
+    fig = figures.heatmap(result, pos=10, view="raw")
     assert fig["data"][0]["z"] == [row[10] for row in result.values]
     assert "position 10 (John)" in fig["layout"]["title"]["text"]
     assert analysis.cell_value(result, 1, 10, 3) == result.values[1][10][3]
@@ -52,8 +87,8 @@ def test_per_position_head_sweep_shows_one_position(tiny_model):
 
 def test_layer_component_is_a_bar_chart(tiny_model):
     result = run(tiny_model, {"prompts": TINY_PAIRS, "component": "layer"})
-    fig = figures.heatmap(result)
-    assert fig["data"][0]["type"] == "bar" and fig["data"][0]["y"] == result.values
+    fig = figures.heatmap(result, view="change")
+    assert fig["data"][0]["type"] == "bar" and fig["data"][0]["y"] == pytest.approx([v - result.corrupted for v in result.values])
 
 
 def test_figure1_and_the_verdict(head_result):

@@ -176,9 +176,9 @@ def test_self_repair_from_the_form(client, tiny_model):
     expected = run(tiny_model, {"method": "self_repair", "ablation": "zero", "prompts": [pair],
                                 "targets": [{"layer": 0, "head": 1}], "compensator": {"layer": 1, "head": 2}})
     assert response.headers["HX-Push-Url"] == f"/runs/{expected.id}"
-    assert f'id="te-value">{expected.extras["total_effect"]:.4f}<' in response.text
-    assert f'id="paired-value">{expected.extras["paired_total_effect"]:.4f}<' in response.text
-    assert "Top compensators:" in response.text
+    assert f'id="te-value">{expected.extras["total_effect"]:+.4f}<' in response.text
+    assert f'id="paired-value">{expected.extras["paired_total_effect"]:+.4f}<' in response.text
+    assert "Top compensators (largest rise in direct effect):" in response.text
     bad = client.post("/explore", data=form(method="self_repair", targets="two heads"), headers=HTMX)
     assert re.search(r'id="err-targets"[^>]*>targets: &#39;two&#39; is not a head', bad.text)
 
@@ -190,15 +190,17 @@ def test_figure1_triangulates_the_selected_head_across_methods(client, tiny_mode
     pair = {"clean": IOI, "corrupted": IOI_CORRUPTED, "answer": "Mary", "wrong": "John"}
     common = {"prompts": [pair], "component": "head"}
     expected = {
-        "activation patching (sufficiency)": run(tiny_model, common).values[0][1],
-        "mean ablation (necessity)": run(tiny_model, {**common, "method": "ablation"}).values[0][1],
-        "attribution estimate (linear)": run(tiny_model, {**common, "method": "attribution_patching"}).values[0][1],
-        "path patching to the logits": run(tiny_model, {**common, "method": "path_patching", "direction": "denoise"}).values[0][1],
-        "mean ablation: total effect (TE)": run(tiny_model, {**common, "method": "self_repair", "targets": [{"layer": 0, "head": 1}]}).extras["total_effect"],
+        "activation patching (restoration, sufficiency-style)": run(tiny_model, common).values[0][1],
+        "mean ablation (necessity-style)": run(tiny_model, {**common, "method": "ablation"}).values[0][1],
+        "attribution estimate (linear) of the patching row": run(tiny_model, {**common, "method": "attribution_patching"}).values[0][1],
+        "path patching to the logits, MLPs recomputed (restoration, sufficiency-style)":
+            run(tiny_model, {**common, "method": "path_patching", "direction": "denoise"}).values[0][1],
+        "mean ablation: total effect (TE, change)":
+            run(tiny_model, {**common, "method": "self_repair", "targets": [{"layer": 0, "head": 1}]}).extras["total_effect"],
     }
     assert 'id="triangulation"' in text
-    for method, value in expected.items():
-        assert re.search(rf">{re.escape(method)}</a></td><td class=\"num\">{value:.4f}<", text), method
+    for method, value in expected.items():  # share of the gap first, then the raw value
+        assert re.search(rf">{re.escape(method)}</a></td><td class=\"num\">-?\d+%</td><td class=\"num\">{value:.4f}<", text), method
 
 
 def test_input_influence_shows_a_bar_per_clean_token(client, tiny_model):

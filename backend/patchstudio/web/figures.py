@@ -11,12 +11,10 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from patchstudio.analysis import default_pos, no_effect
+from patchstudio import analysis
+from patchstudio.analysis import default_pos
 from patchstudio.results import PatchResult
 from patchstudio.specs import METRIC_LABELS
-
-COLORSCALE = "RdBu"
-
 
 def safe(text: str) -> str:
     """Plotly renders a few HTML-like tags in labels; escape tokens so they show as text."""
@@ -45,41 +43,89 @@ def _layout(title: str, x_title: str, y_title: str) -> dict[str, Any]:
     }
 
 
-def heatmap(result: PatchResult, pos: int | None = None) -> dict[str, Any]:
-    """Layer x head, layer x position, or (for per-position head sweeps) layer x head at ``pos``."""
+def diverging(lo: float, hi: float, mid: float) -> tuple[list[list[Any]], float, float]:
+    """A red-white-blue scale whose white sits at ``mid`` ("no effect") and whose range is the data's
+    (widened only to include ``mid``): (colorscale, zmin, zmax). No mirrored, invented extremes."""
+    lo, hi = min(lo, mid), max(hi, mid)
+    if hi - lo < 1e-12:
+        return [[0.0, "#f7f7f7"], [1.0, "#f7f7f7"]], mid - 1e-9, mid + 1e-9
+    f = (mid - lo) / (hi - lo)
+    scale: list[list[Any]] = []
+    if f > 0:
+        scale += [[0.0, "#b2182b"], [f / 2, "#ef8a62"]]
+    scale.append([f, "#f7f7f7"])
+    if f < 1:
+        scale += [[f + (1 - f) / 2, "#67a9cf"], [1.0, "#2166ac"]]
+    if scale[0][0] > 0:
+        scale.insert(0, [0.0, "#f7f7f7"])
+    if scale[-1][0] < 1:
+        scale.append([1.0, "#f7f7f7"])
+    return scale, lo, hi
+
+
+def _hover(result: PatchResult, shown: str) -> Any:
+    """Per cell: every view's number, the shown one first (nested like result.values)."""
+    views = {name: analysis.view(result, name) for name in analysis.VIEWS}
+    names = [shown] + [n for n in analysis.VIEWS if n != shown and views[n].name == n]
+    if analysis.get_method(result.spec.method).values == "change":
+        names = [n for n in names if n != "raw"]  # raw is the change itself
+
+    def build(path: list[int]) -> Any:
+        node = views["raw"].values
+        for i in path:
+            node = node[i]
+        if isinstance(node, list):
+            return [build(path + [i]) for i in range(len(node))]
+        parts = []
+        for n in names:
+            v: Any = views[n].values
+            for i in path:
+                v = v[i]
+            parts.append(f"{n} {v:+.3f}" if n != "raw" else f"raw {v:.3f}")
+        return " · ".join(parts)
+
+    return build([])
+
+
+def heatmap(result: PatchResult, pos: int | None = None, view: str | None = None) -> dict[str, Any]:
+    """Layer x head, layer x position, or (for per-position head sweeps) layer x head at ``pos``,
+    in ``view`` (analysis.VIEWS; default: the method's)."""
     axes = result.axes
-    base = no_effect(result)
-    metric = METRIC_LABELS[result.spec.metric]
-    layers = [f"L{i}" for i in range(len(result.values))]
+    shown = analysis.view(result, view)
     if axes == ["layer"]:
-        return layer_bars(result)
+        return layer_bars(result, shown)
     if axes == ["pos"]:
-        return token_bars(result)
+        return token_bars(result, shown)
+    hover = _hover(result, shown.name)
+    what = analysis.evidence(result).split(":")[0]
+    layers = [f"L{i}" for i in range(len(result.values))]
     if axes == ["layer", "pos", "head"]:
         pos = default_pos(result) if pos is None else pos
-        z = [row[pos] for row in result.values]
-        title = f"{metric} by layer and head, position {pos} ({safe(result.labels['pos'][pos])})"
+        z = [row[pos] for row in shown.values]
+        hover = [row[pos] for row in hover]
+        title = f"{what}, by layer and head at position {pos} ({safe(result.labels['pos'][pos])})"
         columns = [f"H{h}" for h in range(len(z[0]))]
         custom = [[[layer, pos, h] for h in range(len(z[0]))] for layer in range(len(z))]
-        text = [[f"L{l} H{h} @ {pos}: {v:.3f}" for h, v in enumerate(row)] for l, row in enumerate(z)]
+        text = [[f"L{l} H{h} @ {pos}: {hover[l][h]}" for h in range(len(row))] for l, row in enumerate(z)]
         x_title = "head"
     elif axes == ["layer", "head"]:
-        z = result.values
-        title = f"{metric} by layer and head"
+        z = shown.values
+        title = f"{what}, by layer and head"
         columns = [f"H{h}" for h in range(len(z[0]))]
         custom = [[[layer, None, h] for h in range(len(z[0]))] for layer in range(len(z))]
-        text = [[f"L{l} H{h}: {v:.3f}" for h, v in enumerate(row)] for l, row in enumerate(z)]
+        text = [[f"L{l} H{h}: {hover[l][h]}" for h in range(len(row))] for l, row in enumerate(z)]
         x_title = "head"
     elif axes == ["layer", "pos"]:
-        z = result.values
-        title = f"{metric} by layer and position"
+        z = shown.values
+        title = f"{what}, by layer and position"
         columns = pos_labels(result)
         custom = [[[layer, p, None] for p in range(len(z[0]))] for layer in range(len(z))]
-        text = [[f"L{l} {columns[p]}: {v:.3f}" for p, v in enumerate(row)] for l, row in enumerate(z)]
+        text = [[f"L{l} {columns[p]}: {hover[l][p]}" for p in range(len(row))] for l, row in enumerate(z)]
         x_title = "position"
     else:  # pragma: no cover - every engine result has one of the shapes above
         raise ValueError(f"no heatmap for axes {axes}")
-    span = max([abs(v - base) for row in z for v in row] + [1e-9])
+    flat = [v for row in z for v in row]
+    colorscale, zmin, zmax = diverging(min(flat), max(flat), shown.no_effect)
     trace = {
         "type": "heatmap",
         "z": z,
@@ -88,35 +134,48 @@ def heatmap(result: PatchResult, pos: int | None = None) -> dict[str, Any]:
         "text": text,
         "customdata": custom,
         "hovertemplate": "%{text}<extra></extra>",
-        "colorscale": COLORSCALE,
-        "reversescale": True,
-        "zmid": base,
-        "zmin": base - span,
-        "zmax": base + span,
-        "colorbar": {"title": {"text": "metric"}},
+        "colorscale": colorscale,
+        "zmin": zmin,
+        "zmax": zmax,
+        "colorbar": {"title": {"text": _wrap(shown.title), "side": "right"}},
         "xgap": 1,
         "ygap": 1,
     }
     return {"data": [trace], "layout": _layout(title, x_title, "layer")}
 
 
-def layer_bars(result: PatchResult) -> dict[str, Any]:
-    metric = METRIC_LABELS[result.spec.metric]
-    values = result.values
+def _wrap(text: str, width: int = 28) -> str:
+    """Break a long colour-bar title into lines (plotly takes <br>)."""
+    words, lines, line = safe(text).split(" "), [], ""
+    for word in words:
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return "<br>".join(lines + [line])
+
+
+def layer_bars(result: PatchResult, shown: analysis.View | None = None) -> dict[str, Any]:
+    """A whole block per bar, drawn from "no effect" (not from 0), so a restoring layer points up."""
+    shown = shown or analysis.view(result)
+    values = shown.values
+    hover = _hover(result, shown.name)
+    base = shown.no_effect
     trace = {
         "type": "bar",
         "x": [f"L{i}" for i in range(len(values))],
-        "y": values,
-        "text": [f"L{i}: {v:.3f}" for i, v in enumerate(values)],
+        "y": [v - base for v in values],
+        "base": [base] * len(values),
+        "text": [f"L{i}: {hover[i]}" for i in range(len(values))],
         "customdata": [[i, None, None] for i in range(len(values))],
         "hovertemplate": "%{text}<extra></extra>",
-        "marker": {"color": "#4c78a8"},
+        "marker": {"color": ["#2166ac" if v >= base else "#b2182b" for v in values]},
     }
-    layout = _layout(f"{metric} by layer (every position)", "layer", "metric")
-    layout["yaxis"] = {"title": {"text": "metric"}}
+    layout = _layout(f"{analysis.evidence(result).split(':')[0]}, by layer (every position)", "layer", "")
+    layout["yaxis"] = {"title": {"text": _wrap(shown.title, 60)}}
     layout["shapes"] = [
-        {"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": no_effect(result), "y1": no_effect(result),
-         "line": {"dash": "dot", "color": "#888"}}
+        {"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": base, "y1": base, "line": {"dash": "dot", "color": "#888"}}
     ]
     return {"data": [trace], "layout": layout}
 
@@ -146,28 +205,35 @@ def figure1(
 
 
 def repair_figure(result: PatchResult) -> dict[str, Any]:
-    """Self-repair as bars: total effect vs direct effect, what was given back, the LN part."""
-    x = result.extras or {}
-    labels = ["total effect (TE)", "direct effect (DE)", "given back (TE − DE)", "LayerNorm scale part"]
-    values = [x["total_effect"], x["direct_effect"], x["self_repair"], x["ln_scale_part"]]
-    if "paired_total_effect" in x:
+    """Self-repair as bars, in logit-difference units: the total effect of the ablation, the
+    targets' direct effect, how the rest of the network responded (other heads' and MLPs' changes
+    in direct effect) and, as its own bar, the change due to the final LayerNorm's scale."""
+    r = analysis.repair_reading(result)
+    labels = ["total effect (TE)", "targets' direct effect (DE)", f"other heads + MLPs ({r['response_word']})",
+              "final LayerNorm scale change"]
+    values = [r["total_effect"], r["direct_effect"], r["components"], r["ln_scale_part"]]
+    colors = ["#4c78a8", "#e45756", "#54a24b" if r["components_compensate"] else "#b279a2", "#9d755d"]
+    if r.get("paired_total_effect") is not None:
         labels.append("paired ablation TE")
-        values.append(x["paired_total_effect"])
-    trace = {"type": "bar", "x": labels, "y": values, "text": [f"{v:.3f}" for v in values], "textposition": "auto",
-             "hovertemplate": "%{x}: %{y:.3f}<extra></extra>"}
-    layout = {"title": {"text": f"{METRIC_LABELS[result.spec.metric]}: change on ablation", "font": {"size": 14}},
-              "yaxis": {"title": {"text": "change in metric"}}, "height": 320, "margin": {"l": 60, "r": 20, "t": 50, "b": 60}}
+        values.append(r["paired_total_effect"])
+        colors.append("#72b7b2")
+    trace = {"type": "bar", "x": labels, "y": values, "text": [f"{v:+.3f}" for v in values], "textposition": "auto",
+             "hovertemplate": "%{x}: %{y:+.3f} logit diff<extra></extra>", "marker": {"color": colors}}
+    layout = {"title": {"text": "change in logit(answer) − logit(wrong) when the targets are ablated", "font": {"size": 14}},
+              "yaxis": {"title": {"text": "change in logit diff (0 = no change)"}, "zeroline": True},
+              "height": 340, "margin": {"l": 60, "r": 20, "t": 50, "b": 80}}
     return {"data": [trace], "layout": layout}
 
 
-def token_bars(result: PatchResult) -> dict[str, Any]:
-    """Input influence: each clean token's share of the metric."""
+def token_bars(result: PatchResult, shown: analysis.View | None = None) -> dict[str, Any]:
+    """Input influence: each clean token's contribution to the metric, in metric units (or as a share of the gap)."""
+    shown = shown or analysis.view(result)
     labels = pos_labels(result)
-    trace = {"type": "bar", "x": labels, "y": result.values,
-             "text": [f"{labels[i]}: {v:.3f}" for i, v in enumerate(result.values)],
+    trace = {"type": "bar", "x": labels, "y": shown.values,
+             "text": [f"{labels[i]}: {v:+.3f}" for i, v in enumerate(shown.values)],
              "hovertemplate": "%{text}<extra></extra>", "marker": {"color": "#4c78a8"}}
-    layout = _layout(f"{METRIC_LABELS[result.spec.metric]}: share of each input token", "clean token", "share")
-    layout["yaxis"] = {"title": {"text": "share of the metric"}}
+    layout = _layout(f"{METRIC_LABELS[result.spec.metric]}: contribution of each clean token", "clean token", "")
+    layout["yaxis"] = {"title": {"text": _wrap(shown.title, 60)}}
     return {"data": [trace], "layout": layout}
 
 

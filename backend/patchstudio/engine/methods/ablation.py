@@ -86,5 +86,7 @@ METHOD = Method(
     run_pair=run_pair,
     baseline=lambda spec, clean, corrupted: clean,  # the clean run is the one ablated
     same_length=needs_one_length,
+    evidence=lambda spec: f"necessity-style: the component {spec.ablation}-ablated on the clean run",
+    default_view="change",
     references=("Chan et al. 2022", "Heimersheim & Nanda 2024"),
 )

@@ -80,6 +80,13 @@ def patching_baseline(spec, clean: float, corrupted: float) -> float:
     return corrupted if spec.direction == "denoise" else clean
 
 
+def patching_evidence(spec) -> str:
+    """What kind of evidence a patching sweep gives: it depends on the direction."""
+    if spec.direction == "denoise":
+        return "restoration (sufficiency-style): clean activations patched into the corrupted run"
+    return "necessity-style (noising): corrupted activations patched into the clean run"
+
+
 def check_heads(model, heads, field_name: str, what: str = "head") -> None:
     """Every (layer, head) exists in ``model``; else an InputError on ``field_name``."""
     n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
@@ -108,6 +115,10 @@ class Method:
     same_length: Callable[[Any], bool] = per_position
     check: Callable[[Any, Any], None] = no_check
     summarize: Callable[[list[dict], Any, float], dict] | None = None
+    evidence: Callable[[Any], str] = patching_evidence  # what kind of claim a cell supports, in words
+    # the view a result opens in: a share of the clean-corrupted gap (patching), or the change from
+    # "no effect" (ablation, self-repair)
+    default_view: Literal["share", "change", "raw"] = "share"
     references: tuple[str, ...] = field(default=())  # papers, for the docs
 
     @property

@@ -80,6 +80,8 @@ METHOD = Method(
     values="change",  # each token's share of the metric
     cost=lambda model, spec, seq_len: spec.steps,
     axes=lambda model, spec, seq_len: (["pos"], [seq_len]),
+    evidence=lambda spec: "input attribution: each clean token's contribution to the metric (gradient-based, not an intervention)",
+    default_view="change",
     cache_names=lambda model, spec: [H.resid_pre_name(0)],
     references=("Shrikumar et al. 2016", "Sundararajan et al. 2017"),
 )

@@ -182,5 +182,8 @@ METHOD = Method(
     same_length=lambda spec: spec.ablation != "zero",
     check=check,
     summarize=summarize,
+    evidence=lambda spec: "self-repair: each component's change in direct effect when the targets are ablated "
+    "(+ = compensation, − = amplification)",
+    default_view="change",
     references=("McGrath et al. 2023", "Rushing & Nanda 2024"),
 )

@@ -15,7 +15,11 @@ def claim(spec) -> str:
 
 
 def context(service, result) -> dict[str, Any]:
-    return {"repair_figure": figures.repair_figure(result), "compensators": analysis.top_compensators(result)}
+    return {
+        "repair_figure": figures.repair_figure(result),
+        "repair": analysis.repair_reading(result),
+        "compensators": analysis.top_compensators(result),
+    }
 
 
 WEB = WebMethod(

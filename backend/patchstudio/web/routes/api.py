@@ -11,6 +11,7 @@ from fastapi import APIRouter, Body, HTTPException
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
+from patchstudio import analysis
 from patchstudio.errors import InputError, describe, field_errors
 from patchstudio.specs import defaults_doc, parse_spec
 from patchstudio.store import StoredRun
@@ -41,6 +42,8 @@ def stored_payload(stored: StoredRun) -> dict[str, Any]:
     """The result JSON plus the record's provenance: one shape for POST /api/runs and /runs/{id}.json."""
     return {
         **stored.result.model_dump(mode="json"),
+        "evidence": analysis.evidence(stored.result),
+        "views": analysis.all_views(stored.result),
         "model_fingerprint": stored.model_fingerprint,
         "created_at": stored.created_at.isoformat(),
         "links": {"page": urls.run_page(stored.id), "json": urls.run_json(stored.id), "csv": urls.run_csv(stored.id)},
@@ -90,21 +93,21 @@ def run_json(run_id: str, service: ServiceDep) -> Any:
 
 
 def values_csv(stored: StoredRun) -> str:
-    """Long format: one row per cell, a column per axis (token strings for positions), then the value."""
+    """Long format: one row per cell, a column per axis (token strings for positions), the value, its
+    change from "no effect" and its share of the clean-corrupted gap (blank where the gap is 0)."""
     result = stored.result
     out = io.StringIO()
     writer = csv.writer(out)
-    header = list(result.axes) + (["token"] if "pos" in result.axes else []) + ["value"]
-    writer.writerow(header)
-    sizes = [len(result.labels[a]) for a in result.axes]
-    for index in itertools.product(*(range(s) for s in sizes)):
-        value: Any = result.values
-        for i in index:
-            value = value[i]
-        row: list[Any] = list(index)
+    writer.writerow(list(result.axes) + (["token"] if "pos" in result.axes else []) + ["value", "change", "share"])
+    change = analysis.flat_cells(result, analysis.view(result, "change").values)
+    share_view = analysis.view(result, "share")
+    share = analysis.flat_cells(result, share_view.values) if share_view.name == "share" else None
+    for i, (cell, value) in enumerate(analysis.flat_cells(result)):
+        row: list[Any] = [cell[a] for a in result.axes]
         if "pos" in result.axes:
-            row.append(result.labels["pos"][index[result.axes.index("pos")]])
-        writer.writerow(row + [repr(float(value))])
+            row.append(result.labels["pos"][cell["pos"]])
+        row += [repr(value), repr(change[i][1]), repr(share[i][1]) if share else ""]
+        writer.writerow(row)
     return out.getvalue()
 
 

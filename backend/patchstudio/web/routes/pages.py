@@ -54,9 +54,16 @@ def _error_context(message: str, field: str | None, detail: dict[str, Any] | Non
     return {"error": message, "error_field": field if field in ERROR_FIELDS else "spec", "error_detail": detail or {}}
 
 
-def _result_context(request: Request, stored: StoredRun, pos: int | None = None, service=None) -> dict[str, Any]:
+VIEW_LABELS = {"share": "share of the gap", "change": "change from no effect", "raw": "raw metric"}
+
+
+def _result_context(request: Request, stored: StoredRun, pos: int | None = None, service=None, view: str | None = None) -> dict[str, Any]:
     result = stored.result
     web = WEB_METHODS[result.spec.method]
+    shown = analysis.view(result, view if view in analysis.VIEWS else None)
+    labels = [(n, VIEW_LABELS[n]) for n in analysis.VIEWS if n != "share" or analysis.share_defined(result)]
+    if analysis.get_method(result.spec.method).values == "change":
+        labels = [(n, label) for n, label in labels if n != "raw"]
     if result.axes == ["layer", "pos", "head"]:
         pos = analysis.default_pos(result) if pos is None or not 0 <= pos < len(result.labels["pos"]) else pos
     else:
@@ -65,7 +72,10 @@ def _result_context(request: Request, stored: StoredRun, pos: int | None = None,
         "stored": stored,
         "result": result,
         "pos": pos,
-        "heatmap": figures.heatmap(result, pos),
+        "heatmap": figures.heatmap(result, pos, shown.name),
+        "view": shown,
+        "view_labels": labels,
+        "evidence": analysis.evidence(result),
         "description": describe(result),
         "caption": f"Metric: {METRIC_LABELS[result.spec.metric]}; {figures.corruption_summary(result)}",
         "selected": analysis.strongest_cell(result, pos),
@@ -137,7 +147,7 @@ async def explore(request: Request, service: ServiceDep, jobs: JobsDep) -> Respo
 
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
-def run_page(request: Request, run_id: str, service: ServiceDep, jobs: JobsDep, _pos: int | None = None) -> Response:
+def run_page(request: Request, run_id: str, service: ServiceDep, jobs: JobsDep, _pos: int | None = None, _view: str | None = None) -> Response:
     stored = service.store.get(run_id)
     if stored is None:
         job = jobs.get(run_id)
@@ -148,7 +158,7 @@ def run_page(request: Request, run_id: str, service: ServiceDep, jobs: JobsDep, 
         context.update(_error_context(f"no stored run with id {run_id!r}: the link may be mistyped", "spec"))
         return _render(request, context, status=404)
     context = _base_context(service, form_from_spec(stored.result.spec))
-    context.update(_result_context(request, stored, _pos, service=service))
+    context.update(_result_context(request, stored, _pos, service=service, view=_view))
     if _is_htmx(request):
         return _render(request, context, blocks=["results"])
     return _render(request, context)
