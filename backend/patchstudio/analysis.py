@@ -38,6 +38,20 @@ ZERO_GAP = 1e-9  # clean and corrupted "agree": no share of the gap is defined
 # --- cells -------------------------------------------------------------------------------------------
 
 
+def percent(x: float) -> str:
+    """'38%', never '-0%' (a share that rounds to zero is zero)."""
+    return f"{round(100 * x) + 0:d}%"
+
+
+def corruption_summary(result: PatchResult) -> str:
+    """'corruption: 1 pair, prompt 1 differs at 10: John→Mary' (plain text)."""
+    n = len(result.prompts)
+    first = result.prompts[0]
+    differ = ", ".join(f"{i}: {first.clean[i]}→{first.corrupted[i]}" for i in first.differ[:4])
+    more = "…" if len(first.differ) > 4 else ""
+    return f"corruption: {n} pair{'s' if n != 1 else ''}, prompt 1 differs at {differ or 'no position'}{more}"
+
+
 def no_effect(result: PatchResult) -> float:
     """The value a cell takes when the intervention changes nothing (per the method's definition)."""
     return get_method(result.spec.method).no_effect(result.spec, result.clean, result.corrupted)
@@ -219,10 +233,10 @@ def verdict(result: PatchResult, patched: float, ablated: float, direction: str)
     g = gap(result)
     if abs(g) < ZERO_GAP:
         return "Clean and corrupted runs agree, so this corruption cannot show an effect."
-    restored = ((patched - result.corrupted) if direction == "denoise" else (result.clean - patched)) / g + 0.0
-    dropped = (result.clean - ablated) / g + 0.0  # + 0.0 turns -0.0 into 0.0 for display
+    restored = ((patched - result.corrupted) if direction == "denoise" else (result.clean - patched)) / g
+    dropped = (result.clean - ablated) / g
     part = "restores" if direction == "denoise" else "breaks"
-    text = f"Patching {part} {restored:.0%} of the clean–corrupted gap; ablating it removes {dropped:.0%}."
+    text = f"Patching {part} {percent(restored)} of the clean–corrupted gap; ablating it removes {percent(dropped)}."
     if abs(restored) > LARGE_SHARE and abs(dropped) < SMALL_SHARE:
         text += " Large patching effect but small ablation drop: redundancy or self-repair suspected."
     elif abs(dropped) > LARGE_SHARE and abs(restored) < SMALL_SHARE:
@@ -331,7 +345,7 @@ def triangulation_flags(share: dict[str, float]) -> list[str]:
         flags.append("Ablation hurts but patching alone does not restore: necessary, not sufficient.")
     attr = share.get("attribution")
     if attr is not None and abs(attr - patch) > ATTRIBUTION_OFF:
-        flags.append(f"The linear estimate is off by {abs(attr - patch):.0%} of the gap: attribution is unreliable here.")
+        flags.append(f"The linear estimate is off by {percent(abs(attr - patch))} of the gap: attribution is unreliable here.")
     path = share.get("path")
     if path is not None and abs(patch) > PATH_MIN_PATCHING and abs(path) < PATH_MOSTLY_INDIRECT * abs(patch):
         flags.append("Most of its effect goes through later components, not directly to the logits.")

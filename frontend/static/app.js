@@ -29,6 +29,20 @@
     if (cell[2] !== null && cell[2] !== undefined) params.set("head", cell[2]);
     el.dataset.selected = cell.join(",");
     htmx.ajax("GET", el.dataset.figure1 + "?" + params.toString(), { target: "#figure1", swap: "innerHTML" });
+    // the selection is view state: outline the cell and keep it in the address (_layer, _head, _pos)
+    if (el.data && el.data[0].type === "heatmap") {
+      var column = cell[2] !== null && cell[2] !== undefined ? cell[2] : cell[1];
+      Plotly.relayout(el, { shapes: [{ type: "rect", xref: "x", yref: "y", x0: column - 0.5, x1: column + 0.5,
+        y0: cell[0] - 0.5, y1: cell[0] + 0.5, line: { color: "#111", width: 3 }, name: "selected" }] });
+    }
+    var url = new URL(window.location.href);
+    if (/^\/runs\/[0-9a-f]{16}$/.test(url.pathname)) {
+      ["_layer", "_head", "_pos"].forEach(function (k) { url.searchParams.delete(k); });
+      url.searchParams.set("_layer", cell[0]);
+      if (cell[2] !== null && cell[2] !== undefined) url.searchParams.set("_head", cell[2]);
+      if (cell[1] !== null && cell[1] !== undefined) url.searchParams.set("_pos", cell[1]);
+      history.replaceState(history.state, "", url.pathname + "?" + url.searchParams.toString());
+    }
   }
 
   function syncFormMode(form) {
@@ -53,6 +67,15 @@
     if (family && pairs) pairs.readOnly = family.value !== "custom";
   }
 
+  // Prompts are one line: Enter runs the experiment instead of breaking the line.
+  document.addEventListener("keydown", function (ev) {
+    if (ev.key === "Enter" && ev.target.matches && ev.target.matches("textarea.prompt")) {
+      ev.preventDefault();
+      var form = ev.target.closest("form");
+      if (form) htmx.trigger(form, "submit");
+    }
+  });
+
   document.addEventListener("change", function (ev) {
     var form = ev.target.closest && ev.target.closest("#spec-form");
     if (form) syncFormMode(form);
@@ -70,12 +93,48 @@
         try { document.execCommand("copy"); done(); } catch (e) { /* the link stays selected for the user */ }
       }
     }
+    var copyText = ev.target.closest && ev.target.closest(".copy-text");
+    if (copyText) {
+      var source = document.getElementById(copyText.dataset.source);
+      var label = copyText.textContent;
+      var copied = function () { copyText.textContent = "Copied!"; setTimeout(function () { copyText.textContent = label; }, 1500); };
+      if (source && navigator.clipboard && window.isSecureContext) {
+        navigator.clipboard.writeText(source.textContent).then(copied);
+      } else if (source) {
+        var range = document.createRange(); range.selectNodeContents(source);
+        var sel = window.getSelection(); sel.removeAllRanges(); sel.addRange(range);
+        try { document.execCommand("copy"); copied(); } catch (e) { /* the text stays selected */ }
+      }
+    }
     var png = ev.target.closest && ev.target.closest(".download-png");
     if (png) {
       var plot = document.getElementById(png.dataset.target);
-      if (plot) Plotly.downloadImage(plot, { format: "png", filename: png.dataset.filename, width: 900, height: 500 });
+      if (plot) downloadWithClaim(plot, png.dataset);
     }
   });
+
+  function wrap(text, width) {
+    var words = text.split(" "), lines = [], line = "";
+    words.forEach(function (w) {
+      if (line && (line + " " + w).length > width) { lines.push(line); line = w; } else { line = line ? line + " " + w : w; }
+    });
+    return lines.concat([line]).join("<br>");
+  }
+
+  // A PNG carries the claim: method, direction, component, metric and corruption as its title,
+  // the evidence and caption below the plot.
+  function downloadWithClaim(plot, meta) {
+    var esc = function (t) { return t.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;"); };
+    var layout = JSON.parse(JSON.stringify(plot.layout));
+    layout.title = { text: wrap(esc(meta.claim), 110) + "<br><span style='font-size:12px'>" + (layout.title && layout.title.text || "") + "</span>", font: { size: 13 } };
+    layout.margin = Object.assign({}, layout.margin, { t: 130, b: 150 });
+    layout.annotations = (layout.annotations || []).concat([{ text: wrap(esc(meta.caption), 140), xref: "paper", yref: "paper",
+      x: 0, y: -0.32, xanchor: "left", yanchor: "top", showarrow: false, align: "left", font: { size: 11, color: "#444" } }]);
+    Plotly.toImage({ data: plot.data, layout: layout }, { format: "png", width: 1100, height: 720 }).then(function (url) {
+      var a = document.createElement("a"); a.href = url; a.download = meta.filename + ".png";
+      document.body.appendChild(a); a.click(); a.remove();
+    });
+  }
 
   function selectShare() {
     var input = document.getElementById("share-link");

@@ -112,7 +112,7 @@ def test_clicking_a_heatmap_cell_loads_figure1_for_that_cell(page):
                    "mean ablation: total effect (TE, change)", "mean ablation: direct effect (DE, change)"):
         expect(table).to_contain_text(method)
     row = table.locator("tr", has_text="activation patching (restoration")
-    expect(row.locator("td.num").nth(0)).to_have_text(f"{100 * z[layer][head] + 0.0:.0f}%")  # the heatmap's share
+    expect(row.locator("td.num").nth(0)).to_have_text(f"{round(100 * z[layer][head]) + 0:d}%")  # the heatmap's share
     expect(row.locator("td.num").nth(1)).to_have_text(f"{raw[layer][head]:.4f}")
 
 
@@ -187,7 +187,11 @@ def test_mismatched_token_counts_show_an_inline_error_with_both_tokenizations(pa
     expect(box.locator("tr").nth(1)).to_contain_text("corrupted (13)")
     expect(box.locator("td.diff")).to_have_text([",", "gave"])
     assert page.url == run_url
-    expect(page.locator("#heatmap")).to_have_count(0)
+    # the last good result stays, dimmed as stale; the message is beside the field, not repeated
+    expect(page.locator("#heatmap")).to_have_count(1)
+    expect(page.locator(".results-panel .result")).to_have_css("opacity", "0.45")
+    expect(box).not_to_contain_text("same number of tokens")
+    expect(box).to_contain_text("see the message beside the marked field")
 
 
 def test_back_and_forward_restore_each_run(page):

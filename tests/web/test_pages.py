@@ -33,7 +33,7 @@ def test_live_edit_returns_a_fragment_and_pushes_the_permalink(client, tiny_mode
     assert re.fullmatch(r"/runs/[0-9a-f]{16}", push)
     assert "<html" not in response.text  # a fragment, not the page
     # the derived corruption and answers come back out-of-band
-    assert f'value="{IOI_CORRUPTED}"' in response.text
+    assert f'id="corrupted" class="prompt"' in response.text and f'>{IOI_CORRUPTED}</textarea>' in response.text
     assert 'id="answer" value="Mary"' in response.text and 'id="wrong" value="John"' in response.text
     expected = run(tiny_model, {"prompts": [{"clean": IOI, "corrupted": IOI_CORRUPTED, "answer": "Mary", "wrong": "John"}]})
     assert push == f"/runs/{expected.id}"

@@ -10,6 +10,7 @@ from typing import Any, Callable
 import html
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
@@ -22,6 +23,16 @@ from patchstudio.web.jobs import JobManager
 from patchstudio.web.service import ExperimentService
 
 FRONTEND = Path(__file__).resolve().parents[3] / "frontend"
+
+
+class VersionedStatic(StaticFiles):
+    """Static files; a versioned URL (``?v=``, see url_builder.static) is cached for a year."""
+
+    async def get_response(self, path: str, scope) -> Response:
+        response = await super().get_response(path, scope)
+        if b"v=" in scope.get("query_string", b"") and response.status_code == 200:
+            response.headers["Cache-Control"] = "public, max-age=31536000, immutable"
+        return response
 
 
 def create_app(settings: Settings | None = None, *, model_loader: Callable[[str], Any] | None = None) -> FastAPI:
@@ -60,7 +71,8 @@ def create_app(settings: Settings | None = None, *, model_loader: Callable[[str]
         message = describe(field_errors(exc))  # type: ignore[arg-type]
         return HTMLResponse(f'<p class="error" role="alert">{html.escape(message)}</p>', status_code=422)
 
-    app.mount("/static", StaticFiles(directory=FRONTEND / "static"), name="static")
+    app.add_middleware(GZipMiddleware, minimum_size=1024)  # plotly.js: 4.9 MB raw, ~1.5 MB compressed
+    app.mount("/static", VersionedStatic(directory=FRONTEND / "static"), name="static")
     app.include_router(api.router)
     app.include_router(pages.router)
     return app

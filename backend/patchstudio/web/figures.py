@@ -25,20 +25,13 @@ def pos_labels(result: PatchResult) -> list[str]:
     return [f"{i} {safe(tok)}" for i, tok in enumerate(result.labels.get("pos", []))]
 
 
-def corruption_summary(result: PatchResult) -> str:
-    n = len(result.prompts)
-    first = result.prompts[0]
-    differ = ", ".join(f"{i}: {safe(first.clean[i])}→{safe(first.corrupted[i])}" for i in first.differ[:4])
-    more = "…" if len(first.differ) > 4 else ""
-    return f"corruption: {n} pair{'s' if n != 1 else ''}, prompt 1 differs at {differ or 'no position'}{more}"
-
-
 def _layout(title: str, x_title: str, y_title: str) -> dict[str, Any]:
     return {
         "title": {"text": title, "font": {"size": 14}},
-        "xaxis": {"title": {"text": x_title}, "type": "category"},
-        "yaxis": {"title": {"text": y_title}, "type": "category", "autorange": "reversed"},
-        "margin": {"l": 60, "r": 20, "t": 50, "b": 90},
+        # automargin: the axis title moves below rotated tick labels instead of over them
+        "xaxis": {"title": {"text": x_title, "standoff": 12}, "type": "category", "automargin": True},
+        "yaxis": {"title": {"text": y_title}, "type": "category", "autorange": "reversed", "automargin": True},
+        "margin": {"l": 60, "r": 20, "t": 50, "b": 40},
         "height": 420,
     }
 
@@ -87,9 +80,16 @@ def _hover(result: PatchResult, shown: str) -> Any:
     return build([])
 
 
-def heatmap(result: PatchResult, pos: int | None = None, view: str | None = None) -> dict[str, Any]:
+def highlight(column: int, row: int) -> dict[str, Any]:
+    """A rectangle around one heatmap cell (category axes: cells sit at integer positions)."""
+    return {"type": "rect", "xref": "x", "yref": "y", "x0": column - 0.5, "x1": column + 0.5, "y0": row - 0.5,
+            "y1": row + 0.5, "line": {"color": "#111", "width": 3}, "name": "selected"}
+
+
+def heatmap(result: PatchResult, pos: int | None = None, view: str | None = None,
+            selected: dict[str, int | None] | None = None) -> dict[str, Any]:
     """Layer x head, layer x position, or (for per-position head sweeps) layer x head at ``pos``,
-    in ``view`` (analysis.VIEWS; default: the method's)."""
+    in ``view`` (analysis.VIEWS; default: the method's); ``selected`` cell outlined."""
     axes = result.axes
     shown = analysis.view(result, view)
     if axes == ["layer"]:
@@ -141,7 +141,12 @@ def heatmap(result: PatchResult, pos: int | None = None, view: str | None = None
         "xgap": 1,
         "ygap": 1,
     }
-    return {"data": [trace], "layout": _layout(title, x_title, "layer")}
+    layout = _layout(title, x_title, "layer")
+    if selected and selected.get("layer") is not None:
+        column = selected.get("head") if x_title == "head" else selected.get("pos")
+        if column is not None:
+            layout["shapes"] = [highlight(column, selected["layer"])]
+    return {"data": [trace], "layout": layout}
 
 
 def _wrap(text: str, width: int = 28) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from functools import lru_cache
 from urllib.parse import urlencode
 
 HTMX = "vendor/htmx-2.0.11.min.js"
@@ -44,4 +46,16 @@ def job_cancel(job_id: str) -> str:
 
 
 def static(path: str) -> str:
-    return f"/static/{path}"
+    """A versioned static URL (``?v=`` the file's content hash): cached for a year, and a new
+    release's file gets a new URL."""
+    return f"/static/{path}?v={_static_version(path)}"
+
+
+@lru_cache(maxsize=None)
+def _static_version(path: str) -> str:
+    from patchstudio.web.app import FRONTEND
+
+    try:
+        return hashlib.sha256((FRONTEND / "static" / path).read_bytes()).hexdigest()[:12]
+    except OSError:
+        return "0"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from patchstudio.engine.methods import METHODS
 from patchstudio.specs import COMPONENT_LABELS, METRIC_LABELS
-from patchstudio.web.figures import corruption_summary
+from patchstudio.analysis import corruption_summary
 from patchstudio.web.methods import (
     ablation,
     activation_patching,

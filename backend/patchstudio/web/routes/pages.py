@@ -15,7 +15,7 @@ from patchstudio.errors import InputError
 from patchstudio.models.prompts import FAMILIES
 from patchstudio.specs import METRIC_LABELS
 from patchstudio.store import StoredRun
-from patchstudio.web import figures
+from patchstudio.web import export, figures
 from patchstudio.web import url_builder as urls
 from patchstudio.web.app import FRONTEND
 from patchstudio.web.deps import JobsDep, ServiceDep
@@ -26,6 +26,7 @@ from patchstudio.web.methods import WEB_METHODS, describe
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Blocks(directory=str(FRONTEND / "templates"))
 templates.env.globals["urls"] = urls
+templates.env.filters["pct"] = analysis.percent
 
 
 def _is_htmx(request: Request) -> bool:
@@ -57,10 +58,28 @@ def _error_context(message: str, field: str | None, detail: dict[str, Any] | Non
 VIEW_LABELS = {"share": "share of the gap", "change": "change from no effect", "raw": "raw metric"}
 
 
-def _result_context(request: Request, stored: StoredRun, pos: int | None = None, service=None, view: str | None = None) -> dict[str, Any]:
+def _selected(result, pos: int | None, cell: dict[str, int | None] | None) -> dict[str, int | None]:
+    """The cell the URL names (``_layer``, ``_head``, ``_pos``) if it exists, else the strongest."""
+    if cell and cell.get("layer") is not None:
+        want = {"layer": cell.get("layer"), "pos": cell.get("pos") if "pos" in result.axes else None,
+                "head": cell.get("head") if "head" in result.axes else None}
+        if result.axes == ["layer", "pos", "head"]:
+            want["pos"] = pos
+        try:
+            analysis.cell_value(result, want["layer"], want["pos"], want["head"])
+            return want
+        except ValueError:
+            pass
+    return analysis.strongest_cell(result, pos)
+
+
+def _result_context(request: Request, stored: StoredRun, pos: int | None = None, service=None, view: str | None = None,
+                    cell: dict[str, int | None] | None = None) -> dict[str, Any]:
     result = stored.result
     web = WEB_METHODS[result.spec.method]
     shown = analysis.view(result, view if view in analysis.VIEWS else None)
+    if result.axes == ["layer", "pos", "head"] and cell and cell.get("pos") is not None and pos is None:
+        pos = cell["pos"]
     labels = [(n, VIEW_LABELS[n]) for n in analysis.VIEWS if n != "share" or analysis.share_defined(result)]
     if analysis.get_method(result.spec.method).values == "change":
         labels = [(n, label) for n, label in labels if n != "raw"]
@@ -68,17 +87,20 @@ def _result_context(request: Request, stored: StoredRun, pos: int | None = None,
         pos = analysis.default_pos(result) if pos is None or not 0 <= pos < len(result.labels["pos"]) else pos
     else:
         pos = None
+    selected = _selected(result, pos, cell)
     return {
         "stored": stored,
         "result": result,
         "pos": pos,
-        "heatmap": figures.heatmap(result, pos, shown.name),
+        "heatmap": figures.heatmap(result, pos, shown.name, selected=selected),
+        "python_code": export.python_snippet(result.spec),
+        "spec_json": export.spec_json(result.spec),
         "view": shown,
         "view_labels": labels,
         "evidence": analysis.evidence(result),
         "description": describe(result),
-        "caption": f"Metric: {METRIC_LABELS[result.spec.metric]}; {figures.corruption_summary(result)}",
-        "selected": analysis.strongest_cell(result, pos),
+        "caption": f"Metric: {METRIC_LABELS[result.spec.metric]}; {analysis.corruption_summary(result)}",
+        "selected": selected,
         "share_url": str(request.base_url).rstrip("/") + urls.run_page(stored.id),
         "method_partial": web.partial,
         **(web.context(service, result) if web.partial else {}),
@@ -140,6 +162,10 @@ async def explore(request: Request, service: ServiceDep, jobs: JobsDep) -> Respo
     context.update(await run_in_threadpool(_experiment_context, request, service, jobs, state))
     stored = context.get("stored")
     if _is_htmx(request):
+        if context.get("error"):  # keep the last result on screen (marked stale); the error goes beside its field
+            response = _render(request, {**context, "stale": True}, blocks=["oob"])
+            response.headers["HX-Reswap"] = "none"
+            return response
         push = urls.run_page(stored.id) if stored is not None else None
         return _render(request, context, blocks=["results", "oob"], push=push)
     context["recent"] = _recent(service)
@@ -147,7 +173,8 @@ async def explore(request: Request, service: ServiceDep, jobs: JobsDep) -> Respo
 
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
-def run_page(request: Request, run_id: str, service: ServiceDep, jobs: JobsDep, _pos: int | None = None, _view: str | None = None) -> Response:
+def run_page(request: Request, run_id: str, service: ServiceDep, jobs: JobsDep, _pos: int | None = None, _view: str | None = None,
+             _layer: int | None = None, _head: int | None = None) -> Response:
     stored = service.store.get(run_id)
     if stored is None:
         job = jobs.get(run_id)
@@ -158,7 +185,8 @@ def run_page(request: Request, run_id: str, service: ServiceDep, jobs: JobsDep, 
         context.update(_error_context(f"no stored run with id {run_id!r}: the link may be mistyped", "spec"))
         return _render(request, context, status=404)
     context = _base_context(service, form_from_spec(stored.result.spec))
-    context.update(_result_context(request, stored, _pos, service=service, view=_view))
+    cell = {"layer": _layer, "head": _head, "pos": _pos}
+    context.update(_result_context(request, stored, _pos, service=service, view=_view, cell=cell))
     if _is_htmx(request):
         return _render(request, context, blocks=["results"])
     return _render(request, context)
