@@ -105,19 +105,18 @@ def test_bad_answer_in_second_prompt_names_it(tiny_model):
 
 
 @pytest.mark.parametrize(
-    "field, text, n_unknown, unk_at",
+    "field, text, message, unk_at",
     [
-        ("clean", "When Mary and John went to the zoo , John gave a drink to", 1, [8]),
-        ("corrupted", "When Mary and John went to the zoo , Mary gave a cake to", 2, [8, 13]),
+        ("clean", "When Mary and John went to the zoo , John gave a drink to",
+         "'zoo' is not in this model's vocabulary (it would become '<unk>')", [8]),
+        ("corrupted", "When Mary and John went to the zoo , Mary gave a cake to",
+         "'zoo', 'cake' are not in this model's vocabulary (they would become '<unk>')", [8, 13]),
     ],
     ids=["clean-one", "corrupted-two"],
 )
-def test_unknown_word_in_prompt(tiny_model, field, text, n_unknown, unk_at):
+def test_unknown_word_in_prompt(tiny_model, field, text, message, unk_at):
     exc = _error(tiny_model, {"prompts": [{**P1, field: text}]})
-    assert str(exc) == (
-        f"prompt 1: the {field} prompt has {n_unknown} word(s) the model does not know (they become '<unk>'); "
-        "check the spelling or use words from its vocabulary"
-    )
+    assert str(exc) == f"prompt 1: {message}; check the spelling or use words the model knows"
     assert exc.field == field
     assert [i for i, t in enumerate(exc.detail["tokens"]) if t == "<unk>"] == unk_at
 

@@ -34,6 +34,17 @@ def str_tokens(model, tokens: Tensor) -> list[str]:
     return [model.tokenizer.decode([int(t)]) for t in tokens.reshape(-1)]
 
 
+def unknown_words(model, text: str) -> list[str]:
+    """The words of ``text`` the tokenizer maps to its unknown token, as typed. Only the text's own
+    tokens count: a BOS that happens to share the unknown token's id (GPT-2) is not a word."""
+    tok = model.tokenizer
+    unk = getattr(tok, "unk_token_id", None)
+    if unk is None:
+        return []
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    return [text[a:b] for t, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]) if t == unk]
+
+
 def answer_token(model, text: str, which: str, index: int) -> int:
     """The single token id of an answer word, as it would follow the prompt (leading space)."""
     word = text if text.startswith(" ") else " " + text
@@ -58,7 +69,6 @@ def prepare_pairs(model, prompts: Sequence[Any], *, same_length: bool) -> list[P
     if not prompts:
         raise InputError("the prompt set is empty: give at least one prompt pair", field="prompts")
     n_ctx = int(model.cfg.n_ctx)
-    unk = getattr(model.tokenizer, "unk_token_id", None)
     out: list[PreparedPair] = []
     for i, p in enumerate(prompts):
         clean, corrupted = tokenize(model, p.clean), tokenize(model, p.corrupted)
@@ -70,13 +80,15 @@ def prepare_pairs(model, prompts: Sequence[Any], *, same_length: bool) -> list[P
                     f"model's context of {n_ctx}",
                     field=name,
                 )
-            if unk is not None and (toks == unk).any():
-                words = [s for s, t in zip(strs, toks.reshape(-1).tolist()) if t == unk]
+            words = unknown_words(model, getattr(p, name))
+            if words:
+                quoted = ", ".join(repr(w) for w in words)
+                are, become = ("is", "it would become") if len(words) == 1 else ("are", "they would become")
                 raise InputError(
-                    f"prompt {i + 1}: the {name} prompt has {len(words)} word(s) the model does not know "
-                    f"(they become {model.tokenizer.unk_token!r}); check the spelling or use words from its vocabulary",
+                    f"prompt {i + 1}: {quoted} {are} not in this model's vocabulary ({become} "
+                    f"{model.tokenizer.unk_token!r}); check the spelling or use words the model knows",
                     field=name,
-                    detail={"tokens": strs},
+                    detail={"tokens": strs, "unknown": words},
                 )
         if clean.shape[-1] != corrupted.shape[-1]:
             diff = next(
