@@ -43,6 +43,27 @@ def percent(x: float) -> str:
     return f"{round(100 * x) + 0:d}%"
 
 
+def position_roles(result: PatchResult) -> list[str]:
+    """Wang et al.'s names for the positions of an IOI-shaped prompt: IO (the answer name), S1 and
+    S2 (the repeated subject name), END (the final position, where the metric is read); '' for the
+    others. Only when every pair has that shape at the same positions (else all '')."""
+    n = len(result.prompts[0].clean)
+    found: list[str] | None = None
+    for p in result.prompts:
+        words = [t.strip() for t in p.clean]
+        io = [i for i, w in enumerate(words) if w == p.answer]
+        s = [i for i, w in enumerate(words) if w == p.wrong]
+        if len(io) != 1 or len(s) != 2 or len(words) != n:
+            return [""] * n
+        roles = [""] * n
+        roles[io[0]], roles[s[0]], roles[s[1]] = "IO", "S1", "S2"
+        roles[-1] = roles[-1] or "END"
+        if found is not None and roles != found:
+            return [""] * n
+        found = roles
+    return found or [""] * n
+
+
 def corruption_summary(result: PatchResult) -> str:
     """'corruption: 1 pair, prompt 1 differs at 10: John→Mary' (plain text)."""
     n = len(result.prompts)

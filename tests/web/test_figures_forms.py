@@ -19,7 +19,7 @@ def head_result(tiny_model):
 
 def _white_at(trace) -> float:
     """The z value the colour scale draws white ("no effect")."""
-    stop = next(s for s, colour in trace["colorscale"] if colour == "#f7f7f7")
+    stop = next(s for s, colour in trace["colorscale"] if colour in ("#f7f7f7", "rgb(247,247,247)"))
     return trace["zmin"] + stop * (trace["zmax"] - trace["zmin"])
 
 
@@ -73,14 +73,14 @@ def test_noising_and_ablation_centre_on_the_clean_run(tiny_model):
 def test_position_labels_are_indexed_and_escaped(tiny_model):
     result = run(tiny_model, {"prompts": TINY_PAIRS, "component": "resid_pre", "positions": "each"})
     fig = figures.heatmap(result)
-    assert fig["data"][0]["x"][:3] == ["0 &lt;bos&gt;", "1 When", "2 Mary"]
+    assert fig["data"][0]["x"][:3] == ["0 &lt;bos&gt;", "1 When", "2 Mary (IO)"]
 
 
 def test_per_position_head_sweep_shows_one_position(tiny_model):
     result = run(tiny_model, {"prompts": TINY_PAIRS, "component": "head", "positions": "each"})
     fig = figures.heatmap(result, pos=10, view="raw")
     assert fig["data"][0]["z"] == [row[10] for row in result.values]
-    assert "position 10 (John)" in fig["layout"]["title"]["text"]
+    assert "position 10 John (S2)" in fig["layout"]["title"]["text"]  # IOI roles (Wang et al.)
     assert analysis.cell_value(result, 1, 10, 3) == result.values[1][10][3]
     assert analysis.cell_name(result, 1, 10, 3) == "L1 H3 @ 10 John"
 
@@ -158,3 +158,23 @@ def test_agreement_statistics(tiny_model):
     worst = max(range(len(x)), key=lambda i: abs(y[i] - x[i]))
     assert a["disagreements"][0] == (f"L{worst // 4} H{worst % 4}", x[worst], y[worst])
     assert analysis.agreement(exact, exact)["pearson"] == pytest.approx(1.0)
+
+
+def test_colour_intensity_is_the_same_on_both_sides_of_no_effect():
+    scale, zmin, zmax = figures.diverging(-0.1, 1.0, 0.0)
+    assert (zmin, zmax) == (-0.1, 1.0)  # the data's range, not mirrored to -1
+    assert scale[0] == [0.0, figures._ramp(figures._REDS, 0.1)]  # a small negative stays pale
+    assert scale[-1] == [1.0, figures._ramp(figures._BLUES, 1.0)]
+    assert scale[0][1] != figures._ramp(figures._REDS, 1.0)
+
+
+def test_ioi_positions_are_named_by_role(tiny_model):
+    result = run(tiny_model, {"prompts": TINY_PAIRS, "component": "resid_pre", "positions": "each"})
+    roles = analysis.position_roles(result)
+    tokens = result.labels["pos"]
+    assert [(i, tokens[i]) for i, r in enumerate(roles) if r] == [(2, "Mary"), (4, "John"), (10, "John"), (14, "to")]
+    assert [r for r in roles if r] == ["IO", "S1", "S2", "END"]
+    assert figures.heatmap(result)["data"][0]["x"][10] == "10 John (S2)"
+    # prompts without the IOI shape get no roles
+    other = run(tiny_model, {"prompts": [{**TINY_PAIRS[0], "answer": "Alice"}], "component": "resid_pre", "positions": "each"})
+    assert set(analysis.position_roles(other)) == {""}

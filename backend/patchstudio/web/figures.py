@@ -22,7 +22,10 @@ def safe(text: str) -> str:
 
 
 def pos_labels(result: PatchResult) -> list[str]:
-    return [f"{i} {safe(tok)}" for i, tok in enumerate(result.labels.get("pos", []))]
+    """'10 John (S2)': index, token and, for IOI-shaped prompts, the position's role."""
+    roles = analysis.position_roles(result) if "pos" in result.labels else []
+    return [f"{i} {safe(tok)}" + (f" ({roles[i]})" if roles and roles[i] else "")
+            for i, tok in enumerate(result.labels.get("pos", []))]
 
 
 def _layout(title: str, x_title: str, y_title: str) -> dict[str, Any]:
@@ -36,23 +39,34 @@ def _layout(title: str, x_title: str, y_title: str) -> dict[str, Any]:
     }
 
 
-def diverging(lo: float, hi: float, mid: float) -> tuple[list[list[Any]], float, float]:
-    """A red-white-blue scale whose white sits at ``mid`` ("no effect") and whose range is the data's
-    (widened only to include ``mid``): (colorscale, zmin, zmax). No mirrored, invented extremes."""
+_WHITE, _REDS, _BLUES = (247, 247, 247), [(239, 138, 98), (178, 24, 43)], [(103, 169, 207), (33, 102, 172)]
+
+
+def _ramp(colors: list[tuple[int, int, int]], t: float) -> str:
+    """The colour at intensity t in [0, 1] along white -> colors[0] -> colors[1]."""
+    stops = [_WHITE, *colors]
+    x = max(0.0, min(1.0, t)) * (len(stops) - 1)
+    i = min(int(x), len(stops) - 2)
+    a, b, f = stops[i], stops[i + 1], x - i
+    return "rgb({},{},{})".format(*(round(a[k] + (b[k] - a[k]) * f) for k in range(3)))
+
+
+def diverging(lo: float, hi: float, mid: float, steps: int = 8) -> tuple[list[list[Any]], float, float]:
+    """A red-white-blue scale, white at ``mid`` ("no effect"), over the data's own range (widened only
+    to include ``mid``): (colorscale, zmin, zmax). Colour intensity is |value - mid| over the larger
+    side's reach, the same on both sides, so a small negative cell stays pale next to a large
+    positive one; no mirrored, invented extremes."""
     lo, hi = min(lo, mid), max(hi, mid)
     if hi - lo < 1e-12:
         return [[0.0, "#f7f7f7"], [1.0, "#f7f7f7"]], mid - 1e-9, mid + 1e-9
-    f = (mid - lo) / (hi - lo)
+    reach = max(mid - lo, hi - mid)
     scale: list[list[Any]] = []
-    if f > 0:
-        scale += [[0.0, "#b2182b"], [f / 2, "#ef8a62"]]
+    for i in range(steps + 1):  # sample the scale: below mid on the reds, above on the blues
+        v = lo + (hi - lo) * i / steps
+        scale.append([(v - lo) / (hi - lo), _ramp(_REDS if v < mid else _BLUES, abs(v - mid) / reach)])
+    f = (mid - lo) / (hi - lo)
     scale.append([f, "#f7f7f7"])
-    if f < 1:
-        scale += [[f + (1 - f) / 2, "#67a9cf"], [1.0, "#2166ac"]]
-    if scale[0][0] > 0:
-        scale.insert(0, [0.0, "#f7f7f7"])
-    if scale[-1][0] < 1:
-        scale.append([1.0, "#f7f7f7"])
+    scale.sort(key=lambda stop: stop[0])
     return scale, lo, hi
 
 
@@ -103,7 +117,7 @@ def heatmap(result: PatchResult, pos: int | None = None, view: str | None = None
         pos = default_pos(result) if pos is None else pos
         z = [row[pos] for row in shown.values]
         hover = [row[pos] for row in hover]
-        title = f"{what}, by layer and head at position {pos} ({safe(result.labels['pos'][pos])})"
+        title = f"{what}, by layer and head at position {pos_labels(result)[pos]}"
         columns = [f"H{h}" for h in range(len(z[0]))]
         custom = [[[layer, pos, h] for h in range(len(z[0]))] for layer in range(len(z))]
         text = [[f"L{l} H{h} @ {pos}: {hover[l][h]}" for h in range(len(row))] for l, row in enumerate(z)]
@@ -137,7 +151,7 @@ def heatmap(result: PatchResult, pos: int | None = None, view: str | None = None
         "colorscale": colorscale,
         "zmin": zmin,
         "zmax": zmax,
-        "colorbar": {"title": {"text": _wrap(shown.title), "side": "right"}},
+        "colorbar": {"title": {"text": _wrap(shown.title, 22), "side": "top"}, "thickness": 14},
         "xgap": 1,
         "ygap": 1,
     }
@@ -202,7 +216,7 @@ def figure1(
     }
     layout = {
         "title": {"text": f"{METRIC_LABELS[result.spec.metric]}: restoration vs ablation of {name}", "font": {"size": 14}},
-        "yaxis": {"title": {"text": "metric"}, "zeroline": True},
+        "yaxis": {"title": {"text": safe(METRIC_LABELS[result.spec.metric])}, "zeroline": True},
         "margin": {"l": 60, "r": 20, "t": 50, "b": 60},
         "height": 360,
     }

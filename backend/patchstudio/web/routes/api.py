@@ -98,14 +98,15 @@ def values_csv(stored: StoredRun) -> str:
     result = stored.result
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(list(result.axes) + (["token"] if "pos" in result.axes else []) + ["value", "change", "share"])
+    roles = analysis.position_roles(result) if "pos" in result.axes else []
+    writer.writerow(list(result.axes) + (["token", "role"] if "pos" in result.axes else []) + ["value", "change", "share"])
     change = analysis.flat_cells(result, analysis.view(result, "change").values)
     share_view = analysis.view(result, "share")
     share = analysis.flat_cells(result, share_view.values) if share_view.name == "share" else None
     for i, (cell, value) in enumerate(analysis.flat_cells(result)):
         row: list[Any] = [cell[a] for a in result.axes]
         if "pos" in result.axes:
-            row.append(result.labels["pos"][cell["pos"]])
+            row += [result.labels["pos"][cell["pos"]], roles[cell["pos"]]]
         row += [repr(value), repr(change[i][1]), repr(share[i][1]) if share else ""]
         writer.writerow(row)
     return out.getvalue()
