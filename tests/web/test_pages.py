@@ -209,7 +209,7 @@ def test_input_influence_shows_a_bar_per_clean_token(client, tiny_model):
     pair = {"clean": IOI, "corrupted": IOI_CORRUPTED, "answer": "Mary", "wrong": "John"}
     expected = run(tiny_model, {"method": "input_influence", "prompts": [pair], "steps": 8})
     assert response.headers["HX-Push-Url"] == f"/runs/{expected.id}"
-    assert '"type": "bar"' in response.text and "10 John: " in response.text
+    assert '"type": "bar"' in response.text and "10 John (S2): " in response.text
     assert 'id="figure1"' not in response.text  # no layer to select
 
 
@@ -217,3 +217,13 @@ def test_attribution_page_reports_agreement_with_exact_patching(client):
     response = client.post("/explore", data=form(method="attribution_patching"), headers=HTMX)
     assert 'id="agreement"' in response.text and 'id="pearson">' in response.text
     assert "Largest disagreements: L" in response.text
+
+
+def test_word_level_vocabulary_is_offered_as_help(client):
+    text = client.get("/").text
+    assert re.search(r'<details class="vocab" id="vocabulary"><summary>Words this model knows \(\d+\)</summary>', text)
+    names = re.search(r"<strong>names</strong>: ([^<]+)</p>", text).group(1).split()
+    assert {"Mary", "John", "Alice", "Bob"} <= set(names) and "store" not in names
+    assert 'list="known-names"' in text and '<option value="Mary">' in text
+    bad = client.post("/explore", data=form(clean="When Mary and Xavier went to the store , Xavier gave a drink to"), headers=HTMX)
+    assert "&#39;Xavier&#39; is not in this model&#39;s vocabulary" in bad.text

@@ -35,14 +35,15 @@ def str_tokens(model, tokens: Tensor) -> list[str]:
 
 
 def unknown_words(model, text: str) -> list[str]:
-    """The words of ``text`` the tokenizer maps to its unknown token, as typed. Only the text's own
+    """The distinct words of ``text`` the tokenizer maps to its unknown token, as typed. Only the text's own
     tokens count: a BOS that happens to share the unknown token's id (GPT-2) is not a word."""
     tok = model.tokenizer
     unk = getattr(tok, "unk_token_id", None)
     if unk is None:
         return []
     enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
-    return [text[a:b] for t, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]) if t == unk]
+    words = [text[a:b] for t, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]) if t == unk]
+    return list(dict.fromkeys(words))  # each once, in order
 
 
 def answer_token(model, text: str, which: str, index: int) -> int:

@@ -24,6 +24,26 @@ class LoadedModel:
     model: Any = None
     fingerprint: str = ""
     error: str | None = None
+    vocabulary: dict[str, list[str]] | None = None  # small (word-level) vocabularies, grouped, for help
+
+
+SMALL_VOCABULARY = 2_000  # a vocabulary up to this size is listed in the page as help
+
+
+def vocabulary_groups(model) -> dict[str, list[str]] | None:
+    """The words a small word-level vocabulary knows, grouped as names, places, objects and the rest
+    (from the built-in generator's lists); None for a large (subword) vocabulary."""
+    from patchstudio.models import prompts as P
+
+    tokenizer = model.tokenizer
+    if len(tokenizer) > SMALL_VOCABULARY:
+        return None
+    special = set(tokenizer.all_special_tokens)
+    words = [w for w, _ in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]) if w not in special]
+    groups = {"names": set(P.NAMES), "places": set(P.PLACES), "objects": set(P.OBJECTS)}
+    out = {name: [w for w in words if w in members] for name, members in groups.items()}
+    out["other words"] = [w for w in words if not any(w in m for m in groups.values())]
+    return out
 
 
 @dataclass
@@ -38,7 +58,7 @@ class ExperimentService:
         for name in self.settings.models:
             try:
                 model = (loader or (lambda n: load_model(n, device=self.settings.device)))(name)
-                self.models[name] = LoadedModel(name, model, model_fingerprint(model))
+                self.models[name] = LoadedModel(name, model, model_fingerprint(model), vocabulary=vocabulary_groups(model))
                 log.info("loaded model %s", name)
             except (ModelUnavailableError, FileNotFoundError) as exc:
                 self.models[name] = LoadedModel(name, error=str(exc))

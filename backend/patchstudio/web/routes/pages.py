@@ -37,6 +37,8 @@ def _base_context(service, form: dict[str, str]) -> dict[str, Any]:
     return {
         "form": form,
         "models": list(service.settings.models),
+        "vocabulary": (service.models.get(form.get("model")) or service.models.get(service.settings.models[0])).vocabulary
+        if service.models else None,
         "families": FAMILIES,
         "methods": WEB_METHODS,
         "fields": [(f, methods_with(name)) for name, f in FIELDS.items()],
@@ -110,6 +112,9 @@ def _result_context(request: Request, stored: StoredRun, pos: int | None = None,
 def _experiment_context(request: Request, service, jobs, state: FormState) -> dict[str, Any]:
     """Results for a form: stored, computed now, or a background job; or the error to show."""
     if state.error:
+        unknown = _unknown_in_clean(service, state)  # the root cause of a failed name swap or guess
+        if unknown is not None:
+            return _error_context(str(unknown), unknown.field, unknown.detail)
         return _error_context(state.error, state.error_field, state.error_detail)
     spec = state.spec
     stored = service.store.get(spec.id)
@@ -125,6 +130,23 @@ def _experiment_context(request: Request, service, jobs, state: FormState) -> di
         return _result_context(request, stored, service=service)
     except InputError as exc:
         return _error_context(str(exc), exc.field, exc.detail)
+
+
+def _unknown_in_clean(service, state: FormState) -> InputError | None:
+    """An unknown word in the single clean prompt, named plainly ('Xavier' is not in this model's
+    vocabulary), when the form failed on something derived from that prompt."""
+    from patchstudio.engine.inputs import unknown_words
+
+    loaded = service.models.get(state.values.get("model", ""))
+    if state.values.get("source") != "pair" or loaded is None or loaded.model is None:
+        return None
+    words = unknown_words(loaded.model, state.values.get("clean", ""))
+    if not words:
+        return None
+    quoted = ", ".join(repr(w) for w in words)
+    are = "is" if len(words) == 1 else "are"
+    return InputError(f"{quoted} {are} not in this model's vocabulary; check the spelling or pick from the words it knows",
+                      field="clean")
 
 
 def _recent(service) -> list[dict[str, Any]]:
