@@ -10,6 +10,7 @@ always shows what it first showed and bad input can never overwrite a stored res
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -33,6 +34,16 @@ runs = Table(
     Column("spec_json", Text, nullable=False),
     Column("result_json", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+
+# How a run's prompts were made in the explore form (a built-in family, its size, seed and template),
+# so a shared link reopens the form as it was. UI provenance, not part of the experiment (nor its id).
+run_origins = Table(
+    "run_origins",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("form_json", Text, nullable=False),
 )
 
 
@@ -111,6 +122,19 @@ class Store:
         stored = self.get(result.id)
         assert stored is not None
         return stored
+
+    def put_origin(self, run_id: str, form: dict[str, str]) -> None:
+        """Remember how the form made this run's prompts (first write wins, like runs)."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(run_origins.insert().values(id=run_id, form_json=json.dumps(form, sort_keys=True)))
+        except IntegrityError:
+            pass
+
+    def get_origin(self, run_id: str) -> dict[str, str] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(run_origins.c.form_json).where(run_origins.c.id == run_id)).first()
+        return json.loads(row[0]) if row else None
 
     def recent(self, limit: int = 12) -> list[RunSummary]:
         query = select(runs.c.id, runs.c.method, runs.c.model_name, runs.c.created_at, runs.c.spec_json)

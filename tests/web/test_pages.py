@@ -101,6 +101,10 @@ def test_family_source_generates_pairs(tmp_path):
         assert response.status_code == 200, response.text
         assert "3 prompt pairs" in response.text
         assert response.text.count(" | ") >= 9  # the generated pairs are shown in the form
+        # the run's link reopens the form with the family, its size, seed and template, not "my own pairs"
+        page = c.get(response.headers["HX-Push-Url"]).text
+        assert 'name="source" value="family" checked' in page
+        assert '<option value="ioi_swap" selected' in page and 'name="n_pairs" min="1" max="64" value="3"' in page
 
 
 def test_unknown_run_page_is_404_with_a_message(client):

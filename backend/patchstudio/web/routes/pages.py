@@ -132,6 +132,22 @@ def _experiment_context(request: Request, service, jobs, state: FormState) -> di
         return _error_context(str(exc), exc.field, exc.detail)
 
 
+ORIGIN_FIELDS = ("source", "family", "n_pairs", "family_seed", "template")
+
+
+def _remember_origin(service, stored: StoredRun | None, state: FormState) -> None:
+    """A run made from a built-in prompt family remembers it, so its link reopens the form as it was."""
+    values = state.values
+    if stored is not None and values.get("source") == "family" and values.get("family") != "custom":
+        service.store.put_origin(stored.id, {k: values[k] for k in ORIGIN_FIELDS})
+
+
+def _form_for(service, stored: StoredRun) -> dict[str, str]:
+    form = form_from_spec(stored.result.spec)
+    origin = service.store.get_origin(stored.id)
+    return {**form, **{k: v for k, v in (origin or {}).items() if k in ORIGIN_FIELDS}}
+
+
 def _unknown_in_clean(service, state: FormState) -> InputError | None:
     """An unknown word in the single clean prompt, named plainly ('Xavier' is not in this model's
     vocabulary), when the form failed on something derived from that prompt."""
@@ -189,7 +205,9 @@ async def explore(request: Request, service: ServiceDep, jobs: JobsDep) -> Respo
             response.headers["HX-Reswap"] = "none"
             return response
         push = urls.run_page(stored.id) if stored is not None else None
+        _remember_origin(service, stored, state)
         return _render(request, context, blocks=["results", "oob"], push=push)
+    _remember_origin(service, stored, state)
     context["recent"] = _recent(service)
     return _render(request, context)
 
@@ -206,7 +224,7 @@ def run_page(request: Request, run_id: str, service: ServiceDep, jobs: JobsDep, 
             return _render(request, context)
         context.update(_error_context(f"no stored run with id {run_id!r}: the link may be mistyped", "spec"))
         return _render(request, context, status=404)
-    context = _base_context(service, form_from_spec(stored.result.spec))
+    context = _base_context(service, _form_for(service, stored))
     cell = {"layer": _layer, "head": _head, "pos": _pos}
     context.update(_result_context(request, stored, _pos, service=service, view=_view, cell=cell))
     if _is_htmx(request):
