@@ -242,6 +242,52 @@ def evidence(result: PatchResult) -> str:
     return get_method(result.spec.method).evidence(result.spec)
 
 
+# --- two runs side by side ---------------------------------------------------------------------------
+
+
+def axes_shape(result: PatchResult) -> list[tuple[str, int]]:
+    return [(a, len(result.labels[a])) for a in result.axes]
+
+
+def compare(a: PatchResult, b: PatchResult, view_name: str | None = None) -> dict[str, Any]:
+    """Two results cell by cell in one view: both views' values, their difference (a - b), one
+    shared range, and a title naming the unit. Raises ValueError (in words) when the axes differ
+    or when the view's unit differs between the two (then the share of the gap still compares)."""
+    if axes_shape(a) != axes_shape(b):
+        def shape(r: PatchResult) -> str:
+            plural = {"layer": "layers", "head": "heads", "pos": "positions"}
+            return " × ".join(f"{n} {plural[ax]}" for ax, n in axes_shape(r))
+
+        raise ValueError(f"run A has {shape(a)} and run B has {shape(b)}: they cannot be compared cell by cell")
+    name = view_name or default_view(a)
+    va, vb = view(a, name), view(b, name)
+    if va.name != vb.name:
+        raise ValueError(f"the {name} view is not defined for both runs; compare them in another view")
+    if va.title != vb.title and name != "share":
+        raise ValueError(
+            f"the runs' {name} values are in different units ({va.title} vs {vb.title}); compare them as a share of the gap"
+        )
+    flat_a = [v for _, v in flat_cells(a, va.values)]
+    flat_b = [v for _, v in flat_cells(b, vb.values)]
+    diff = _map_pair(va.values, vb.values)
+    return {
+        "view": va.name,
+        "title": va.title if va.title == vb.title else f"{va.title} (A) / {vb.title} (B)",
+        "a": va.values,
+        "b": vb.values,
+        "diff": diff,
+        "no_effect": va.no_effect,
+        "range": [min(flat_a + flat_b + [va.no_effect]), max(flat_a + flat_b + [va.no_effect])],
+        "max_abs_diff": max(abs(x - y) for x, y in zip(flat_a, flat_b)),
+        "same_prompts": [p.model_dump() for p in a.prompts] == [p.model_dump() for p in b.prompts],
+        "same_metric": a.spec.metric == b.spec.metric,
+    }
+
+
+def _map_pair(x: Any, y: Any) -> Any:
+    return [_map_pair(p, q) for p, q in zip(x, y)] if isinstance(x, list) else x - y
+
+
 # --- one component under several methods -------------------------------------------------------------
 
 

@@ -267,3 +267,30 @@ def agreement_scatter(stats: dict[str, Any]) -> dict[str, Any]:
               "shapes": [{"type": "line", "x0": low, "y0": low, "x1": high, "y1": high, "line": {"dash": "dot", "color": "#888"}}],
               "margin": {"l": 60, "r": 20, "t": 50, "b": 50}}
     return {"data": [trace], "layout": layout}
+
+
+def grid(result: PatchResult, values: Any, title: str, colorbar: str, lo: float, hi: float, mid: float,
+         pos: int | None = None) -> dict[str, Any]:
+    """``values`` (nested like ``result.values``) as a heatmap on a given range: for comparing runs on
+    one scale. One-axis results are drawn as one row; per-position head sweeps at ``pos``."""
+    axes = result.axes
+    if axes == ["layer", "pos", "head"]:
+        pos = default_pos(result) if pos is None else pos
+        z, x, y, x_title = [row[pos] for row in values], [f"H{h}" for h in range(len(values[0][0]))], None, "head"
+        title = f"{title} — position {pos_labels(result)[pos]}"
+    elif axes == ["layer", "head"]:
+        z, x, x_title = values, [f"H{h}" for h in range(len(values[0]))], "head"
+    elif axes == ["layer", "pos"]:
+        z, x, x_title = values, pos_labels(result), "position"
+    elif axes == ["layer"]:
+        z, x, x_title = [[v] for v in values], ["block"], ""
+    else:  # ["pos"]
+        z, x, x_title = [values], pos_labels(result), "clean token"
+    y = [f"L{i}" for i in range(len(z))] if axes != ["pos"] else ["input"]
+    colorscale, zmin, zmax = diverging(lo, hi, mid)
+    trace = {"type": "heatmap", "z": z, "x": x, "y": y, "colorscale": colorscale, "zmin": zmin, "zmax": zmax,
+             "hovertemplate": "%{y} %{x}: %{z:+.3f}<extra></extra>", "xgap": 1, "ygap": 1,
+             "colorbar": {"title": {"text": _wrap(colorbar, 22), "side": "top"}, "thickness": 14}}
+    layout = _layout(safe(title), x_title, "layer" if axes != ["pos"] else "")
+    layout["height"] = 360
+    return {"data": [trace], "layout": layout}

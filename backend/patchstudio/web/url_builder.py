@@ -24,6 +24,15 @@ def run_page(run_id: str, **view: object) -> str:
     return f"/runs/{run_id}" + (f"?{query}" if query else "")
 
 
+def compare(a: str, b: str | None = None, **view: object) -> str:
+    query = urlencode({"a": a, **({"b": b} if b else {}), **{f"_{k}": v for k, v in view.items() if v is not None}})
+    return f"/compare?{query}"
+
+
+def compare_json(a: str, b: str) -> str:
+    return f"/compare.json?{urlencode({'a': a, 'b': b})}"
+
+
 def run_json(run_id: str) -> str:
     return f"/runs/{run_id}.json"
 

@@ -229,6 +229,7 @@ def run_page(request: Request, run_id: str, service: ServiceDep, jobs: JobsDep, 
     context.update(_result_context(request, stored, _pos, service=service, view=_view, cell=cell))
     if _is_htmx(request):
         return _render(request, context, blocks=["results"])
+    context["recent"] = _recent(service)
     return _render(request, context)
 
 
