@@ -47,6 +47,15 @@ run_origins = Table(
 )
 
 
+# Attention patterns of a run's prompts at one layer (computed on request, then served as stored).
+patterns = Table(
+    "patterns",
+    metadata,
+    Column("id", String(64), primary_key=True),  # "<run id>:<layer>"
+    Column("data_json", Text, nullable=False),
+)
+
+
 class StoredRun(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -134,6 +143,18 @@ class Store:
     def get_origin(self, run_id: str) -> dict[str, str] | None:
         with self.engine.connect() as conn:
             row = conn.execute(select(run_origins.c.form_json).where(run_origins.c.id == run_id)).first()
+        return json.loads(row[0]) if row else None
+
+    def put_patterns(self, run_id: str, layer: int, data: dict) -> None:
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(patterns.insert().values(id=f"{run_id}:{layer}", data_json=json.dumps(data)))
+        except IntegrityError:  # computed by a concurrent request: the same values
+            pass
+
+    def get_patterns(self, run_id: str, layer: int) -> dict | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(patterns.c.data_json).where(patterns.c.id == f"{run_id}:{layer}")).first()
         return json.loads(row[0]) if row else None
 
     def recent(self, limit: int = 12) -> list[RunSummary]:

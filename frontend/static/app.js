@@ -13,6 +13,14 @@
       var fig = readFigure(el.dataset.figure);
       if (!fig) return;
       Plotly.react(el, fig.data, fig.layout, { responsive: true, displaylogo: false });
+      if (el.id === "attention-layer" && !el.dataset.wired) {
+        el.dataset.wired = "1";
+        el.on("plotly_click", function (ev) {
+          var head = ev.points[0].customdata;
+          if (head === undefined || head === null) return;
+          window.location.href = el.dataset.headLink.replace(/([?&])head=\d+/, "$1head=" + head);
+        });
+      }
       if (el.id === "heatmap" && !el.dataset.wired) {
         el.dataset.wired = "1";
         el.on("plotly_click", function (ev) { selectCell(el, ev.points[0]); });

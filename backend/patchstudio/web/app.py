@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None, *, model_loader: Callable[[str]
         service.store.engine.dispose()
 
     from patchstudio import __version__
-    from patchstudio.web.routes import api, compare, pages
+    from patchstudio.web.routes import api, attention, compare, pages
 
     app = FastAPI(
         title="Patch Studio",
@@ -74,6 +74,7 @@ def create_app(settings: Settings | None = None, *, model_loader: Callable[[str]
     app.add_middleware(GZipMiddleware, minimum_size=1024)  # plotly.js: 4.9 MB raw, ~1.5 MB compressed
     app.mount("/static", VersionedStatic(directory=FRONTEND / "static"), name="static")
     app.include_router(api.router)
+    app.include_router(attention.router)
     app.include_router(compare.router)
     app.include_router(pages.router)
     return app

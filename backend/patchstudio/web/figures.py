@@ -294,3 +294,49 @@ def grid(result: PatchResult, values: Any, title: str, colorbar: str, lo: float,
     layout = _layout(safe(title), x_title, "layer" if axes != ["pos"] else "")
     layout["height"] = 360
     return {"data": [trace], "layout": layout}
+
+
+ATTENTION_SCALE = [[0.0, "#ffffff"], [0.25, "#c6dbef"], [0.6, "#4292c6"], [1.0, "#08306b"]]
+ATTENTION_TITLE = "attention weight (0 to 1; each row sums to 1)"
+
+
+def attention_heatmap(tokens: list[str], pattern: list[list[float]], title: str) -> dict[str, Any]:
+    """One head's pattern: destination (query) rows, source (key) columns; the END row outlined."""
+    labels = [f"{i} {safe(t)}" for i, t in enumerate(tokens)]
+    n = len(tokens)
+    text = [[f"{labels[d]} → {labels[s]}: {pattern[d][s]:.3f}" if s <= d else "" for s in range(n)] for d in range(n)]
+    trace = {"type": "heatmap", "z": pattern, "x": labels, "y": labels, "zmin": 0.0, "zmax": 1.0,
+             "colorscale": ATTENTION_SCALE, "text": text, "hovertemplate": "%{text}<extra></extra>", "xgap": 1, "ygap": 1,
+             "colorbar": {"title": {"text": _wrap(ATTENTION_TITLE, 22), "side": "top"}, "thickness": 14}}
+    layout = _layout(safe(title), "source position (attended to)", "destination position (attending)")
+    layout["height"] = max(360, 22 * n + 160)
+    layout["shapes"] = [highlight_row(n - 1, n)]
+    return {"data": [trace], "layout": layout}
+
+
+def highlight_row(row: int, n: int) -> dict[str, Any]:
+    return {"type": "rect", "xref": "x", "yref": "y", "x0": -0.5, "x1": n - 0.5, "y0": row - 0.5, "y1": row + 0.5,
+            "line": {"color": "#d62728", "width": 2}, "name": "END"}
+
+
+def attention_layer(tokens: list[str], heads: list[list[list[float]]], layer: int, columns: int = 4) -> dict[str, Any]:
+    """Every head of a layer as small multiples (CircuitsVis-style), one shared 0-1 scale."""
+    labels = [f"{i} {safe(t)}" for i, t in enumerate(tokens)]
+    rows = (len(heads) + columns - 1) // columns
+    data, layout = [], {"height": 210 * rows + 60, "margin": {"l": 10, "r": 10, "t": 40, "b": 10},
+                        "title": {"text": f"layer {layer}: every head on this prompt (click one to open it)", "font": {"size": 14}}}
+    gap = 0.03
+    for h, pattern in enumerate(heads):
+        r, c = divmod(h, columns)
+        axis = "" if h == 0 else str(h + 1)
+        x0, x1 = c / columns + gap / 2, (c + 1) / columns - gap / 2
+        y1, y0 = 1 - r / rows - gap, 1 - (r + 1) / rows + gap / 2
+        data.append({"type": "heatmap", "z": pattern, "x": labels, "y": labels, "zmin": 0.0, "zmax": 1.0,
+                     "colorscale": ATTENTION_SCALE, "showscale": h == 0, "xaxis": f"x{axis}", "yaxis": f"y{axis}",
+                     "customdata": [[h] * len(labels) for _ in labels],
+                     "hovertemplate": f"H{h}: %{{y}} → %{{x}}: %{{z:.3f}}<extra></extra>",
+                     "colorbar": {"title": {"text": _wrap(ATTENTION_TITLE, 22), "side": "top"}, "thickness": 12}})
+        layout[f"xaxis{axis}"] = {"domain": [x0, x1], "showticklabels": False, "type": "category", "anchor": f"y{axis}"}
+        layout[f"yaxis{axis}"] = {"domain": [y0, y1], "showticklabels": False, "type": "category", "autorange": "reversed",
+                                  "anchor": f"x{axis}", "title": {"text": f"H{h}", "standoff": 2}}
+    return {"data": data, "layout": layout}

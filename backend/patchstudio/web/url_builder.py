@@ -33,6 +33,16 @@ def compare_json(a: str, b: str) -> str:
     return f"/compare.json?{urlencode({'a': a, 'b': b})}"
 
 
+def attention(run_id: str, layer: int, head: int | None = None, **view: object) -> str:
+    query = urlencode({"layer": layer, **({"head": head} if head is not None else {}),
+                       **{f"_{k}": v for k, v in view.items() if v is not None}})
+    return f"/runs/{run_id}/attention?{query}"
+
+
+def attention_json(run_id: str, layer: int) -> str:
+    return f"/runs/{run_id}/attention.json?layer={layer}"
+
+
 def run_json(run_id: str) -> str:
     return f"/runs/{run_id}.json"
 

@@ -266,6 +266,7 @@ def figure1(request: Request, run_id: str, service: ServiceDep, layer: int = 0, 
         "companion_id": companion_id,
         "verdict": analysis.verdict(result, patched, ablated, direction),
         "triangulation": table,
+        "attention_url": urls.attention(run_id, layer, head) if head is not None and "head" in result.axes else None,
     }
     return templates.TemplateResponse(request, "explore.html", context, block_name="figure1")
 

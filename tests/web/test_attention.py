@@ -1,0 +1,46 @@
+"""Attention patterns of a run: computed on POST, stored, then served by GET (and .json)."""
+
+from __future__ import annotations
+
+import torch
+
+from helpers import TINY_PAIRS
+
+
+def _run(client) -> str:
+    return client.post("/api/runs", json={"prompts": TINY_PAIRS, "component": "head"}).json()["id"]
+
+
+def test_patterns_are_computed_on_post_and_served_as_stored(client, tiny_model):
+    run_id = _run(client)
+    page = client.get(f"/runs/{run_id}/attention?layer=1&head=2")
+    assert page.status_code == 200 and 'id="compute-attention"' in page.text  # a GET never computes
+    assert client.get(f"/runs/{run_id}/attention.json?layer=1").status_code == 404
+    done = client.post(f"/runs/{run_id}/attention?layer=1&head=2", follow_redirects=False)
+    assert done.status_code == 303 and done.headers["location"] == f"/runs/{run_id}/attention?layer=1&head=2"
+    data = client.get(f"/runs/{run_id}/attention.json?layer=1").json()
+    tokens = tiny_model.to_tokens(TINY_PAIRS[1]["corrupted"])
+    _, cache = tiny_model.run_with_cache(tokens, names_filter=["blocks.1.attn.hook_pattern"])
+    expected = cache["blocks.1.attn.hook_pattern"][0]  # [head, dest, src]
+    assert torch.allclose(torch.tensor(data["corrupted"][1]), expected, atol=1e-6)
+    assert data["tokens"]["clean"][0][10] == "John" and len(data["clean"]) == 2
+    row = torch.tensor(data["clean"][0][2][-1])  # END's row of head 2 sums to one
+    assert abs(float(row.sum()) - 1.0) < 1e-5
+    shown = client.get(f"/runs/{run_id}/attention?layer=1&head=2")
+    assert 'id="attention-clean"' in shown.text and 'id="attention-layer"' in shown.text
+    assert "The outlined row is END" in shown.text
+
+
+def test_attention_refuses_heads_that_do_not_exist(client):
+    run_id = _run(client)
+    response = client.get(f"/runs/{run_id}/attention?layer=5&head=0", headers={"accept": "application/json"})
+    assert response.status_code == 422 and response.json()["field"] == "layer"
+    response = client.post(f"/runs/{run_id}/attention?layer=0&head=-1", headers={"accept": "application/json"})
+    assert response.status_code == 422 and response.json()["field"] == "head"
+    assert client.get("/runs/0123456789abcdef/attention?layer=0").status_code == 404
+
+
+def test_figure1_links_to_the_heads_attention(client):
+    run_id = _run(client)
+    text = client.get(f"/runs/{run_id}/figure1?layer=1&head=3").text
+    assert f'href="/runs/{run_id}/attention?layer=1&amp;head=3" id="attention-link"' in text
