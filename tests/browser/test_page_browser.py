@@ -101,3 +101,42 @@ def test_pausing_mid_word_keeps_the_last_result(page):
     expect(page.locator("#heatmap")).to_have_count(1)
     expect(page.locator(".results-panel .result")).to_have_css("opacity", "0.45")
     expect(page.locator("#error-box")).not_to_contain_text("vocabulary")  # said once, beside the field
+
+
+def test_attention_patterns_from_a_head_cell(page):
+    open_explore(page)
+    link = page.locator("#attention-link")
+    expect(link).to_be_visible()
+    link.click()
+    page.locator("#compute-attention button").click()  # computed on request, then stored
+    expect(page.locator("#attention-clean .main-svg").first).to_be_visible()
+    expect(page.locator("#attention-corrupted .main-svg").first).to_be_visible()
+    expect(page.locator("#attention-layer .main-svg").first).to_be_visible()
+    end_row = page.evaluate("() => document.getElementById('attention-clean').layout.shapes[0].name")
+    assert end_row == "END"
+    # a reload shows the stored patterns: no button
+    page.reload()
+    expect(page.locator("#compute-attention")).to_have_count(0)
+    expect(page.locator("#attention-clean .main-svg").first).to_be_visible()
+
+
+def test_compare_with_another_run(page):
+    open_explore(page)
+    first = page.locator(".result").get_attribute("data-run-id")
+    page.locator("[name=direction]").select_option("noise")
+    page.wait_for_function("id => document.querySelector('.result').dataset.runId !== id", arg=first)
+    page.locator("#compare-with [name=b]").fill(first)
+    page.locator("#compare-with button").click()
+    expect(page.locator("#compare-diff .main-svg").first).to_be_visible()
+    expect(page.locator("#max-diff")).not_to_have_text("0.0000")
+    ranges = page.evaluate("() => ['compare-a', 'compare-b'].map(id => { const t = document.getElementById(id).data[0]; return [t.zmin, t.zmax]; })")
+    assert ranges[0] == ranges[1]  # one scale for both runs
+
+
+def test_ioi_positions_are_named_in_axes_and_hovers(page):
+    open_explore(page)
+    page.locator("[name=component]").select_option("resid_pre")
+    page.locator("[name=positions]").select_option("each")
+    page.wait_for_function("() => { const gd = document.getElementById('heatmap'); return gd && gd.data && gd.data[0].x.includes('10 John (S2)'); }")
+    hover = page.evaluate("() => document.getElementById('heatmap').data[0].text[0][2]")
+    assert hover.startswith("L0 2 Mary (IO): ")
