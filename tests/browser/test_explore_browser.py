@@ -243,5 +243,20 @@ def test_screenshot_for_the_readme(browser, showcase):
         docs.mkdir(exist_ok=True)
         page.screenshot(path=str(docs / "screenshot.png"), full_page=True)
         assert (docs / "screenshot.png").stat().st_size > 10_000
+        # the attention patterns of the selected head, and the run compared with its noising twin
+        first = page.locator(".result").get_attribute("data-run-id")
+        page.locator("#attention-link").click()
+        page.locator("#compute-attention button").click()
+        expect(page.locator("#attention-layer .main-svg").first).to_be_visible()
+        page.mouse.move(0, 0)
+        page.screenshot(path=str(docs / "attention.png"), full_page=True)
+        page.goto("/")
+        page.locator("[name=direction]").select_option("noise")
+        page.wait_for_function("id => document.querySelector('.result').dataset.runId !== id", arg=first)
+        second = page.locator(".result").get_attribute("data-run-id")
+        page.goto(f"/compare?a={first}&b={second}")
+        expect(page.locator("#compare-diff .main-svg").first).to_be_visible()
+        page.screenshot(path=str(docs / "compare.png"), full_page=True)
+        assert (docs / "attention.png").stat().st_size > 10_000 and (docs / "compare.png").stat().st_size > 10_000
     finally:
         ctx.close()

@@ -216,7 +216,7 @@ def figure1(
     }
     layout = {
         "title": {"text": f"{METRIC_LABELS[result.spec.metric]}: restoration vs ablation of {name}", "font": {"size": 14}},
-        "yaxis": {"title": {"text": safe(METRIC_LABELS[result.spec.metric])}, "zeroline": True},
+        "yaxis": {"title": {"text": safe(METRIC_LABELS[result.spec.metric])}, "zeroline": True, "automargin": True},
         "margin": {"l": 60, "r": 20, "t": 50, "b": 60},
         "height": 360,
     }
