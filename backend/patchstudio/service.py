@@ -1,18 +1,22 @@
-"""Experiments for the web layer: allow-listed models, cost checks, store-first computation.
+"""Experiments for a server or a worker: allow-listed models, limits, cost checks, store-first
+computation.
 
-Web -> store -> engine: pages and the API call this; it calls the store and the engine."""
+Web and jobs -> service -> store and engine: pages, the API and the job workers call this; it calls
+the store and the engine. Limits are checked on the raw request data, before parsing or tokenizing,
+so an oversized request is refused in constant time and memory.
+"""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from patchstudio.engine.run import plan, run
 from patchstudio.errors import InputError
 from patchstudio.models.registry import ModelUnavailableError, load_model, model_fingerprint
 from patchstudio.settings import Settings
-from patchstudio.specs import parse_spec
+from patchstudio.specs import SpecBase, parse_spec
 from patchstudio.store import Store, StoredRun
 
 log = logging.getLogger("patchstudio")
@@ -23,7 +27,35 @@ class LoadedModel:
     name: str
     model: Any = None
     fingerprint: str = ""
-    error: str | None = None
+    error: str | None = None  # for the log only: it may hold paths
+
+
+PROMPT_TEXT_FIELDS = ("clean", "corrupted", "answer", "wrong")
+
+
+def check_text(value: str, field_name: str, max_chars: int | None = None) -> None:
+    """Refuse text a tokenizer or a database cannot take: lone surrogates, NUL, or too long."""
+    if max_chars is not None and len(value) > max_chars:
+        raise InputError(f"{field_name} is {len(value):,} characters long; the limit is {max_chars:,}", field=field_name)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"{field_name} is not valid Unicode text (it holds a lone surrogate)", field=field_name) from None
+    if "\x00" in value:
+        raise InputError(f"{field_name} holds a NUL character", field=field_name)
+
+
+def check_strings(data: Any, path: str = "") -> None:
+    """Every string anywhere in a request must be valid Unicode (no lone surrogates, no NUL)."""
+    if isinstance(data, str):
+        check_text(data, path or "spec")
+    elif isinstance(data, Mapping):
+        for key, value in data.items():
+            check_strings(key, path or "spec")
+            check_strings(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(data, (list, tuple)):
+        for i, value in enumerate(data):
+            check_strings(value, f"{path}.{i}" if path else str(i))
 
 
 @dataclass
@@ -32,15 +64,15 @@ class ExperimentService:
     store: Store
     models: dict[str, LoadedModel] = field(default_factory=dict)
 
-    def load_models(self, loader: Callable[[str], Any] | None = None) -> None:
-        """Load every allow-listed model once. A model that cannot load is kept with its message,
-        so requests for it get that message instead of a traceback."""
-        for name in self.settings.models:
+    def load_models(self, loader: Callable[[str], Any] | None = None, names: list[str] | None = None) -> None:
+        """Load every allow-listed model (or ``names``) once. A model that cannot load is kept with
+        its message for the log; requests for it get a plain refusal instead of a traceback."""
+        for name in names or self.settings.models:
             try:
                 model = (loader or (lambda n: load_model(n, device=self.settings.device)))(name)
                 self.models[name] = LoadedModel(name, model, model_fingerprint(model))
                 log.info("loaded model %s", name)
-            except (ModelUnavailableError, FileNotFoundError) as exc:
+            except (ModelUnavailableError, FileNotFoundError, OSError) as exc:
                 self.models[name] = LoadedModel(name, error=str(exc))
                 log.warning("model %s unavailable: %s", name, exc)
 
@@ -48,13 +80,42 @@ class ExperimentService:
     def ready(self) -> bool:
         return any(m.model is not None for m in self.models.values())
 
+    def check_limits(self, data: Any) -> None:
+        """The server's limits on a raw spec (a dict from JSON or the form), before parsing: the
+        number of prompt pairs, each text's length, and valid Unicode everywhere."""
+        if not isinstance(data, Mapping):
+            return  # parse_spec names the problem
+        prompts = data.get("prompts")
+        if isinstance(prompts, list):
+            if len(prompts) > self.settings.max_prompts:
+                raise InputError(
+                    f"{len(prompts):,} prompt pairs; this server takes at most {self.settings.max_prompts:,} per experiment "
+                    "(PATCHSTUDIO_MAX_PROMPTS)",
+                    field="prompts",
+                )
+            for i, pair in enumerate(prompts):
+                if isinstance(pair, Mapping):
+                    for name in PROMPT_TEXT_FIELDS:
+                        if isinstance(pair.get(name), str):
+                            check_text(pair[name], f"prompts.{i}.{name}", self.settings.max_prompt_chars)
+        check_strings(data)
+
+    def parse(self, data: Any):
+        """A spec from request data: the server's limits first, then the spec's own validation
+        (a ValidationError or InputError names the field)."""
+        if isinstance(data, SpecBase):
+            return data
+        self.check_limits(data)
+        return parse_spec(data)
+
     def model(self, name: str) -> LoadedModel:
         loaded = self.models.get(name)
         if loaded is None:
             offered = ", ".join(self.settings.models)
             raise InputError(f"unknown model {name!r}: this server offers {offered}", field="model")
-        if loaded.model is None:
-            raise InputError(loaded.error or f"model {name!r} is not loaded", field="model")
+        if loaded.model is None:  # the reason (it may name paths) is in the log
+            raise InputError(f"model {name!r} is not available on this server: its weights could not be loaded "
+                             "(the server's log says why)", field="model")
         return loaded
 
     def cost(self, spec: Any) -> int:

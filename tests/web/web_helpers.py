@@ -8,9 +8,10 @@ from patchstudio.settings import Settings
 from patchstudio.web.app import create_app
 
 
-def make_client(tmp_path, model, **settings) -> TestClient:
-    options = {"models": ["default"], "database_url": f"sqlite:///{tmp_path}/runs.sqlite3", **settings}
-    return TestClient(create_app(Settings(**options), model_loader=lambda name: model))
+def make_client(tmp_path, model, *, raise_server_exceptions: bool = True, **settings) -> TestClient:
+    """The app on ``model`` (TestClient's host, testserver, is allowed), with a fresh SQLite file."""
+    options = {"models": ["default"], "database_url": f"sqlite:///{tmp_path}/runs.sqlite3", "allowed_hosts": ["testserver"], **settings}
+    return TestClient(create_app(Settings(**options), model_loader=lambda name: model), raise_server_exceptions=raise_server_exceptions)
 
 
 IOI = "When Mary and John went to the store , John gave a drink to"
