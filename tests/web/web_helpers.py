@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+import time
+
 from fastapi.testclient import TestClient
 
 from patchstudio.settings import Settings
@@ -30,3 +35,27 @@ def form(**overrides) -> dict[str, str]:
 
 
 HTMX = {"HX-Request": "true"}
+
+
+@contextlib.contextmanager
+def live_server(tmp_path, model, **settings):
+    """The app in a real uvicorn server on a loopback port (a thread of this process); yields its URL."""
+    import uvicorn
+
+    options = {"models": ["default"], "database_url": f"sqlite:///{tmp_path}/live.sqlite3", **settings}
+    app = create_app(Settings(**options), model_loader=lambda name: model)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the test server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -110,7 +110,7 @@ def create_app(settings: Settings | None = None, *, model_loader: Callable[[str]
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         """404, 405, 413...: JSON for the API, a line of HTML for pages and fragments."""
         detail = exc.detail if isinstance(exc.detail, str) else "request refused"
-        return refusal(request, exc.status_code, detail, headers=getattr(exc, "headers", None))
+        return refusal(request, exc.status_code, detail, field=getattr(exc, "field", None), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(TooManyJobs)
     async def too_many_jobs(request: Request, exc: TooManyJobs) -> Response:

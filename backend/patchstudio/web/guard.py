@@ -175,6 +175,8 @@ class BodyTooLarge(HTTPException):
     """Raised while a route reads a streamed body past the limit (an HTTPException, so body parsing
     passes it through as a 413)."""
 
+    field = "body"
+
 
 class BodyLimit:
     def __init__(self, app: Any, *, max_bytes: int):

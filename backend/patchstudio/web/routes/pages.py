@@ -170,7 +170,8 @@ def home(request: Request, service: ServiceDep) -> Response:
 
 @router.post("/explore", response_class=HTMLResponse)
 async def explore(request: Request, service: ServiceDep, jobs: JobsDep, client: ClientDep) -> Response:
-    form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
+    limit = service.settings.max_body_bytes  # the body limit already bounds the form; our own checks name the field
+    form = {k: v for k, v in (await request.form(max_fields=200, max_part_size=limit)).items() if isinstance(v, str)}
     try:  # sizes first: nothing is parsed, generated or tokenized past the server's limits
         check_form_limits(form, service.settings.max_prompt_chars, service.settings.max_prompts)
     except InputError as exc:
