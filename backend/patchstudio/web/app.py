@@ -2,8 +2,8 @@
 and starts the job queue; nothing is built at import time.
 
 Every error a user can see is either a 4xx naming the field, or a 500 that says only "something
-went wrong" with the request id: the exception, its text and its traceback go to the log, under
-that id.
+went wrong" with the request id (``guard.RequestContext``): the exception, its text and its
+traceback go to the log, under that id.
 """
 
 from __future__ import annotations
@@ -116,15 +116,24 @@ def create_app(settings: Settings | None = None, *, model_loader: Callable[[str]
     async def too_many_jobs(request: Request, exc: TooManyJobs) -> Response:
         return refusal(request, 429, str(exc), field="jobs", headers={"Retry-After": "30"})
 
-    @app.exception_handler(Exception)
-    async def server_error(request: Request, exc: Exception) -> Response:
-        """Anything unexpected: the details go to the log under the request id; the user sees the id."""
-        rid = request_id(request)
-        log.error("request %s: %s %s failed", rid, request.method, request.url.path, exc_info=exc)
-        message = f"Something went wrong on the server. Request id {rid}: the server's log has the details."
-        if not _wants_html(request):
-            return JSONResponse({"detail": message, "request_id": rid}, status_code=500)
-        return HTMLResponse(f'<p class="error" role="alert">{html.escape(message)}</p>', status_code=500)
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema, with the spec's own JSON schema as the body of POST /api/runs and /api/jobs
+        (the routes take the raw body, so every method's errors come from one place)."""
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            from patchstudio.specs import spec_json_schema
+
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            body = spec_json_schema(ref_template="#/components/schemas/{model}")
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(body.pop("$defs", {}))
+            for path in ("/api/runs", "/api/jobs"):
+                content = schema["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+                content["schema"] = body
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     app.mount("/static", StaticFiles(directory=FRONTEND / "static"), name="static")
     app.include_router(api.router)

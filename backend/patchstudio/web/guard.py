@@ -3,7 +3,7 @@ included, before any route parses a byte of the body):
 
 - ``RequestContext``: a request id for every request (``X-Request-ID``; errors show it, the log
   keeps the details), the client key for per-client caps (a random session cookie, or the address),
-  and the security headers on every response.
+  the security headers on every response, and the catch-all 500: it shows the request id only.
 - ``OriginCheck``: state-changing requests (POST, PUT, PATCH, DELETE) from another site are refused
   (403). The rule: a request whose ``Origin`` header names this server (its ``Host``, the public
   URL, or an allowed origin) passes; one naming anything else, or ``null``, is refused; one without
@@ -17,11 +17,14 @@ included, before any route parses a byte of the body):
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 from typing import Any
 from urllib.parse import urlsplit
 
 from starlette.exceptions import HTTPException
+
+log = logging.getLogger("patchstudio.web")
 
 CLIENT_COOKIE = "patchstudio_client"
 
@@ -83,6 +86,7 @@ def wants_json(scope: dict[str, Any]) -> bool:
 
 
 async def refuse(scope: dict[str, Any], send: Any, status: int, message: str, **extra: Any) -> None:
+    # (the JSON carries the request id; the header X-Request-ID carries it for HTML)
     """A refusal in the shape the client reads: JSON ``{"detail", ...}`` or a line of HTML."""
     request_id = scope.get("state", {}).get("request_id")
     if wants_json(scope):
@@ -129,7 +133,22 @@ class RequestContext:
                 message = {**message, "headers": headers}
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        started = False
+
+        async def tracking_send(message: dict[str, Any]) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send_with_headers(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            # Anything unexpected: the details go to the log under the request id; the user sees the id.
+            log.exception("request %s: %s %s failed", request_id, scope.get("method"), scope.get("path"))
+            if not started:
+                await refuse(scope, send_with_headers, 500,
+                             f"Something went wrong on the server. Request id {request_id}: the server's log has the details.")
 
 
 def _netloc(url: str) -> str | None:

@@ -281,7 +281,8 @@ def compute_figure1(request: Request, service: ServiceDep, jobs: JobsDep, client
 
 def _agreement(request: Request, service, result: PatchResult) -> Response:
     if result.spec.method != "attribution_patching":
-        raise InputError("agreement with exact patching applies to attribution patching results only", field="method")
+        raise InputError(f"this run's method is {result.spec.method}: agreement with exact patching applies to "
+                         "attribution patching results only", field="method")
     context = WEB_METHODS["attribution_patching"].context(service, result)
     return templates.TemplateResponse(request, "methods/attribution_patching.html", {"result": result, **context})
 
@@ -296,7 +297,8 @@ def compute_agreement(request: Request, service: ServiceDep, jobs: JobsDep, clie
                       run_id: str = Path(..., max_length=64)) -> Response:
     result = _stored_or_404(service, run_id).result
     if result.spec.method != "attribution_patching":
-        raise InputError("agreement with exact patching applies to attribution patching results only", field="method")
+        raise InputError(f"this run's method is {result.spec.method}: agreement with exact patching applies to "
+                         "attribution patching results only", field="method")
     comp.compute(service, jobs, result, {"exact": analysis.exact_patching_spec(result.spec)}, client)
     return _agreement(request, service, result)
 
