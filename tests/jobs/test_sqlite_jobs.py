@@ -6,7 +6,6 @@ from __future__ import annotations
 import signal
 
 import httpx
-import pytest
 import torch
 
 from helpers import TINY_PAIRS

@@ -237,3 +237,24 @@ def test_attribution_page_reports_agreement_with_exact_patching(client):
     not_attribution = client.post("/api/runs", json={"prompts": [{"clean": IOI, "corrupted": IOI_CORRUPTED, "answer": "Mary", "wrong": "John"}]}).json()
     refused = client.get(f"/runs/{not_attribution['id']}/agreement")
     assert refused.status_code == 422 and "attribution patching results only" in refused.text
+
+
+def test_large_companion_runs_become_jobs_whose_progress_the_figure_polls(tmp_path, tiny_model):
+    with make_client(tmp_path, tiny_model, background_patched_runs=1) as c:
+        first = c.post("/api/runs", json={"prompts": [{"clean": IOI, "corrupted": IOI_CORRUPTED, "answer": "Mary", "wrong": "John"}]})
+        run_id = first.json()["id"]  # over the synchronous cost: queued
+        for _ in range(400):
+            if c.get(f"/jobs/{run_id}.json").json()["status"] == "done":
+                break
+            time.sleep(0.05)
+        url = f"/runs/{run_id}/figure1?layer=1&head=2"
+        offer = c.get(url, headers=HTMX).text
+        assert "as a background job" in offer and 'class="compute-companions"' in offer
+        started = c.post(url, headers=HTMX).text
+        assert "in the background" in started and f'hx-get="{url.replace("&", "&amp;")}"' in started  # it polls the GET
+        for _ in range(600):
+            shown = c.get(url, headers=HTMX).text
+            if 'id="figure1-caption"' in shown and "in the background" not in shown:
+                break
+            time.sleep(0.05)
+        assert 'id="patched-value"' in shown and 'id="triangulation"' in shown

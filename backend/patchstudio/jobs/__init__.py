@@ -17,7 +17,7 @@ row; a worker reports progress and reads the cancel flag through the row.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from patchstudio.jobs.runner import RunSpec, execute
 from patchstudio.store import JobRow, Store, TooManyJobs

@@ -18,7 +18,7 @@ from patchstudio import analysis
 from patchstudio.errors import InputError
 from patchstudio.models.prompts import FAMILIES
 from patchstudio.results import PatchResult
-from patchstudio.specs import METRIC_LABELS, SpecBase, parse_spec
+from patchstudio.specs import METRIC_LABELS, parse_spec
 from patchstudio.store import JobRow, StoredRun, TooManyJobs
 from patchstudio.web import companions as comp
 from patchstudio.web import figures
