@@ -17,5 +17,6 @@ RUN pip install --upgrade pip \
 RUN mkdir -p /data /hf-cache
 VOLUME ["/data", "/hf-cache"]
 EXPOSE 8000
-HEALTHCHECK --interval=30s --timeout=5s --start-period=60s CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz').status != 200)"
+# Readiness (the database takes a write, a model is loaded); /healthz is liveness only.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4).status != 200)"
 CMD ["patchstudio", "serve"]

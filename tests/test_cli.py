@@ -174,3 +174,16 @@ def test_unavailable_model_exits_2(monkeypatch, tmp_path):
     res = CliRunner().invoke(app, ["run", _write(tmp_path / "spec.json", {**SPEC, "model": "org/big"}), "-q"])
     assert res.exit_code == 2
     assert res.stderr == "error: model 'org/big' could not be loaded: run `huggingface-cli download org/big`\n"
+
+
+def test_worker_refuses_models_outside_the_allow_list(cli, monkeypatch, tmp_path):
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path}/w.sqlite3")
+    result = cli("worker", "--models", "gpt2,/etc/passwd", "--model-loader", "model_loaders:tiny")
+    assert result.exit_code == 2
+    assert "not in this server's allow-list (PATCHSTUDIO_MODELS): gpt2, /etc/passwd" in result.output
+
+
+def test_model_loader_must_name_a_function(cli, monkeypatch, tmp_path):
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path}/w.sqlite3")
+    result = cli("worker", "--model-loader", "nonsense")
+    assert result.exit_code == 2 and "must look like 'module:function'" in result.output

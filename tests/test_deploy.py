@@ -24,13 +24,22 @@ def test_install_steps_match_between_readme_dockerfile_and_ci():
     assert "patchstudio serve" in readme and '"patchstudio", "serve"' in dockerfile
 
 
-def test_compose_wires_the_app_to_postgres_and_caches_hf_weights():
+def test_compose_runs_web_scalable_workers_and_postgres():
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    app, db = compose["services"]["app"], compose["services"]["db"]
-    assert app["environment"]["DATABASE_URL"].startswith("postgresql+psycopg://") and "@db:5432/" in app["environment"]["DATABASE_URL"]
-    assert "hf-cache:/hf-cache" in app["volumes"] and app["environment"]["HF_HOME"] == "/hf-cache"
+    services = compose["services"]
+    web, worker, db = services["web"], services["worker"], services["postgres"]
+    for service in (web, worker):
+        url = service["environment"]["DATABASE_URL"]
+        assert url.startswith("postgresql+psycopg://") and "@postgres:5432/" in url
+        assert "hf-cache:/hf-cache" in service["volumes"] and service["environment"]["HF_HOME"] == "/hf-cache"
+        assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert worker["command"][:2] == ["patchstudio", "worker"]
+    assert "ports" not in worker and "container_name" not in worker  # `docker compose up --scale worker=N`
+    assert "/readyz" in " ".join(web["healthcheck"]["test"]) and worker["healthcheck"]["disable"] is True
     assert db["image"].startswith("postgres") and "healthcheck" in db
-    assert app["depends_on"]["db"]["condition"] == "service_healthy"
+    assert "/readyz" in (ROOT / "Dockerfile").read_text().split("HEALTHCHECK", 1)[1].splitlines()[0]
+    readme = (ROOT / "README.md").read_text()
+    assert "docker compose up --scale worker=" in readme and "patchstudio worker --models" in readme
 
 
 @pytest.mark.skipif(not (shutil.which("docker-compose") or shutil.which("docker")), reason="no docker client")
@@ -42,6 +51,6 @@ def test_compose_config_validates():
         if "unknown command" in done.stderr or "is not a docker command" in done.stderr:
             continue  # this docker client has no compose plugin; try the next one
         assert done.returncode == 0, done.stderr
-        assert "postgres" in done.stdout
+        assert "postgres" in done.stdout and "worker" in done.stdout
         return
     pytest.skip("no docker compose implementation here")

@@ -61,3 +61,21 @@ def test_recent_lists_newest_first(store, tiny_model):
     recent = store.recent(2)
     assert [r.id for r in recent] == ids[::-1][:2]
     assert recent[0].method == "activation_patching"
+
+
+def test_a_missing_sqlite_file_is_created_only_on_a_first_start(tmp_path):
+    from patchstudio.store import DatabaseMissing, marker_file
+
+    db = tmp_path / "lab" / "runs.sqlite3"
+    Store(f"sqlite:///{db}").engine.dispose()  # first start: the file and its marker
+    assert db.exists() and marker_file(db).exists()
+    Store(f"sqlite:///{db}").engine.dispose()  # later starts find it
+    for suffix in ("", "-wal", "-shm"):
+        db.with_name(db.name + suffix).unlink(missing_ok=True)
+    with pytest.raises(DatabaseMissing, match="refusing to start on an empty database"):
+        Store(f"sqlite:///{db}")  # data existed here: no silent empty lab
+    assert not db.exists()
+    with pytest.raises(DatabaseMissing, match="PATCHSTUDIO_CREATE_DB is off"):
+        Store(f"sqlite:///{tmp_path}/elsewhere.sqlite3", create=False)
+    Store(f"sqlite:///{db}", create=True).engine.dispose()  # PATCHSTUDIO_CREATE_DB=1: start a new one
+    assert db.exists()

@@ -1,4 +1,5 @@
-"""Command line: ``patchstudio run spec.json``, ``patchstudio train-default``."""
+"""Command line: ``patchstudio serve``, ``patchstudio worker``, ``patchstudio run spec.json``,
+``patchstudio train-default``."""
 
 from __future__ import annotations
 
@@ -73,23 +74,104 @@ def run_command(
         typer.echo(f"wrote {out} (id {result.id})", err=True)
 
 
+LOADER_HELP = ("Load models with this function instead of by name: 'module:function', called with a model name "
+               "(for tests and custom setups; the allow-list still decides which names exist).")
+
+
+def _loader(spec: Optional[str]):
+    if not spec:
+        return None
+    import importlib
+
+    module, _, function = spec.partition(":")
+    if not module or not function:
+        _fail(f"--model-loader must look like 'module:function', got {spec!r}")
+    try:
+        return getattr(importlib.import_module(module), function)
+    except (ImportError, AttributeError) as exc:
+        _fail(f"cannot import the model loader {spec!r}: {exc}")
+
+
+def _settings():
+    from patchstudio.settings import Settings
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        _fail(f"invalid settings: {describe(field_errors(exc))}")
+
+
 @app.command("serve")
 def serve_command(
     host: Optional[str] = typer.Option(None, help="Interface to listen on (default 127.0.0.1, or PATCHSTUDIO_HOST)."),
     port: Optional[int] = typer.Option(None, help="Port (default 8000, or PATCHSTUDIO_PORT)."),
+    model_loader: Optional[str] = typer.Option(None, help=LOADER_HELP),
 ) -> None:
-    """Start the web app: loads the allowed models once, then serves the explorer and the JSON API."""
+    """Start the web app: loads the allowed models once, then serves the explorer and the JSON API.
+    On SQLite it also runs background jobs in worker threads; on PostgreSQL start `patchstudio worker`s."""
     import uvicorn
 
-    from patchstudio.settings import Settings
+    from patchstudio.store import DatabaseMissing
     from patchstudio.web.app import create_app
 
-    settings = Settings()
+    settings = _settings()
     host = host or settings.host
     port = port or settings.port
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     typer.echo(f"Patch Studio: loading {', '.join(settings.models)}; then open http://{shown}:{port}/", err=True)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    try:
+        uvicorn.run(create_app(settings, model_loader=_loader(model_loader)), host=host, port=port, log_level="info")
+    except DatabaseMissing as exc:
+        _fail(str(exc))
+
+
+@app.command("worker")
+def worker_command(
+    models: Optional[str] = typer.Option(None, help="Comma-separated models this worker runs (default: PATCHSTUDIO_MODELS)."),
+    concurrency: int = typer.Option(1, min=1, help="Jobs at once (each holds the model's lock per forward pass)."),
+    model_loader: Optional[str] = typer.Option(None, help=LOADER_HELP),
+) -> None:
+    """Run background jobs: loads its models once, then takes jobs from the database's queue until
+    stopped (SIGINT or SIGTERM). Start as many as you like, on any machine that reaches the database."""
+    import logging
+    import signal
+
+    from patchstudio.service import ExperimentService
+    from patchstudio.store import DatabaseMissing, Store
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = _settings()
+    names = [m.strip() for m in (models or ",".join(settings.models)).split(",") if m.strip()]
+    unknown = [m for m in names if m not in settings.models]
+    if unknown:
+        _fail(f"not in this server's allow-list (PATCHSTUDIO_MODELS): {', '.join(unknown)}")
+    try:
+        store = Store(settings.resolved_database_url(), create=settings.create_db)
+    except DatabaseMissing as exc:
+        _fail(str(exc))
+    service = ExperimentService(settings, store)
+    service.load_models(_loader(model_loader), names=names)
+    loaded = [m for m in names if service.models[m].model is not None]
+    if not loaded:
+        _fail(f"none of {', '.join(names)} could be loaded (see the log above)")
+
+    def run_spec(spec, progress):
+        return service.get_or_run(spec, progress)
+
+    typer.echo(f"Patch Studio worker: {', '.join(loaded)} on {store.engine.dialect.name}", err=True)
+    if store.engine.dialect.name == "postgresql":
+        from patchstudio.jobs.pg import run_worker
+
+        run_worker(store, run_spec, loaded, concurrency=concurrency, heartbeat_seconds=settings.job_heartbeat_seconds,
+                   stale_seconds=settings.job_stale_seconds)
+        return
+    from patchstudio.jobs.local import LocalQueue
+
+    queue = LocalQueue(store, run_spec, loaded, workers=concurrency, heartbeat_seconds=settings.job_heartbeat_seconds,
+                       stale_seconds=settings.job_stale_seconds)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: queue._stop.set())
+    queue.run_forever()
 
 
 @app.command("train-default")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -22,7 +24,10 @@ class Settings(BaseSettings):
         50_000, ge=1, description="Budget: most patched runs (prompts x patches) one experiment may ask for."
     )
     background_patched_runs: int = Field(
-        2_000, ge=0, description="Experiments needing more patched runs than this run as background jobs in the page."
+        2_000,
+        ge=0,
+        description="Experiments (and companion runs) needing more patched runs than this run as background jobs, "
+        "in the page and from POST /api/runs (which then answers 202 with the job); smaller ones are computed in the request.",
     )
     database_url: str | None = Field(
         None,
@@ -30,8 +35,43 @@ class Settings(BaseSettings):
         description="Any SQLAlchemy URL (e.g. postgresql+psycopg://...); default: a SQLite file at db_path.",
     )
     db_path: Path = Field(Path("data/patchstudio.sqlite3"), description="SQLite file used when no DATABASE_URL is set.")
+    create_db: bool | None = Field(
+        None,
+        description="SQLite only. Unset: create the file on a first start (a marker beside it records that), "
+        "and refuse to start if it is missing later. 1: create it even then. 0: never create it.",
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+
+    # --- limits: every refusal is a 4xx naming the field, before any tokenizing ---
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body; larger ones get 413.")
+    max_prompt_chars: int = Field(2_000, ge=1, description="Longest prompt, answer or wrong answer, in characters.")
+    max_prompts: int = Field(256, ge=1, description="Most prompt pairs in one spec.")
+    max_jobs_per_client: int = Field(8, ge=1, description="Most queued or running background jobs per client (then 429).")
+    client_key: Literal["cookie", "address"] = Field(
+        "cookie",
+        description="Who a client is, for the job cap: 'cookie' (a random session cookie the server sets; "
+        "clients without one, such as scripts, count by address) or 'address' (the peer address only).",
+    )
+
+    # --- jobs ---
+    local_workers: int = Field(
+        1, ge=0, description="SQLite: worker threads in the web process that run background jobs (0: none; run `patchstudio worker`)."
+    )
+    job_heartbeat_seconds: float = Field(2.0, gt=0, description="How often a running job's worker refreshes its heartbeat.")
+    job_stale_seconds: float = Field(
+        30.0, gt=0, description="A running job whose heartbeat is older than this is requeued (its worker died)."
+    )
+
+    # --- the shared server ---
+    public_url: str | None = Field(None, description="The URL people reach this server at (share links use it), e.g. https://patch.lab.example")
+    allowed_hosts: list[str] = Field(
+        default=["localhost", "127.0.0.1", "::1"],
+        description="Host names this server answers to (JSON list; '*' for any). The public URL's host is always allowed.",
+    )
+    allowed_origins: list[str] = Field(
+        default=[], description="Other origins (scheme://host[:port]) whose pages may POST here; the server's own always may."
+    )
 
     @field_validator("models")
     @classmethod
@@ -39,6 +79,22 @@ class Settings(BaseSettings):
         if not value:
             raise ValueError("PATCHSTUDIO_MODELS must name at least one model")
         return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("PATCHSTUDIO_PUBLIC_URL must be an http(s) URL such as https://patch.lab.example")
+        return value.rstrip("/")
+
+    def trusted_hosts(self) -> list[str]:
+        hosts = list(self.allowed_hosts)
+        if self.public_url:
+            hosts.append(urlsplit(self.public_url).hostname or "")
+        return [h for h in hosts if h]
 
     def resolved_database_url(self) -> str:
         if self.database_url:

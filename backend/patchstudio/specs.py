@@ -193,8 +193,10 @@ def spec_id(spec: SpecBase) -> str:
     return hashlib.sha256(spec.canonical_json().encode("utf-8")).hexdigest()[:16]
 
 
-def spec_json_schema() -> dict[str, Any]:
-    return _adapter().json_schema()
+def spec_json_schema(ref_template: str = "#/$defs/{model}") -> dict[str, Any]:
+    """The JSON schema of every spec (``ref_template`` places its definitions, e.g. under an OpenAPI
+    document's ``#/components/schemas/{model}``)."""
+    return _adapter().json_schema(ref_template=ref_template)
 
 
 def defaults_doc() -> dict[str, str]:

@@ -132,5 +132,7 @@ def page(context):
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    # the server's Content-Security-Policy must not block anything the pages do (no inline script, no eval)
+    page.on("console", lambda msg: errors.append(msg.text) if "Content Security Policy" in msg.text else None)
     yield page
-    assert not errors, f"JavaScript errors on the page: {errors}"
+    assert not errors, f"JavaScript errors (or CSP violations) on the page: {errors}"

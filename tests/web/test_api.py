@@ -95,9 +95,12 @@ def test_unknown_run_is_404(client):
     assert client.get("/runs/0000000000000000.csv").status_code == 404
 
 
-def test_healthz_and_openapi(client):
-    health = client.get("/healthz")
-    assert health.status_code == 200 and health.json() == {"status": "ok", "models": {"default": "loaded"}}
+def test_healthz_readyz_and_openapi(client):
+    health = client.get("/healthz")  # liveness: no details
+    assert health.status_code == 200 and health.json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ready", "checks": {"database": "ok", "models": {"default": "loaded"}}}
     assert "/api/runs" in client.get("/openapi.json").json()["paths"]
 
 

@@ -11,14 +11,17 @@ from patchstudio.engine.run import run
 from web_helpers import HTMX, IOI, IOI_CORRUPTED, form, make_client
 
 
-def test_home_page_shows_the_form_and_a_first_result(client):
+def test_home_page_shows_the_form_and_stores_nothing_until_run(client):
     response = client.get("/")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
     text = response.text
     assert 'id="spec-form"' in text and "Clean prompt" in text
-    assert 'id="heatmap"' in text  # the default experiment is computed and shown
+    assert 'id="heatmap"' not in text and "results appear here" in text  # a GET never computes
     assert "/static/vendor/htmx-2.0.11.min.js" in text and "/static/vendor/plotly-3.7.0.min.js" in text
     assert "cdn" not in text.lower()
+    assert client.get("/api/runs").json() == []
+    client.post("/explore", data=form(clean="When Mary and John went to the store, John gave a drink to"), headers=HTMX)
+    assert 'id="heatmap"' in client.get("/").text  # once run, the default experiment is shown from the store
 
 
 def test_vendored_assets_are_served_with_licenses(client):
@@ -55,12 +58,21 @@ def test_figure1_fragment_for_a_clicked_cell(client):
     push = client.post("/explore", data=form(), headers=HTMX).headers["HX-Push-Url"]
     run_id = push.rsplit("/", 1)[1]
     twin = client.get(push + ".json").json()
+    waiting = client.get(f"/runs/{run_id}/figure1?layer=1&head=2", headers=HTMX)  # a GET shows what is stored
+    assert waiting.status_code == 200 and 'id="patched-value"' not in waiting.text
+    assert f'hx-post="/runs/{run_id}/figure1?layer=1&amp;head=2"' in waiting.text and "mean ablation" in waiting.text
+    computed = client.post(f"/runs/{run_id}/figure1?layer=1&head=2", headers=HTMX)  # the button computes them
+    assert computed.status_code == 200 and 'class="compute-companions"' not in computed.text
     response = client.get(f"/runs/{run_id}/figure1?layer=1&head=2")
     assert response.status_code == 200
     assert "L1 H2" in response.text
     assert f'id="patched-value">{twin["values"][1][2]:.4f}<' in response.text
     assert "mean ablation of the clean run" in response.text
-    assert client.get(f"/runs/{run_id}/figure1?layer=9&head=0").text.startswith('<p class="error"')
+    for query, field in (("layer=9&head=0", "layer"), ("layer=-4&head=0", "layer"), ("layer=1&head=-1", "head"),
+                         ("layer=1", "head"), ("layer=1&head=0&pos=3", "pos")):
+        bad = client.get(f"/runs/{run_id}/figure1?{query}")
+        assert bad.status_code == 422 and bad.text.startswith('<p class="error"'), query
+        assert field in bad.text, query
 
 
 def test_prompt_text_is_escaped(client):
@@ -153,7 +165,7 @@ def test_attribution_patching_page_and_its_figure1_use_exact_companions(client, 
     push = response.headers["HX-Push-Url"]
     assert "attribution patching (EAP-IG estimate, 4 steps" in response.text
     run_id = push.rsplit("/", 1)[1]
-    fig = client.get(f"/runs/{run_id}/figure1?layer=1&head=2").text
+    fig = client.post(f"/runs/{run_id}/figure1?layer=1&head=2").text
     exact = run(tiny_model, {"prompts": [{"clean": IOI, "corrupted": IOI_CORRUPTED, "answer": "Mary", "wrong": "John"}], "component": "head"})
     assert f'id="patched-value">{exact.values[1][2]:.4f}<' in fig  # the exact patch, not the estimate
 
@@ -190,7 +202,7 @@ def test_self_repair_from_the_form(client, tiny_model):
 def test_figure1_triangulates_the_selected_head_across_methods(client, tiny_model):
     push = client.post("/explore", data=form(), headers=HTMX).headers["HX-Push-Url"]
     run_id = push.rsplit("/", 1)[1]
-    text = client.get(f"/runs/{run_id}/figure1?layer=0&head=1").text
+    text = client.post(f"/runs/{run_id}/figure1?layer=0&head=1").text
     pair = {"clean": IOI, "corrupted": IOI_CORRUPTED, "answer": "Mary", "wrong": "John"}
     common = {"prompts": [pair], "component": "head"}
     expected = {
@@ -219,8 +231,37 @@ def test_input_influence_shows_a_bar_per_clean_token(client, tiny_model):
 
 def test_attribution_page_reports_agreement_with_exact_patching(client):
     response = client.post("/explore", data=form(method="attribution_patching"), headers=HTMX)
-    assert 'id="agreement"' in response.text and 'id="pearson">' in response.text
-    assert "Largest disagreements: L" in response.text
+    run_id = response.headers["HX-Push-Url"].rsplit("/", 1)[1]
+    assert 'id="agreement"' in response.text and 'id="pearson">' not in response.text  # exact patching not stored yet
+    assert f'hx-post="/runs/{run_id}/agreement"' in response.text
+    computed = client.post(f"/runs/{run_id}/agreement", headers=HTMX)
+    assert computed.status_code == 200 and 'id="pearson">' in computed.text
+    page = client.get(f"/runs/{run_id}").text
+    assert 'id="pearson">' in page and "Largest disagreements: L" in page
+    not_attribution = client.post("/api/runs", json={"prompts": [{"clean": IOI, "corrupted": IOI_CORRUPTED, "answer": "Mary", "wrong": "John"}]}).json()
+    refused = client.get(f"/runs/{not_attribution['id']}/agreement")
+    assert refused.status_code == 422 and "attribution patching results only" in refused.text
+
+
+def test_large_companion_runs_become_jobs_whose_progress_the_figure_polls(tmp_path, tiny_model):
+    with make_client(tmp_path, tiny_model, background_patched_runs=1) as c:
+        first = c.post("/api/runs", json={"prompts": [{"clean": IOI, "corrupted": IOI_CORRUPTED, "answer": "Mary", "wrong": "John"}]})
+        run_id = first.json()["id"]  # over the synchronous cost: queued
+        for _ in range(400):
+            if c.get(f"/jobs/{run_id}.json").json()["status"] == "done":
+                break
+            time.sleep(0.05)
+        url = f"/runs/{run_id}/figure1?layer=1&head=2"
+        offer = c.get(url, headers=HTMX).text
+        assert "as a background job" in offer and 'class="compute-companions"' in offer
+        started = c.post(url, headers=HTMX).text
+        assert "in the background" in started and f'hx-get="{url.replace("&", "&amp;")}"' in started  # it polls the GET
+        for _ in range(600):
+            shown = c.get(url, headers=HTMX).text
+            if 'id="figure1-caption"' in shown and "in the background" not in shown:
+                break
+            time.sleep(0.05)
+        assert 'id="patched-value"' in shown and 'id="triangulation"' in shown
 
 
 def test_word_level_vocabulary_is_offered_as_help(client):

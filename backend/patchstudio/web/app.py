@@ -1,28 +1,50 @@
-"""create_app(settings) -> FastAPI. The lifespan loads the allow-listed models once and opens the
-store; nothing is built at import time."""
+"""create_app(settings) -> FastAPI. The lifespan opens the store, loads the allow-listed models once
+and starts the job queue; nothing is built at import time.
+
+Every error a user can see is either a 4xx naming the field, or a 500 that says only "something
+went wrong" with the request id (``guard.RequestContext``): the exception, its text and its
+traceback go to the log, under that id.
+"""
 
 from __future__ import annotations
 
+import html
+import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Callable
 
-import html
-
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.gzip import GZipMiddleware
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from patchstudio.errors import InputError, describe, field_errors
-
+from patchstudio.jobs import open_queue
+from patchstudio.service import ExperimentService
 from patchstudio.settings import Settings
-from patchstudio.store import Store
-from patchstudio.web.jobs import JobManager
-from patchstudio.web.service import ExperimentService
+from patchstudio.store import Store, TooManyJobs
+from patchstudio.web.guard import BodyLimit, OriginCheck, RequestContext, is_api_path
 
 FRONTEND = Path(__file__).resolve().parents[3] / "frontend"
+
+log = logging.getLogger("patchstudio.web")
+
+
+def request_id(request: Request) -> str:
+    return getattr(request.state, "request_id", "-")
+
+
+def client_key(request: Request) -> str:
+    return getattr(request.state, "client_key", None) or f"a:{request.client.host if request.client else 'unknown'}"
+
+
+def _wants_html(request: Request) -> bool:
+    return not is_api_path(request.url.path)
 
 
 class VersionedStatic(StaticFiles):
@@ -41,13 +63,17 @@ def create_app(settings: Settings | None = None, *, model_loader: Callable[[str]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        service = ExperimentService(settings, Store(settings.resolved_database_url()))
+        store = Store(settings.resolved_database_url(), create=settings.create_db)
+        service = ExperimentService(settings, store)
         service.load_models(model_loader)
+        loaded = [name for name, m in service.models.items() if m.model is not None]
+        queue = open_queue(settings, store, lambda spec, progress: service.get_or_run(spec, progress), loaded)
+        queue.start()
         app.state.service = service
-        app.state.jobs = JobManager(lambda spec, progress: service.get_or_run(spec, progress))
+        app.state.jobs = queue
         yield
-        app.state.jobs.shutdown()
-        service.store.engine.dispose()
+        queue.shutdown()
+        store.engine.dispose()
 
     from patchstudio import __version__
     from patchstudio.web.routes import api, attention, compare, pages
@@ -55,21 +81,70 @@ def create_app(settings: Settings | None = None, *, model_loader: Callable[[str]
     app = FastAPI(
         title="Patch Studio",
         version=__version__,
-        description="Causal interventions on transformer language models: activation patching and ablation.",
+        description="Causal interventions on transformer language models: activation patching, ablation, "
+        "attribution patching, path patching, self-repair and input influence. Every result is stored under "
+        "its spec's id; long sweeps run as background jobs.",
         lifespan=lifespan,
+        docs_url=None,  # /docs is served from vendored Swagger UI files (routes/pages.py): no CDN
+        redoc_url=None,
     )
     app.state.settings = settings
+
+    def refusal(request: Request, status: int, message: str, *, errors: list[dict[str, str]] | None = None,
+                field: str | None = None, headers: dict[str, str] | None = None, **extra: Any) -> Response:
+        if not _wants_html(request):
+            body = {"detail": message, "field": field, "errors": errors or [], "request_id": request_id(request), **extra}
+            return JSONResponse(body, status_code=status, headers=headers)
+        # htmx swaps 4xx and 5xx answers too (base.html's htmx-config), so the message shows where the result would
+        return HTMLResponse(f'<p class="error" role="alert">{html.escape(message)}</p>', status_code=status, headers=headers)
 
     @app.exception_handler(InputError)
     @app.exception_handler(ValidationError)
     async def bad_input(request: Request, exc: Exception) -> Response:
         """Bad input is a 422 naming the field, from any route: never a 500."""
-        path = request.url.path
-        wants_html = request.headers.get("HX-Request") == "true" or "text/html" in request.headers.get("accept", "")
-        if path.startswith("/api/") or path.endswith((".json", ".csv")) or not wants_html:
-            return api.input_problem(exc)  # type: ignore[arg-type]
-        message = describe(field_errors(exc))  # type: ignore[arg-type]
-        return HTMLResponse(f'<p class="error" role="alert">{html.escape(message)}</p>', status_code=422)
+        errors = field_errors(exc)  # type: ignore[arg-type]
+        if isinstance(exc, InputError):
+            return refusal(request, 422, str(exc), errors=errors, field=exc.field, info=exc.detail)
+        return refusal(request, 422, f"invalid spec: {describe(errors)}", errors=errors, field=errors[0]["field"])
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> Response:
+        """A query, path or body that does not fit the route: 422 naming the parameter (no echo of
+        the input, which may be large)."""
+        errors = []
+        for err in exc.errors():
+            loc = [str(p) for p in err.get("loc", ()) if p not in ("query", "path", "body", "header", "cookie")]
+            errors.append({"field": ".".join(loc) or "body", "message": err.get("msg", "invalid")})
+        return refusal(request, 422, describe(errors), errors=errors, field=errors[0]["field"] if errors else None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """404, 405, 413...: JSON for the API, a line of HTML for pages and fragments."""
+        detail = exc.detail if isinstance(exc.detail, str) else "request refused"
+        return refusal(request, exc.status_code, detail, field=getattr(exc, "field", None), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(TooManyJobs)
+    async def too_many_jobs(request: Request, exc: TooManyJobs) -> Response:
+        return refusal(request, 429, str(exc), field="jobs", headers={"Retry-After": "30"})
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema, with the spec's own JSON schema as the body of POST /api/runs and /api/jobs
+        (the routes take the raw body, so every method's errors come from one place)."""
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            from patchstudio.specs import spec_json_schema
+
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            body = spec_json_schema(ref_template="#/components/schemas/{model}")
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(body.pop("$defs", {}))
+            for path in ("/api/runs", "/api/jobs"):
+                content = schema["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+                content["schema"] = body
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     app.add_middleware(GZipMiddleware, minimum_size=1024)  # plotly.js: 4.9 MB raw, ~1.5 MB compressed
     app.mount("/static", VersionedStatic(directory=FRONTEND / "static"), name="static")
@@ -77,4 +152,12 @@ def create_app(settings: Settings | None = None, *, model_loader: Callable[[str]
     app.include_router(attention.router)
     app.include_router(compare.router)
     app.include_router(pages.router)
+
+    # Outermost last: every request gets an id and the headers, then the host, size and origin checks.
+    app.add_middleware(OriginCheck, public_url=settings.public_url, allowed_origins=settings.allowed_origins)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    if "*" not in settings.allowed_hosts:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.trusted_hosts(), www_redirect=False)
+    secure = bool(settings.public_url and settings.public_url.startswith("https://"))
+    app.add_middleware(RequestContext, client_key=settings.client_key, secure_cookie=secure)
     return app

@@ -6,16 +6,16 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from patchstudio.jobs import JobQueue
+from patchstudio.service import ExperimentService
 from patchstudio.settings import Settings
-from patchstudio.web.jobs import JobManager
-from patchstudio.web.service import ExperimentService
 
 
 def get_service(request: Request) -> ExperimentService:
     return request.app.state.service
 
 
-def get_jobs(request: Request) -> JobManager:
+def get_jobs(request: Request) -> JobQueue:
     return request.app.state.jobs
 
 
@@ -23,6 +23,14 @@ def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+def get_client(request: Request) -> str:
+    """Who is asking, for per-client caps: the session cookie's key, or the address (see guard.py)."""
+    from patchstudio.web.app import client_key
+
+    return client_key(request)
+
+
 ServiceDep = Annotated[ExperimentService, Depends(get_service)]
-JobsDep = Annotated[JobManager, Depends(get_jobs)]
+JobsDep = Annotated[JobQueue, Depends(get_jobs)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+ClientDep = Annotated[str, Depends(get_client)]

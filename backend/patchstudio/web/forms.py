@@ -246,6 +246,21 @@ def form_field_of(spec_path: str, source: str) -> str:
     return parts[0] if parts[0] in ERROR_FIELDS else "spec"
 
 
+def check_form_limits(form: Mapping[str, str], max_chars: int, max_prompts: int) -> None:
+    """The server's limits on the raw form, before anything is generated, parsed or tokenized: each
+    text's length (the pair list: ``max_prompts`` lines of four texts), its line count, valid Unicode."""
+    from patchstudio.service import check_text
+
+    for name, value in form.items():
+        if name == "pairs_text":
+            lines = value.count("\n") + 1
+            if lines > max_prompts:
+                raise InputError(f"the prompt list has {lines:,} lines; this server takes at most {max_prompts:,} pairs", field=name)
+            check_text(value, name, max_prompts * (4 * max_chars + 8))
+        else:
+            check_text(value, name, max_chars)
+
+
 def spec_from_form(form: Mapping[str, Any]) -> FormState:
     values = {**DEFAULT_FORM, **{k: str(v) for k, v in form.items()}}
     if "auto_answers" not in form and form:  # an unchecked checkbox is absent from a submitted form

@@ -8,6 +8,8 @@ from urllib.parse import urlencode
 
 HTMX = "vendor/htmx-2.0.11.min.js"
 PLOTLY = "vendor/plotly-3.7.0.min.js"
+SWAGGER_JS = "vendor/swagger-ui-5.32.0-bundle.js"
+SWAGGER_CSS = "vendor/swagger-ui-5.32.0.css"
 
 
 def home() -> str:
@@ -52,12 +54,34 @@ def run_csv(run_id: str) -> str:
 
 
 def figure1(run_id: str, **cell: int | None) -> str:
+    """Figure 1 for one cell: GET shows what is stored; POST computes the missing companion runs."""
     query = urlencode({k: v for k, v in cell.items() if v is not None})
     return f"/runs/{run_id}/figure1" + (f"?{query}" if query else "")
 
 
+def agreement(run_id: str) -> str:
+    """The attribution page's agreement with exact patching (GET shows it; POST computes the exact run)."""
+    return f"/runs/{run_id}/agreement"
+
+
 def job(job_id: str) -> str:
     return f"/jobs/{job_id}"
+
+
+def job_json(job_id: str) -> str:
+    return f"/jobs/{job_id}.json"
+
+
+def api_job_cancel(job_id: str) -> str:
+    return f"/api/jobs/{job_id}/cancel"
+
+
+def docs() -> str:
+    return "/docs"
+
+
+def openapi() -> str:
+    return "/openapi.json"
 
 
 def job_cancel(job_id: str) -> str:

@@ -15,9 +15,18 @@ def claim(spec) -> str:
 
 
 def context(service, result) -> dict[str, Any]:
-    exact = service.get_or_run(analysis.exact_patching_spec(result.spec)).result
+    """The agreement, if exact patching of the same sweep is stored; else a button that computes it
+    (a page never computes on a GET)."""
+    from patchstudio.web import companions, url_builder
+
+    found = companions.gather(service, result, {"exact": analysis.exact_patching_spec(result.spec)})
+    box = companions.panel(service, found, url_builder.agreement(result.id), "#agreement", "outerHTML",
+                           "The agreement with exact activation patching")
+    if "exact" not in found.runs:
+        return {"agreement": None, "panel": box}
+    exact = found.runs["exact"]
     stats = analysis.agreement(result, exact)
-    return {"agreement": {**stats, "figure": figures.agreement_scatter(stats), "exact_id": exact.id}}
+    return {"agreement": {**stats, "figure": figures.agreement_scatter(stats), "exact_id": exact.id}, "panel": box}
 
 
 WEB = WebMethod(

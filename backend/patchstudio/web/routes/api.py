@@ -1,24 +1,43 @@
-"""JSON API: runs, their .json and .csv twins, jobs, health."""
+"""JSON API: runs, their .json and .csv twins, jobs, health.
+
+GET routes only read the store. POST /api/runs computes a small experiment in the request and
+queues a large one (202 with the job); POST /api/jobs always queues."""
 
 from __future__ import annotations
 
 import csv
 import io
-import itertools
+import re
 from typing import Any
 
-from fastapi import APIRouter, Body, HTTPException
+from fastapi import APIRouter, Body, HTTPException, Path, Query
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
 
 from patchstudio import analysis
-from patchstudio.errors import InputError, describe, field_errors
-from patchstudio.specs import defaults_doc, parse_spec
-from patchstudio.store import StoredRun
+from patchstudio.specs import defaults_doc
+from patchstudio.store import JobRow, StoredRun
 from patchstudio.web import url_builder as urls
-from patchstudio.web.deps import JobsDep, ServiceDep
+from patchstudio.web.deps import ClientDep, JobsDep, ServiceDep
 
 router = APIRouter()
+
+RUN_ID = re.compile(r"^[0-9a-f]{16}$")
+RunId = Path(..., description="A run's id: 16 hex digits (the spec's hash).", max_length=64)
+
+REFUSALS = {
+    413: {"description": "The body is over the server's size limit (PATCHSTUDIO_MAX_BODY_BYTES)."},
+    422: {"description": "Bad input: `field` names it, `detail` says why."},
+    429: {"description": "This client already has its cap of queued and running jobs."},
+}
+
+
+def known_id(run_id: str) -> bool:
+    """Ids are spec hashes: anything else is not looked up at all."""
+    return bool(RUN_ID.match(run_id))
+
+
+def not_found(what: str, run_id: str) -> HTTPException:
+    return HTTPException(404, f"no {what} with id {run_id[:64]!r}")
 
 SPEC_EXAMPLE = {
     "model": "default",
@@ -50,23 +69,13 @@ def stored_payload(stored: StoredRun) -> dict[str, Any]:
     }
 
 
-def problem(status: int, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"detail": message, **extra}, status_code=status)
+def job_payload(job: JobRow) -> dict[str, Any]:
+    return {**job.as_dict(), "links": {"job": urls.job_json(job.id), "page": urls.job(job.id), "run": urls.run_json(job.id),
+                                       "cancel": urls.api_job_cancel(job.id)}}
 
 
-def input_problem(exc: InputError | ValidationError) -> JSONResponse:
-    """422 with every problem as ``{field, message}`` (one shape for every method and route)."""
-    errors = field_errors(exc)
-    if isinstance(exc, InputError):
-        return problem(422, str(exc), field=exc.field, errors=errors, info=exc.detail)
-    return problem(422, f"invalid spec: {describe(errors)}", field=errors[0]["field"], errors=errors)
-
-
-def _spec_or_problem(data: Any):
-    try:
-        return parse_spec(data), None
-    except ValidationError as exc:
-        return None, input_problem(exc)
+def accepted(job: JobRow) -> JSONResponse:
+    return JSONResponse(job_payload(job), status_code=202, headers={"Location": urls.job_json(job.id)})
 
 
 @router.post(
@@ -74,21 +83,28 @@ def _spec_or_problem(data: Any):
     summary="Run an experiment spec (or fetch it from the store) and return its result",
     description="The body is the experiment spec, unchanged. Defaults: "
     + ", ".join(f"{k}={v}" for k, v in defaults_doc().items())
-    + ". The same spec always gets the same id and is served from the store without recomputing.",
+    + ". The same spec always gets the same id and is served from the store without recomputing. "
+    "An experiment over the server's synchronous cost (PATCHSTUDIO_BACKGROUND_PATCHED_RUNS patched runs) is "
+    "queued instead: the answer is 202 with the job (poll `links.job`; the result then is at `links.run`).",
     tags=["runs"],
+    responses={202: {"description": "Queued as a background job."}, **REFUSALS},
 )
-def create_run(service: ServiceDep, spec: dict[str, Any] = Body(..., examples=[SPEC_EXAMPLE])) -> Any:
-    parsed, error = _spec_or_problem(spec)
-    if error is not None:
-        return error
-    return stored_payload(service.get_or_run(parsed))  # an InputError becomes a 422 (app.py)
+def create_run(service: ServiceDep, jobs: JobsDep, client: ClientDep,
+               spec: dict[str, Any] = Body(..., examples=[SPEC_EXAMPLE])) -> Any:
+    parsed = service.parse(spec)  # limits, then the spec: an InputError or ValidationError is a 422 (app.py)
+    stored = service.store.get(parsed.id)
+    if stored is not None:
+        return stored_payload(stored)
+    if service.cost(parsed) > service.settings.background_patched_runs:
+        return accepted(jobs.submit(parsed, client))  # over the cap: a 429 (app.py)
+    return stored_payload(service.get_or_run(parsed))
 
 
-@router.get("/runs/{run_id}.json", summary="A stored result", tags=["runs"])
-def run_json(run_id: str, service: ServiceDep) -> Any:
-    stored = service.store.get(run_id)
+@router.get("/runs/{run_id}.json", summary="A stored result", tags=["runs"], responses={404: {"description": "No such run."}})
+def run_json(service: ServiceDep, run_id: str = RunId) -> Any:
+    stored = service.store.get(run_id) if known_id(run_id) else None
     if stored is None:
-        raise HTTPException(404, f"no stored run with id {run_id!r}")
+        raise not_found("stored run", run_id)
     return stored_payload(stored)
 
 
@@ -112,11 +128,11 @@ def values_csv(stored: StoredRun) -> str:
     return out.getvalue()
 
 
-@router.get("/runs/{run_id}.csv", summary="A stored result's values as CSV", tags=["runs"])
-def run_csv(run_id: str, service: ServiceDep) -> Response:
-    stored = service.store.get(run_id)
+@router.get("/runs/{run_id}.csv", summary="A stored result's values as CSV", tags=["runs"], responses={404: {"description": "No such run."}})
+def run_csv(service: ServiceDep, run_id: str = RunId) -> Response:
+    stored = service.store.get(run_id) if known_id(run_id) else None
     if stored is None:
-        raise HTTPException(404, f"no stored run with id {run_id!r}")
+        raise not_found("stored run", run_id)
     return Response(
         values_csv(stored),
         media_type="text/csv; charset=utf-8",
@@ -125,32 +141,55 @@ def run_csv(run_id: str, service: ServiceDep) -> Response:
 
 
 @router.get("/api/runs", summary="Recent runs", tags=["runs"])
-def recent_runs(service: ServiceDep, limit: int = 20) -> Any:
+def recent_runs(service: ServiceDep, limit: int = Query(20, ge=1, le=200)) -> Any:
     return [
         {"id": r.id, "method": r.method, "model": r.model_name, "created_at": r.created_at.isoformat(), "links": {"page": urls.run_page(r.id)}}
-        for r in service.store.recent(max(1, min(limit, 200)))
+        for r in service.store.recent(limit)
     ]
 
 
-@router.post("/api/jobs", summary="Start an experiment as a background job", tags=["jobs"])
-def create_job(service: ServiceDep, jobs: JobsDep, spec: dict[str, Any] = Body(..., examples=[SPEC_EXAMPLE])) -> Any:
-    parsed, error = _spec_or_problem(spec)
-    if error is not None:
-        return error
+@router.post("/api/jobs", summary="Start an experiment as a background job", tags=["jobs"], status_code=202,
+             responses={202: {"description": "The job (new, or the one already queued, running or done for this spec)."}, **REFUSALS})
+def create_job(service: ServiceDep, jobs: JobsDep, client: ClientDep, spec: dict[str, Any] = Body(..., examples=[SPEC_EXAMPLE])) -> Any:
+    parsed = service.parse(spec)
     service.cost(parsed)  # checks the prompts and the budget first; an InputError becomes a 422
-    return jobs.submit(parsed).as_dict()
+    return accepted(jobs.submit(parsed, client))
 
 
-@router.get("/jobs/{job_id}.json", summary="A background job's progress", tags=["jobs"])
-def job_json(job_id: str, jobs: JobsDep) -> Any:
-    job = jobs.get(job_id)
+@router.get("/jobs/{job_id}.json", summary="A background job's progress", tags=["jobs"], responses={404: {"description": "No such job."}})
+def job_json(jobs: JobsDep, job_id: str = Path(..., max_length=64)) -> Any:
+    job = jobs.get(job_id) if known_id(job_id) else None
     if job is None:
-        raise HTTPException(404, f"no job with id {job_id!r}")
-    return job.as_dict()
+        raise not_found("job", job_id)
+    return job_payload(job)
 
 
-@router.get("/healthz", summary="Ready when a model is loaded", tags=["health"])
-def healthz(service: ServiceDep) -> Any:
-    models = {name: ("loaded" if m.model is not None else m.error) for name, m in service.models.items()}
-    status = 200 if service.ready else 503
-    return JSONResponse({"status": "ok" if service.ready else "loading", "models": models}, status_code=status)
+@router.post("/api/jobs/{job_id}/cancel", summary="Cancel a queued or running job", tags=["jobs"],
+             responses={404: {"description": "No such job."}})
+def cancel_job_api(jobs: JobsDep, job_id: str = Path(..., max_length=64)) -> Any:
+    job = jobs.cancel(job_id) if known_id(job_id) else None
+    if job is None:
+        raise not_found("job", job_id)
+    return job_payload(job)
+
+
+@router.get("/healthz", summary="Liveness: the process answers", tags=["health"])
+def healthz() -> Any:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Readiness: the database answers and takes writes, and a model is loaded", tags=["health"],
+            responses={503: {"description": "Not ready: `checks` says which part."}})
+def readyz(service: ServiceDep) -> Any:
+    checks: dict[str, Any] = {}
+    try:
+        service.store.check_writable()
+        checks["database"] = "ok"
+    except Exception:  # the reason (URL, path, driver text) goes to the log only
+        import logging
+
+        logging.getLogger("patchstudio.web").exception("readiness: the database check failed")
+        checks["database"] = "unavailable"
+    checks["models"] = {name: ("loaded" if m.model is not None else "unavailable") for name, m in service.models.items()}
+    ready = checks["database"] == "ok" and service.ready
+    return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503)

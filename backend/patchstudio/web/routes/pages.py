@@ -1,27 +1,42 @@
-"""HTML pages. One template per page; htmx requests get blocks of it, full requests the page."""
+"""HTML pages. One template per page; htmx requests get blocks of it, full requests the page.
+
+GET routes only read: a run page, Figure 1 and the attribution page's agreement show what is
+stored and offer a button (a POST) that computes what is missing, in the request when it is small,
+as background jobs when it is not. ``GET /`` shows the default experiment only if it is stored.
+"""
 
 from __future__ import annotations
 
-import html
 import json
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi import APIRouter, HTTPException, Path, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2_fragments.fastapi import Jinja2Blocks
 
 from patchstudio import analysis
 from patchstudio.errors import InputError
 from patchstudio.models.prompts import FAMILIES
-from patchstudio.specs import METRIC_LABELS
-from patchstudio.store import StoredRun
+from patchstudio.results import PatchResult
+from patchstudio.specs import METRIC_LABELS, parse_spec
+from patchstudio.store import JobRow, StoredRun, TooManyJobs
+from patchstudio.web import companions as comp
 from patchstudio.web import export, figures
 from patchstudio.web import url_builder as urls
 from patchstudio.web.app import FRONTEND
-from patchstudio.web.deps import JobsDep, ServiceDep
-from patchstudio.web.forms import DEFAULT_FORM, ERROR_FIELDS, FIELDS, FormState, form_from_spec, methods_with, spec_from_form
-from patchstudio.web.jobs import Job
+from patchstudio.web.deps import ClientDep, JobsDep, ServiceDep
+from patchstudio.web.forms import (
+    DEFAULT_FORM,
+    ERROR_FIELDS,
+    FIELDS,
+    FormState,
+    check_form_limits,
+    form_from_spec,
+    methods_with,
+    spec_from_form,
+)
 from patchstudio.web.methods import WEB_METHODS, describe
+from patchstudio.web.routes.api import known_id
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Blocks(directory=str(FRONTEND / "templates"))
@@ -60,6 +75,12 @@ def _error_context(message: str, field: str | None, detail: dict[str, Any] | Non
 VIEW_LABELS = {"share": "share of the gap", "change": "change from no effect", "raw": "raw metric"}
 
 
+def share_url(request: Request, service, run_id: str) -> str:
+    """The link to send a colleague: from the configured public URL when there is one."""
+    base = service.settings.public_url or str(request.base_url).rstrip("/")
+    return base + urls.run_page(run_id)
+
+
 def _selected(result, pos: int | None, cell: dict[str, int | None] | None) -> dict[str, int | None]:
     """The cell the URL names (``_layer``, ``_head``, ``_pos``) if it exists, else the strongest."""
     if cell and cell.get("layer") is not None:
@@ -79,16 +100,21 @@ def _result_context(request: Request, stored: StoredRun, pos: int | None = None,
                     cell: dict[str, int | None] | None = None) -> dict[str, Any]:
     result = stored.result
     web = WEB_METHODS[result.spec.method]
-    shown = analysis.view(result, view if view in analysis.VIEWS else None)
-    if result.axes == ["layer", "pos", "head"] and cell and cell.get("pos") is not None and pos is None:
-        pos = cell["pos"]
+    if view is not None and view not in analysis.VIEWS:
+        raise InputError(f"_view must be one of {', '.join(analysis.VIEWS)}, got {view[:40]!r}", field="_view")
+    shown = analysis.view(result, view)
     labels = [(n, VIEW_LABELS[n]) for n in analysis.VIEWS if n != "share" or analysis.share_defined(result)]
     if analysis.get_method(result.spec.method).values == "change":
         labels = [(n, label) for n, label in labels if n != "raw"]
     if result.axes == ["layer", "pos", "head"]:
-        pos = analysis.default_pos(result) if pos is None or not 0 <= pos < len(result.labels["pos"]) else pos
+        n = len(result.labels["pos"])
+        if pos is not None and not 0 <= pos < n:
+            raise InputError(f"_pos {pos} is out of range: this result has positions 0 to {n - 1}", field="_pos")
+        pos = analysis.default_pos(result) if pos is None else pos
+    elif pos is not None and "pos" not in result.axes:
+        raise InputError("_pos does not apply: this result has no position axis", field="_pos")
     else:
-        pos = None
+        pos = None  # a layer x position result: _pos names the selected cell, not a slice
     selected = _selected(result, pos, cell)
     return {
         "stored": stored,
@@ -103,14 +129,14 @@ def _result_context(request: Request, stored: StoredRun, pos: int | None = None,
         "description": describe(result),
         "caption": f"Metric: {METRIC_LABELS[result.spec.metric]}; {analysis.corruption_summary(result)}",
         "selected": selected,
-        "share_url": str(request.base_url).rstrip("/") + urls.run_page(stored.id),
+        "share_url": share_url(request, service, stored.id),
         "method_partial": web.partial,
         **(web.context(service, result) if web.partial else {}),
     }
 
 
-def _experiment_context(request: Request, service, jobs, state: FormState) -> dict[str, Any]:
-    """Results for a form: stored, computed now, or a background job; or the error to show."""
+def _experiment_context(request: Request, service, jobs, state: FormState, client: str) -> dict[str, Any]:
+    """Results for a form (a POST): stored, computed now, or a background job; or the error to show."""
     if state.error:
         unknown = _unknown_in_clean(service, state)  # the root cause of a failed name swap or guess
         if unknown is not None:
@@ -120,12 +146,15 @@ def _experiment_context(request: Request, service, jobs, state: FormState) -> di
     stored = service.store.get(spec.id)
     if stored is None:
         try:
+            service.check_limits(spec.model_dump(mode="json"))
             cost = service.cost(spec)
             if cost > service.settings.background_patched_runs:
-                return {"job": jobs.submit(spec)}
+                return {"job": jobs.submit(spec, client)}
             stored = service.get_or_run(spec)
         except InputError as exc:
             return _error_context(str(exc), exc.field, exc.detail)
+        except TooManyJobs as exc:
+            return _error_context(str(exc), "spec")
     try:
         return _result_context(request, stored, service=service)
     except InputError as exc:
@@ -181,23 +210,40 @@ def _render(request: Request, context: dict[str, Any], *, blocks: list[str] | No
     return response
 
 
+def _stored_or_404(service, run_id: str) -> StoredRun:
+    stored = service.store.get(run_id) if known_id(run_id) else None
+    if stored is None:
+        raise HTTPException(404, f"no stored run with id {run_id[:64]!r}")
+    return stored
+
+
 @router.get("/", response_class=HTMLResponse)
-def home(request: Request, service: ServiceDep, jobs: JobsDep) -> Response:
+def home(request: Request, service: ServiceDep) -> Response:
+    """The explore form with the default experiment, shown if it is stored (a GET never computes)."""
     state = spec_from_form({})
     context = {**_base_context(service, state.values), "recent": _recent(service)}
-    context.update(_experiment_context(request, service, jobs, state))
+    stored = service.store.get(state.spec.id) if state.spec is not None else None
+    if stored is not None:
+        context.update(_result_context(request, stored, service=service))
     return _render(request, context)
 
 
 @router.post("/explore", response_class=HTMLResponse)
-async def explore(request: Request, service: ServiceDep, jobs: JobsDep) -> Response:
-    form = dict(await request.form())
+async def explore(request: Request, service: ServiceDep, jobs: JobsDep, client: ClientDep) -> Response:
+    limit = service.settings.max_body_bytes  # the body limit already bounds the form; our own checks name the field
+    form = {k: v for k, v in (await request.form(max_fields=200, max_part_size=limit)).items() if isinstance(v, str)}
+    try:  # sizes first: nothing is parsed, generated or tokenized past the server's limits
+        check_form_limits(form, service.settings.max_prompt_chars, service.settings.max_prompts)
+    except InputError as exc:
+        form = {k: (v if len(v) <= service.settings.max_prompt_chars else "") for k, v in form.items()}
+        context = {**_base_context(service, {**DEFAULT_FORM, **form}), **_error_context(str(exc), exc.field)}
+        return _render(request, context, blocks=["results", "oob"] if _is_htmx(request) else None, status=200 if _is_htmx(request) else 422)
     state = spec_from_form(form)
     context = _base_context(service, state.values)
     # The engine runs in a worker thread so the server keeps answering while it computes.
     from starlette.concurrency import run_in_threadpool
 
-    context.update(await run_in_threadpool(_experiment_context, request, service, jobs, state))
+    context.update(await run_in_threadpool(_experiment_context, request, service, jobs, state, client))
     stored = context.get("stored")
     if _is_htmx(request):
         if context.get("error"):  # keep the last result on screen (marked stale); the error goes beside its field
@@ -213,16 +259,15 @@ async def explore(request: Request, service: ServiceDep, jobs: JobsDep) -> Respo
 
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
-def run_page(request: Request, run_id: str, service: ServiceDep, jobs: JobsDep, _pos: int | None = None, _view: str | None = None,
-             _layer: int | None = None, _head: int | None = None) -> Response:
-    stored = service.store.get(run_id)
+def run_page(request: Request, service: ServiceDep, run_id: str = Path(..., max_length=64), _pos: int | None = None,
+             _view: str | None = None, _layer: int | None = None, _head: int | None = None) -> Response:
+    stored = service.store.get(run_id) if known_id(run_id) else None
     if stored is None:
-        job = jobs.get(run_id)
+        job = service.store.get_job(run_id) if known_id(run_id) else None
+        if job is not None:  # still computing (or failed): its job, from the database
+            return _job_page(request, service, job)
         context = _base_context(service, dict(DEFAULT_FORM))
-        if job is not None:
-            context["job"] = job
-            return _render(request, context)
-        context.update(_error_context(f"no stored run with id {run_id!r}: the link may be mistyped", "spec"))
+        context.update(_error_context(f"no stored run with id {run_id[:64]!r}: the link may be mistyped", "spec"))
         return _render(request, context, status=404)
     context = _base_context(service, _form_for(service, stored))
     cell = {"layer": _layer, "head": _head, "pos": _pos}
@@ -233,65 +278,146 @@ def run_page(request: Request, run_id: str, service: ServiceDep, jobs: JobsDep, 
     return _render(request, context)
 
 
-@router.get("/runs/{run_id}/figure1", response_class=HTMLResponse)
-def figure1(request: Request, run_id: str, service: ServiceDep, layer: int = 0, head: int | None = None, pos: int | None = None) -> Response:
-    """The seed's Figure 1 for one component: clean, corrupted, patched and ablated side by side,
-    with the component under every method (triangulation)."""
-    stored = service.store.get(run_id)
-    if stored is None:
-        raise HTTPException(404, f"no stored run with id {run_id!r}")
-    result = stored.result
-    try:
-        analysis.cell_value(result, layer, pos, head)
-        specs = analysis.triangulation_specs(result.spec, layer, head)
-        runs = {role: result if spec.id == result.id else service.get_or_run(spec).result for role, spec in specs.items()}
+# --- companion runs: Figure 1 with triangulation, and attribution's agreement ------------------------
+
+def check_cell(result: PatchResult, layer: int | None, pos: int | None, head: int | None) -> None:
+    """The cell a figure asks for must exist in this result: 422 naming the parameter otherwise."""
+    if not result.axes or result.axes[0] != "layer":
+        raise InputError(f"Figure 1 needs a result with a layer axis; this one's axes are {', '.join(result.axes)}", field="layer")
+    for axis, value in (("layer", layer), ("pos", pos), ("head", head)):
+        if axis in result.axes:
+            n = len(result.labels[axis])
+            if value is None:
+                raise InputError(f"{axis} is required: this result's axes are {', '.join(result.axes)}", field=axis)
+            if not 0 <= value < n:
+                raise InputError(f"{axis} {value} is out of range: 0 to {n - 1}", field=axis)
+        elif value is not None:
+            raise InputError(f"{axis} does not apply: this result's axes are {', '.join(result.axes)}", field=axis)
+
+
+def _figure1(request: Request, service, result: PatchResult, layer: int | None, head: int | None, pos: int | None,
+             companions: comp.Companions | None = None) -> Response:
+    check_cell(result, layer, pos, head)
+    url = urls.figure1(result.id, layer=layer, pos=pos, head=head)
+    if companions is None:
+        companions = comp.gather(service, result, analysis.triangulation_specs(result.spec, layer, head))
+    runs = companions.runs
+    cell = analysis.cell_name(result, layer, pos, head)  # the template escapes it; plotly labels need their own
+    context: dict[str, Any] = {
+        "cell": cell,
+        "figure1": None,
+        "panel": comp.panel(service, companions, url, "#figure1", "innerHTML", f"Figure 1 and the triangulation for {cell}"),
+    }
+    if "patching" in runs and "ablation" in runs:
         patching, ablation = runs["patching"], runs["ablation"]
         patched = analysis.cell_value(patching, layer, pos, head)
         ablated = analysis.cell_value(ablation, layer, pos, head)
-        table = analysis.triangulate(result, runs, layer, pos, head)
-    except (ValueError, IndexError, InputError) as exc:
-        return HTMLResponse(f'<p class="error" role="alert">Cannot show Figure 1: {html.escape(str(exc))}</p>')
-    companion_id = (ablation if result.spec.method == "activation_patching" else patching).id
-    cell = analysis.cell_name(result, layer, pos, head)  # the template escapes it; plotly labels need their own
-    direction = patching.spec.direction
-    context = {
-        "figure1": figures.figure1(result, figures.safe(cell), patched, ablated, ablation.spec.ablation,
-                                   patch_label="patch clean" if direction == "denoise" else "patch corrupted"),
-        "cell": cell,
-        "patched": patched,
-        "ablated": ablated,
-        "patched_how": "clean value into the corrupted run" if direction == "denoise" else "corrupted value into the clean run",
-        "ablated_how": f"{ablation.spec.ablation} ablation of the clean run",
-        "caption": f"Metric: {METRIC_LABELS[result.spec.metric]}",
-        "companion_id": companion_id,
-        "verdict": analysis.verdict(result, patched, ablated, direction),
-        "triangulation": table,
-        "attention_url": urls.attention(run_id, layer, head) if head is not None and "head" in result.axes else None,
-    }
+        direction = patching.spec.direction
+        context.update({
+            "figure1": figures.figure1(result, figures.safe(cell), patched, ablated, ablation.spec.ablation,
+                                       patch_label="patch clean" if direction == "denoise" else "patch corrupted"),
+            "patched": patched,
+            "ablated": ablated,
+            "patched_how": "clean value into the corrupted run" if direction == "denoise" else "corrupted value into the clean run",
+            "ablated_how": f"{ablation.spec.ablation} ablation of the clean run",
+            "caption": f"Metric: {METRIC_LABELS[result.spec.metric]}",
+            "companion_id": (ablation if result.spec.method == "activation_patching" else patching).id,
+            "verdict": analysis.verdict(result, patched, ablated, direction),
+            "triangulation": analysis.triangulate(result, runs, layer, pos, head),
+        })
+    if head is not None and "head" in result.axes:
+        context["attention_url"] = urls.attention(result.id, layer, head)
     return templates.TemplateResponse(request, "explore.html", context, block_name="figure1")
 
 
+@router.get("/runs/{run_id}/figure1", response_class=HTMLResponse)
+def figure1(request: Request, service: ServiceDep, run_id: str = Path(..., max_length=64), layer: int | None = None,
+            head: int | None = None, pos: int | None = None) -> Response:
+    """The seed's Figure 1 for one component (clean, corrupted, patched and ablated side by side) and the
+    component under every method (triangulation), from stored runs; a button computes the missing ones."""
+    return _figure1(request, service, _stored_or_404(service, run_id).result, layer, head, pos)
+
+
+@router.post("/runs/{run_id}/figure1", response_class=HTMLResponse)
+def compute_figure1(request: Request, service: ServiceDep, jobs: JobsDep, client: ClientDep,
+                    run_id: str = Path(..., max_length=64), layer: int | None = None, head: int | None = None,
+                    pos: int | None = None) -> Response:
+    """Compute Figure 1's missing companion runs: now when small, else as background jobs."""
+    result = _stored_or_404(service, run_id).result
+    check_cell(result, layer, pos, head)
+    companions = comp.compute(service, jobs, result, analysis.triangulation_specs(result.spec, layer, head), client)
+    return _figure1(request, service, result, layer, head, pos, companions)
+
+
+def _agreement(request: Request, service, result: PatchResult) -> Response:
+    if result.spec.method != "attribution_patching":
+        raise InputError(f"this run's method is {result.spec.method}: agreement with exact patching applies to "
+                         "attribution patching results only", field="method")
+    context = WEB_METHODS["attribution_patching"].context(service, result)
+    return templates.TemplateResponse(request, "methods/attribution_patching.html", {"result": result, **context})
+
+
+@router.get("/runs/{run_id}/agreement", response_class=HTMLResponse)
+def agreement(request: Request, service: ServiceDep, run_id: str = Path(..., max_length=64)) -> Response:
+    return _agreement(request, service, _stored_or_404(service, run_id).result)
+
+
+@router.post("/runs/{run_id}/agreement", response_class=HTMLResponse)
+def compute_agreement(request: Request, service: ServiceDep, jobs: JobsDep, client: ClientDep,
+                      run_id: str = Path(..., max_length=64)) -> Response:
+    result = _stored_or_404(service, run_id).result
+    if result.spec.method != "attribution_patching":
+        raise InputError(f"this run's method is {result.spec.method}: agreement with exact patching applies to "
+                         "attribution patching results only", field="method")
+    comp.compute(service, jobs, result, {"exact": analysis.exact_patching_spec(result.spec)}, client)
+    return _agreement(request, service, result)
+
+
+# --- jobs ---------------------------------------------------------------------------------------------
+
+
+def _job_page(request: Request, service, job: JobRow) -> Response:
+    """A job's page from its row: progress while it runs, the message when it failed."""
+    if _is_htmx(request):
+        return _job_fragment(request, service, job)
+    try:
+        form = form_from_spec(parse_spec(json.loads(job.spec_json)))
+    except (ValueError, InputError):
+        form = dict(DEFAULT_FORM)
+    context = {**_base_context(service, form), "job": job}
+    return _render(request, context)
+
+
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
-def job_page(request: Request, job_id: str, service: ServiceDep, jobs: JobsDep) -> Response:
-    job = jobs.get(job_id)
+def job_page(request: Request, service: ServiceDep, job_id: str = Path(..., max_length=64)) -> Response:
+    job = service.store.get_job(job_id) if known_id(job_id) else None
+    stored = service.store.get(job_id) if known_id(job_id) else None
+    if stored is not None and (job is None or job.status == "done"):
+        if not _is_htmx(request):
+            return RedirectResponse(urls.run_page(stored.id), status_code=303)
+        context = {**_base_context(service, form_from_spec(stored.result.spec)), **_result_context(request, stored, service=service)}
+        return _render(request, context, blocks=["results"], push=urls.run_page(stored.id))
     if job is None:
-        raise HTTPException(404, f"no job with id {job_id!r}")
-    if job.status == "done":
-        stored = service.store.get(job_id)
-        if stored is not None:
-            context = {**_base_context(service, form_from_spec(stored.result.spec)), **_result_context(request, stored, service=service)}
-            return _render(request, context, blocks=["results"], push=urls.run_page(stored.id))
-    return _job_fragment(request, service, job)
+        raise HTTPException(404, f"no job with id {job_id[:64]!r}")
+    return _job_page(request, service, job)
 
 
 @router.post("/jobs/{job_id}/cancel", response_class=HTMLResponse)
-def cancel_job(request: Request, job_id: str, service: ServiceDep, jobs: JobsDep) -> Response:
-    job = jobs.cancel(job_id)
+def cancel_job(request: Request, service: ServiceDep, jobs: JobsDep, job_id: str = Path(..., max_length=64)) -> Response:
+    job = jobs.cancel(job_id) if known_id(job_id) else None
     if job is None:
-        raise HTTPException(404, f"no job with id {job_id!r}")
+        raise HTTPException(404, f"no job with id {job_id[:64]!r}")
     return _job_fragment(request, service, job)
 
 
-def _job_fragment(request: Request, service, job: Job) -> Response:
+def _job_fragment(request: Request, service, job: JobRow) -> Response:
     context = {**_base_context(service, dict(DEFAULT_FORM)), "job": job}
     return _render(request, context, blocks=["job"])
+
+
+# --- API docs, from vendored Swagger UI (no CDN) ------------------------------------------------------
+
+
+@router.get("/docs", response_class=HTMLResponse)
+def api_docs(request: Request) -> Response:
+    return templates.TemplateResponse(request, "docs.html", {})

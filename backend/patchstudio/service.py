@@ -1,0 +1,163 @@
+"""Experiments for a server or a worker: allow-listed models, limits, cost checks, store-first
+computation.
+
+Web and jobs -> service -> store and engine: pages, the API and the job workers call this; it calls
+the store and the engine. Limits are checked on the raw request data, before parsing or tokenizing,
+so an oversized request is refused in constant time and memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from patchstudio.engine.run import plan, run
+from patchstudio.errors import InputError
+from patchstudio.models.registry import ModelUnavailableError, load_model, model_fingerprint
+from patchstudio.settings import Settings
+from patchstudio.specs import SpecBase, parse_spec
+from patchstudio.store import Store, StoredRun
+
+log = logging.getLogger("patchstudio")
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    model: Any = None
+    fingerprint: str = ""
+    error: str | None = None  # for the log only: it may hold paths
+    vocabulary: dict[str, list[str]] | None = None  # small (word-level) vocabularies, grouped, for help
+
+
+SMALL_VOCABULARY = 2_000  # a vocabulary up to this size is listed in the page as help
+
+
+def vocabulary_groups(model) -> dict[str, list[str]] | None:
+    """The words a small word-level vocabulary knows, grouped as names, places, objects and the rest
+    (from the built-in generator's lists); None for a large (subword) vocabulary."""
+    from patchstudio.models import prompts as P
+
+    tokenizer = model.tokenizer
+    if len(tokenizer) > SMALL_VOCABULARY:
+        return None
+    special = set(tokenizer.all_special_tokens)
+    words = [w for w, _ in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]) if w not in special]
+    groups = {"names": set(P.NAMES), "places": set(P.PLACES), "objects": set(P.OBJECTS)}
+    out = {name: [w for w in words if w in members] for name, members in groups.items()}
+    out["other words"] = [w for w in words if not any(w in m for m in groups.values())]
+    return out
+
+
+PROMPT_TEXT_FIELDS = ("clean", "corrupted", "answer", "wrong")
+
+
+def check_text(value: str, field_name: str, max_chars: int | None = None) -> None:
+    """Refuse text a tokenizer or a database cannot take: lone surrogates, NUL, or too long."""
+    if max_chars is not None and len(value) > max_chars:
+        raise InputError(f"{field_name} is {len(value):,} characters long; the limit is {max_chars:,}", field=field_name)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"{field_name} is not valid Unicode text (it holds a lone surrogate)", field=field_name) from None
+    if "\x00" in value:
+        raise InputError(f"{field_name} holds a NUL character", field=field_name)
+
+
+def check_strings(data: Any, path: str = "") -> None:
+    """Every string anywhere in a request must be valid Unicode (no lone surrogates, no NUL)."""
+    if isinstance(data, str):
+        check_text(data, path or "spec")
+    elif isinstance(data, Mapping):
+        for key, value in data.items():
+            check_strings(key, path or "spec")
+            check_strings(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(data, (list, tuple)):
+        for i, value in enumerate(data):
+            check_strings(value, f"{path}.{i}" if path else str(i))
+
+
+@dataclass
+class ExperimentService:
+    settings: Settings
+    store: Store
+    models: dict[str, LoadedModel] = field(default_factory=dict)
+
+    def load_models(self, loader: Callable[[str], Any] | None = None, names: list[str] | None = None) -> None:
+        """Load every allow-listed model (or ``names``) once. A model that cannot load is kept with
+        its message for the log; requests for it get a plain refusal instead of a traceback."""
+        for name in names or self.settings.models:
+            try:
+                model = (loader or (lambda n: load_model(n, device=self.settings.device)))(name)
+                self.models[name] = LoadedModel(name, model, model_fingerprint(model), vocabulary=vocabulary_groups(model))
+                log.info("loaded model %s", name)
+            except (ModelUnavailableError, FileNotFoundError, OSError) as exc:
+                self.models[name] = LoadedModel(name, error=str(exc))
+                log.warning("model %s unavailable: %s", name, exc)
+
+    @property
+    def ready(self) -> bool:
+        return any(m.model is not None for m in self.models.values())
+
+    def check_limits(self, data: Any) -> None:
+        """The server's limits on a raw spec (a dict from JSON or the form), before parsing: the
+        number of prompt pairs, each text's length, and valid Unicode everywhere."""
+        if not isinstance(data, Mapping):
+            return  # parse_spec names the problem
+        prompts = data.get("prompts")
+        if isinstance(prompts, list):
+            if len(prompts) > self.settings.max_prompts:
+                raise InputError(
+                    f"{len(prompts):,} prompt pairs; this server takes at most {self.settings.max_prompts:,} per experiment "
+                    "(PATCHSTUDIO_MAX_PROMPTS)",
+                    field="prompts",
+                )
+            for i, pair in enumerate(prompts):
+                if isinstance(pair, Mapping):
+                    for name in PROMPT_TEXT_FIELDS:
+                        if isinstance(pair.get(name), str):
+                            check_text(pair[name], f"prompts.{i}.{name}", self.settings.max_prompt_chars)
+        check_strings(data)
+
+    def parse(self, data: Any):
+        """A spec from request data: the server's limits first, then the spec's own validation
+        (a ValidationError or InputError names the field)."""
+        if isinstance(data, SpecBase):
+            return data
+        self.check_limits(data)
+        return parse_spec(data)
+
+    def model(self, name: str) -> LoadedModel:
+        loaded = self.models.get(name)
+        if loaded is None:
+            offered = ", ".join(self.settings.models)
+            raise InputError(f"unknown model {name!r}: this server offers {offered}", field="model")
+        if loaded.model is None:  # the reason (it may name paths) is in the log
+            raise InputError(f"model {name!r} is not available on this server: its weights could not be loaded "
+                             "(the server's log says why)", field="model")
+        return loaded
+
+    def cost(self, spec: Any) -> int:
+        """Patched runs the spec needs; checks the prompts and the budget (raises InputError on bad input)."""
+        spec = parse_spec(spec)
+        checked = plan(self.model(spec.model).model, spec)
+        checked.check_budget(self.settings.max_patched_runs)
+        return checked.total
+
+    def get_or_run(self, spec: Any, progress: Callable[[int, int], None] | None = None) -> StoredRun:
+        """The stored result for this spec, computing and storing it first if needed."""
+        spec = parse_spec(spec)
+        stored = self.store.get(spec.id)
+        if stored is not None:
+            return stored
+        loaded = self.model(spec.model)
+        result = run(
+            loaded.model,
+            spec,
+            model_name=loaded.name,
+            chunk_rows=self.settings.chunk_rows,
+            max_patched_runs=self.settings.max_patched_runs,
+            progress=progress,
+        )
+        return self.store.put(result, loaded.fingerprint)

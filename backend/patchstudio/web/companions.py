@@ -1,0 +1,98 @@
+"""Companion runs: the other experiments a page compares a result with (Figure 1's patching and
+ablation, the triangulation rows, the attribution page's exact patching).
+
+Reads never compute: ``gather`` only looks in the store (and prices what is missing, which
+tokenizes but stores nothing). ``compute`` is for POST routes: what is missing is computed in the
+request when it is small (``background_patched_runs``), else queued as background jobs whose
+progress the page polls. Either way each companion is stored like any run, under its own id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from patchstudio.errors import InputError
+from patchstudio.results import PatchResult
+from patchstudio.specs import SpecBase
+from patchstudio.store import JobRow
+
+
+ROLE_LABELS = {
+    "patching": "exact activation patching",
+    "ablation": "mean ablation",
+    "attribution": "the attribution estimate",
+    "path": "path patching to the logits",
+    "repair": "self-repair (TE and DE)",
+    "exact": "exact activation patching",
+}
+
+
+@dataclass
+class Companions:
+    specs: dict[str, SpecBase]  # role -> spec
+    runs: dict[str, PatchResult] = field(default_factory=dict)  # role -> stored result
+    jobs: dict[str, JobRow] = field(default_factory=dict)  # role -> its job (any status), where one exists
+    cost: int = 0  # patched runs the missing ones need
+    problem: str | None = None  # why the missing ones cannot be computed here (model not loaded, budget)
+
+    @property
+    def missing(self) -> dict[str, SpecBase]:
+        return {role: spec for role, spec in self.specs.items() if role not in self.runs}
+
+    @property
+    def running(self) -> dict[str, JobRow]:
+        return {role: job for role, job in self.jobs.items() if role in self.missing and job.active}
+
+    @property
+    def failed(self) -> dict[str, JobRow]:
+        return {role: job for role, job in self.jobs.items() if role in self.missing and job.status in ("error", "cancelled")}
+
+    @property
+    def progress(self) -> tuple[int, int]:
+        jobs = self.running.values()
+        return sum(j.done for j in jobs), sum(j.total for j in jobs)
+
+
+def gather(service: Any, result: PatchResult, specs: dict[str, SpecBase]) -> Companions:
+    """What is stored for each companion, the jobs computing the others, and what the rest would cost."""
+    out = Companions(specs)
+    for role, spec in specs.items():
+        if spec.id == result.id:
+            out.runs[role] = result
+            continue
+        stored = service.store.get(spec.id)
+        if stored is not None:
+            out.runs[role] = stored.result
+    ids = {spec.id: role for role, spec in out.missing.items()}
+    for job_id, job in service.store.get_jobs(ids).items():
+        out.jobs[ids[job_id]] = job
+    try:
+        out.cost = sum(service.cost(spec) for role, spec in out.missing.items() if role not in out.running)
+    except InputError as exc:
+        out.problem = str(exc)
+    return out
+
+
+def compute(service: Any, queue: Any, result: PatchResult, specs: dict[str, SpecBase], client: str) -> Companions:
+    """Compute the missing companions: in this request when small, else as background jobs."""
+    companions = gather(service, result, specs)
+    if companions.problem:
+        raise InputError(companions.problem, field="spec")
+    todo = {role: spec for role, spec in companions.missing.items() if role not in companions.running}
+    if companions.cost <= service.settings.background_patched_runs:
+        for spec in todo.values():
+            service.get_or_run(spec)
+    else:
+        for spec in todo.values():
+            queue.submit(spec, client)
+    return gather(service, result, specs)
+
+
+def panel(service: Any, companions: Companions, url: str, target: str, swap: str, what: str) -> dict[str, Any]:
+    """What the companion-runs box (``_companions.html``) shows: nothing missing, jobs running, or a
+    button that POSTs to ``url`` (GET ``url`` is what the box polls while jobs run)."""
+    done, total = companions.progress
+    return {"companions": companions, "url": url, "target": target, "swap": swap, "what": what, "done": done, "total": total,
+            "labels": [ROLE_LABELS.get(role, role) for role in companions.missing],
+            "background": companions.cost > service.settings.background_patched_runs}
