@@ -33,10 +33,12 @@ def test_patterns_are_computed_on_post_and_served_as_stored(client, tiny_model):
 
 def test_attention_refuses_heads_that_do_not_exist(client):
     run_id = _run(client)
-    response = client.get(f"/runs/{run_id}/attention?layer=5&head=0", headers={"accept": "application/json"})
+    response = client.get(f"/runs/{run_id}/attention.json?layer=5")
     assert response.status_code == 422 and response.json()["field"] == "layer"
-    response = client.post(f"/runs/{run_id}/attention?layer=0&head=-1", headers={"accept": "application/json"})
-    assert response.status_code == 422 and response.json()["field"] == "head"
+    page = client.get(f"/runs/{run_id}/attention?layer=5&head=0")
+    assert page.status_code == 422 and "layer 5 does not exist: the model has 2 layers (0 to 1)" in page.text
+    response = client.post(f"/runs/{run_id}/attention?layer=0&head=-1")
+    assert response.status_code == 422 and "head -1 does not exist" in response.text
     assert client.get("/runs/0123456789abcdef/attention?layer=0").status_code == 404
 
 
