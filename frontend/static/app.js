@@ -86,7 +86,11 @@
 
   document.addEventListener("change", function (ev) {
     var form = ev.target.closest && ev.target.closest("#spec-form");
-    if (form) syncFormMode(form);
+    if (!form) return;
+    syncFormMode(form);
+    // A choice (menu, box, radio) runs at once. A text field's change event is not a trigger: it fires
+    // on blur, e.g. when Cancel is clicked, and would resubmit the job just cancelled.
+    if (ev.target.matches("select, [type=checkbox], [type=radio]")) htmx.trigger(form, "choose");
   });
 
   document.addEventListener("click", function (ev) {

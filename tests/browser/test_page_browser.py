@@ -74,7 +74,7 @@ def test_selected_cell_is_outlined_and_kept_in_the_link(page):
     shapes = "() => (document.getElementById('heatmap').layout.shapes || []).map(s => [s.x0, s.y0])"
     assert page.evaluate(shapes) == [[1.5, 0.5]]
     page.reload()
-    expect(page.locator("#figure1-caption")).to_contain_text("Selected L1 H2")
+    expect(page.locator("#figure1")).to_contain_text("L1 H2")  # Figure 1 is for the selected cell
     page.wait_for_function(f"() => JSON.stringify(({shapes})()) === JSON.stringify([[1.5, 0.5]])")
     assert url.split("?")[0] in page.url
 
