@@ -43,14 +43,14 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(model, directory: Path):
+def serve(model, directory: Path, **overrides):
     """The app on ``model`` in a real uvicorn server (background thread); yields its base URL."""
     import uvicorn
 
     from patchstudio.settings import Settings
     from patchstudio.web.app import create_app
 
-    settings = Settings(models=["default"], database_url=f"sqlite:///{directory}/runs.sqlite3")
+    settings = Settings(models=["default"], database_url=f"sqlite:///{directory}/runs.sqlite3", **overrides)
     app = create_app(settings, model_loader=lambda name: model)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))

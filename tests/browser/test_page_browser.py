@@ -140,3 +140,30 @@ def test_ioi_positions_are_named_in_axes_and_hovers(page):
     page.wait_for_function("() => { const gd = document.getElementById('heatmap'); return gd && gd.data && gd.data[0].x.includes('10 John (S2)'); }")
     hover = page.evaluate("() => document.getElementById('heatmap').data[0].text[0][2]")
     assert hover.startswith("L0 2 Mary (IO): ")
+
+
+def test_cancel_is_final_for_that_submission(browser, browser_model, tmp_path):
+    """Every run is a background job here. Typing starts one; clicking Cancel blurs the prompt
+    field, which must not resubmit the experiment (the job it just cancelled)."""
+    from conftest import serve
+
+    with serve(browser_model, tmp_path, background_patched_runs=0, local_workers=1) as url:
+        ctx = browser.new_context(base_url=url, viewport={"width": 1280, "height": 900})
+        page = ctx.new_page()
+        try:
+            page.goto("/")
+            posts: list[str] = []
+            page.on("request", lambda r: posts.append(r.url) if r.method == "POST" and r.url.endswith("/explore") else None)
+            clean = page.locator("#clean")
+            clean.click()
+            clean.press("End")
+            clean.type(" ")  # an edit, cursor still in the field: a job starts after the debounce
+            cancel = page.locator("#job button", has_text="Cancel")
+            page.wait_for_function("() => document.querySelector('#job') !== null")
+            submitted = len(posts)
+            if cancel.count():  # the tiny sweep may already be done; what matters is no resubmission
+                cancel.click()
+            page.wait_for_timeout(1500)
+            assert len(posts) == submitted, "clicking Cancel (a blur) resubmitted the experiment"
+        finally:
+            ctx.close()
