@@ -134,6 +134,8 @@ def run(
     per_prompt = torch.stack(sweeps)  # [prompt, cells]
     clean_mean = sum(clean_vals) / len(clean_vals)
     corrupted_mean = sum(corrupted_vals) / len(corrupted_vals)
+    if method.warn is not None and extras:
+        method_warnings.extend(method.warn(extras, spec))
     warnings = _warnings(p, clean_mean - corrupted_mean, method_warnings)
     if spec.metric == "normalized_logit_diff":
         check_gap(clean_mean, corrupted_mean)  # an InputError on 'metric', not a division by zero

@@ -110,6 +110,8 @@ class Method:
     same_length: Callable[[Any], bool] = per_position
     check: Callable[[Any, Any], None] = no_check
     summarize: Callable[[list[dict], Any, float], dict] | None = None
+    # per-pair extras -> plain-sentence warnings about the whole prompt set
+    warn: Callable[[list[dict], Any], list[str]] | None = None
     # whether a spec ablates against a reference set (its ``reference`` field; engine/reference.py)
     needs_reference: Callable[[Any], bool] = lambda spec: False
     references: tuple[str, ...] = field(default=())  # papers, for the docs
