@@ -31,13 +31,18 @@ def test_answer_equal_to_wrong_is_refused_on_the_wrong_field():
          ("self_repair", "targets"), "target L0H1 is listed twice"),
         ({"method": "self_repair", "targets": [{"layer": 0, "head": 1}], "compensator": {"layer": 0, "head": 1}},
          ("self_repair", "compensator"), "the compensator L0H1 is also a target"),
+        ({"method": "path_patching", "receivers": [{"layer": 1, "head": 2, "input": "q"}, {"layer": 1, "head": 2}]},
+         ("path_patching", "receivers"), "receiver L1H2.q is listed twice"),
     ],
-    ids=["duplicate-targets", "compensator-is-a-target"],
+    ids=["duplicate-targets", "compensator-is-a-target", "duplicate-receivers"],
 )
 def test_repeated_heads_are_refused_naming_the_field(spec, loc, message):
     with pytest.raises(ValidationError, match=message) as info:
         parse_spec({**spec, "prompts": TINY_PAIRS})
     assert _loc(info.value) == loc
+    # the same head on another input is a different receiver
+    parse_spec({"method": "path_patching", "prompts": TINY_PAIRS,
+                "receivers": [{"layer": 1, "head": 2, "input": "q"}, {"layer": 1, "head": 2, "input": "k"}]})
 
 
 def test_zero_gap_under_normalized_logit_diff_is_an_input_error_on_metric(tiny_model):
