@@ -47,6 +47,7 @@ ABLATE_FULL = {
     "metric": "logit_diff",
     "ablation": "mean",
     "seed": 0,
+    "reference": "auto",
 }
 
 
@@ -109,8 +110,9 @@ def test_ablation_defaults_filled():
         ({**PATCH, "component": "resid_pre", "positions": "each", "metric": "kl", "direction": "noise"}, ActivationPatchingSpec),
         (ABLATE, AblationSpec),
         ({**ABLATE, "ablation": "resample", "seed": 7, "component": "mlp_out"}, AblationSpec),
+        ({**ABLATE, "reference": {"prompts": [PAIR["clean"], PAIR["corrupted"]]}}, AblationSpec),
     ],
-    ids=["patching-defaults", "patching-set", "ablation-defaults", "ablation-set"],
+    ids=["patching-defaults", "patching-set", "ablation-defaults", "ablation-set", "ablation-reference"],
 )
 def test_model_dump_round_trips(data, cls):
     spec = parse_spec(data)
