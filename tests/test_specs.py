@@ -304,6 +304,7 @@ def test_json_schema_discriminates_on_method():
         "path_patching": "#/$defs/PathPatchingSpec",
         "self_repair": "#/$defs/SelfRepairSpec",
         "input_influence": "#/$defs/InputInfluenceSpec",
+        "direct_effect": "#/$defs/DirectEffectSpec",
     }
     defs = schema["$defs"]
     assert {"ActivationPatchingSpec", "AblationSpec", "PromptPair"} <= set(defs)

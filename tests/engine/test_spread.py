@@ -80,6 +80,7 @@ def test_every_method_reports_spread_in_the_shape_of_its_values(model):
         {"method": "ablation", "prompts": pairs, "component": "mlp_out", "positions": "each"},
         {"method": "attribution_patching", "prompts": pairs, "component": "head_v"},
         {"method": "path_patching", "prompts": pairs},
+        {"method": "direct_effect", "prompts": pairs},
         {"method": "self_repair", "prompts": pairs, "targets": [{"layer": 2, "head": 2}]},
         {"method": "input_influence", "prompts": pairs, "steps": 4},
     ]
