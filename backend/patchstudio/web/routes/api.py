@@ -90,21 +90,33 @@ def run_json(run_id: str, service: ServiceDep) -> Any:
 
 
 def values_csv(stored: StoredRun) -> str:
-    """Long format: one row per cell, a column per axis (token strings for positions), then the value."""
+    """Long in the cells, wide in the prompts: one row per cell, a column per axis (and the token
+    string for positions), then ``value`` (the mean over the prompts), ``std``, ``ci_low``,
+    ``ci_high`` (a 95% bootstrap interval of the mean) and ``prompt_1`` .. ``prompt_n`` (each
+    prompt's own value). Results stored before the spread existed leave those columns empty."""
     result = stored.result
     out = io.StringIO()
     writer = csv.writer(out)
-    header = list(result.axes) + (["token"] if "pos" in result.axes else []) + ["value"]
-    writer.writerow(header)
+    n_prompts = len(result.per_prompt) if result.per_prompt is not None else len(result.prompts)
+    spread = ("std", "ci_low", "ci_high")
+    header = list(result.axes) + (["token"] if "pos" in result.axes else []) + ["value", *spread]
+    writer.writerow(header + [f"prompt_{i + 1}" for i in range(n_prompts)])
     sizes = [len(result.labels[a]) for a in result.axes]
-    for index in itertools.product(*(range(s) for s in sizes)):
-        value: Any = result.values
+
+    def at(nested: Any, index: tuple[int, ...]) -> str:
+        if nested is None:
+            return ""
         for i in index:
-            value = value[i]
+            nested = nested[i]
+        return repr(float(nested))
+
+    per_prompt = result.per_prompt if result.per_prompt is not None else [None] * n_prompts
+    for index in itertools.product(*(range(s) for s in sizes)):
         row: list[Any] = list(index)
         if "pos" in result.axes:
             row.append(result.labels["pos"][index[result.axes.index("pos")]])
-        writer.writerow(row + [repr(float(value))])
+        row += [at(result.values, index), *(at(getattr(result, name), index) for name in spread)]
+        writer.writerow(row + [at(p, index) for p in per_prompt])
     return out.getvalue()
 
 
