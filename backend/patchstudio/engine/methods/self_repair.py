@@ -47,7 +47,8 @@ class SelfRepairSpec(WholeHeadsSpec):
     """Self-repair (McGrath et al. 2023; Rushing & Nanda 2024): ablate target heads on the clean
     run and split the metric's change into the targets' direct effect, each downstream head's and
     MLP's change in direct effect, and the final LayerNorm scale's part. ``compensator``: a head
-    ablated together with the targets (paired ablation)."""
+    ablated together with the targets (paired ablation). Mean and resample ablation use the
+    ``reference`` set (``engine/reference.py``), as ablation does."""
 
     what: ClassVar[str] = "self-repair ablates heads"
     method: Literal["self_repair"] = "self_repair"
