@@ -15,3 +15,9 @@ def tiny_tokenizer(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model(tiny_tokenizer):
     return build_tiny_model(tiny_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def perturbed_model(tiny_tokenizer):
+    """Non-zero unembedding bias, non-trivial LayerNorm weights and biases, four layers."""
+    return build_tiny_model(tiny_tokenizer, n_layers=4, perturb=True, seed=3)

@@ -24,7 +24,11 @@ def build_word_tokenizer(directory, words=WORDS) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast.from_pretrained(str(directory))
 
 
-def build_tiny_model(tokenizer, *, n_layers=2, n_heads=4, d_model=32, seed=0) -> TransformerBridge:
+def build_tiny_model(tokenizer, *, n_layers=2, n_heads=4, d_model=32, seed=0, perturb=False, n_key_value_heads=None) -> TransformerBridge:
+    """A seeded random model. ``perturb``: a non-zero unembedding bias and non-trivial LayerNorm
+    weights and biases everywhere (the default has b_U = 0 and LN weight 1, bias 0, which hides
+    code that drops them). ``n_key_value_heads``: grouped-query attention."""
+    extra = {} if n_key_value_heads is None else {"n_key_value_heads": n_key_value_heads}
     cfg = TransformerBridgeConfig(
         d_model=d_model,
         d_head=d_model // n_heads,
@@ -35,6 +39,7 @@ def build_tiny_model(tokenizer, *, n_layers=2, n_heads=4, d_model=32, seed=0) ->
         act_fn="gelu",
         normalization_type="LN",
         seed=seed,
+        **extra,
     )
     torch.manual_seed(seed)
     model = TransformerBridge.boot_native(cfg, tokenizer=tokenizer)
@@ -42,6 +47,14 @@ def build_tiny_model(tokenizer, *, n_layers=2, n_heads=4, d_model=32, seed=0) ->
         for p in model.parameters():
             if p.ndim > 1:
                 p.mul_(3.0)
+        if perturb:
+            generator = torch.Generator().manual_seed(seed + 1)
+            for module in model.modules():
+                if isinstance(module, torch.nn.LayerNorm):
+                    module.weight.copy_(1.0 + 0.5 * torch.randn(module.weight.shape, generator=generator))
+                    module.bias.copy_(0.5 * torch.randn(module.bias.shape, generator=generator))
+            b_u = model.unembed._original_component.bias
+            b_u.copy_(2.0 * torch.randn(b_u.shape, generator=generator))
     return model.eval()
 
 

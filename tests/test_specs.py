@@ -47,6 +47,7 @@ ABLATE_FULL = {
     "metric": "logit_diff",
     "ablation": "mean",
     "seed": 0,
+    "reference": "auto",
 }
 
 
@@ -109,8 +110,9 @@ def test_ablation_defaults_filled():
         ({**PATCH, "component": "resid_pre", "positions": "each", "metric": "kl", "direction": "noise"}, ActivationPatchingSpec),
         (ABLATE, AblationSpec),
         ({**ABLATE, "ablation": "resample", "seed": 7, "component": "mlp_out"}, AblationSpec),
+        ({**ABLATE, "reference": {"prompts": [PAIR["clean"], PAIR["corrupted"]]}}, AblationSpec),
     ],
-    ids=["patching-defaults", "patching-set", "ablation-defaults", "ablation-set"],
+    ids=["patching-defaults", "patching-set", "ablation-defaults", "ablation-set", "ablation-reference"],
 )
 def test_model_dump_round_trips(data, cls):
     spec = parse_spec(data)
@@ -302,6 +304,7 @@ def test_json_schema_discriminates_on_method():
         "path_patching": "#/$defs/PathPatchingSpec",
         "self_repair": "#/$defs/SelfRepairSpec",
         "input_influence": "#/$defs/InputInfluenceSpec",
+        "direct_effect": "#/$defs/DirectEffectSpec",
     }
     defs = schema["$defs"]
     assert {"ActivationPatchingSpec", "AblationSpec", "PromptPair"} <= set(defs)

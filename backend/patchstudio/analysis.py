@@ -28,7 +28,7 @@ from patchstudio.specs import HeadRef, SpecBase, spec_classes
 LARGE_SHARE = 0.3  # "large": patching restores / ablation removes at least this share of the gap
 SMALL_SHARE = 0.1  # "small": under this share
 ATTRIBUTION_OFF = 0.2  # the linear estimate is "unreliable" when it misses exact patching by more
-PATH_MOSTLY_INDIRECT = 0.5  # "mostly through later components": path to logits under this fraction of patching
+PATH_MOSTLY_INDIRECT = 0.5  # "mostly through later components": the direct effect under this fraction of patching
 PATH_MIN_PATCHING = 0.2  # ...judged only when patching itself is at least this share
 DIRECT_MIN = 0.1  # self-repair judged only when the direct effect is at least this share
 COMPENSATED = 0.5  # "compensates": the total effect under this fraction of the direct effect
@@ -332,7 +332,8 @@ def mean_ablation_spec(spec: SpecBase) -> SpecBase:
 def triangulation_specs(spec: SpecBase, layer: int | None = None, head: int | None = None) -> dict[str, SpecBase]:
     """The companion runs that put one component of ``spec`` under every method, on the same prompts
     and metric: exact patching and (mean) ablation always; the attribution estimate where the
-    component supports it; for a whole head, path patching to the logits and self-repair's TE/DE."""
+    component supports it; for a whole head, path patching to the logits (MLPs recomputed), the
+    direct effect (through the unembedding alone, key "direct") and self-repair's TE/DE."""
     out = {
         "patching": exact_patching_spec(spec),
         # an ablation run is its own necessity bar, under its own ablation
@@ -346,6 +347,7 @@ def triangulation_specs(spec: SpecBase, layer: int | None = None, head: int | No
         out["attribution"] = _spec("attribution_patching", direction=direction, **common)
     if spec.component == "head" and spec.positions == "all" and head is not None and layer is not None:
         out["path"] = _spec("path_patching", direction=direction, **common)
+        out["direct"] = _spec("direct_effect", direction=direction, **common)
         if spec.metric == "logit_diff":
             out["repair"] = _spec("self_repair", targets=[HeadRef(layer=layer, head=head)], **common)
     return out
@@ -391,6 +393,9 @@ def triangulate(result: PatchResult, runs: dict[str, PatchResult], layer: int | 
     if "path" in runs:
         value = cell_value(runs["path"], layer, None, head)
         add("path", f"path patching to the logits, MLPs recomputed ({kind})", value, share(value), runs["path"])
+    if "direct" in runs:
+        value = cell_value(runs["direct"], layer, None, head)
+        add("direct", f"direct effect on the logits, final LayerNorm scale frozen ({kind})", value, share(value), runs["direct"])
     if "repair" in runs:
         repair = runs["repair"]
         x = repair.extras or {}
@@ -403,7 +408,9 @@ def triangulate(result: PatchResult, runs: dict[str, PatchResult], layer: int | 
 
 def triangulation_flags(share: dict[str, float]) -> list[str]:
     """Plain-language readings where the methods disagree, from shares of the gap by row key
-    (patching, ablation, attribution, path, total_effect, direct_effect)."""
+    (patching, ablation, attribution, path, direct, total_effect, direct_effect). "Through later
+    components" is judged on the direct effect ("direct"), not on path patching to the logits,
+    whose path also runs through every later MLP."""
     patch, ablate = share["patching"], share["ablation"]
     flags = []
     if abs(patch) > LARGE_SHARE and abs(ablate) < SMALL_SHARE:
@@ -413,8 +420,8 @@ def triangulation_flags(share: dict[str, float]) -> list[str]:
     attr = share.get("attribution")
     if attr is not None and abs(attr - patch) > ATTRIBUTION_OFF:
         flags.append(f"The linear estimate is off by {percent(abs(attr - patch))} of the gap: attribution is unreliable here.")
-    path = share.get("path")
-    if path is not None and abs(patch) > PATH_MIN_PATCHING and abs(path) < PATH_MOSTLY_INDIRECT * abs(patch):
+    direct = share.get("direct")
+    if direct is not None and abs(patch) > PATH_MIN_PATCHING and abs(direct) < PATH_MOSTLY_INDIRECT * abs(patch):
         flags.append("Most of its effect goes through later components, not directly to the logits.")
     te, de = share.get("total_effect"), share.get("direct_effect")
     if te is not None and de is not None and abs(de) > DIRECT_MIN and abs(te) < COMPENSATED * abs(de):

@@ -40,7 +40,18 @@ class ModelInfo(BaseModel):
 
 class PatchResult(BaseModel):
     """The outcome of one experiment. ``values`` is a nested list in ``axes`` order, averaged over
-    the prompt set; ``clean`` and ``corrupted`` are the metric on the unpatched runs."""
+    the prompt set; ``clean`` and ``corrupted`` are the metric on the unpatched runs.
+
+    Spread over the prompts, each in ``values``' nested shape: ``per_prompt`` (one more axis in
+    front, the prompt: ``per_prompt[i]`` is prompt i's sweep), ``std`` (the sample standard
+    deviation over the prompts, n - 1 in the denominator; 0 for a single prompt) and
+    ``ci_low``/``ci_high``, a 95% percentile bootstrap interval of the mean (``engine.stats``:
+    1,000 resamples of the prompts with replacement, fixed seed; for a single prompt every resample
+    is that prompt, so the interval collapses to the value). Under ``normalized_logit_diff`` the
+    per-prompt values are normalised with the same set-level clean and corrupted means as
+    ``values``, so ``values`` is exactly their mean. Results stored before these fields existed
+    have them as None.
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -58,6 +69,15 @@ class PatchResult(BaseModel):
     versions: dict[str, str]
     seconds: float = Field(description="Wall time of the computation.")
     extras: dict[str, Any] | None = Field(None, description="Method-specific summaries (self-repair: TE, DE, ...).")
+    per_prompt: Any = Field(None, description="Each prompt's values: [prompt][...axes].")
+    std: Any = Field(None, description="Per cell: sample standard deviation over the prompts (0 for one prompt).")
+    ci_low: Any = Field(None, description="Per cell: lower end of a 95% bootstrap interval of the mean.")
+    ci_high: Any = Field(None, description="Per cell: upper end of a 95% bootstrap interval of the mean.")
+    reference: dict[str, Any] | None = Field(
+        None,
+        description="Mean/resample ablation's reference set: {kind: generated | given | own, n, description}.",
+    )
+    warnings: list[str] = Field(default_factory=list)
 
 
 def to_nested(values, sizes: list[int]) -> Any:

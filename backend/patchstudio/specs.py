@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, Callable, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
@@ -82,6 +82,17 @@ class PromptPair(Frozen):
             raise ValueError(f"{info.field_name} is empty")
         return value
 
+    @field_validator("wrong")
+    @classmethod
+    def _differs_from_answer(cls, value: str, info: Any) -> str:
+        answer = info.data.get("answer")  # absent when the answer itself was invalid
+        if answer is not None and answer.strip() == value.strip():
+            raise ValueError(
+                f"wrong is the answer itself ({value.strip()!r}): the metric compares two different tokens, "
+                f"so the logit difference would be 0 on every run"
+            )
+        return value
+
 
 class SpecBase(Frozen):
     """Fields every method shares. A method's spec adds ``method: Literal["name"]`` and its own."""
@@ -113,6 +124,52 @@ class SpecBase(Frozen):
 class HeadRef(Frozen):
     layer: int = Field(ge=0)
     head: int = Field(ge=0)
+
+
+def no_duplicates(items: tuple, what: str, name: Callable[[Any], str]) -> tuple:
+    """``items`` unchanged, or a ValueError naming the first repeated one."""
+    seen: set = set()
+    for item in items:
+        if item in seen:
+            raise ValueError(f"{what} {name(item)} is listed twice: list each once")
+        seen.add(item)
+    return items
+
+
+class ReferencePrompts(Frozen):
+    """An explicit reference set for mean and resample ablation: prompts (strings) of the same token
+    length as the spec's prompts."""
+
+    prompts: tuple[str, ...] = Field(
+        description="Reference prompts: mean ablation averages over them; resample ablation draws one.",
+        json_schema_extra={"minItems": 1},
+    )
+
+    @field_validator("prompts")
+    @classmethod
+    def _some(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("give at least one reference prompt")
+        if any(not p.strip() for p in value):
+            raise ValueError("a reference prompt is empty")
+        return value
+
+
+# "auto": a set generated from the prompts' built-in template when the generator recognises them
+# (engine/reference.py), else the spec's own clean and corrupted prompts; or prompts given here.
+Reference = Union[Literal["auto"], ReferencePrompts]
+REFERENCE_DESCRIPTION = (
+    "The reference distribution of mean and resample ablation: 'auto' (a set generated from the prompts' "
+    "built-in template, else the spec's own clean and corrupted prompts; the result says which) or "
+    "{'prompts': [...]} (same token length as the spec's prompts)."
+)
+
+
+def check_reference(value: Any, info: Any) -> Any:
+    """For a spec's ``reference`` field validator (its ``ablation`` field declared before it)."""
+    if value != "auto" and info.data.get("ablation") == "zero":
+        raise ValueError("zero ablation uses no reference prompts: leave reference at 'auto' or ablate by mean or resample")
+    return value
 
 
 class ReceiverSpec(Frozen):

@@ -1,4 +1,8 @@
-"""Ablation against a plain-hook reference written here, one full forward pass per ablated component."""
+"""Ablation against a plain-hook reference written here, one full forward pass per ablated component.
+
+The tiny model's vocabulary cannot spell the built-in generator's prompts, so its ``reference``
+"auto" falls back to the spec's own clean and corrupted prompts (see test_reference.py for the
+generated and given sets)."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import torch
 from helpers import TINY_PAIRS
 from patchstudio.engine.methods.ablation import resample_index
 from patchstudio.engine.run import run
+from patchstudio.errors import InputError
 
 TOL = 1e-4
 
@@ -36,8 +41,8 @@ def _reference(model, kind, hook_of, edit, n_units):
                 repl = torch.zeros_like(caches[i])
             elif kind == "mean":
                 repl = torch.stack(caches).mean(0)
-            else:
-                repl = caches[resample_index(len(pool), i, seed=7)]
+            else:  # never the pair's own clean (i) or corrupted (n + i) prompt
+                repl = caches[resample_index(len(pool), i, seed=7, exclude={i, len(clean) + i})]
 
             def hook(act, hook, repl=repl):
                 act = act.clone()
@@ -103,12 +108,12 @@ def test_zero_ablating_a_layer_removes_its_contribution(tiny_model):
     assert result.values == pytest.approx(expected, abs=TOL)
 
 
-def test_resample_with_one_pair_uses_the_corrupted_prompt(tiny_model):
-    """With one pair the only other prompt is its corruption: resample ablation equals noising."""
-    pair = TINY_PAIRS[:1]
-    ablated = run(tiny_model, {"method": "ablation", "ablation": "resample", "prompts": pair, "component": "head"})
-    noised = run(tiny_model, {"prompts": pair, "component": "head", "direction": "noise"})
-    assert torch.allclose(torch.tensor(ablated.values), torch.tensor(noised.values), atol=1e-6)
+def test_resample_with_one_pair_and_only_its_own_prompts_is_refused(tiny_model):
+    """With one pair and no other reference prompt, the only other prompt is the pair's own
+    corruption: resampling it would be noising under another name, so it is refused."""
+    with pytest.raises(InputError, match="nothing to draw from") as info:
+        run(tiny_model, {"method": "ablation", "ablation": "resample", "prompts": TINY_PAIRS[:1], "component": "head"})
+    assert info.value.field == "reference"
 
 
 def test_resample_index_is_seeded_and_never_the_prompt_itself():

@@ -9,7 +9,8 @@ from helpers import TINY_PAIRS
 from patchstudio.engine.run import run
 
 TOL = 1e-4
-HOOKS = {"head": "attn.hook_z", "resid_pre": "hook_resid_pre", "mlp_out": "hook_mlp_out", "head_v": "attn.hook_v"}
+HOOKS = {"head": "attn.hook_z", "head_q": "attn.hook_q", "head_k": "attn.hook_k", "head_v": "attn.hook_v",
+         "resid_pre": "hook_resid_pre", "attn_out": "hook_attn_out", "mlp_out": "hook_mlp_out"}
 
 
 def _reference(model, component, positions, direction, alphas=(None,)):
@@ -74,6 +75,22 @@ def test_eap_ig_equals_the_riemann_sum_of_autograd(tiny_model):
     assert torch.allclose(torch.tensor(result.values).reshape(-1), ref, atol=TOL)
 
 
+@pytest.mark.parametrize(
+    "component, positions, direction",
+    [("head", "all", "noise"), ("head_q", "all", "denoise"), ("head_k", "all", "noise"), ("head_v", "all", "denoise"),
+     ("resid_pre", "each", "denoise"), ("resid_pre", "all", "noise"), ("attn_out", "each", "noise"), ("mlp_out", "all", "denoise")],
+)
+def test_eap_ig_for_every_component_equals_autograd(tiny_model, component, positions, direction):
+    """steps > 1 for every component attribution supports (resid_pre used to raise: its layer-0
+    activation is the interpolated input itself, built outside the autograd graph)."""
+    steps = 2
+    result = run(tiny_model, {"method": "attribution_patching", "prompts": TINY_PAIRS, "component": component,
+                              "positions": positions, "direction": direction, "steps": steps})
+    ref = _reference(tiny_model, component, positions, direction, alphas=[(k + 0.5) / steps for k in range(steps)])
+    got = torch.tensor(result.values).reshape(-1)
+    assert torch.allclose(got, ref, atol=TOL), (got - ref).abs().max()
+
+
 def test_integrated_gradients_track_exact_patching_better(tiny_model):
     spec = {"prompts": TINY_PAIRS, "component": "head"}
     exact = torch.tensor(run(tiny_model, spec).values)
@@ -96,3 +113,17 @@ def test_unsupported_component_is_refused_by_the_spec():
 
     with pytest.raises(ValidationError, match="attribution patching supports head"):
         parse_spec({"method": "attribution_patching", "prompts": TINY_PAIRS, "component": "pattern"})
+
+
+def test_a_zero_gradient_metric_is_warned_about(perturbed_model):
+    """KL(clean || run) at the clean run is at its minimum: its gradient is zero, so noising's linear
+    estimate is the clean metric everywhere, whatever the patch does."""
+    spec = {"method": "attribution_patching", "prompts": TINY_PAIRS, "metric": "kl", "direction": "noise"}
+    result = run(perturbed_model, spec)
+    values = torch.tensor(result.values)
+    assert torch.allclose(values, torch.full_like(values, result.clean), atol=1e-6)
+    exact = torch.tensor(run(perturbed_model, {**spec, "method": "activation_patching"}).values)
+    assert (exact - result.clean).abs().max() > 1e-3  # while exact patching shows effects
+    assert any(w.startswith("The metric's gradient is zero at the clean run") for w in result.warnings)
+    for quiet in ({**spec, "direction": "denoise"}, {**spec, "steps": 4}, {**spec, "metric": "logit_diff"}):
+        assert not any("gradient is zero" in w for w in run(perturbed_model, quiet).warnings), quiet

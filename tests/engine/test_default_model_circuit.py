@@ -49,6 +49,10 @@ def test_layer_two_heads_act_on_the_logits_directly_layer_zero_through_them(mode
     assert path.values[0][2] - act.values[0][2] > 0.1
     repair = run(model, {"method": "self_repair", "prompts": IOI, "targets": [{"layer": 0, "head": 2}]})
     assert abs(repair.extras["direct_effect"]) < 0.1 < abs(repair.extras["total_effect"])
+    # through the unembedding alone, L2H2 has about half its path-to-logits effect (the rest via MLP2, MLP3)
+    direct = run(model, {"method": "direct_effect", "prompts": IOI, "metric": NORM})
+    assert direct.values[0][2] == pytest.approx(1.0, abs=0.02)
+    assert 0.08 < 1 - direct.values[2][2] < 0.7 * (1 - path.values[2][2])
 
 
 def test_layer_one_holds_the_induction_heads(model):

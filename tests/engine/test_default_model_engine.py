@@ -66,21 +66,25 @@ def test_normalized_logit_diff_is_zero_and_one_at_the_baselines(model):
 @pytest.mark.parametrize("kind", ["zero", "mean", "resample"])
 @pytest.mark.parametrize("layer, head", [(0, 3), (3, 5)])
 def test_head_ablation_equals_a_plain_hook(model, kind, layer, head):
+    """The reference set is generated from the prompts' template ('auto': 64 IOI prompts of template 0)."""
+    from patchstudio.engine.reference import REFERENCE_SIZE, resample_index
+    from patchstudio.models.prompts import reference_prompts
+
     name = f"blocks.{layer}.attn.hook_z"
     tokens = [_ids(model, p) for p in PAIRS]
-    pool = [t[0] for t in tokens] + [t[1] for t in tokens]
-    with torch.no_grad():
-        acts = [model.run_with_cache(t, names_filter=[name])[1][name] for t in pool]
-    from patchstudio.engine.methods.ablation import resample_index
+    pool = [model.to_tokens(t) for t in reference_prompts([p["clean"] for p in PAIRS], 2 * REFERENCE_SIZE, seed=0)[:REFERENCE_SIZE]]
+    with torch.no_grad():  # one batch: every reference prompt has the same length
+        acts = list(model.run_with_cache(torch.cat(pool), names_filter=[name])[1][name].split(1))
 
     expected = []
-    for i, (clean, _, ans, wrong) in enumerate(tokens):
+    for i, (clean, corrupted, ans, wrong) in enumerate(tokens):
         if kind == "zero":
-            repl = torch.zeros_like(acts[i])
+            repl = torch.zeros_like(acts[0])
         elif kind == "mean":
             repl = torch.stack(acts).mean(0)
-        else:
-            repl = acts[resample_index(len(pool), i, seed=0)]
+        else:  # never the pair's own clean or corrupted prompt
+            own = {j for j, t in enumerate(pool) if torch.equal(t, clean) or torch.equal(t, corrupted)}
+            repl = acts[resample_index(len(pool), i, seed=0, exclude=own)]
 
         def hook(act, hook, repl=repl):
             act = act.clone()

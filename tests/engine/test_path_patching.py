@@ -119,3 +119,19 @@ def test_bad_path_patching_specs_name_the_problem(tiny_model):
         parse_spec({"method": "path_patching", "prompts": TINY_PAIRS, "positions": "each"})
     with pytest.raises(InputError, match="receiver L5 H0 does not exist: the model has 2 layers of 4 heads"):
         run(tiny_model, {"method": "path_patching", "prompts": TINY_PAIRS, "receivers": [{"layer": 5, "head": 0}]})
+
+
+RECEIVERS_4_LAYERS = [{"layer": 2, "head": 1, "input": "q"}, {"layer": 3, "head": 0, "input": "k"},
+                      {"layer": 3, "head": 2, "input": "v"}, {"layer": 1, "head": 3, "input": "v"}]
+
+
+@pytest.mark.parametrize("receivers", [[], RECEIVERS_4_LAYERS], ids=["logits", "receivers-in-layers-1-to-3"])
+def test_four_layers_freeze_every_later_head_not_just_the_next_layer(perturbed_model, receivers):
+    """With four layers, a sender in layer 0 reaches receivers two and three layers on: every head of
+    every later layer must stay frozen at the base run (two layers hide a next-layer-only freeze)."""
+    result = run(perturbed_model, {"method": "path_patching", "prompts": TINY_PAIRS, "receivers": receivers})
+    ref = _reference(perturbed_model, "noise", receivers)
+    got = torch.tensor(result.values)
+    assert got.shape == (4, 4)
+    assert torch.allclose(got, ref, atol=TOL), (got - ref).abs().max()
+    assert (got[:2] - result.clean).abs().max() > 1e-2  # early senders do reach the later layers

@@ -7,7 +7,8 @@ import torch
 from pydantic import ValidationError
 
 from patchstudio.engine.run import run
-from patchstudio.models.prompts import ioi_pairs
+from patchstudio.engine.reference import REFERENCE_SIZE
+from patchstudio.models.prompts import ioi_pairs, reference_prompts
 from patchstudio.specs import parse_spec
 
 PAIRS = [p.to_dict() for p in ioi_pairs(3, seed=5, template=0)]
@@ -28,16 +29,19 @@ def _ids(model, pair):
 
 
 def _plain(model, heads, kind="mean"):
-    """Per prompt: (clean logit diff, ablated logit diff, clean cache, ablated cache), heads ablated by plain hooks."""
+    """Per prompt: (clean logit diff, ablated logit diff, clean cache, ablated cache), heads ablated by plain hooks.
+
+    Mean ablation averages over the reference set generated from the prompts' template ('auto')."""
     tokens = [_ids(model, p) for p in PAIRS]
-    pool = [t[0] for t in tokens] + [t[1] for t in tokens]
+    generated = reference_prompts([p["clean"] for p in PAIRS], 2 * REFERENCE_SIZE, seed=0)[:REFERENCE_SIZE]
+    pool = [model.to_tokens(t) for t in generated]
     out = []
     for i, (clean, _, ans, wrong) in enumerate(tokens):
         hooks = []
         for layer in sorted({l for l, _ in heads}):
             name = f"blocks.{layer}.attn.hook_z"
-            with torch.no_grad():
-                acts = [model.run_with_cache(t, names_filter=[name])[1][name] for t in pool]
+            with torch.no_grad():  # one batch: every reference prompt has the same length
+                acts = list(model.run_with_cache(torch.cat(pool), names_filter=[name])[1][name].split(1))
             repl = torch.stack(acts).mean(0) if kind == "mean" else torch.zeros_like(acts[0])
             hs = [h for l, h in heads if l == layer]
 

@@ -90,6 +90,24 @@ def test_csv_export_has_a_row_per_cell(client):
     assert float(rows[16]["value"]) == pytest.approx(body["values"][1][1])
 
 
+def test_json_and_csv_twins_carry_the_spread_per_prompt_values_and_warnings(client):
+    from helpers import TINY_PAIRS
+
+    body = client.post("/api/runs", json={"method": "ablation", "prompts": TINY_PAIRS, "component": "layer"}).json()
+    stored = client.get(f"/runs/{body['id']}.json").json()
+    for key in ("per_prompt", "std", "ci_low", "ci_high", "reference", "warnings"):
+        assert stored[key] == body[key], key
+    assert len(stored["per_prompt"]) == 2 and len(stored["std"]) == 2
+    assert stored["reference"]["kind"] == "own" and any("own clean and corrupted" in w for w in stored["warnings"])
+    rows = list(csv.DictReader(io.StringIO(client.get(f"/runs/{body['id']}.csv").text)))
+    assert list(rows[0]) == ["layer", "value", "std", "ci_low", "ci_high", "prompt_1", "prompt_2"]
+    for layer, row in enumerate(rows):
+        assert float(row["value"]) == pytest.approx(body["values"][layer])
+        assert float(row["std"]) == pytest.approx(body["std"][layer])
+        assert (float(row["ci_low"]), float(row["ci_high"])) == pytest.approx((body["ci_low"][layer], body["ci_high"][layer]))
+        assert [float(row["prompt_1"]), float(row["prompt_2"])] == pytest.approx([p[layer] for p in body["per_prompt"]])
+
+
 def test_unknown_run_is_404(client):
     assert client.get("/runs/0000000000000000.json").status_code == 404
     assert client.get("/runs/0000000000000000.csv").status_code == 404
@@ -116,3 +134,21 @@ def test_concurrent_requests_never_see_each_others_hooks(client, tiny_model):
     for response, expected in zip(responses, alone):
         assert response.status_code == 200
         assert torch.allclose(torch.tensor(response.json()["values"]), torch.tensor(expected), atol=1e-5)
+
+
+def test_csv_of_a_result_stored_before_the_spread_existed_leaves_those_columns_empty(tiny_model):
+    import datetime as dt
+
+    from helpers import TINY_PAIRS
+    from patchstudio.results import PatchResult
+    from patchstudio.store import StoredRun
+    from patchstudio.web.routes.api import values_csv
+
+    result = run(tiny_model, {"prompts": TINY_PAIRS, "component": "layer"})
+    old = {k: v for k, v in result.model_dump(mode="json").items() if k not in ("per_prompt", "std", "ci_low", "ci_high", "reference", "warnings")}
+    legacy = PatchResult.model_validate(old)
+    assert legacy.per_prompt is None and legacy.warnings == []
+    stored = StoredRun(id=result.id, method="activation_patching", model_name="default", model_fingerprint="x",
+                       patchstudio_version="0", transformer_lens_version="0", created_at=dt.datetime.now(dt.timezone.utc), result=legacy)
+    rows = list(csv.DictReader(io.StringIO(values_csv(stored))))
+    assert rows[0]["std"] == "" and rows[0]["prompt_2"] == "" and float(rows[0]["value"]) == pytest.approx(result.values[0])

@@ -133,7 +133,8 @@ def test_custom_pairs_text_and_round_trip_through_a_stored_spec():
 
 
 def test_triangulation_flags_say_where_methods_disagree():
-    shares = {"patching": 0.8, "ablation": 0.02, "attribution": 0.3, "path": 0.1, "total_effect": 0.02, "direct_effect": 0.4}
+    shares = {"patching": 0.8, "ablation": 0.02, "attribution": 0.3, "path": 0.1, "direct": 0.1, "total_effect": 0.02,
+              "direct_effect": 0.4}
     flags = analysis.triangulation_flags(shares)
     assert flags == [
         "Large patching effect but small ablation drop: redundancy or self-repair suspected.",

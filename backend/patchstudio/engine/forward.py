@@ -10,7 +10,8 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import defaultdict
-from typing import Callable, Sequence
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -70,6 +71,15 @@ def run_hooked(model, tokens: Int[Tensor, "1 pos"], hooks: Hooks) -> None:
                 model(tokens)
         except StopForward:
             pass
+
+
+@contextmanager
+def hooked(model, hooks: Hooks) -> Iterator[None]:
+    """The model's lock held, with ``hooks`` attached, for calls other than a forward pass (a
+    readout's ``ln_final`` with its scale frozen, say)."""
+    fwd_hooks = [(name, compose(fns)) for name, fns in hooks.items()]
+    with model_lock(model), model.hooks(fwd_hooks=fwd_hooks):
+        yield
 
 
 def run_to_final_resid(

@@ -103,12 +103,19 @@ def prepare_pairs(model, prompts: Sequence[Any], *, same_length: bool) -> list[P
                 field="corrupted",
                 detail={"clean_tokens": clean_str, "corrupted_tokens": corrupted_str, "first_difference": diff},
             )
+        answer, wrong = answer_token(model, p.answer, "answer", i), answer_token(model, p.wrong, "wrong", i)
+        if answer == wrong:
+            raise InputError(
+                f"prompt {i + 1}: the answer {p.answer.strip()!r} and wrong {p.wrong.strip()!r} are the same token "
+                f"for this model, so the logit difference is 0 on every run; choose a different wrong answer",
+                field="wrong",
+            )
         out.append(
             PreparedPair(
                 clean=clean,
                 corrupted=corrupted,
-                answer=answer_token(model, p.answer, "answer", i),
-                wrong=answer_token(model, p.wrong, "wrong", i),
+                answer=answer,
+                wrong=wrong,
                 clean_str=clean_str,
                 corrupted_str=corrupted_str,
                 answer_str=p.answer.strip(),

@@ -24,8 +24,27 @@ from jaxtyping import Float
 from torch import Tensor
 
 from patchstudio.engine.forward import model_lock
+from patchstudio.errors import InputError
 
 NEEDS_FULL_VOCAB = frozenset({"prob", "loss", "kl"})
+
+# A clean-corrupted gap under this (in the metric's raw units) gets a warning: effects are read as
+# shares of the gap, and a small gap makes them large and unstable. One logit for the logit
+# difference (also for normalized_logit_diff, whose gap is a logit difference before normalising);
+# for the others, about what a one-logit change moves when the answer is neither certain nor
+# negligible: 0.05 of probability, 0.1 nats of loss or of KL divergence.
+SMALL_GAP = {"logit_diff": 1.0, "normalized_logit_diff": 1.0, "prob": 0.05, "loss": 0.1, "kl": 0.1}
+GAP_UNITS = {"logit_diff": "logits", "normalized_logit_diff": "logits", "prob": "of probability", "loss": "nats", "kl": "nats"}
+ZERO_GAP = 1e-6  # normalized_logit_diff is undefined under this gap
+ZERO_GRADIENT = 1e-9  # a metric gradient (max abs) under this is zero
+
+
+def zero_gradient(metric: str, at_clean_run: bool, largest_gradient: float) -> bool:
+    """Whether the metric's gradient at a run is zero, so first-order estimates there say nothing:
+    KL(clean || run) at the clean run itself is at its minimum, where the gradient vanishes
+    (numerically it is float noise, ~1e-8, not 0); any other gradient counts as zero when its
+    largest absolute value is under ``ZERO_GRADIENT``."""
+    return (metric == "kl" and at_clean_run) or largest_gradient < ZERO_GRADIENT
 
 
 def logits_metric(
@@ -88,12 +107,17 @@ class Readout:
         return logits_metric(self.metric, logits, self.answer, self.wrong, self.clean_log_probs)
 
 
+def check_gap(clean: float, corrupted: float) -> None:
+    """normalized_logit_diff divides by the clean-corrupted gap: refuse (field ``metric``) a zero one."""
+    if abs(clean - corrupted) < ZERO_GAP:
+        raise InputError(
+            f"normalized_logit_diff is undefined here: the clean and corrupted logit differences are "
+            f"equal ({clean:.4f}); choose a corruption that changes the answer, or the logit_diff metric",
+            field="metric",
+        )
+
+
 def normalize(values: Tensor, clean: float, corrupted: float) -> Tensor:
     """(x - corrupted) / (clean - corrupted): 0 = corrupted behaviour, 1 = clean behaviour."""
-    gap = clean - corrupted
-    if abs(gap) < 1e-6:
-        raise ValueError(
-            f"normalized_logit_diff is undefined here: the clean and corrupted logit differences are "
-            f"equal ({clean:.4f}); choose a corruption that changes the answer, or the logit_diff metric"
-        )
-    return (values - corrupted) / gap
+    check_gap(clean, corrupted)
+    return (values - corrupted) / (clean - corrupted)

@@ -1,8 +1,11 @@
 """run(model, spec) -> result: a loop over the spec's prompt pairs that asks the method registry.
 
-``plan`` checks and tokenizes the prompts and prices the experiment (patched runs); ``run`` then
-caches each pair's clean and corrupted activations, runs the method on each pair, and averages.
-Everything method-specific comes from ``engine.methods``.
+``plan`` checks and tokenizes the prompts (and a mean/resample ablation's reference set) and
+prices the experiment (patched runs); ``run`` then caches each pair's clean and corrupted
+activations and the reference set's (once), runs the method on each pair, and reports the mean
+over the pairs with each pair's values, their spread (``engine.stats``) and plain-sentence
+warnings about inputs that cannot show what the numbers claim. Everything method-specific comes
+from ``engine.methods``.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import torch
 from patchstudio.engine.forward import run_with_cache
 from patchstudio.engine.inputs import PreparedPair, prepare_pairs
 from patchstudio.engine.methods import Method, PairContext, get_method
-from patchstudio.engine.metrics import logits_metric, normalize
+from patchstudio.engine.metrics import GAP_UNITS, SMALL_GAP, check_gap, logits_metric, normalize
+from patchstudio.engine.reference import ReferencePlan, cache_reference, plan_reference
+from patchstudio.engine.stats import spread
 from patchstudio.errors import InputError
 from patchstudio.results import ModelInfo, PatchResult, PromptTokens, to_nested
 from patchstudio.specs import SpecBase, parse_spec
@@ -45,6 +50,7 @@ class Plan:
     method: Method
     pairs: list[PreparedPair]
     total: int
+    reference: ReferencePlan | None = None  # mean/resample ablation's reference set
 
     def check_budget(self, max_patched_runs: int | None) -> None:
         """Refuse a sweep over ``max_patched_runs`` patched runs (None: no budget)."""
@@ -64,8 +70,9 @@ def plan(model, spec: Any) -> Plan:
     method = get_method(spec.method)
     pairs = prepare_pairs(model, spec.prompts, same_length=method.same_length(spec))
     method.check(model, spec)
+    reference = plan_reference(model, spec, pairs) if method.needs_reference(spec) else None
     total = sum(method.cost(model, spec, p.clean.shape[-1]) for p in pairs)
-    return Plan(spec, method, pairs, total)
+    return Plan(spec, method, pairs, total, reference)
 
 
 def count_patched_runs(model, spec: Any) -> int:
@@ -97,8 +104,10 @@ def run(
     names = method.cache_names(model, spec)
     clean_runs = [run_with_cache(model, pair.clean, names) for pair in pairs]
     corrupted_runs = [run_with_cache(model, pair.corrupted, names) for pair in pairs]
-    # the reference set for mean/resample ablation: every clean, then every corrupted prompt
-    pool = [cache for _, cache in clean_runs] + [cache for _, cache in corrupted_runs]
+    reference = None
+    if p.reference is not None:  # once per spec: every pair ablates against the same set
+        own = ([cache for _, cache in clean_runs], [cache for _, cache in corrupted_runs])
+        reference = cache_reference(model, p.reference, names, own)
 
     done = 0
 
@@ -108,30 +117,38 @@ def run(
         if progress is not None:
             progress(done, p.total)
 
-    clean_vals, corrupted_vals, sweeps, extras = [], [], [], []
+    clean_vals, corrupted_vals, sweeps, extras, method_warnings = [], [], [], [], []
     for i, pair in enumerate(pairs):
         (clean_logits, clean_cache), (corrupted_logits, corrupted_cache) = clean_runs[i], corrupted_runs[i]
         clean_lp = clean_logits.log_softmax(-1)[0]
         clean_vals.append(float(logits_metric(spec.metric, clean_logits, pair.answer, pair.wrong, clean_lp)[0]))
         corrupted_vals.append(float(logits_metric(spec.metric, corrupted_logits, pair.answer, pair.wrong, clean_lp)[0]))
-        ctx = PairContext(model, spec, pair, i, clean_cache, corrupted_cache, pool, clean_lp, chunk_rows, step)
+        ctx = PairContext(model, spec, pair, i, clean_cache, corrupted_cache, reference, clean_lp, chunk_rows, step)
         out = method.run_pair(ctx)
         sweeps.append(out.values)
+        method_warnings.extend(out.warnings)
         if out.extras is not None:
             extras.append(out.extras)
 
     axes, sizes = method.axes(model, spec, pairs[0].clean.shape[-1])
-    mean = torch.stack(sweeps).mean(dim=0)
+    per_prompt = torch.stack(sweeps)  # [prompt, cells]
     clean_mean = sum(clean_vals) / len(clean_vals)
     corrupted_mean = sum(corrupted_vals) / len(corrupted_vals)
+    if method.warn is not None and extras:
+        method_warnings.extend(method.warn(extras, spec))
+    warnings = _warnings(p, clean_mean - corrupted_mean, method_warnings)
     if spec.metric == "normalized_logit_diff":
+        check_gap(clean_mean, corrupted_mean)  # an InputError on 'metric', not a division by zero
+        # every prompt with the set-level clean and corrupted means, so the mean stays their mean
         if method.values == "change":  # changes of the metric, not metric values: scale only
-            mean = normalize(mean, clean_mean, corrupted_mean) - normalize(torch.zeros(()), clean_mean, corrupted_mean)
+            per_prompt = per_prompt / (clean_mean - corrupted_mean)
         else:
-            mean = normalize(mean, clean_mean, corrupted_mean)
+            per_prompt = normalize(per_prompt, clean_mean, corrupted_mean)
         clean_vals = normalize(torch.tensor(clean_vals), clean_mean, corrupted_mean).tolist()
         corrupted_vals = normalize(torch.tensor(corrupted_vals), clean_mean, corrupted_mean).tolist()
         clean_mean, corrupted_mean = 1.0, 0.0
+    mean = per_prompt.mean(dim=0)
+    std, ci_low, ci_high = spread(per_prompt)
 
     return PatchResult(
         id=spec.id,
@@ -155,7 +172,34 @@ def run(
         versions=versions(),
         seconds=round(time.perf_counter() - start, 4),
         extras=method.summarize(extras, spec, clean_mean) if method.summarize and extras else None,
+        per_prompt=[to_nested(row, sizes) for row in per_prompt],
+        std=to_nested(std, sizes),
+        ci_low=to_nested(ci_low, sizes),
+        ci_high=to_nested(ci_high, sizes),
+        reference=p.reference.info() if p.reference is not None else None,
+        warnings=warnings,
     )
+
+
+def _warnings(p: Plan, gap: float, from_method: list[str]) -> list[str]:
+    """Plain sentences about inputs that cannot show what the numbers claim (none: an empty list)."""
+    out = list(p.reference.warnings) if p.reference is not None else []
+    for i, pair in enumerate(p.pairs):
+        if torch.equal(pair.clean, pair.corrupted):
+            out.append(
+                f"Prompt {i + 1}: the clean and corrupted prompts are the same tokens, so nothing moved from one "
+                f"run to the other can show an effect."
+            )
+    metric = p.spec.metric
+    if abs(gap) < SMALL_GAP[metric]:
+        out.append(
+            f"The clean–corrupted gap is {gap:.3g} {GAP_UNITS[metric]}, under {SMALL_GAP[metric]:g}: the "
+            f"corruption barely changes the metric, so effects read as shares of the gap are large and unstable."
+        )
+    for text in from_method:
+        if text not in out:
+            out.append(text)
+    return out
 
 
 def _labels(axes: list[str], sizes: list[int], first: PreparedPair) -> dict[str, list[str]]:

@@ -15,7 +15,7 @@ import hashlib
 import random
 import re
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 # --------------------------------------------------------------------------------------------
 # Word lists
@@ -281,6 +281,91 @@ def abc_corruption(prompt: str, seed: int = 0) -> str:
     rng = random.Random(seed)
     new = rng.sample([x for x in NAMES if x not in (io, s)], len(matches))
     return _replace(prompt, matches, new)
+
+
+# --------------------------------------------------------------------------------------------
+# Recognising a prompt set's template, and reference sets drawn from it
+# --------------------------------------------------------------------------------------------
+
+_SLOT_RE = re.compile(r"(\{\w+\})")
+_SLOT_WORDS: dict[str, frozenset[str]] = {
+    "N1": NAME_SET, "N2": NAME_SET, "S": NAME_SET, "PLACE": frozenset(PLACES), "OBJECT": frozenset(OBJECTS),
+}  # fmt: skip
+_INDUCTION_WORDS = frozenset((*NAMES, *OBJECTS, *PLACES))
+# Reference sets are drawn with their own seeds (this offset + the spec's seed), so a reference set
+# never repeats a prompt set made by the same generator with the same small seed.
+REFERENCE_SEED_OFFSET = 1_000_000_007
+
+
+def _template_words(template: str) -> list[str]:
+    """A template as the words ``split_words`` gives its prompts, slots ('{N1}') kept as words."""
+    out: list[str] = []
+    for part in _SLOT_RE.split(template):
+        out += [part] if _SLOT_RE.fullmatch(part) else split_words(part)
+    return out
+
+
+_IOI_TEMPLATE_WORDS = [_template_words(t) for t in IOI_TEMPLATES]
+
+
+def ioi_template_of(prompt: str) -> int | None:
+    """The index of the IOI template that ``prompt`` fills (names, places and objects from the
+    generator's word lists in its slots; spacing around punctuation ignored), or None."""
+    words = split_words(prompt)
+    for index, pattern in enumerate(_IOI_TEMPLATE_WORDS):
+        if len(pattern) == len(words) and all(
+            (w in _SLOT_WORDS[p[1:-1]]) if p.startswith("{") else w == p for p, w in zip(pattern, words)
+        ):
+            return index
+    return None
+
+
+def induction_length_of(prompt: str) -> int | None:
+    """L if ``prompt`` is an induction prompt of ``induction_pairs`` (L distinct generator words,
+    then the first L-1 of them again), else None."""
+    words = split_words(prompt)
+    if len(words) < 3 or len(words) % 2 == 0:
+        return None
+    length = (len(words) + 1) // 2
+    first = words[:length]
+    if words[length:] != first[:-1] or len(set(first)) != length or not all(w in _INDUCTION_WORDS for w in first):
+        return None
+    return length
+
+
+def recognise(prompts: Sequence[str]) -> tuple[str, int] | None:
+    """("ioi", template index) or ("induction", L) when every prompt comes from that one built-in
+    template; None otherwise (a mix of templates, or prompts the generator does not make)."""
+    if not prompts:
+        return None
+    for kind, find in (("ioi", ioi_template_of), ("induction", induction_length_of)):
+        found = {find(p) for p in prompts}
+        if len(found) == 1 and None not in found:
+            return kind, found.pop()
+    return None
+
+
+def describe_template(kind: str, which: int) -> str:
+    if kind == "ioi":
+        return f"IOI template {which} ({IOI_TEMPLATES[which]!r}) with other names, places and objects"
+    return f"induction sequences of {which} random words, repeated"
+
+
+def reference_prompts(prompts: Sequence[str], n: int, seed: int = 0) -> list[str] | None:
+    """``n`` prompts from the built-in template that every one of ``prompts`` fills, or None if the
+    generator does not recognise them (``recognise``): the clean prompts of
+    ``ioi_pairs(n, template=t)`` (IOI sentences of that template with other names, places and
+    objects, both name orders) or of ``induction_pairs(n, length=L)``. Seeded: generated with seed
+    ``REFERENCE_SEED_OFFSET + seed``. The reference distribution of mean and resample ablation."""
+    found = recognise(prompts)
+    if found is None:
+        return None
+    kind, which = found
+    if kind == "ioi":
+        pairs = ioi_pairs(n, seed=REFERENCE_SEED_OFFSET + seed, template=which)
+    else:
+        pairs = induction_pairs(n, seed=REFERENCE_SEED_OFFSET + seed, length=which)
+    return [p.clean for p in pairs]
 
 
 # --------------------------------------------------------------------------------------------

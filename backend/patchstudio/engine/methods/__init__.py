@@ -12,6 +12,7 @@ from patchstudio.engine.methods import (
     ablation,
     activation_patching,
     attribution_patching,
+    direct_effect,
     input_influence,
     path_patching,
     self_repair,
@@ -23,7 +24,7 @@ from patchstudio.specs import register
 # The order methods are offered in (the form's method menu).
 METHODS: dict[str, Method] = {
     m.METHOD.name: m.METHOD
-    for m in (activation_patching, ablation, attribution_patching, path_patching, self_repair, input_influence)
+    for m in (activation_patching, ablation, attribution_patching, path_patching, self_repair, input_influence, direct_effect)
 }
 for _method in METHODS.values():
     register(_method.spec)

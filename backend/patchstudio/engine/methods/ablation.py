@@ -5,65 +5,71 @@ a lower bound on one kind of causal role. What "remove" means is itself a counte
 of the claim (Chan et al. 2022, causal scrubbing; Heimersheim & Nanda 2024):
 
 - ``zero``: the activation is set to zero (off-distribution: the model never sees zeros);
-- ``mean``: its mean, per position, over a reference set (here every clean and corrupted prompt
-  of the experiment), which keeps what is common to the set and removes what varies;
-- ``resample``: its value on another prompt of that set, drawn with a seed (Chan et al. 2022).
+- ``mean``: its mean, per position, over a reference distribution (``reference``: by default
+  prompts generated from the spec's own template, see ``engine/reference.py``), which keeps what
+  is common to the distribution and removes what varies;
+- ``resample``: its value on one prompt drawn from that distribution with ``seed`` (never the
+  prompt's own clean or corrupted version; Chan et al. 2022).
 
 The replacement values are built here and applied by the same core as activation patching.
 """
 
 from __future__ import annotations
 
-import random
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import Tensor
 
 from patchstudio.engine import hooks as H
+from patchstudio.engine.inputs import PreparedPair
 from patchstudio.engine.methods.base import Method, PairContext, PairResult
 from patchstudio.engine.patching import patch_sweep
-from patchstudio.specs import AblationKind, SpecBase
+from patchstudio.engine.reference import ReferenceSet, resample_index
+from patchstudio.specs import REFERENCE_DESCRIPTION, AblationKind, Reference, SpecBase, check_reference
+
+__all__ = ["AblationSpec", "ablation_values", "resample_index", "METHOD"]
 
 
 class AblationSpec(SpecBase):
-    """Replace a component's activation on the clean run by zero, its mean, or a resampled value."""
+    """Replace a component's activation on the clean run by zero, its mean over a reference
+    distribution, or its value on one prompt resampled from it."""
 
     method: Literal["ablation"] = "ablation"
     ablation: AblationKind = Field(
         "mean",
-        description="'zero'; 'mean' over all the spec's clean and corrupted prompts; 'resample': the value on another prompt of that set.",
+        description="'zero'; 'mean' over the reference prompts (per position); 'resample': the value on one reference prompt.",
     )
-    seed: int = Field(0, description="Seed for 'resample'.")
+    seed: int = Field(0, description="Seed of the generated reference set and of resample's draw.")
+    reference: Reference = Field("auto", description=REFERENCE_DESCRIPTION)
+
+    @field_validator("reference")
+    @classmethod
+    def _reference_for_an_average(cls, value, info):
+        return check_reference(value, info)
 
 
 def ablation_values(
     kind: str,
-    pool: Sequence[dict[str, Tensor]],
-    base_index: int,
+    base_cache: dict[str, Tensor],
+    reference: ReferenceSet | None,
+    pair: PreparedPair,
+    index: int,
     seed: int,
 ) -> dict[str, Tensor]:
-    """Per-hook replacement activations for the prompt at ``pool[base_index]``.
-
-    ``pool`` holds the cached activations of every reference prompt (batch axis of size 1).
-    """
-    base = pool[base_index]
+    """Per-hook replacement activations (batch axis of size 1) for prompt pair ``index`` of a
+    spec, whose clean run cached ``base_cache``."""
     if kind == "zero":
-        return {name: torch.zeros_like(act) for name, act in base.items()}
+        return {name: torch.zeros_like(act) for name, act in base_cache.items()}
+    if reference is None:
+        raise ValueError(f"{kind} ablation needs a reference set")
     if kind == "mean":
-        return {name: torch.stack([p[name] for p in pool]).mean(dim=0) for name in base}
+        return {name: reference.mean[name] for name in base_cache}
     if kind == "resample":
-        return dict(pool[resample_index(len(pool), base_index, seed)])
+        drawn = reference.draw(pair, index, seed)
+        return {name: drawn[name] for name in base_cache}
     raise ValueError(f"unknown ablation {kind!r}: use zero, mean or resample")
-
-
-def resample_index(pool_size: int, base_index: int, seed: int) -> int:
-    """A seeded choice of another prompt of the pool (never the base prompt itself)."""
-    if pool_size < 2:
-        raise ValueError("resample ablation needs at least two prompts to draw from")
-    choices = [j for j in range(pool_size) if j != base_index]
-    return random.Random(seed * 1_000_003 + base_index).choice(choices)
 
 
 def needs_one_length(spec) -> bool:
@@ -74,7 +80,7 @@ def needs_one_length(spec) -> bool:
 def run_pair(ctx: PairContext) -> PairResult:
     spec, model = ctx.spec, ctx.model
     sites, _, _ = H.sites(model, spec.component, spec.positions, ctx.pair.clean.shape[-1])
-    source = ablation_values(spec.ablation, ctx.pool, ctx.index, spec.seed)
+    source = ablation_values(spec.ablation, ctx.clean_cache, ctx.reference, ctx.pair, ctx.index, spec.seed)
     values = H.patch_values(spec.component, int(model.cfg.n_layers), ctx.clean_cache, source)
     return PairResult(
         patch_sweep(model, ctx.pair.clean, values, sites, ctx.readout(), chunk_rows=ctx.chunk_rows, progress=ctx.progress)
@@ -88,5 +94,6 @@ METHOD = Method(
     same_length=needs_one_length,
     evidence=lambda spec: f"necessity-style: the component {spec.ablation}-ablated on the clean run",
     default_view="change",
+    needs_reference=lambda spec: spec.ablation != "zero",
     references=("Chan et al. 2022", "Heimersheim & Nanda 2024"),
 )

@@ -31,6 +31,7 @@ from torch import Tensor
 from patchstudio.engine import hooks as H
 from patchstudio.engine.forward import run_to_final_resid
 from patchstudio.engine.methods.base import Method, PairContext, PairResult
+from patchstudio.engine.metrics import zero_gradient
 from patchstudio.specs import Direction, SpecBase
 
 ATTRIBUTION_COMPONENTS = ("head", "head_q", "head_k", "head_v", "resid_pre", "attn_out", "mlp_out")
@@ -72,13 +73,16 @@ def attribution_sweep(
     readout: Callable[[Float[Tensor, "rows d_model"]], Float[Tensor, "rows"]],
     *,
     steps: int = 1,
+    stats: dict[str, float] | None = None,
 ) -> Float[Tensor, "n_sites"]:
     """Estimated metric after patching each site (``hooks.sites`` order) of ``component``.
 
     ``base_cache``/``source_cache`` hold each layer's activation at the component's hook (and
     ``blocks.0.hook_resid_pre`` for ``steps`` > 1) from the base and source runs. ``readout``
     maps final-position residual vectors to the metric. The cost is one forward and one backward
-    pass (with ``steps`` rows); the backward pass computes activation gradients only.
+    pass (with ``steps`` rows); the backward pass computes activation gradients only. ``stats``,
+    when given, receives ``largest_gradient``: the largest absolute gradient of the metric with
+    respect to the final residual stream (0: every estimate is the base metric).
     """
     if component not in SUPPORTED:
         raise ValueError(f"attribution patching supports {sorted(SUPPORTED)}, not {component!r}")
@@ -101,13 +105,17 @@ def attribution_sweep(
         alphas = ((torch.arange(steps, dtype=torch.float32) + 0.5) / steps).to(start.device, start.dtype)
 
         def interpolate(act: Tensor, hook) -> Tensor:
-            return start + alphas.view(-1, 1, 1) * (end - start)
+            # a leaf of the graph: for resid_pre, layer 0's activation *is* this path, and the
+            # gradient is taken with respect to it
+            return (start + alphas.view(-1, 1, 1) * (end - start)).requires_grad_(True)
 
         hooks.setdefault(first, []).insert(0, interpolate)
     with torch.enable_grad():
         resid = run_to_final_resid(model, base_tokens, hooks, grad=True)
         total = readout(resid).sum()
-        grads = torch.autograd.grad(total, [captured[n] for n in names])
+        *grads, resid_grad = torch.autograd.grad(total, [captured[n] for n in names] + [resid])
+    if stats is not None:  # how large the metric's gradient is at the final residual stream
+        stats["largest_gradient"] = float(resid_grad.abs().max())
     if steps > 1:  # the IG rows are interpolations; the base metric needs its own (gradient-free) pass
         with torch.no_grad():
             base_metric = float(readout(run_to_final_resid(model, base_tokens, {}))[0])
@@ -124,11 +132,23 @@ def attribution_sweep(
 def run_pair(ctx: PairContext) -> PairResult:
     spec = ctx.spec
     base_tokens, base_cache, source_cache = ctx.runs(spec.direction)
+    stats: dict[str, float] = {}
     values = attribution_sweep(
-        ctx.model, base_tokens, base_cache, source_cache, spec.component, spec.positions, ctx.readout(), steps=spec.steps
+        ctx.model, base_tokens, base_cache, source_cache, spec.component, spec.positions, ctx.readout(),
+        steps=spec.steps, stats=stats,
     )
     ctx.progress(spec.steps)
-    return PairResult(values)
+    warnings = ()
+    at_clean = spec.direction == "noise" and spec.steps == 1  # IG rows leave the clean run
+    if zero_gradient(spec.metric, at_clean, stats["largest_gradient"]):
+        run = "clean" if spec.direction == "noise" else "corrupted"
+        where = f"at the {run} run" if spec.steps == 1 else "along the whole path"
+        warnings = (
+            f"The metric's gradient is zero {where} (e.g. KL(clean ‖ run) at the clean run when noising), so every "
+            f"estimate equals the unpatched metric: the linear estimate says nothing here. Use EAP-IG (steps > 1), "
+            f"exact activation patching, or another metric.",
+        )
+    return PairResult(values, warnings=warnings)
 
 
 def cache_names(model, spec) -> list[str]:

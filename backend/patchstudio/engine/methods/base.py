@@ -15,6 +15,7 @@ from torch import Tensor
 from patchstudio.engine import hooks as H
 from patchstudio.engine.inputs import PreparedPair
 from patchstudio.engine.metrics import Readout
+from patchstudio.engine.reference import ReferenceSet
 from patchstudio.errors import InputError
 from patchstudio.specs import SpecBase
 
@@ -29,7 +30,7 @@ class PairContext:
     index: int  # of the pair in the spec
     clean_cache: dict[str, Tensor]  # the hooks the method asked for (``Method.cache_names``)
     corrupted_cache: dict[str, Tensor]
-    pool: list[dict[str, Tensor]]  # every prompt's cache: the reference set for mean/resample
+    reference: ReferenceSet | None  # mean/resample ablation's reference set (``Method.needs_reference``)
     clean_log_probs: Tensor  # final position, for the KL metric
     chunk_rows: int
     progress: Callable[[int], None]
@@ -50,6 +51,7 @@ class PairContext:
 class PairResult:
     values: Tensor  # flat, row-major in the method's axes
     extras: dict[str, Any] | None = None  # per-pair data for ``Method.summarize``
+    warnings: tuple[str, ...] = ()  # plain sentences for the result's ``warnings``
 
 
 def sites_cost(model, spec, seq_len: int) -> int:
@@ -119,6 +121,10 @@ class Method:
     # the view a result opens in: a share of the clean-corrupted gap (patching), or the change from
     # "no effect" (ablation, self-repair)
     default_view: Literal["share", "change", "raw"] = "share"
+    # per-pair extras -> plain-sentence warnings about the whole prompt set
+    warn: Callable[[list[dict], Any], list[str]] | None = None
+    # whether a spec ablates against a reference set (its ``reference`` field; engine/reference.py)
+    needs_reference: Callable[[Any], bool] = lambda spec: False
     references: tuple[str, ...] = field(default=())  # papers, for the docs
 
     @property

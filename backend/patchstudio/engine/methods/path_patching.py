@@ -24,13 +24,13 @@ from typing import Callable, ClassVar, Literal, Sequence
 
 import torch
 from jaxtyping import Float, Int
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import Tensor
 
 from patchstudio.engine import hooks as H
 from patchstudio.engine.forward import HookFn, Hooks, StopForward, run_hooked, run_to_final_resid, setter, widen
 from patchstudio.engine.methods.base import Method, PairContext, PairResult, check_heads
-from patchstudio.specs import Direction, ReceiverSpec, WholeHeadsSpec
+from patchstudio.specs import Direction, ReceiverSpec, WholeHeadsSpec, no_duplicates
 
 Receiver = tuple[int, int, str]  # (layer, head, "q" | "k" | "v")
 
@@ -47,6 +47,11 @@ class PathPatchingSpec(WholeHeadsSpec):
     method: Literal["path_patching"] = "path_patching"
     direction: Direction = "noise"
     receivers: tuple[ReceiverSpec, ...] = Field((), description="Receiver heads' q/k/v inputs; empty = the logits.")
+
+    @field_validator("receivers")
+    @classmethod
+    def _each_once(cls, value: tuple[ReceiverSpec, ...]) -> tuple[ReceiverSpec, ...]:
+        return no_duplicates(value, "receiver", lambda r: f"L{r.layer}H{r.head}.{r.input}")
 
 
 def _freeze_all(value: Tensor) -> HookFn:
@@ -135,18 +140,42 @@ def _through_receivers(model, tokens, sender_hooks, receivers, rows, readout) ->
     step2: Hooks = defaultdict(list)
     step2[H.resid_pre_name(first)].append(widen(rows))
     for name in names:
-        heads = [r[1] for r in receivers if _receiver_name(r) == name]
-        mask = torch.zeros(1, 1, recorded[name].shape[2], 1, dtype=torch.bool)
+        n_act = recorded[name].shape[2]  # heads along this input's head axis (fewer k/v heads under GQA)
+        heads = [activation_head(model, r[1], n_act) for r in receivers if _receiver_name(r) == name]
+        mask = torch.zeros(1, 1, n_act, 1, dtype=torch.bool)
         mask[0, 0, heads, 0] = True
         step2[name].append(setter(mask, recorded[name]))
     return readout(run_to_final_resid(model, tokens, step2)).float().cpu()
+
+
+def activation_head(model, head: int, n_act: int) -> int:
+    """The index along an activation's head axis of query head ``head``'s input: itself for q (and
+    without grouped-query attention); its key/value group under GQA, where query heads
+    g*k .. g*k + k - 1 share key/value head g (k = n_heads / n_key_value_heads)."""
+    return head // (int(model.cfg.n_heads) // n_act)
+
+
+def _gqa_warnings(model, spec) -> tuple[str, ...]:
+    n_heads = int(model.cfg.n_heads)
+    out = []
+    for r in spec.receivers:
+        n_kv = H.n_heads_for(model, f"head_{r.input}")
+        if r.input in ("k", "v") and n_kv < n_heads:
+            group = n_heads // n_kv
+            g = r.head // group
+            out.append(
+                f"Under grouped-query attention, receiver L{r.layer}H{r.head}.{r.input} is {r.input} head {g}, shared by "
+                f"query heads {g * group}-{g * group + group - 1}: patching it changes that input for all of them."
+            )
+    return tuple(out)
 
 
 def run_pair(ctx: PairContext) -> PairResult:
     spec = ctx.spec
     base_tokens, base_cache, cf_cache = ctx.runs(spec.direction)
     receivers = [(r.layer, r.head, r.input) for r in spec.receivers]
-    return PairResult(path_patch_sweep(ctx.model, base_tokens, base_cache, cf_cache, receivers, ctx.readout(), progress=ctx.progress))
+    values = path_patch_sweep(ctx.model, base_tokens, base_cache, cf_cache, receivers, ctx.readout(), progress=ctx.progress)
+    return PairResult(values, warnings=_gqa_warnings(ctx.model, spec))
 
 
 METHOD = Method(

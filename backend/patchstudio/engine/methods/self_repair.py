@@ -30,7 +30,15 @@ from patchstudio.engine import hooks as H
 from patchstudio.engine.forward import run_with_cache
 from patchstudio.engine.methods.ablation import ablation_values
 from patchstudio.engine.methods.base import Method, PairContext, PairResult, check_heads
-from patchstudio.specs import AblationKind, HeadRef, WholeHeadsSpec
+from patchstudio.specs import (
+    REFERENCE_DESCRIPTION,
+    AblationKind,
+    HeadRef,
+    Reference,
+    WholeHeadsSpec,
+    check_reference,
+    no_duplicates,
+)
 
 Head = tuple[int, int]
 
@@ -39,13 +47,15 @@ class SelfRepairSpec(WholeHeadsSpec):
     """Self-repair (McGrath et al. 2023; Rushing & Nanda 2024): ablate target heads on the clean
     run and split the metric's change into the targets' direct effect, each downstream head's and
     MLP's change in direct effect, and the final LayerNorm scale's part. ``compensator``: a head
-    ablated together with the targets (paired ablation)."""
+    ablated together with the targets (paired ablation). Mean and resample ablation use the
+    ``reference`` set (``engine/reference.py``), as ablation does."""
 
     what: ClassVar[str] = "self-repair ablates heads"
     method: Literal["self_repair"] = "self_repair"
     targets: tuple[HeadRef, ...] = Field(description="The ablated heads.", json_schema_extra={"minItems": 1})
     ablation: AblationKind = "mean"
-    seed: int = 0
+    seed: int = Field(0, description="Seed of the generated reference set and of resample's draw.")
+    reference: Reference = Field("auto", description=REFERENCE_DESCRIPTION)
     compensator: HeadRef | None = None
 
     @field_validator("targets")
@@ -53,6 +63,21 @@ class SelfRepairSpec(WholeHeadsSpec):
     def _some_targets(cls, value: tuple[HeadRef, ...]) -> tuple[HeadRef, ...]:
         if not value:
             raise ValueError("give at least one target head")
+        return no_duplicates(value, "target", lambda t: f"L{t.layer}H{t.head}")
+
+    @field_validator("reference")
+    @classmethod
+    def _reference_for_an_average(cls, value, info):
+        return check_reference(value, info)
+
+    @field_validator("compensator")
+    @classmethod
+    def _not_a_target(cls, value: HeadRef | None, info) -> HeadRef | None:
+        if value is not None and value in (info.data.get("targets") or ()):
+            raise ValueError(
+                f"the compensator L{value.layer}H{value.head} is also a target: a compensator is a head ablated "
+                f"together with the targets, so it must be another head"
+            )
         return value
 
     @field_validator("metric")
@@ -146,7 +171,7 @@ def self_repair(
 
 def run_pair(ctx: PairContext) -> PairResult:
     spec, model = ctx.spec, ctx.model
-    values = ablation_values(spec.ablation, ctx.pool, ctx.index, spec.seed)
+    values = ablation_values(spec.ablation, ctx.clean_cache, ctx.reference, ctx.pair, ctx.index, spec.seed)
     replacements = {layer: values[H.z_name(layer)] for layer in range(int(model.cfg.n_layers))}
     targets = [(t.layer, t.head) for t in spec.targets]
     comp = (spec.compensator.layer, spec.compensator.head) if spec.compensator else None
@@ -180,6 +205,7 @@ METHOD = Method(
     run_pair=run_pair,
     values="change",  # each head's change in direct effect
     same_length=lambda spec: spec.ablation != "zero",
+    needs_reference=lambda spec: spec.ablation != "zero",
     check=check,
     summarize=summarize,
     evidence=lambda spec: "self-repair: each component's change in direct effect when the targets are ablated "

@@ -10,13 +10,14 @@ from patchstudio.web.methods import (
     ablation,
     activation_patching,
     attribution_patching,
+    direct_effect,
     input_influence,
     path_patching,
     self_repair,
 )
 from patchstudio.web.methods.base import WebMethod
 
-_MODULES = (activation_patching, ablation, attribution_patching, path_patching, self_repair, input_influence)
+_MODULES = (activation_patching, ablation, attribution_patching, path_patching, self_repair, input_influence, direct_effect)
 _BY_NAME = {m.WEB.name: m.WEB for m in _MODULES}
 _MISSING = [name for name in METHODS if name not in _BY_NAME]
 if _MISSING:

@@ -2,7 +2,11 @@ from patchstudio.web.methods.base import WebMethod
 
 
 def claim(spec) -> str:
-    how = "gradient × input" if spec.steps == 1 else f"integrated gradients from the corrupted prompt, {spec.steps} steps"
+    base = "the corrupted prompt" if spec.baseline == "corrupted" else "zero"
+    if spec.steps == 1:
+        how = "gradient × input" if spec.baseline == "zero" else "gradient × (input − corrupted input)"
+    else:
+        how = f"integrated gradients from {base}, {spec.steps} steps"
     return f"input influence of each clean token ({how})"
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import re
 from typing import Any
 
@@ -109,22 +110,40 @@ def run_json(service: ServiceDep, run_id: str = RunId) -> Any:
 
 
 def values_csv(stored: StoredRun) -> str:
-    """Long format: one row per cell, a column per axis (token strings for positions), the value, its
-    change from "no effect" and its share of the clean-corrupted gap (blank where the gap is 0)."""
+    """Long in the cells, wide in the prompts: one row per cell, a column per axis (the token and, for
+    IOI-shaped prompts, its role for positions), then ``value`` (the mean over the prompts), its
+    ``change`` from "no effect", its ``share`` of the clean-corrupted gap (blank where the gap is 0),
+    ``std``, ``ci_low``, ``ci_high`` (a 95% bootstrap interval of the mean) and ``prompt_1`` ..
+    ``prompt_n`` (each prompt's own value). Results stored before the spread existed leave those
+    columns empty."""
     result = stored.result
     out = io.StringIO()
     writer = csv.writer(out)
+    n_prompts = len(result.per_prompt) if result.per_prompt is not None else len(result.prompts)
+    spread = ("std", "ci_low", "ci_high")
     roles = analysis.position_roles(result) if "pos" in result.axes else []
-    writer.writerow(list(result.axes) + (["token", "role"] if "pos" in result.axes else []) + ["value", "change", "share"])
-    change = analysis.flat_cells(result, analysis.view(result, "change").values)
+    header = list(result.axes) + (["token", "role"] if "pos" in result.axes else []) + ["value", "change", "share", *spread]
+    writer.writerow(header + [f"prompt_{i + 1}" for i in range(n_prompts)])
+    change = analysis.view(result, "change").values
     share_view = analysis.view(result, "share")
-    share = analysis.flat_cells(result, share_view.values) if share_view.name == "share" else None
-    for i, (cell, value) in enumerate(analysis.flat_cells(result)):
-        row: list[Any] = [cell[a] for a in result.axes]
+    share = share_view.values if share_view.name == "share" else None
+    sizes = [len(result.labels[a]) for a in result.axes]
+
+    def at(nested: Any, index: tuple[int, ...]) -> str:
+        if nested is None or (isinstance(nested, list) and not nested):
+            return ""
+        for i in index:
+            nested = nested[i]
+        return repr(float(nested))
+
+    per_prompt = result.per_prompt if result.per_prompt is not None else [None] * n_prompts
+    for index in itertools.product(*(range(s) for s in sizes)):
+        row: list[Any] = list(index)
         if "pos" in result.axes:
-            row += [result.labels["pos"][cell["pos"]], roles[cell["pos"]]]
-        row += [repr(value), repr(change[i][1]), repr(share[i][1]) if share else ""]
-        writer.writerow(row)
+            pos = index[result.axes.index("pos")]
+            row += [result.labels["pos"][pos], roles[pos]]
+        row += [at(result.values, index), at(change, index), at(share, index), *(at(getattr(result, name), index) for name in spread)]
+        writer.writerow(row + [at(p, index) for p in per_prompt])
     return out.getvalue()
 
 
