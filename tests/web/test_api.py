@@ -100,7 +100,7 @@ def test_json_and_csv_twins_carry_the_spread_per_prompt_values_and_warnings(clie
     assert len(stored["per_prompt"]) == 2 and len(stored["std"]) == 2
     assert stored["reference"]["kind"] == "own" and any("own clean and corrupted" in w for w in stored["warnings"])
     rows = list(csv.DictReader(io.StringIO(client.get(f"/runs/{body['id']}.csv").text)))
-    assert list(rows[0]) == ["layer", "value", "std", "ci_low", "ci_high", "prompt_1", "prompt_2"]
+    assert list(rows[0]) == ["layer", "value", "change", "share", "std", "ci_low", "ci_high", "prompt_1", "prompt_2"]
     for layer, row in enumerate(rows):
         assert float(row["value"]) == pytest.approx(body["values"][layer])
         assert float(row["std"]) == pytest.approx(body["std"][layer])

@@ -272,3 +272,16 @@ def test_word_level_vocabulary_is_offered_as_help(client):
     assert 'list="known-names"' in text and '<option value="Mary">' in text
     bad = client.post("/explore", data=form(clean="When Mary and Xavier went to the store , Xavier gave a drink to"), headers=HTMX)
     assert "&#39;Xavier&#39; is not in this model&#39;s vocabulary" in bad.text
+
+
+def test_warnings_reference_and_spread_are_on_the_page(client):
+    same = form(corruption="custom", corrupted=IOI, auto_answers="on")
+    text = client.post("/explore", data=same, headers=HTMX).text
+    assert 'id="result-warnings"' in text and "the clean and corrupted prompts are the same tokens" in text
+    spread = client.post("/explore", data=form(source="family", family="custom", n_pairs="2", pairs_text="\n".join(
+        [f"{IOI} | {IOI_CORRUPTED} | Mary | John",
+         "When Alice and Bob went to the garden , Bob gave a book to | When Alice and Bob went to the garden , Alice gave a book to | Alice | Bob"])),
+        headers=HTMX).text
+    assert "Each cell is the mean over 2 prompt pairs" in spread and "over 2 prompts: sd " in spread
+    ablated = client.post("/explore", data=form(method="ablation"), headers=HTMX).text
+    assert "Ablation reference: " in ablated

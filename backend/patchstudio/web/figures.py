@@ -70,6 +70,19 @@ def diverging(lo: float, hi: float, mid: float, steps: int = 8) -> tuple[list[li
     return scale, lo, hi
 
 
+def _spread_at(result: PatchResult, path: list[int]) -> str:
+    """'<br>over 8 prompts: sd 0.31, 95% CI 4.52 to 5.07 (raw units)', or '' without a spread."""
+    if not result.std or result.ci_low is None or result.ci_high is None:
+        return ""
+    sd, lo, hi = result.std, result.ci_low, result.ci_high
+    for i in path:
+        sd, lo, hi = sd[i], lo[i], hi[i]
+    n = len(result.prompts)
+    if n < 2:
+        return "<br>one prompt pair: no spread"
+    return f"<br>over {n} prompts: sd {sd:.3f}, 95% CI {lo:.3f} to {hi:.3f} (raw units)"
+
+
 def _hover(result: PatchResult, shown: str) -> Any:
     """Per cell: every view's number, the shown one first (nested like result.values)."""
     views = {name: analysis.view(result, name) for name in analysis.VIEWS}
@@ -89,7 +102,8 @@ def _hover(result: PatchResult, shown: str) -> Any:
             for i in path:
                 v = v[i]
             parts.append(f"{n} {v:+.3f}" if n != "raw" else f"raw {v:.3f}")
-        return " · ".join(parts)
+        spread = _spread_at(result, path)
+        return " · ".join(parts) + spread
 
     return build([])
 

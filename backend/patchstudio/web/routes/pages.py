@@ -130,6 +130,8 @@ def _result_context(request: Request, stored: StoredRun, pos: int | None = None,
         "caption": f"Metric: {METRIC_LABELS[result.spec.metric]}; {analysis.corruption_summary(result)}",
         "selected": selected,
         "share_url": share_url(request, service, stored.id),
+        "warnings": list(result.warnings or []),
+        "reference": result.reference,
         "method_partial": web.partial,
         **(web.context(service, result) if web.partial else {}),
     }
