@@ -96,4 +96,4 @@ def test_triangulation_rows_include_the_direct_effect(tiny_model):
     runs = {role: run(tiny_model, s) for role, s in analysis.triangulation_specs(spec, layer=1, head=2).items()}
     table = analysis.triangulate(runs["patching"], runs, layer=1, pos=None, head=2)
     row = next(r for r in table.rows if r["key"] == "direct")
-    assert row["method"] == "direct effect on the logits" and row["value"] == runs["direct"].values[1][2]
+    assert row["method"] == "direct effect on the logits, final LayerNorm scale frozen (restoration, sufficiency-style)" and row["value"] == runs["direct"].values[1][2]
