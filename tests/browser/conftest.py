@@ -69,6 +69,13 @@ def serve(model, directory: Path, **overrides):
         thread.join(timeout=10)
 
 
+@pytest.fixture
+def serve_app():
+    """``serve`` itself, for a test that needs a server with its own settings (a test module cannot
+    import it from here: another directory's conftest shares the module name)."""
+    return serve
+
+
 @pytest.fixture(scope="module")
 def browser_model(tmp_path_factory):
     """The tiny random model, with a vocabulary that also covers the escaping test's markup."""

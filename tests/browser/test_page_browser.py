@@ -142,12 +142,10 @@ def test_ioi_positions_are_named_in_axes_and_hovers(page):
     assert hover.startswith("L0 2 Mary (IO): ")
 
 
-def test_cancel_is_final_for_that_submission(browser, browser_model, tmp_path):
+def test_cancel_is_final_for_that_submission(browser, browser_model, tmp_path, serve_app):
     """Every run is a background job here. Typing starts one; clicking Cancel blurs the prompt
     field, which must not resubmit the experiment (the job it just cancelled)."""
-    from conftest import serve
-
-    with serve(browser_model, tmp_path, background_patched_runs=0, local_workers=1) as url:
+    with serve_app(browser_model, tmp_path, background_patched_runs=0, local_workers=1) as url:
         ctx = browser.new_context(base_url=url, viewport={"width": 1280, "height": 900})
         page = ctx.new_page()
         try:
