@@ -36,6 +36,9 @@ class ModelInfo(BaseModel):
     d_model: int
     n_ctx: int
     d_vocab: int
+    architecture: str | None = Field(None, description="Hugging Face architecture (e.g. GPT2LMHeadModel); None for native models.")
+    device: str = Field("cpu", description="torch device the values were computed on.")
+    dtype: str = Field("float32", description="the model's dtype (float32, bfloat16, float16).")
 
 
 class PatchResult(BaseModel):
@@ -58,6 +61,10 @@ class PatchResult(BaseModel):
     versions: dict[str, str]
     seconds: float = Field(description="Wall time of the computation.")
     extras: dict[str, Any] | None = Field(None, description="Method-specific summaries (self-repair: TE, DE, ...).")
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What limits the reading (half precision: a gap or effects within the dtype's rounding noise).",
+    )
 
 
 def to_nested(values, sizes: list[int]) -> Any:

@@ -22,8 +22,7 @@ from pydantic import Field
 from torch import Tensor
 
 from patchstudio.engine import hooks as H
-from patchstudio.engine.methods.base import Method, PairContext, PairResult
-from patchstudio.engine.patching import patch_sweep
+from patchstudio.engine.methods.base import Method, PairContext, PairResult, check_component, sweep_cost
 from patchstudio.specs import AblationKind, SpecBase
 
 
@@ -76,14 +75,15 @@ def run_pair(ctx: PairContext) -> PairResult:
     sites, _, _ = H.sites(model, spec.component, spec.positions, ctx.pair.clean.shape[-1])
     source = ablation_values(spec.ablation, ctx.pool, ctx.index, spec.seed)
     values = H.patch_values(spec.component, int(model.cfg.n_layers), ctx.clean_cache, source)
-    return PairResult(
-        patch_sweep(model, ctx.pair.clean, values, sites, ctx.readout(), chunk_rows=ctx.chunk_rows, progress=ctx.progress)
-    )
+    return PairResult(ctx.sweep(ctx.pair.clean, values, sites))
 
 
 METHOD = Method(
     spec=AblationSpec,
     run_pair=run_pair,
+    check=check_component,
+    multi_token=True,
+    pair_cost=sweep_cost,
     baseline=lambda spec, clean, corrupted: clean,  # the clean run is the one ablated
     same_length=needs_one_length,
     references=("Chan et al. 2022", "Heimersheim & Nanda 2024"),

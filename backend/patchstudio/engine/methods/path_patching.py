@@ -30,6 +30,7 @@ from torch import Tensor
 from patchstudio.engine import hooks as H
 from patchstudio.engine.forward import HookFn, Hooks, StopForward, run_hooked, run_to_final_resid, setter, widen
 from patchstudio.engine.methods.base import Method, PairContext, PairResult, check_heads
+from patchstudio.errors import InputError
 from patchstudio.specs import Direction, ReceiverSpec, WholeHeadsSpec
 
 Receiver = tuple[int, int, str]  # (layer, head, "q" | "k" | "v")
@@ -149,9 +150,23 @@ def run_pair(ctx: PairContext) -> PairResult:
     return PairResult(path_patch_sweep(ctx.model, base_tokens, base_cache, cf_cache, receivers, ctx.readout(), progress=ctx.progress))
 
 
+def check(model, spec) -> None:
+    """Receivers exist; under grouped-query attention a k or v receiver names a key/value head."""
+    check_heads(model, spec.receivers, "receivers", "receiver")
+    n_kv = H.n_heads_for(model, "head_k")
+    for r in spec.receivers:
+        if r.input in ("k", "v") and r.head >= n_kv:
+            raise InputError(
+                f"receiver L{r.layer} H{r.head} {r.input} does not exist: the model has {n_kv} key/value heads per "
+                f"layer (grouped-query attention: each serves {int(model.cfg.n_heads) // n_kv} query heads); a "
+                f"{r.input} receiver names a key/value head, below {n_kv}",
+                field="receivers",
+            )
+
+
 METHOD = Method(
     spec=PathPatchingSpec,
     run_pair=run_pair,
-    check=lambda model, spec: check_heads(model, spec.receivers, "receivers", "receiver"),
+    check=check,
     references=("Wang et al. 2022", "Goldowsky-Dill et al. 2023"),
 )
