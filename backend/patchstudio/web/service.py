@@ -10,7 +10,13 @@ from typing import Any, Callable
 
 from patchstudio.engine.run import plan, run
 from patchstudio.errors import InputError
-from patchstudio.models.registry import ModelUnavailableError, load_model, model_fingerprint
+from patchstudio.models.registry import (
+    ModelUnavailableError,
+    describe_model,
+    format_params,
+    load_model,
+    model_fingerprint,
+)
 from patchstudio.settings import Settings
 from patchstudio.specs import parse_spec
 from patchstudio.store import Store, StoredRun
@@ -24,6 +30,16 @@ class LoadedModel:
     model: Any = None
     fingerprint: str = ""
     error: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)  # registry.describe_model: architecture, size
+
+    @property
+    def label(self) -> str:
+        """The model picker's text: name, architecture and size, or that it did not load."""
+        if self.model is None:
+            return f"{self.name} (not loaded)"
+        arch, n = self.info.get("architecture"), self.info.get("n_params")
+        size = f", {format_params(n)} params" if n else ""
+        return f"{self.name} ({arch}{size})" if arch else self.name
 
 
 @dataclass
@@ -37,8 +53,9 @@ class ExperimentService:
         so requests for it get that message instead of a traceback."""
         for name in self.settings.models:
             try:
-                model = (loader or (lambda n: load_model(n, device=self.settings.device)))(name)
-                self.models[name] = LoadedModel(name, model, model_fingerprint(model))
+                settings = self.settings
+                model = (loader or (lambda n: load_model(n, device=settings.device, dtype=settings.dtype)))(name)
+                self.models[name] = LoadedModel(name, model, model_fingerprint(model), info=describe_model(model))
                 log.info("loaded model %s", name)
             except (ModelUnavailableError, FileNotFoundError) as exc:
                 self.models[name] = LoadedModel(name, error=str(exc))

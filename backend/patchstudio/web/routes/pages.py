@@ -36,6 +36,8 @@ def _base_context(service, form: dict[str, str]) -> dict[str, Any]:
     return {
         "form": form,
         "models": list(service.settings.models),
+        # the picker's text per model: architecture and size, or "not loaded"
+        "model_labels": {name: loaded.label for name, loaded in service.models.items()},
         "families": FAMILIES,
         "methods": WEB_METHODS,
         "fields": [(f, methods_with(name)) for name, f in FIELDS.items()],
@@ -154,6 +156,26 @@ def run_page(request: Request, run_id: str, service: ServiceDep, jobs: JobsDep, 
     return _render(request, context)
 
 
+REQUIRED_COMPANIONS = ("patching", "ablation")
+
+
+def _companion_runs(service, result, specs) -> dict[str, Any]:
+    """The triangulation's runs. Exact patching and ablation are required; a method the model or
+    the answers do not support (self-repair on Gemma 2, attribution for multi-token answers) is left
+    out of the table instead of failing Figure 1."""
+    runs = {}
+    for role, spec in specs.items():
+        if spec.id == result.id:
+            runs[role] = result
+            continue
+        try:
+            runs[role] = service.get_or_run(spec).result
+        except InputError:
+            if role in REQUIRED_COMPANIONS:
+                raise
+    return runs
+
+
 @router.get("/runs/{run_id}/figure1", response_class=HTMLResponse)
 def figure1(request: Request, run_id: str, service: ServiceDep, layer: int = 0, head: int | None = None, pos: int | None = None) -> Response:
     """The seed's Figure 1 for one component: clean, corrupted, patched and ablated side by side,
@@ -165,7 +187,7 @@ def figure1(request: Request, run_id: str, service: ServiceDep, layer: int = 0, 
     try:
         analysis.cell_value(result, layer, pos, head)
         specs = analysis.triangulation_specs(result.spec, layer, head)
-        runs = {role: result if spec.id == result.id else service.get_or_run(spec).result for role, spec in specs.items()}
+        runs = _companion_runs(service, result, specs)
         patching, ablation = runs["patching"], runs["ablation"]
         patched = analysis.cell_value(patching, layer, pos, head)
         ablated = analysis.cell_value(ablation, layer, pos, head)
