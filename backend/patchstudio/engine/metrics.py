@@ -104,7 +104,7 @@ class Readout:
             return apply_soft_cap(self.model.unembed(normed), self._cap)
 
     def __call__(self, resid: Float[Tensor, "rows d_model"]) -> Float[Tensor, "rows"]:
-        logits = self.logits(resid)
+        logits = self.logits(resid).float()  # half-precision logits: the metric itself in float32
         if self._cols is not None:
             return logits[:, 0] - logits[:, 1]
         return logits_metric(self.metric, logits, self.answer, self.wrong, self.clean_log_probs)
