@@ -27,13 +27,12 @@ effect equals the model's own change of the logit difference.
 
 from __future__ import annotations
 
+import weakref
 from typing import ClassVar, Literal, Sequence
 
 import torch
 from pydantic import Field, field_validator
 from torch import Tensor
-
-import weakref
 
 from patchstudio.engine import hooks as H
 from patchstudio.engine.forward import run_with_cache
