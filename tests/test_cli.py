@@ -21,7 +21,7 @@ def cli(monkeypatch, tiny_model):
     """Invoke the CLI with ``patchstudio.load_model`` returning the tiny model; records the names asked for."""
     asked: list[str] = []
 
-    def fake_load(name="default", *, device="cpu"):
+    def fake_load(name="default", *, device="cpu", dtype="float32"):
         asked.append(name)
         return tiny_model
 
@@ -167,7 +167,7 @@ def test_missing_spec_file_exits_2(cli, tmp_path):
 
 
 def test_unavailable_model_exits_2(monkeypatch, tmp_path):
-    def unavailable(name="default", *, device="cpu"):
+    def unavailable(name="default", *, device="cpu", dtype="float32"):
         raise ModelUnavailableError(f"model {name!r} could not be loaded: run `huggingface-cli download {name}`")
 
     monkeypatch.setattr(patchstudio, "load_model", unavailable)

@@ -17,15 +17,17 @@ __version__ = "0.1.0"
 _LOADED: dict[tuple[str, str], Any] = {}
 
 
-def load_model(name: str = "default", *, device: str = "cpu"):
-    """A TransformerBridge by name: ``"default"`` or a Hugging Face model whose weights are reachable.
+def load_model(name: str = "default", *, device: str = "cpu", dtype: str = "float32"):
+    """A TransformerBridge by name: ``"default"``, a Hugging Face model whose weights are reachable
+    (cache or network), or a directory saved with ``save_pretrained``; on ``device`` in ``dtype``
+    (float32, bfloat16 or float16).
 
     Loaded once per process and reused."""
     from patchstudio.models.registry import load_model as _load
 
-    key = (name, device)
+    key = (name, device) if dtype == "float32" else (name, device, dtype)
     if key not in _LOADED:
-        _LOADED[key] = _load(name, device=device)
+        _LOADED[key] = _load(name, device=device, dtype=dtype)
     return _LOADED[key]
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from patchstudio.engine.methods import get_method
 from patchstudio.engine.methods.attribution_patching import ATTRIBUTION_COMPONENTS
 from patchstudio.results import PatchResult
-from patchstudio.specs import HeadRef, SpecBase, spec_classes
+from patchstudio.specs import METRIC_LABELS, SEQUENCE_METRIC_LABELS, HeadRef, SpecBase, spec_classes
 
 # --- thresholds (shares of the clean-corrupted gap) ---------------------------------------------------
 
@@ -62,6 +62,14 @@ def position_roles(result: PatchResult) -> list[str]:
             return [""] * n
         found = roles
     return found or [""] * n
+
+
+def metric_label(result: PatchResult) -> str:
+    """The metric in words, as this result measured it: answers of several tokens are scored as
+    sequences (summed log-probabilities), not as the logits of one token."""
+    if multi_token(result):
+        return SEQUENCE_METRIC_LABELS[result.spec.metric]
+    return METRIC_LABELS[result.spec.metric]
 
 
 def corruption_summary(result: PatchResult) -> str:
@@ -148,6 +156,22 @@ METRIC_UNITS = {
     "loss": "loss (nats)",
     "kl": "KL (nats)",
 }
+SEQUENCE_METRIC_UNITS = {  # answers of several tokens, scored as sequences
+    "logit_diff": "sequence log-prob diff (nats)",
+    "normalized_logit_diff": "normalized sequence log-prob diff",
+    "prob": "P(answer sequence)",
+    "loss": "sequence loss (nats)",
+    "kl": "KL (nats)",
+}
+
+
+def multi_token(result: PatchResult) -> bool:
+    """Some prompt's answer or wrong answer has several tokens (scored as a sequence)."""
+    return any(p.answer_tokens > 1 or p.wrong_tokens > 1 for p in result.prompts)
+
+
+def metric_unit(result: PatchResult) -> str:
+    return (SEQUENCE_METRIC_UNITS if multi_token(result) else METRIC_UNITS)[result.spec.metric]
 
 
 @dataclass(frozen=True)
@@ -197,8 +221,7 @@ def view(result: PatchResult, name: str | None = None) -> View:
     name = name or default_view(result)
     if name not in VIEWS:
         raise ValueError(f"unknown view {name!r}: use one of {', '.join(VIEWS)}")
-    metric = result.spec.metric
-    unit = METRIC_UNITS[metric]
+    unit = metric_unit(result)
     base = no_effect(result)
     base_run = _base_run(result)
     method = get_method(result.spec.method)

@@ -25,7 +25,13 @@ def _fail(message: str) -> None:
 def run_command(
     spec_file: str = typer.Argument(..., help="Experiment spec JSON file ('-' reads standard input)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the result JSON here instead of stdout."),
-    chunk_rows: int = typer.Option(256, help="Most patched rows per forward pass."),
+    chunk_rows: Optional[int] = typer.Option(
+        None, help="Most patched rows per forward pass (default: 256 on CPU, what fits in free memory on CUDA)."
+    ),
+    device: Optional[str] = typer.Option(None, help="torch device (default: PATCHSTUDIO_DEVICE, else cpu)."),
+    dtype: Optional[str] = typer.Option(
+        None, help="float32, bfloat16 or float16 (default: PATCHSTUDIO_DTYPE, else float32)."
+    ),
     max_patched_runs: Optional[int] = typer.Option(None, help="Refuse sweeps needing more patched runs."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -34,7 +40,8 @@ def run_command(
 
     import patchstudio
     from patchstudio.engine.inputs import InputError
-    from patchstudio.models.registry import ModelUnavailableError
+    from patchstudio.models.registry import DTYPES, ModelUnavailableError
+    from patchstudio.settings import Settings
     from patchstudio.specs import parse_spec
 
     try:
@@ -48,6 +55,13 @@ def run_command(
     except ValidationError as exc:
         _fail(f"invalid spec: {describe(field_errors(exc))}")
 
+    if dtype is not None and dtype not in DTYPES:
+        _fail(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    if device is None or dtype is None or chunk_rows is None:
+        settings = Settings()
+        device, dtype = device or settings.device, dtype or settings.dtype
+        chunk_rows = chunk_rows if chunk_rows is not None else settings.chunk_rows
+
     bar = None
 
     def progress(done: int, total: int) -> None:
@@ -59,7 +73,7 @@ def run_command(
         bar.update(done - bar.n)
 
     try:
-        model = patchstudio.load_model(spec.model)
+        model = patchstudio.load_model(spec.model, device=device, dtype=dtype)
         result = patchstudio.run(spec, model=model, chunk_rows=chunk_rows, max_patched_runs=max_patched_runs, progress=progress)
     except (InputError, ModelUnavailableError, FileNotFoundError) as exc:
         _fail(str(exc))

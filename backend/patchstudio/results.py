@@ -25,6 +25,8 @@ class PromptTokens(BaseModel):
     answer: str
     wrong: str
     differ: list[int] = Field(description="Positions where the clean and corrupted tokens differ.")
+    answer_tokens: int = Field(1, description="Tokens of the answer as it follows the prompt (more than 1: scored as a sequence).")
+    wrong_tokens: int = Field(1, description="Tokens of the wrong answer as it follows the prompt.")
 
 
 class ModelInfo(BaseModel):
@@ -36,6 +38,9 @@ class ModelInfo(BaseModel):
     d_model: int
     n_ctx: int
     d_vocab: int
+    architecture: str | None = Field(None, description="Hugging Face architecture (e.g. GPT2LMHeadModel); None for native models.")
+    device: str = Field("cpu", description="torch device the values were computed on.")
+    dtype: str = Field("float32", description="the model's dtype (float32, bfloat16, float16).")
 
 
 class PatchResult(BaseModel):
@@ -77,7 +82,11 @@ class PatchResult(BaseModel):
         None,
         description="Mean/resample ablation's reference set: {kind: generated | given | own, n, description}.",
     )
-    warnings: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What limits the reading: degenerate input, a small gap, an own-prompts reference, half "
+        "precision (a gap or effects within the dtype's rounding noise).",
+    )
 
 
 def to_nested(values, sizes: list[int]) -> Any:

@@ -14,7 +14,14 @@ from typing import Any, Callable, Mapping
 
 from patchstudio.engine.run import plan, run
 from patchstudio.errors import InputError
-from patchstudio.models.registry import ModelUnavailableError, load_model, model_fingerprint
+from patchstudio.models.registry import (
+    ModelUnavailableError,
+    describe_model,
+    download_command,
+    format_params,
+    load_model,
+    model_fingerprint,
+)
 from patchstudio.settings import Settings
 from patchstudio.specs import SpecBase, parse_spec
 from patchstudio.store import Store, StoredRun
@@ -29,6 +36,16 @@ class LoadedModel:
     fingerprint: str = ""
     error: str | None = None  # for the log only: it may hold paths
     vocabulary: dict[str, list[str]] | None = None  # small (word-level) vocabularies, grouped, for help
+    info: dict[str, Any] = field(default_factory=dict)  # registry.describe_model: architecture, size
+
+    @property
+    def label(self) -> str:
+        """The model picker's text: name, architecture and size, or that it did not load."""
+        if self.model is None:
+            return f"{self.name} (not loaded)"
+        arch, n = self.info.get("architecture"), self.info.get("n_params")
+        size = f", {format_params(n)} params" if n else ""
+        return f"{self.name} ({arch}{size})" if arch else self.name
 
 
 SMALL_VOCABULARY = 2_000  # a vocabulary up to this size is listed in the page as help
@@ -89,8 +106,11 @@ class ExperimentService:
         its message for the log; requests for it get a plain refusal instead of a traceback."""
         for name in names or self.settings.models:
             try:
-                model = (loader or (lambda n: load_model(n, device=self.settings.device)))(name)
-                self.models[name] = LoadedModel(name, model, model_fingerprint(model), vocabulary=vocabulary_groups(model))
+                settings = self.settings
+                model = (loader or (lambda n: load_model(n, device=settings.device, dtype=settings.dtype)))(name)
+                self.models[name] = LoadedModel(
+                    name, model, model_fingerprint(model), vocabulary=vocabulary_groups(model), info=describe_model(model)
+                )
                 log.info("loaded model %s", name)
             except (ModelUnavailableError, FileNotFoundError, OSError) as exc:
                 self.models[name] = LoadedModel(name, error=str(exc))
@@ -135,7 +155,8 @@ class ExperimentService:
             raise InputError(f"unknown model {name!r}: this server offers {offered}", field="model")
         if loaded.model is None:  # the reason (it may name paths) is in the log
             raise InputError(f"model {name!r} is not available on this server: its weights could not be loaded "
-                             "(the server's log says why)", field="model")
+                             f"(the server's log says why; if they are not downloaded, whoever runs the server can fetch "
+                             f"them with `{download_command(name)}`)", field="model")
         return loaded
 
     def cost(self, spec: Any) -> int:

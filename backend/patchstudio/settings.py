@@ -18,8 +18,18 @@ class Settings(BaseSettings):
         description="Allow-list of model names a server offers (JSON list in the environment). "
         "Requests can only pick these: nothing else is ever loaded from a request.",
     )
-    device: str = Field("cpu", description="torch device for the models.")
-    chunk_rows: int = Field(256, ge=1, description="Most patched rows per forward pass (bounds memory).")
+    device: str = Field("cpu", description="torch device for the models (cpu, cuda, cuda:1, ...).")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32",
+        description="The models' dtype. Half precision (bfloat16, float16) halves memory and is faster on a GPU; "
+        "results then carry warnings where an effect is within the dtype's rounding noise.",
+    )
+    chunk_rows: int | None = Field(
+        None,
+        ge=1,
+        description="Most patched rows per forward pass (bounds memory). Unset: 256 on CPU; on CUDA as many as fit "
+        "in half the free device memory.",
+    )
     max_patched_runs: int = Field(
         50_000, ge=1, description="Budget: most patched runs (prompts x patches) one experiment may ask for."
     )

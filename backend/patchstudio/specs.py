@@ -58,6 +58,15 @@ METRIC_LABELS = {
     "loss": "−log P(answer)",
     "kl": "KL(clean ‖ run) at the final position",
 }
+# The same metrics where an answer has several tokens: teacher-forced sequence log-probabilities
+# (engine/metrics.py); the KL metric never reads the answers.
+SEQUENCE_METRIC_LABELS = {
+    "logit_diff": "log P(answer) − log P(wrong), summed over their tokens",
+    "normalized_logit_diff": "sequence log-probability difference, 0 = corrupted, 1 = clean",
+    "prob": "P(answer), product over its tokens",
+    "loss": "−log P(answer), summed over its tokens",
+    "kl": METRIC_LABELS["kl"],
+}
 
 # Where the registered methods live: importing this package imports (and so registers) each one.
 METHODS_PACKAGE = "patchstudio.engine.methods"

@@ -89,13 +89,14 @@ def test_missing_model_offline_says_how_to_get_it(offline):
     message = str(exc)
     assert message.startswith(f"model '{MISSING}' could not be loaded: its weights are neither in the Hugging Face cache")
     assert f"({offline})" in message  # the cache it looked in
-    assert f"`huggingface-cli download {MISSING}`" in message
+    # the command the installed huggingface_hub ships (1.0 and later: `hf`; `huggingface-cli` is gone)
+    assert f"`hf download {MISSING}`" in message
     assert "save_pretrained" in message
     assert isinstance(exc.__cause__, OSError)  # the original error is chained, not shown as a traceback
 
 
 def test_missing_model_through_the_package_api(offline):
-    with pytest.raises(ModelUnavailableError, match="huggingface-cli download"):
+    with pytest.raises(ModelUnavailableError, match="`hf download no-such-org/no-such-model-xyz`"):
         patchstudio.load_model(MISSING)
     assert ("no-such-org/no-such-model-xyz", "cpu") not in patchstudio._LOADED
 
@@ -130,3 +131,25 @@ def test_fingerprint_changes_when_one_weight_changes(hf_dir):
 
 def test_fingerprint_differs_between_models(bridge, tiny_model):
     assert model_fingerprint(bridge) != model_fingerprint(tiny_model)
+
+
+def test_download_command_is_the_installed_clis():
+    from importlib.metadata import entry_points
+
+    from patchstudio.models.registry import download_command
+
+    scripts = {ep.name for ep in entry_points(group="console_scripts") if ep.value.startswith("huggingface_hub")}
+    assert "hf" in scripts  # huggingface_hub >= 1.0, as installed here
+    assert download_command("gpt2") == "hf download gpt2"
+
+
+def test_download_command_before_huggingface_hub_1(monkeypatch):
+    import importlib.metadata
+
+    from patchstudio.models.registry import download_command
+
+    class EntryPoint:
+        name, value = "huggingface-cli", "huggingface_hub.commands.huggingface_cli:main"
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [EntryPoint()])
+    assert download_command("gpt2") == "huggingface-cli download gpt2"

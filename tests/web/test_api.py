@@ -57,7 +57,9 @@ def test_record_keeps_model_fingerprint_and_versions(client):
     [
         ({"prompts": [{"clean": IOI, "corrupted": "When Mary and John went to the store gave a drink to", "answer": "Mary", "wrong": "John"}]},
          422, ["same number of tokens", "first differ at position"]),
-        ({"prompts": [{"clean": IOI, "corrupted": IOI_CORRUPTED, "answer": "Mary Alice", "wrong": "John"}]}, 422, ["2 tokens"]),
+        # answers of several tokens are scored by activation patching and ablation; the others refuse them
+        ({"method": "attribution_patching", "prompts": [{"clean": IOI, "corrupted": IOI_CORRUPTED, "answer": "Mary Alice",
+                                                         "wrong": "John"}]}, 422, ["2 tokens", "needs a single-token answer"]),
         ({"model": "gpt2"}, 422, ["unknown model 'gpt2'", "this server offers default"]),
         ({"model": "/etc/passwd"}, 422, ["unknown model '/etc/passwd'"]),
         ({"prompts": []}, 422, ["prompts", "empty"]),

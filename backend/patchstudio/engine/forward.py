@@ -83,14 +83,16 @@ def hooked(model, hooks: Hooks) -> Iterator[None]:
 
 
 def run_to_final_resid(
-    model, tokens: Int[Tensor, "1 pos"], hooks: Hooks, *, grad: bool = False
+    model, tokens: Int[Tensor, "1 pos"], hooks: Hooks, *, grad: bool = False, tail: int = 1
 ) -> Float[Tensor, "rows d_model"]:
     """Run ``tokens`` with ``hooks`` and return the residual stream at the final position after the
-    last block, without computing the unembedding. With ``grad`` the result keeps its autograd graph."""
+    last block, without computing the unembedding. With ``grad`` the result keeps its autograd graph.
+    With ``tail`` > 1: the last ``tail`` positions, [rows, tail, d_model] (teacher-forced answers)."""
     captured: list[Tensor] = []
 
     def read_out(act: Tensor, hook: object) -> None:
-        captured.append(act[:, -1, :] if grad else act[:, -1, :].clone())
+        out = act[:, -1, :] if tail == 1 else act[:, -tail:, :]
+        captured.append(out if grad else out.clone())
         raise StopForward
 
     run_hooked(model, tokens, merge(hooks, {H.resid_post_name(model.cfg.n_layers - 1): [read_out]}))
@@ -132,23 +134,59 @@ def _trim_to_final(act: Tensor, hook: object) -> Tensor:
     return act[:, -1:, :]
 
 
-def last_mlp_trim(model, tokens: Tensor) -> Hooks:
+def has_hook(model, name: str) -> bool:
+    return name in getattr(model, "hook_dict", {})
+
+
+def same_within_dtype(a: Tensor, b: Tensor) -> bool:
+    """Equal up to rounding: 1e-5 in float32, a few units of the last place in half precision."""
+    eps = torch.finfo(a.dtype).eps if a.is_floating_point() else 0.0
+    tol = max(1e-5, 8 * eps)
+    return a.shape == b.shape and torch.allclose(a.float(), b.float(), atol=tol, rtol=tol)
+
+
+def last_mlp_trim(model, tokens: Tensor, tail: int = 1) -> Hooks:
     """A hook that feeds only the final position to the last block's MLP, where that is exact.
 
-    In a pre-LN block the MLP reads resid_mid (TL 4: ``ln2``'s input) and its output is added to
-    the residual stream, so one position in gives the final position's output and the addition
-    broadcasts it. Blocks built otherwise (parallel attention and MLP, no resid_mid hook) fail the
-    one-time check and keep the full pass.
+    In a sequential block the MLP reads resid_mid (TL 4: ``ln2``'s input) and its output is added
+    to the residual stream, so one position in gives the final position's output and the addition
+    broadcasts it. A readout of several final positions (``tail`` > 1: an answer of several
+    tokens) cannot broadcast, so it keeps the full pass. Blocks built otherwise are detected from
+    the model: with parallel attention and MLP there is no resid_mid hook (GPT-NeoX, GPT-J), and
+    anything else that a trimmed MLP input would change fails a one-time check against a full
+    pass; those keep the full (exact, slower) pass.
     """
     name = H.resid_mid_name(model.cfg.n_layers - 1)
     ok = _TRIM_OK.get(model)
     if ok is None:
-        try:
-            with torch.no_grad():
-                full = run_to_final_resid(model, tokens, {})
-                trimmed = run_to_final_resid(model, tokens, {name: [_trim_to_final]})
-            ok = trimmed.shape == full.shape and torch.allclose(trimmed, full, atol=1e-5, rtol=1e-5)
-        except Exception:  # any architecture that cannot take it just runs in full
-            ok = False
+        ok = has_hook(model, name) and not getattr(model.cfg, "parallel_attn_mlp", False)
+        if ok:
+            try:
+                with torch.no_grad():
+                    full = run_to_final_resid(model, tokens, {})
+                    trimmed = run_to_final_resid(model, tokens, {name: [_trim_to_final]})
+                ok = same_within_dtype(trimmed, full)
+            except (RuntimeError, ValueError, IndexError):  # shapes the block cannot take: full pass
+                ok = False
         _TRIM_OK[model] = ok
-    return {name: [_trim_to_final]} if ok else {}
+    return {name: [_trim_to_final]} if ok and tail == 1 else {}
+
+
+_RESID_MID_OK: "weakref.WeakKeyDictionary[object, bool]" = weakref.WeakKeyDictionary()
+
+
+def resid_mid_is_stream(model) -> bool:
+    """Whether the block has a residual stream between attention and MLP that equals
+    resid_pre + attn_out, so that patching it through attn_out is exact (checked once per model).
+    Parallel blocks (GPT-NeoX) have no such point."""
+    ok = _RESID_MID_OK.get(model)
+    if ok is None:
+        mid = H.resid_mid_name(0)
+        ok = has_hook(model, mid) and not getattr(model.cfg, "parallel_attn_mlp", False)
+        if ok:
+            n = min(8, int(model.cfg.n_ctx))
+            tokens = (torch.arange(n) % int(model.cfg.d_vocab)).reshape(1, n).to(model.cfg.device)
+            _, cache = run_with_cache(model, tokens, [mid, H.resid_pre_name(0), H.hook_name("attn_out", 0)])
+            ok = same_within_dtype(cache[mid], cache[H.resid_pre_name(0)] + cache[H.hook_name("attn_out", 0)])
+        _RESID_MID_OK[model] = ok
+    return ok

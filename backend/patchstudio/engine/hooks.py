@@ -120,6 +120,29 @@ def sites(model, component: str, positions: str, seq_len: int) -> tuple[list[Sit
     return out, ["layer"], [n_layers]
 
 
+def extend_positions(
+    component: str, values: dict[str, Tensor], sites: list[Site], extra: int
+) -> tuple[dict[str, Tensor], list[Site]]:
+    """Values and sites for a run of the prompt followed by ``extra`` teacher-forced tokens (an answer
+    of several tokens): each value and mask is padded along its position axes, masks with False, so
+    the extra positions are never patched. (A causal model's activations at the prompt's positions do
+    not depend on what follows, so the prompt's cached values are still the ones to patch.)"""
+    if extra == 0:
+        return values, sites
+
+    def pad(t: Tensor, axes: tuple[int, ...]) -> Tensor:
+        for axis in axes:
+            shape = list(t.shape)
+            shape[axis] = extra
+            t = torch.cat([t, torch.zeros(shape, dtype=t.dtype, device=t.device)], dim=axis)
+        return t
+
+    # pattern: value [batch, head, dest, src], mask [head, dest, 1]; else value [batch, pos, ...], mask [pos, ...]
+    value_axes, mask_axes = ((2, 3), (1,)) if activation_kind(component) == "pattern" else ((1,), (0,))
+    padded = {name: pad(v, value_axes) for name, v in values.items()}
+    return padded, [Site(s.layer, s.hook, pad(s.mask, mask_axes)) for s in sites]
+
+
 def _read_name(component: str, layer: int) -> str:
     """The hook whose value *is* the component (it differs from the patched hook for resid_mid)."""
     return resid_mid_name(layer) if component == "resid_mid" else hook_name(component, layer)

@@ -1,4 +1,13 @@
-"""Tokenizing and checking prompt pairs, with errors that name the problem."""
+"""Tokenizing and checking prompt pairs, with errors that name the problem.
+
+Answers are tokenized as they follow the prompt: the answer word (stripped) is appended to the
+clean prompt after one space, and its tokens are what the tokenizer writes there minus the
+prompt's own tokens. So a byte-level BPE gives "ĠMary", a SentencePiece-style one "▁Mary" and a
+word-level one "Mary", whichever way the tokenizer marks a leading space; the tokenizer's BOS
+(prepended by it or by TransformerLens, per model) is part of the prompt, never of the answer.
+An answer of several tokens is allowed: it is scored by teacher-forced sequence log-probability
+(see ``engine.metrics``), by the methods that support it.
+"""
 
 from __future__ import annotations
 
@@ -16,12 +25,25 @@ __all__ = ["InputError", "PreparedPair", "prepare_pairs"]
 class PreparedPair:
     clean: Tensor  # [1, pos]
     corrupted: Tensor  # [1, pos]
-    answer: int
-    wrong: int
+    answer: int  # the answer's first token
+    wrong: int  # the wrong answer's first token
     clean_str: list[str] = field(default_factory=list)
     corrupted_str: list[str] = field(default_factory=list)
     answer_str: str = ""
     wrong_str: str = ""
+    answer_ids: tuple[int, ...] = ()  # every token of the answer as it follows the prompt
+    wrong_ids: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.answer_ids:
+            object.__setattr__(self, "answer_ids", (self.answer,))
+        if not self.wrong_ids:
+            object.__setattr__(self, "wrong_ids", (self.wrong,))
+
+    @property
+    def multi_token(self) -> bool:
+        """An answer or wrong answer of more than one token (scored as a sequence)."""
+        return len(self.answer_ids) > 1 or len(self.wrong_ids) > 1
 
 
 def tokenize(model, text: str) -> Tensor:
@@ -38,7 +60,7 @@ def unknown_words(model, text: str) -> list[str]:
     """The distinct words of ``text`` the tokenizer maps to its unknown token, as typed. Only the text's own
     tokens count: a BOS that happens to share the unknown token's id (GPT-2) is not a word."""
     tok = model.tokenizer
-    unk = getattr(tok, "unk_token_id", None)
+    unk = unknown_token_id(tok)
     if unk is None:
         return []
     enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -46,27 +68,53 @@ def unknown_words(model, text: str) -> list[str]:
     return list(dict.fromkeys(words))  # each once, in order
 
 
-def answer_token(model, text: str, which: str, index: int) -> int:
-    """The single token id of an answer word, as it would follow the prompt (leading space)."""
-    word = text if text.startswith(" ") else " " + text
-    ids = model.to_tokens(word, prepend_bos=False).reshape(-1).tolist()
+def unknown_token_id(tokenizer) -> int | None:
+    """The id that marks a word the tokenizer does not know, or None where there is no such token.
+
+    GPT-2's and GPT-NeoX's tokenizers name ``<|endoftext|>`` as their unk_token, but it is also
+    their BOS and EOS, and a byte-level BPE never needs it for an unknown word: there, the BOS that
+    TransformerLens prepends is not an unknown word. A tokenizer with an unk token of its own
+    (``<unk>``) is checked."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None:
+        return None
+    unk_str = getattr(tokenizer, "unk_token", None)
+    if unk_str is not None and unk_str in {getattr(tokenizer, "bos_token", None), getattr(tokenizer, "eos_token", None)}:
+        return None
+    return int(unk)
+
+
+def continuation(text: str) -> str:
+    """The text appended to the prompt for an answer: one space, then the answer word."""
+    return " " + text.strip()
+
+
+def answer_tokens(model, prompt: str, prompt_tokens: Tensor, text: str, which: str, index: int) -> tuple[int, ...]:
+    """The token ids of an answer word as the tokenizer writes it after ``prompt`` (see the module
+    docstring); an InputError on ``which`` if the prompt's tokens change when it is appended, or if
+    a token is unknown."""
     where = f"prompt {index + 1}: {which}"
-    if len(ids) != 1:
-        pieces = [model.tokenizer.decode([i]) for i in ids]
+    full = tokenize(model, prompt + continuation(text)).reshape(-1).tolist()
+    head = prompt_tokens.reshape(-1).tolist()
+    if full[: len(head)] != head or len(full) == len(head):
+        pieces = [model.tokenizer.decode([i]) for i in full]
         raise InputError(
-            f"{where} {text.strip()!r} is {len(ids)} tokens {pieces}; it must be a single token",
+            f"{where} {text.strip()!r} does not follow the prompt as separate tokens: the prompt and the "
+            f"answer tokenize together as {pieces}; end the prompt with a complete word",
             field=which,
             detail={"tokens": pieces},
         )
-    unk = getattr(model.tokenizer, "unk_token_id", None)
-    if unk is not None and ids[0] == unk:
+    ids = tuple(full[len(head):])
+    unk = unknown_token_id(model.tokenizer)
+    if unk is not None and unk in ids:
         raise InputError(f"{where} {text.strip()!r} is not in the model's vocabulary", field=which)
-    return ids[0]
+    return ids
 
 
 def prepare_pairs(model, prompts: Sequence[Any], *, same_length: bool) -> list[PreparedPair]:
-    """Tokenize and check every pair: equal clean/corrupted lengths, within the context, one-token
-    answers, known words; with ``same_length`` also one length across the whole set."""
+    """Tokenize and check every pair: equal clean/corrupted lengths, within the context, answers
+    that follow the prompt as tokens of their own, known words; with ``same_length`` also one
+    length across the whole set."""
     if not prompts:
         raise InputError("the prompt set is empty: give at least one prompt pair", field="prompts")
     n_ctx = int(model.cfg.n_ctx)
@@ -103,10 +151,25 @@ def prepare_pairs(model, prompts: Sequence[Any], *, same_length: bool) -> list[P
                 field="corrupted",
                 detail={"clean_tokens": clean_str, "corrupted_tokens": corrupted_str, "first_difference": diff},
             )
-        answer, wrong = answer_token(model, p.answer, "answer", i), answer_token(model, p.wrong, "wrong", i)
-        if answer == wrong:
+        answer_ids = answer_tokens(model, p.clean, clean, p.answer, "answer", i)
+        wrong_ids = answer_tokens(model, p.clean, clean, p.wrong, "wrong", i)
+        for which, text, ids in (("answer", p.answer, answer_ids), ("wrong", p.wrong, wrong_ids)):
+            # the continuation is scored after either prompt: it must tokenize the same way there
+            if answer_tokens(model, p.corrupted, corrupted, text, which, i) != ids:
+                raise InputError(
+                    f"prompt {i + 1}: {which} {text.strip()!r} tokenizes differently after the clean and "
+                    f"the corrupted prompt; end both prompts with the same complete word",
+                    field=which,
+                )
+            if len(ids) + clean.shape[-1] - 1 > n_ctx:
+                raise InputError(
+                    f"prompt {i + 1}: the prompt and its {which} {text.strip()!r} ({len(ids)} tokens) do not fit "
+                    f"in the model's context of {n_ctx}",
+                    field=which,
+                )
+        if answer_ids == wrong_ids:
             raise InputError(
-                f"prompt {i + 1}: the answer {p.answer.strip()!r} and wrong {p.wrong.strip()!r} are the same token "
+                f"prompt {i + 1}: the answer {p.answer.strip()!r} and wrong {p.wrong.strip()!r} are the same token(s) "
                 f"for this model, so the logit difference is 0 on every run; choose a different wrong answer",
                 field="wrong",
             )
@@ -114,12 +177,14 @@ def prepare_pairs(model, prompts: Sequence[Any], *, same_length: bool) -> list[P
             PreparedPair(
                 clean=clean,
                 corrupted=corrupted,
-                answer=answer,
-                wrong=wrong,
+                answer=answer_ids[0],
+                wrong=wrong_ids[0],
                 clean_str=clean_str,
                 corrupted_str=corrupted_str,
                 answer_str=p.answer.strip(),
                 wrong_str=p.wrong.strip(),
+                answer_ids=answer_ids,
+                wrong_ids=wrong_ids,
             )
         )
     if same_length:
@@ -135,3 +200,16 @@ def prepare_pairs(model, prompts: Sequence[Any], *, same_length: bool) -> list[P
             )
     return out
 
+
+def refuse_multi_token(pairs: Sequence[PreparedPair], method_label: str, model) -> None:
+    """An InputError on the first answer of several tokens: for methods that score one token."""
+    for i, pair in enumerate(pairs):
+        for which, text, ids in (("answer", pair.answer_str, pair.answer_ids), ("wrong", pair.wrong_str, pair.wrong_ids)):
+            if len(ids) > 1:
+                pieces = [model.tokenizer.decode([t]) for t in ids]
+                raise InputError(
+                    f"prompt {i + 1}: {which} {text!r} is {len(ids)} tokens {pieces}; {method_label} needs a "
+                    f"single-token {which} (answers of several tokens work with activation patching and ablation)",
+                    field=which,
+                    detail={"tokens": pieces},
+                )

@@ -10,14 +10,27 @@ so every metric here is named in the spec and reported with the result.
 - ``loss``: -log P(answer)
 - ``kl``: KL(clean distribution || run distribution)
 
+Logits are the model's own: after the final norm and the unembedding, and, for models with final
+logit soft-capping (Gemma 2), after ``cap * tanh(logits / cap)``.
+
+**Answers of several tokens** are scored by teacher-forced sequence log-probability: the answer's
+tokens are fed after the prompt and S(answer) = sum_j log P(answer_j | prompt, answer_<j).
+Then ``logit_diff`` = S(answer) - S(wrong) (for one-token answers this *is* the logit difference:
+the softmax normaliser cancels), ``prob`` = exp S(answer) (the product of the token probabilities),
+``loss`` = -S(answer), and ``kl`` stays the next-token KL at the prompt's final position.
+
 A ``Readout`` turns final-position residual vectors into the metric, computing only the logits it
-needs: two unembedding columns for the logit difference, the full vocabulary only for the metrics
-that normalise over it.
+needs: two unembedding columns for the logit difference (soft-capping is elementwise, so it
+applies to the two columns alike), the full vocabulary only for the metrics that normalise over
+it. A ``Leg`` is one teacher-forced continuation and its readout; a sweep over one-token answers
+has one leg, the prompt itself.
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 from jaxtyping import Float
@@ -45,6 +58,16 @@ def zero_gradient(metric: str, at_clean_run: bool, largest_gradient: float) -> b
     (numerically it is float noise, ~1e-8, not 0); any other gradient counts as zero when its
     largest absolute value is under ``ZERO_GRADIENT``."""
     return (metric == "kl" and at_clean_run) or largest_gradient < ZERO_GRADIENT
+
+
+def soft_cap(model) -> float | None:
+    """The model's final logit soft-cap (Gemma 2: 30.0), or None."""
+    cap = getattr(model.cfg, "output_logits_soft_cap", None)
+    return float(cap) if cap is not None and float(cap) > 0 else None
+
+
+def apply_soft_cap(logits: Tensor, cap: float | None) -> Tensor:
+    return logits if cap is None else cap * torch.tanh(logits / cap)
 
 
 def logits_metric(
@@ -80,9 +103,8 @@ class Readout:
 
     def __post_init__(self) -> None:
         self._cols: tuple[Tensor, Tensor] | None = None
-        cfg = self.model.cfg
-        soft_cap = float(getattr(cfg, "output_logits_soft_cap", -1.0) or -1.0)
-        if self.metric not in NEEDS_FULL_VOCAB and soft_cap <= 0:
+        self._cap = soft_cap(self.model)
+        if self.metric not in NEEDS_FULL_VOCAB:
             w_u, b_u = self.model.W_U, getattr(self.model, "b_U", None)
             ids = torch.tensor([self.answer, self.wrong], device=w_u.device)
             bias = b_u[ids] if b_u is not None else torch.zeros(2, device=w_u.device, dtype=w_u.dtype)
@@ -97,11 +119,11 @@ class Readout:
             normed = self.model.ln_final(resid)
             if self._cols is not None:
                 w, b = self._cols
-                return normed @ w + b  # columns: 0 = answer, 1 = wrong
-            return self.model.unembed(normed)
+                return apply_soft_cap(normed @ w + b, self._cap)  # columns: 0 = answer, 1 = wrong
+            return apply_soft_cap(self.model.unembed(normed), self._cap)
 
     def __call__(self, resid: Float[Tensor, "rows d_model"]) -> Float[Tensor, "rows"]:
-        logits = self.logits(resid)
+        logits = self.logits(resid).float()  # half-precision logits: the metric itself in float32
         if self._cols is not None:
             return logits[:, 0] - logits[:, 1]
         return logits_metric(self.metric, logits, self.answer, self.wrong, self.clean_log_probs)
@@ -115,6 +137,117 @@ def check_gap(clean: float, corrupted: float) -> None:
             f"equal ({clean:.4f}); choose a corruption that changes the answer, or the logit_diff metric",
             field="metric",
         )
+
+@dataclass
+class SequenceLogProb:
+    """Residual vectors at the last ``len(ids)`` positions of a teacher-forced run -> the summed
+    log-probability of ``ids`` (position j predicts ids[j])."""
+
+    model: object
+    ids: tuple[int, ...]
+
+    def __call__(self, resid: Tensor) -> Tensor:
+        if resid.ndim == 2:  # one position: [rows, d_model]
+            resid = resid[:, None, :]
+        with model_lock(self.model):
+            logits = apply_soft_cap(self.model.unembed(self.model.ln_final(resid)), soft_cap(self.model))
+        log_probs = logits.float().log_softmax(-1)  # [rows, tail, vocab]
+        ids = torch.tensor(self.ids, device=log_probs.device)
+        return log_probs[:, torch.arange(len(self.ids), device=log_probs.device), ids].sum(-1)
+
+
+@dataclass(frozen=True)
+class Leg:
+    """One forward pass per patch: the prompt followed by ``suffix`` (teacher forcing), read at
+    its last ``len(suffix) + 1`` positions by ``readout``."""
+
+    suffix: tuple[int, ...]
+    readout: Callable[[Tensor], Tensor]
+
+    @property
+    def tail(self) -> int:
+        return len(self.suffix) + 1
+
+
+def sequence_legs(model, metric: str, answer_ids: Sequence[int], wrong_ids: Sequence[int]) -> tuple[list[Leg], Callable[[list[Tensor]], Tensor]]:
+    """The legs that score a multi-token answer under ``metric``, and how to combine their values."""
+    answer = Leg(tuple(answer_ids[:-1]), SequenceLogProb(model, tuple(answer_ids)))
+    if metric in ("logit_diff", "normalized_logit_diff"):
+        wrong = Leg(tuple(wrong_ids[:-1]), SequenceLogProb(model, tuple(wrong_ids)))
+        return [answer, wrong], lambda v: v[0] - v[1]
+    if metric == "prob":
+        return [answer], lambda v: v[0].exp()
+    if metric == "loss":
+        return [answer], lambda v: -v[0]
+    raise ValueError(f"{metric!r} does not score answers as sequences")
+
+
+def scores_sequences(metric: str, pair) -> bool:
+    """Whether a pair is scored by sequence log-probability (some answer has several tokens; the
+    KL metric never reads the answers)."""
+    return pair.multi_token and metric != "kl"
+
+
+def n_legs(metric: str, pair) -> int:
+    """Forward passes per patch for this pair."""
+    if not scores_sequences(metric, pair):
+        return 1
+    return 2 if metric in ("logit_diff", "normalized_logit_diff") else 1
+
+
+def sequence_metric(model, metric: str, prompt: Tensor, answer_ids: Sequence[int], wrong_ids: Sequence[int]) -> float:
+    """The multi-token metric of an unpatched prompt, from the model's own full forward passes."""
+
+    def score(ids: Sequence[int]) -> Tensor:
+        tokens = torch.cat([prompt, torch.tensor([list(ids[:-1])], dtype=prompt.dtype, device=prompt.device)], dim=1)
+        with model_lock(model), torch.no_grad():
+            logits = model(tokens)
+        log_probs = logits[0, -len(ids):].float().log_softmax(-1)
+        return log_probs[torch.arange(len(ids)), torch.tensor(list(ids), device=log_probs.device)].sum()
+
+    if metric in ("logit_diff", "normalized_logit_diff"):
+        return float(score(answer_ids) - score(wrong_ids))
+    if metric == "prob":
+        return float(score(answer_ids).exp())
+    if metric == "loss":
+        return float(-score(answer_ids))
+    raise ValueError(f"{metric!r} does not score answers as sequences")
+
+
+_READOUT_OK: "weakref.WeakKeyDictionary[object, float]" = weakref.WeakKeyDictionary()
+
+
+def check_readout(model, tokens: Tensor) -> None:
+    """Once per model: the engine's readout (final norm, unembedding, soft-cap) reproduces the
+    model's own final-position logits from the last block's output on ``tokens``. An architecture
+    with another step there (a logit scale, another cap) is refused instead of read silently wrong."""
+    if model in _READOUT_OK:
+        return
+    from patchstudio.engine import hooks as H
+    from patchstudio.engine.forward import run_with_cache
+    from patchstudio.engine.precision import noise_floor
+
+    last = H.resid_post_name(int(model.cfg.n_layers) - 1)
+    logits, cache = run_with_cache(model, tokens, [last])
+    with torch.no_grad():
+        ours = Readout(model, "kl", 0, 0).logits(cache[last][:, -1, :]).float()
+    diff = float((ours - logits).abs().max())
+    if diff > max(1e-4, 8 * noise_floor(model, float(logits.abs().max()))):
+        from patchstudio.errors import InputError
+
+        raise InputError(
+            f"{architecture(model)} is not supported: the engine reads logits as final norm -> unembedding -> "
+            f"soft-cap, which differs from this model's own logits by {diff:.3g}; results would be wrong, so "
+            f"none are computed",
+            field="model",
+        )
+    _READOUT_OK[model] = diff
+
+
+def architecture(model) -> str:
+    """The model's architecture as Hugging Face names it (GPT2LMHeadModel, ...), or its config's name."""
+    arch = getattr(model.cfg, "architecture", None)
+    return str(arch) if arch else "this model"
 
 
 def normalize(values: Tensor, clean: float, corrupted: float) -> Tensor:

@@ -53,11 +53,14 @@ def patch_sweep(
     *,
     chunk_rows: int = 256,
     progress: Progress | None = None,
+    tail: int = 1,
 ) -> Float[Tensor, "n_sites"]:
     """The metric of the base run with each site patched to ``values[site.hook]``, one per site.
 
     ``values`` maps each hook to the value it is patched to (batch axis of size 1). ``readout``
-    maps final-position residual vectors [rows, d_model] to the metric [rows].
+    maps final-position residual vectors [rows, d_model] to the metric [rows]; with ``tail`` > 1
+    (an answer of several tokens fed after the prompt) it gets the last ``tail`` positions,
+    [rows, tail, d_model].
     """
     if base_tokens.shape[0] != 1:
         raise ValueError("patch_sweep runs one prompt at a time (batch size 1)")
@@ -67,7 +70,7 @@ def patch_sweep(
         by_layer[site.layer].append(i)
     device = base_tokens.device
     last = int(model.cfg.n_layers) - 1
-    trim = last_mlp_trim(model, base_tokens)
+    trim = last_mlp_trim(model, base_tokens, tail)
     with torch.no_grad():
         for layer in sorted(by_layer):
             for chunk in _chunks(by_layer[layer], max(1, chunk_rows)):
@@ -82,7 +85,7 @@ def patch_sweep(
                     mask = torch.zeros((rows, *shape), dtype=torch.bool)
                     mask[[r for r, _ in entries]] = torch.stack([m.expand(shape) for _, m in entries])
                     hooks[name].append(setter(mask.to(device), values[name]))
-                resid = run_to_final_resid(model, base_tokens, hooks)
+                resid = run_to_final_resid(model, base_tokens, hooks, tail=tail)
                 out[list(chunk)] = readout(resid).float().cpu()
                 if progress is not None:
                     progress(rows)

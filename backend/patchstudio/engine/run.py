@@ -18,9 +18,29 @@ from typing import Any, Callable
 import torch
 
 from patchstudio.engine.forward import run_with_cache
-from patchstudio.engine.inputs import PreparedPair, prepare_pairs
+from patchstudio.engine.inputs import PreparedPair, prepare_pairs, refuse_multi_token
 from patchstudio.engine.methods import Method, PairContext, get_method
-from patchstudio.engine.metrics import GAP_UNITS, SMALL_GAP, check_gap, logits_metric, normalize
+from patchstudio.engine.metrics import (
+    GAP_UNITS,
+    NEEDS_FULL_VOCAB,
+    SMALL_GAP,
+    architecture,
+    check_gap,
+    check_readout,
+    logits_metric,
+    normalize,
+    scores_sequences,
+    sequence_metric,
+)
+from patchstudio.engine.precision import (
+    CPU_CHUNK_ROWS,
+    auto_chunk_rows,
+    dtype_name,
+    metric_noise,
+    model_device,
+    model_dtype,
+    precision_warnings,
+)
 from patchstudio.engine.reference import ReferencePlan, cache_reference, plan_reference
 from patchstudio.engine.stats import spread
 from patchstudio.errors import InputError
@@ -29,7 +49,7 @@ from patchstudio.specs import SpecBase, parse_spec
 
 ProgressFn = Callable[[int, int], None]
 
-DEFAULT_CHUNK_ROWS = 256
+DEFAULT_CHUNK_ROWS = CPU_CHUNK_ROWS  # on CPU; on CUDA the default adapts to free memory (precision.auto_chunk_rows)
 
 
 def versions() -> dict[str, str]:
@@ -69,9 +89,11 @@ def plan(model, spec: Any) -> Plan:
     spec = parse_spec(spec)
     method = get_method(spec.method)
     pairs = prepare_pairs(model, spec.prompts, same_length=method.same_length(spec))
+    if not method.multi_token:
+        refuse_multi_token(pairs, method.title, model)
     method.check(model, spec)
     reference = plan_reference(model, spec, pairs) if method.needs_reference(spec) else None
-    total = sum(method.cost(model, spec, p.clean.shape[-1]) for p in pairs)
+    total = sum(method.cost_of(model, spec, p) for p in pairs)
     return Plan(spec, method, pairs, total, reference)
 
 
@@ -85,14 +107,15 @@ def run(
     spec: Any,
     *,
     model_name: str | None = None,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    chunk_rows: int | None = None,
     max_patched_runs: int | None = None,
     progress: ProgressFn | None = None,
 ) -> PatchResult:
     """Run an experiment spec (object, dict or JSON) on ``model`` (any TransformerBridge).
 
     ``max_patched_runs`` bounds the sweep's cost (prompts x patches); ``progress(done, total)`` is
-    called after each batch, and may raise to cancel.
+    called after each batch, and may raise to cancel. ``chunk_rows`` bounds the rows of one forward
+    pass; None: ``DEFAULT_CHUNK_ROWS`` on CPU, what fits in free memory on CUDA.
     """
     start = time.perf_counter()
     if model.training:
@@ -100,6 +123,11 @@ def run(
     p = plan(model, spec)
     p.check_budget(max_patched_runs)
     spec, method, pairs = p.spec, p.method, p.pairs
+    check_readout(model, pairs[0].clean)
+    if chunk_rows is None:
+        longest = max(pair.clean.shape[-1] + max(len(pair.answer_ids), len(pair.wrong_ids)) - 1 for pair in pairs)
+        tail = max(max(len(pair.answer_ids), len(pair.wrong_ids)) for pair in pairs)
+        chunk_rows = auto_chunk_rows(model, longest, spec.metric in NEEDS_FULL_VOCAB or tail > 1, tail)
 
     names = method.cache_names(model, spec)
     clean_runs = [run_with_cache(model, pair.clean, names) for pair in pairs]
@@ -121,8 +149,12 @@ def run(
     for i, pair in enumerate(pairs):
         (clean_logits, clean_cache), (corrupted_logits, corrupted_cache) = clean_runs[i], corrupted_runs[i]
         clean_lp = clean_logits.log_softmax(-1)[0]
-        clean_vals.append(float(logits_metric(spec.metric, clean_logits, pair.answer, pair.wrong, clean_lp)[0]))
-        corrupted_vals.append(float(logits_metric(spec.metric, corrupted_logits, pair.answer, pair.wrong, clean_lp)[0]))
+        if scores_sequences(spec.metric, pair):  # teacher-forced, from the model's own full passes
+            clean_vals.append(sequence_metric(model, spec.metric, pair.clean, pair.answer_ids, pair.wrong_ids))
+            corrupted_vals.append(sequence_metric(model, spec.metric, pair.corrupted, pair.answer_ids, pair.wrong_ids))
+        else:
+            clean_vals.append(float(logits_metric(spec.metric, clean_logits, pair.answer, pair.wrong, clean_lp)[0]))
+            corrupted_vals.append(float(logits_metric(spec.metric, corrupted_logits, pair.answer, pair.wrong, clean_lp)[0]))
         ctx = PairContext(model, spec, pair, i, clean_cache, corrupted_cache, reference, clean_lp, chunk_rows, step)
         out = method.run_pair(ctx)
         sweeps.append(out.values)
@@ -136,6 +168,9 @@ def run(
     corrupted_mean = sum(corrupted_vals) / len(corrupted_vals)
     if method.warn is not None and extras:
         method_warnings.extend(method.warn(extras, spec))
+    method_warnings.extend(
+        _precision_warnings(model, spec, method, per_prompt.mean(dim=0), clean_mean, corrupted_mean, clean_runs)
+    )
     warnings = _warnings(p, clean_mean - corrupted_mean, method_warnings)
     if spec.metric == "normalized_logit_diff":
         check_gap(clean_mean, corrupted_mean)  # an InputError on 'metric', not a division by zero
@@ -168,6 +203,9 @@ def run(
             d_model=int(model.cfg.d_model),
             n_ctx=int(model.cfg.n_ctx),
             d_vocab=int(model.cfg.d_vocab),
+            architecture=architecture(model) if getattr(model.cfg, "architecture", None) else None,
+            device=str(model_device(model)),
+            dtype=dtype_name(model_dtype(model)),
         ),
         versions=versions(),
         seconds=round(time.perf_counter() - start, 4),
@@ -202,6 +240,15 @@ def _warnings(p: Plan, gap: float, from_method: list[str]) -> list[str]:
     return out
 
 
+def _precision_warnings(model, spec, method, mean, clean_mean, corrupted_mean, clean_runs) -> list[str]:
+    """Half precision: warn where the gap or a cell's effect is within the dtype's rounding noise."""
+    logit_scale = max(float(logits.abs().max()) for logits, _ in clean_runs)
+    prob_scale = max(clean_mean, corrupted_mean, 0.0) if spec.metric == "prob" else 1.0
+    noise = metric_noise(model, spec.metric, logit_scale, prob_scale)
+    effects = mean - method.no_effect(spec, clean_mean, corrupted_mean)
+    return precision_warnings(model, noise, clean_mean - corrupted_mean, effects)
+
+
 def _labels(axes: list[str], sizes: list[int], first: PreparedPair) -> dict[str, list[str]]:
     labels = {}
     for axis, size in zip(axes, sizes):
@@ -211,4 +258,5 @@ def _labels(axes: list[str], sizes: list[int], first: PreparedPair) -> dict[str,
 
 def _prompt_tokens(p: PreparedPair) -> PromptTokens:
     differ = [j for j, (a, b) in enumerate(zip(p.clean_str, p.corrupted_str)) if a != b]
-    return PromptTokens(clean=p.clean_str, corrupted=p.corrupted_str, answer=p.answer_str, wrong=p.wrong_str, differ=differ)
+    return PromptTokens(clean=p.clean_str, corrupted=p.corrupted_str, answer=p.answer_str, wrong=p.wrong_str, differ=differ,
+                        answer_tokens=len(p.answer_ids), wrong_tokens=len(p.wrong_ids))

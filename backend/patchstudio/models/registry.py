@@ -13,30 +13,68 @@ class ModelUnavailableError(RuntimeError):
     """A model that cannot be loaded here; the message says which and how to get it."""
 
 
-def load_model(name: str = "default", *, device: str = "cpu"):
-    """A TransformerBridge in eval mode. ``"default"`` is the shipped IOI/induction model."""
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_model(name: str = "default", *, device: str = "cpu", dtype: str = "float32"):
+    """A TransformerBridge in eval mode, on ``device`` in ``dtype`` (float32, bfloat16 or float16).
+    ``"default"`` is the shipped IOI/induction model; anything else is a Hugging Face model name
+    (from the cache or the network) or a directory saved with ``save_pretrained``."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     if name == "default":
         from patchstudio.models.default_model import load_default_model
 
-        return load_default_model(device=device)
-    return _load_hf(name, device)
+        model = load_default_model(device=device)
+        return model if dtype == "float32" else model.to(DTYPES[dtype]).eval()
+    return _load_hf(name, device, DTYPES[dtype])
 
 
-def _load_hf(name: str, device: str):
+def download_command(name: str) -> str:
+    """The download command of the installed huggingface_hub: ``hf download`` (1.0 and later) or
+    ``huggingface-cli download`` (before)."""
+    from importlib.metadata import entry_points
+
+    scripts = {ep.name for ep in entry_points(group="console_scripts") if ep.value.startswith("huggingface_hub")}
+    return f"hf download {name}" if "hf" in scripts or not scripts else f"huggingface-cli download {name}"
+
+
+def _load_hf(name: str, device: str, dtype: torch.dtype = torch.float32):
     from transformer_lens.model_bridge import TransformerBridge
 
     try:
-        model = TransformerBridge.boot_transformers(name, device=device)
+        model = TransformerBridge.boot_transformers(name, device=device, dtype=dtype)
     except (OSError, ValueError, EnvironmentError) as exc:
         cache = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
         raise ModelUnavailableError(
             f"model {name!r} could not be loaded: its weights are neither in the Hugging Face cache "
             f"({cache}) nor reachable over the network. On a machine with internet access run "
-            f"`huggingface-cli download {name}` and copy the cache here (or point HF_HOME at it), "
+            f"`{download_command(name)}` and copy the cache here (or point HF_HOME at it), "
             f"or give the path of a directory saved with save_pretrained. ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''})"
         ) from exc
     return model.eval()
+
+
+def describe_model(model) -> dict[str, object]:
+    """What the model picker shows: architecture, parameter count, layers x heads, dtype."""
+    cfg = model.cfg
+    arch = getattr(cfg, "architecture", None) or "TransformerLens native"
+    n_params = sum(p.numel() for p in model.parameters())
+    return {
+        "architecture": str(arch),
+        "n_params": int(n_params),
+        "shape": f"{int(cfg.n_layers)} layers x {int(cfg.n_heads)} heads, d_model {int(cfg.d_model)}",
+        "dtype": str(model.W_U.dtype).removeprefix("torch."),
+    }
+
+
+def format_params(n: int) -> str:
+    """1234567 -> '1.2M'."""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
 
 
 def model_fingerprint(model) -> str:

@@ -27,6 +27,11 @@ ROLE_LABELS = {
     "exact": "exact activation patching",
 }
 
+# Companions a page cannot do without; the others are left out (``Companions.unavailable``) where
+# the model or the answers do not support them (self-repair on Gemma 2, attribution for answers of
+# several tokens), instead of failing the whole page.
+REQUIRED_ROLES = frozenset({"patching", "ablation", "exact"})
+
 
 @dataclass
 class Companions:
@@ -35,6 +40,7 @@ class Companions:
     jobs: dict[str, JobRow] = field(default_factory=dict)  # role -> its job (any status), where one exists
     cost: int = 0  # patched runs the missing ones need
     problem: str | None = None  # why the missing ones cannot be computed here (model not loaded, budget)
+    unavailable: dict[str, str] = field(default_factory=dict)  # optional role -> why this model cannot run it
 
     @property
     def missing(self) -> dict[str, SpecBase]:
@@ -67,10 +73,17 @@ def gather(service: Any, result: PatchResult, specs: dict[str, SpecBase]) -> Com
     ids = {spec.id: role for role, spec in out.missing.items()}
     for job_id, job in service.store.get_jobs(ids).items():
         out.jobs[ids[job_id]] = job
-    try:
-        out.cost = sum(service.cost(spec) for role, spec in out.missing.items() if role not in out.running)
-    except InputError as exc:
-        out.problem = str(exc)
+    for role, spec in list(out.missing.items()):
+        if role in out.running:
+            continue
+        try:
+            out.cost += service.cost(spec)
+        except InputError as exc:
+            if role in REQUIRED_ROLES:
+                out.problem = str(exc)
+            else:
+                out.unavailable[role] = str(exc)
+                del out.specs[role]
     return out
 
 

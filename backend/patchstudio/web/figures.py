@@ -14,7 +14,6 @@ from typing import Any
 from patchstudio import analysis
 from patchstudio.analysis import default_pos
 from patchstudio.results import PatchResult
-from patchstudio.specs import METRIC_LABELS
 
 def safe(text: str) -> str:
     """Plotly renders a few HTML-like tags in labels; escape tokens so they show as text."""
@@ -229,8 +228,8 @@ def figure1(
         "marker": {"color": ["#4c78a8", "#e45756", "#54a24b", "#b279a2"]},
     }
     layout = {
-        "title": {"text": f"{METRIC_LABELS[result.spec.metric]}: restoration vs ablation of {name}", "font": {"size": 14}},
-        "yaxis": {"title": {"text": safe(METRIC_LABELS[result.spec.metric])}, "zeroline": True, "automargin": True},
+        "title": {"text": f"{analysis.metric_label(result)}: restoration vs ablation of {name}", "font": {"size": 14}},
+        "yaxis": {"title": {"text": safe(analysis.metric_label(result))}, "zeroline": True, "automargin": True},
         "margin": {"l": 60, "r": 20, "t": 50, "b": 60},
         "height": 360,
     }
@@ -265,7 +264,7 @@ def token_bars(result: PatchResult, shown: analysis.View | None = None) -> dict[
     trace = {"type": "bar", "x": labels, "y": shown.values,
              "text": [f"{labels[i]}: {v:+.3f}" for i, v in enumerate(shown.values)],
              "hovertemplate": "%{text}<extra></extra>", "marker": {"color": "#4c78a8"}}
-    layout = _layout(f"{METRIC_LABELS[result.spec.metric]}: contribution of each clean token", "clean token", "")
+    layout = _layout(f"{analysis.metric_label(result)}: contribution of each clean token", "clean token", "")
     layout["yaxis"] = {"title": {"text": _wrap(shown.title, 60)}}
     return {"data": [trace], "layout": layout}
 

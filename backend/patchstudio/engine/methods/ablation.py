@@ -24,8 +24,7 @@ from torch import Tensor
 
 from patchstudio.engine import hooks as H
 from patchstudio.engine.inputs import PreparedPair
-from patchstudio.engine.methods.base import Method, PairContext, PairResult
-from patchstudio.engine.patching import patch_sweep
+from patchstudio.engine.methods.base import Method, PairContext, PairResult, check_component, sweep_cost
 from patchstudio.engine.reference import ReferenceSet, resample_index
 from patchstudio.specs import REFERENCE_DESCRIPTION, AblationKind, Reference, SpecBase, check_reference
 
@@ -82,14 +81,15 @@ def run_pair(ctx: PairContext) -> PairResult:
     sites, _, _ = H.sites(model, spec.component, spec.positions, ctx.pair.clean.shape[-1])
     source = ablation_values(spec.ablation, ctx.clean_cache, ctx.reference, ctx.pair, ctx.index, spec.seed)
     values = H.patch_values(spec.component, int(model.cfg.n_layers), ctx.clean_cache, source)
-    return PairResult(
-        patch_sweep(model, ctx.pair.clean, values, sites, ctx.readout(), chunk_rows=ctx.chunk_rows, progress=ctx.progress)
-    )
+    return PairResult(ctx.sweep(ctx.pair.clean, values, sites))
 
 
 METHOD = Method(
     spec=AblationSpec,
     run_pair=run_pair,
+    check=check_component,
+    multi_token=True,
+    pair_cost=sweep_cost,
     baseline=lambda spec, clean, corrupted: clean,  # the clean run is the one ablated
     same_length=needs_one_length,
     evidence=lambda spec: f"necessity-style: the component {spec.ablation}-ablated on the clean run",

@@ -15,8 +15,7 @@ from typing import Literal
 from pydantic import Field
 
 from patchstudio.engine import hooks as H
-from patchstudio.engine.methods.base import Method, PairContext, PairResult
-from patchstudio.engine.patching import patch_sweep
+from patchstudio.engine.methods.base import Method, PairContext, PairResult, check_component, sweep_cost
 from patchstudio.specs import Direction, SpecBase
 
 
@@ -35,13 +34,14 @@ def run_pair(ctx: PairContext) -> PairResult:
     base_tokens, base_cache, source = ctx.runs(spec.direction)
     sites, _, _ = H.sites(model, spec.component, spec.positions, ctx.pair.clean.shape[-1])
     values = H.patch_values(spec.component, int(model.cfg.n_layers), base_cache, source)
-    return PairResult(
-        patch_sweep(model, base_tokens, values, sites, ctx.readout(), chunk_rows=ctx.chunk_rows, progress=ctx.progress)
-    )
+    return PairResult(ctx.sweep(base_tokens, values, sites))
 
 
 METHOD = Method(
     spec=ActivationPatchingSpec,
     run_pair=run_pair,
+    check=check_component,
+    multi_token=True,
+    pair_cost=sweep_cost,
     references=("Vig et al. 2020", "Meng et al. 2022", "Wang et al. 2022"),
 )

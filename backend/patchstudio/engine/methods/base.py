@@ -10,11 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
+import torch
 from torch import Tensor
 
 from patchstudio.engine import hooks as H
+from patchstudio.engine.forward import resid_mid_is_stream
 from patchstudio.engine.inputs import PreparedPair
-from patchstudio.engine.metrics import Readout
+from patchstudio.engine.metrics import Readout, architecture, n_legs, scores_sequences, sequence_legs
+from patchstudio.engine.patching import patch_sweep
 from patchstudio.engine.reference import ReferenceSet
 from patchstudio.errors import InputError
 from patchstudio.specs import SpecBase
@@ -37,6 +40,23 @@ class PairContext:
 
     def readout(self) -> Readout:
         return Readout(self.model, self.spec.metric, self.pair.answer, self.pair.wrong, self.clean_log_probs)
+
+    def sweep(self, base_tokens: Tensor, values: dict[str, Tensor], sites: list[H.Site]) -> Tensor:
+        """``patching.patch_sweep`` of the base prompt with this pair's metric. An answer of several
+        tokens is scored by teacher forcing: one sweep per continuation (``metrics.sequence_legs``),
+        the prompt followed by the continuation, patched at the prompt's positions only."""
+        model, spec, pair = self.model, self.spec, self.pair
+        if not scores_sequences(spec.metric, pair):
+            return patch_sweep(model, base_tokens, values, sites, self.readout(), chunk_rows=self.chunk_rows,
+                               progress=self.progress)
+        legs, combine = sequence_legs(model, spec.metric, pair.answer_ids, pair.wrong_ids)
+        outs = []
+        for leg in legs:
+            suffix = torch.tensor([list(leg.suffix)], dtype=base_tokens.dtype, device=base_tokens.device)
+            leg_values, leg_sites = H.extend_positions(spec.component, values, sites, len(leg.suffix))
+            outs.append(patch_sweep(model, torch.cat([base_tokens, suffix], dim=1), leg_values, leg_sites, leg.readout,
+                                    chunk_rows=self.chunk_rows, progress=self.progress, tail=leg.tail))
+        return combine(outs)
 
     def runs(self, direction: str) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
         """(base tokens, base cache, source cache): denoise runs the corrupted prompt with clean
@@ -62,6 +82,22 @@ def sites_cost(model, spec, seq_len: int) -> int:
 def sites_axes(model, spec, seq_len: int) -> tuple[list[str], list[int]]:
     _, axes, sizes = H.sites(model, spec.component, spec.positions, seq_len)
     return axes, sizes
+
+
+def sweep_cost(model, spec, pair: PreparedPair) -> int:
+    """Patched runs of a sweep over sites for one pair: one per site and continuation."""
+    return sites_cost(model, spec, pair.clean.shape[-1]) * n_legs(spec.metric, pair)
+
+
+def check_component(model, spec) -> None:
+    """The component exists in this architecture (an InputError on ``component`` otherwise)."""
+    if spec.component == "resid_mid" and not resid_mid_is_stream(model):
+        raise InputError(
+            f"component 'resid_mid' does not exist in {architecture(model)}: its blocks run attention and the "
+            f"MLP in parallel on the same input, so there is no residual stream between them to patch; use "
+            f"resid_pre, attn_out, mlp_out or resid_post",
+            field="component",
+        )
 
 
 def component_hooks(model, spec) -> list[str]:
@@ -125,11 +161,27 @@ class Method:
     warn: Callable[[list[dict], Any], list[str]] | None = None
     # whether a spec ablates against a reference set (its ``reference`` field; engine/reference.py)
     needs_reference: Callable[[Any], bool] = lambda spec: False
+
+    # answers of several tokens: False refuses them (InputError on answer/wrong); True means
+    # ``run_pair`` scores them (``PairContext.sweep``) and ``pair_cost`` prices each pair
+    multi_token: bool = False
+    pair_cost: Callable[[Any, Any, PreparedPair], int] | None = None
     references: tuple[str, ...] = field(default=())  # papers, for the docs
 
     @property
     def name(self) -> str:
         return self.spec.model_fields["method"].default
+
+    @property
+    def title(self) -> str:
+        """How messages name the method: 'path patching'."""
+        return self.name.replace("_", " ")
+
+    def cost_of(self, model, spec, pair: PreparedPair) -> int:
+        """Patched runs for one prompt pair."""
+        if self.pair_cost is not None:
+            return self.pair_cost(model, spec, pair)
+        return self.cost(model, spec, pair.clean.shape[-1])
 
     def no_effect(self, spec, clean: float, corrupted: float) -> float:
         """The value a cell takes when the intervention changes nothing."""

@@ -30,6 +30,8 @@ from torch import Tensor
 from patchstudio.engine import hooks as H
 from patchstudio.engine.forward import hooked
 from patchstudio.engine.methods.base import Method, PairContext, PairResult
+from patchstudio.engine.metrics import architecture
+from patchstudio.errors import InputError
 from patchstudio.specs import Direction, WholeHeadsSpec
 
 
@@ -79,8 +81,23 @@ def run_pair(ctx: PairContext) -> PairResult:
     return PairResult(values)
 
 
+def check(model, spec) -> None:
+    """A head's direct effect is its z @ W_O added to the residual stream: refuse an architecture
+    where the attention output is not that sum (a norm after attention, as in Gemma 2)."""
+    from patchstudio.engine.methods.self_repair import heads_add_up
+
+    if not heads_add_up(model):
+        raise InputError(
+            f"the direct effect is not available for {architecture(model)}: its attention output is not the sum "
+            f"of the heads' outputs (a norm after attention rescales it), so a head's own contribution to the "
+            f"residual stream is not defined by its output alone",
+            field="method",
+        )
+
+
 METHOD = Method(
     spec=DirectEffectSpec,
+    check=check,
     run_pair=run_pair,
     cost=lambda model, spec, seq_len: int(model.cfg.n_layers) * int(model.cfg.n_heads),  # rows of one readout
     cache_names=lambda model, spec: final_names(int(model.cfg.n_layers)),

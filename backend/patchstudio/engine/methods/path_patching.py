@@ -178,9 +178,15 @@ def run_pair(ctx: PairContext) -> PairResult:
     return PairResult(values, warnings=_gqa_warnings(ctx.model, spec))
 
 
+def check(model, spec) -> None:
+    """Receivers exist (a receiver names a query head; under grouped-query attention its k/v input
+    is its group's key/value head, see ``activation_head``)."""
+    check_heads(model, spec.receivers, "receivers", "receiver")
+
+
 METHOD = Method(
     spec=PathPatchingSpec,
     run_pair=run_pair,
-    check=lambda model, spec: check_heads(model, spec.receivers, "receivers", "receiver"),
+    check=check,
     references=("Wang et al. 2022", "Goldowsky-Dill et al. 2023"),
 )

@@ -8,6 +8,7 @@ it for a fixed final LayerNorm scale s:
     metric = sum_c f(out_c, s) + const,   f(v, s) = ((v - mean v) / s) . u,
     u = ln_final.w * (W_U[:, answer] - W_U[:, wrong])
 
+(with RMSNorm, as in Llama, Qwen2 and Gemma, there is no mean to subtract: f(v, s) = (v / s) . u)
 so the total effect of an ablation splits exactly into per-component changes of direct effect
 (at the clean scale) plus the part due to the change of the scale itself:
 
@@ -16,10 +17,17 @@ so the total effect of an ablation splits exactly into per-component changes of 
 
 A drop smaller than the direct effect means the network compensated. Paired ablation removes a
 candidate compensator along with the target and shows the new total effect.
+
+The split needs each head's output to reach the residual stream as z_h @ W_O_h, summed over heads,
+and the logit difference to be linear in the final residual stream at a fixed scale. Gemma 2
+breaks both (a norm after attention normalises the heads' sum; final logit soft-capping is
+nonlinear), so self-repair refuses such models (``check``), and every run verifies that its total
+effect equals the model's own change of the logit difference.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import ClassVar, Literal, Sequence
 
 import torch
@@ -30,6 +38,9 @@ from patchstudio.engine import hooks as H
 from patchstudio.engine.forward import run_with_cache
 from patchstudio.engine.methods.ablation import ablation_values
 from patchstudio.engine.methods.base import Method, PairContext, PairResult, check_heads
+from patchstudio.engine.metrics import architecture, soft_cap
+from patchstudio.engine.precision import noise_floor
+from patchstudio.errors import InputError
 from patchstudio.specs import (
     REFERENCE_DESCRIPTION,
     AblationKind,
@@ -95,6 +106,11 @@ def _direction(model, answer: int, wrong: int) -> Tensor:
     return diff * ln_w.detach() if ln_w is not None else diff
 
 
+def _rms_norm(model) -> bool:
+    """The final norm divides by the root mean square without subtracting the mean (RMSNorm)."""
+    return str(getattr(model.cfg, "normalization_type", "LN")).startswith("RMS")
+
+
 def _head_outputs(model, z: Tensor) -> Tensor:
     """[layers, heads, d_model]: each head's output at the final position (z_h @ W_O_h)."""
     return torch.einsum("lhd,lhdm->lhm", z, model.W_O.detach())
@@ -104,9 +120,10 @@ def _run(model, tokens: Tensor, hooks: dict) -> dict[str, Tensor]:
     n_layers = int(model.cfg.n_layers)
     names = [H.z_name(l) for l in range(n_layers)] + [H.mlp_out_name(l) for l in range(n_layers)]
     names += [H.LN_FINAL_SCALE, H.resid_post_name(n_layers - 1)]
-    _, cache = run_with_cache(model, tokens, names, hooks)
+    logits, cache = run_with_cache(model, tokens, names, hooks)
     z = torch.stack([cache[H.z_name(l)][0, -1] for l in range(n_layers)])  # [L, H, d_head]
     return {
+        "logits": logits[0],
         "heads": _head_outputs(model, z),
         "mlps": torch.stack([cache[H.mlp_out_name(l)][0, -1] for l in range(n_layers)]),
         "scale": cache[H.LN_FINAL_SCALE][0, -1, 0],
@@ -142,9 +159,10 @@ def self_repair(
     """The decomposition above for one prompt. ``replacements[layer]`` is the ablation value of
     that layer's z ([1, pos, heads, d_head]) for the targets (and the compensator)."""
     u = _direction(model, answer, wrong)
+    centre = not _rms_norm(model)
 
     def f(v: Tensor, s: Tensor) -> Tensor:
-        return ((v - v.mean(-1, keepdim=True)) / s) @ u
+        return ((v - v.mean(-1, keepdim=True) if centre else v) / s) @ u
 
     clean = _run(model, tokens, {})
     ablated = _run(model, tokens, ablation_hooks(replacements, targets))
@@ -154,6 +172,7 @@ def self_repair(
     # the change of everything else (embeddings, biases) is zero; the resid sums every part
     total = f(ablated["resid"], ablated["scale"]) - f(clean["resid"], s)
     ln_part = f(ablated["resid"], ablated["scale"]) - f(ablated["resid"], s)
+    _verify_total(model, float(total), clean["logits"], ablated["logits"], answer, wrong)
     direct = sum(float(d_heads[l, h]) for l, h in targets)
     out: dict[str, object] = {
         "total_effect": float(total),
@@ -167,6 +186,60 @@ def self_repair(
         paired = _run(model, tokens, ablation_hooks(replacements, [*targets, compensator]))
         out["paired_total_effect"] = float(f(paired["resid"], paired["scale"]) - f(clean["resid"], s))
     return out
+
+
+def _verify_total(model, total: float, clean_logits: Tensor, ablated_logits: Tensor, answer: int, wrong: int) -> None:
+    """The decomposition's total effect equals the model's own change of the logit difference."""
+    actual = float((ablated_logits[answer] - ablated_logits[wrong]) - (clean_logits[answer] - clean_logits[wrong]))
+    scale = float(max(clean_logits.abs().max(), ablated_logits.abs().max()))
+    if abs(total - actual) > max(1e-3, 8 * noise_floor(model, scale)):
+        raise InputError(
+            f"self-repair's decomposition does not reproduce {architecture(model)}'s logits (total effect "
+            f"{total:.4g} from the parts, {actual:.4g} from the model): this architecture is not supported by "
+            f"self-repair",
+            field="method",
+        )
+
+
+_HEADS_ADD_UP: "weakref.WeakKeyDictionary[object, bool]" = weakref.WeakKeyDictionary()
+
+
+def heads_add_up(model) -> bool:
+    """Whether attn_out is the sum of the heads' z @ W_O (plus b_O): no norm between the heads and
+    the residual stream (checked once per model on a few tokens)."""
+    ok = _HEADS_ADD_UP.get(model)
+    if ok is None:
+        n = min(8, int(model.cfg.n_ctx))
+        tokens = (torch.arange(n) % int(model.cfg.d_vocab)).reshape(1, n).to(model.cfg.device)
+        layers = range(int(model.cfg.n_layers))
+        names = [H.z_name(l) for l in layers] + [H.hook_name("attn_out", l) for l in layers]
+        _, cache = run_with_cache(model, tokens, names)
+        b_o = getattr(model, "b_O", None)
+        eps = torch.finfo(model.W_O.dtype).eps
+        ok = True
+        for layer in layers:
+            out = cache[H.hook_name("attn_out", layer)][0].float()
+            summed = torch.einsum("phd,hdm->pm", cache[H.z_name(layer)][0], model.W_O[layer].detach()).float()
+            if b_o is not None:
+                summed = summed + b_o[layer].detach().float()
+            ok = ok and bool((summed - out).abs().max() <= max(1e-4, 8 * eps) * max(1.0, float(out.abs().max())))
+        _HEADS_ADD_UP[model] = ok
+    return ok
+
+
+def refusal(model) -> str | None:
+    """Why self-repair's split is not exact for this model, or None."""
+    reasons = []
+    if not heads_add_up(model):
+        reasons.append("the attention output is not the sum of the heads' outputs (a norm after attention, as in "
+                       "Gemma 2, rescales it), so one head's direct effect depends on all the others")
+    if soft_cap(model) is not None:
+        reasons.append("final logit soft-capping makes the logit difference nonlinear in the residual stream")
+    if not reasons:
+        return None
+    return (f"self-repair is not available for {architecture(model)}: it splits the logit difference into "
+            f"per-component direct effects, which is exact only when the logits are linear in the heads' "
+            f"outputs; here " + "; and ".join(reasons))
 
 
 def run_pair(ctx: PairContext) -> PairResult:
@@ -198,6 +271,9 @@ def summarize(per_prompt: list[dict], spec, clean_mean: float) -> dict:
 
 def check(model, spec) -> None:
     check_heads(model, [*spec.targets, *([spec.compensator] if spec.compensator else [])], "targets")
+    why = refusal(model)
+    if why is not None:
+        raise InputError(why, field="method")
 
 
 METHOD = Method(

@@ -4,8 +4,8 @@ line, optional result section). Every engine method must have one (checked at im
 from __future__ import annotations
 
 from patchstudio.engine.methods import METHODS
-from patchstudio.specs import COMPONENT_LABELS, METRIC_LABELS
-from patchstudio.analysis import corruption_summary
+from patchstudio.specs import COMPONENT_LABELS
+from patchstudio.analysis import corruption_summary, metric_label
 from patchstudio.web.methods import (
     ablation,
     activation_patching,
@@ -33,5 +33,5 @@ def describe(result) -> str:
     spec = result.spec
     return (
         f"{WEB_METHODS[spec.method].claim(spec)} · {COMPONENT_LABELS[spec.component]} · "
-        f"metric: {METRIC_LABELS[spec.metric]} · {corruption_summary(result)}"
+        f"metric: {metric_label(result)} · {corruption_summary(result)}"
     )
