@@ -118,6 +118,18 @@
         try { document.execCommand("copy"); copied(); } catch (e) { /* the text stays selected */ }
       }
     }
+    var pair = ev.target.closest && ev.target.closest(".pair-ablate");
+    if (pair) {
+      // Paired ablation: the same experiment with this compensator, submitted from the form
+      var form = document.getElementById("spec-form");
+      var field = form && form.querySelector("[name=compensator]");
+      if (field) {
+        field.value = pair.dataset.compensator;
+        htmx.trigger(form, "submit");
+        var results = document.getElementById("results");
+        if (results) results.scrollIntoView({ block: "start" });
+      }
+    }
     var png = ev.target.closest && ev.target.closest(".download-png");
     if (png) {
       var plot = document.getElementById(png.dataset.target);

@@ -52,3 +52,40 @@ def test_each_method_runs_from_the_form_and_gets_a_permalink(page, method, field
     for name, value in fields.items():
         assert fresh.locator(f"[name={name}]").input_value().replace(",", "") == value
     fresh.close()
+
+
+def test_pair_ablate_a_compensator_in_one_click(page, browser_model):
+    """Self-repair lists the compensators; clicking one's button reruns the experiment with it as the
+    compensator and shows the paired ablation beside the two single ones, as the engine computes them."""
+    from patchstudio import analysis
+    from patchstudio.engine.run import run
+
+    open_explore(page)
+    first = page.url
+    page.select_option("[name=method]", "self_repair")
+    page.fill("[name=targets]", "L0H1")
+    page.fill("[name=compensator]", "")
+    page.select_option("[name=ablation]", "zero")
+    page.locator("#spec-form button[type=submit]").click()
+    single_url = wait_for_new_run(page, first)
+    expect(page.locator(".claim")).to_contain_text("self-repair after zero-ablating L0H1")
+    expect(page.locator("#paired-table")).to_have_count(0)
+    pair = {"clean": page.locator("[name=clean]").input_value(), "corrupted": "", "answer": "", "wrong": ""}
+    button = page.locator("button.pair-ablate").first
+    name = button.get_attribute("data-compensator")
+    button.click()
+    wait_for_new_run(page, single_url)
+    assert page.locator("[name=compensator]").input_value() == name
+    expect(page.locator("#paired-table")).to_be_visible()
+    expect(page.locator("#paired-table caption")).to_contain_text("change in logit(answer) − logit(wrong) from the clean run (0 = no effect)")
+    # the numbers on screen are the engine's for the same spec, fetched from the run's .json twin
+    body = page.request.get(page.url + ".json").json()
+    spec = body["spec"]
+    assert spec["compensator"] == {"layer": int(name[1]), "head": int(name[3])} and pair["clean"] in spec["prompts"][0]["clean"]
+    expected = run(browser_model, spec)
+    x = expected.extras
+    expect(page.locator("#single-te")).to_have_text(f"{x['total_effect']:+.4f}")
+    expect(page.locator("#compensator-te")).to_have_text(f"{x['compensator_total_effect']:+.4f}")
+    expect(page.locator("#paired-value")).to_have_text(f"{x['paired_total_effect']:+.4f}")
+    expect(page.locator("#paired-excess")).to_contain_text(f"{x['paired_excess']:+.4f}")
+    assert name in [c.name for c in analysis.top_compensators(expected)]

@@ -95,6 +95,13 @@ def test_paired_ablation_equals_ablating_both(model):
                          "compensator": {"layer": 2, "head": 7}})
     runs = _plain(model, [(2, 2), (2, 7)])
     assert result.extras["paired_total_effect"] == pytest.approx(sum(a - c for c, a, *_ in runs) / len(runs), abs=TOL)
+    # the compensator alone, by plain hooks; a bug that ablated the targets again (or nothing) fails here
+    alone = _plain(model, [(2, 7)])
+    comp_te = sum(a - c for c, a, *_ in alone) / len(alone)
+    assert result.extras["compensator_total_effect"] == pytest.approx(comp_te, abs=TOL)
+    assert abs(comp_te - result.extras["total_effect"]) > 1e-2 and abs(comp_te) > 1e-2
+    assert result.extras["paired_excess"] == pytest.approx(
+        result.extras["paired_total_effect"] - result.extras["total_effect"] - comp_te, abs=TOL)
 
 
 def test_bad_self_repair_specs_name_the_problem(model):

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from patchstudio import analysis
 from patchstudio.engine.run import run
 from web_helpers import HTMX, IOI, IOI_CORRUPTED, form, make_client
 
@@ -194,7 +195,20 @@ def test_self_repair_from_the_form(client, tiny_model):
     assert response.headers["HX-Push-Url"] == f"/runs/{expected.id}"
     assert f'id="te-value">{expected.extras["total_effect"]:+.4f}<' in response.text
     assert f'id="paired-value">{expected.extras["paired_total_effect"]:+.4f}<' in response.text
-    assert "Top compensators (largest rise in direct effect):" in response.text
+    # the paired ablation beside the two single ones, each named
+    x = expected.extras
+    assert f'id="single-te">{x["total_effect"]:+.4f}<' in response.text
+    assert f'id="compensator-te">{x["compensator_total_effect"]:+.4f}<' in response.text
+    assert f'id="singles-sum">{x["total_effect"] + x["compensator_total_effect"]:+.4f}<' in response.text
+    assert f'id="paired-excess">{x["paired_excess"]:+.4f} ' in response.text
+    assert x["paired_excess"] == pytest.approx(x["paired_total_effect"] - x["total_effect"] - x["compensator_total_effect"])
+    # compensators: only those moving against DE, each head with a pair-ablate button (never the paired one)
+    compensators = analysis.top_compensators(expected)
+    assert all((c.change > 0) == (x["direct_effect"] < 0) for c in compensators)
+    for c in compensators:
+        if c.head is not None and c.name != "L1H2":
+            assert f'data-compensator="{c.name}">Pair-ablate {c.name} with the targets<' in response.text
+    assert 'data-compensator="L1H2"' not in response.text
     bad = client.post("/explore", data=form(method="self_repair", targets="two heads"), headers=HTMX)
     assert re.search(r'id="err-targets"[^>]*>targets: &#39;two&#39; is not a head', bad.text)
 

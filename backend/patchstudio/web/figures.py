@@ -246,12 +246,13 @@ def repair_figure(result: PatchResult) -> dict[str, Any]:
     values = [r["total_effect"], r["direct_effect"], r["components"], r["ln_scale_part"]]
     colors = ["#4c78a8", "#e45756", "#54a24b" if r["components_compensate"] else "#b279a2", "#9d755d"]
     if r.get("paired_total_effect") is not None:
-        labels.append("paired ablation TE")
-        values.append(r["paired_total_effect"])
-        colors.append("#72b7b2")
+        c = result.spec.compensator
+        labels += [f"L{c.layer}H{c.head} alone (TE)", "paired ablation TE"]
+        values += [r["compensator_total_effect"], r["paired_total_effect"]]
+        colors += ["#bab0ac", "#72b7b2"]
     trace = {"type": "bar", "x": labels, "y": values, "text": [f"{v:+.3f}" for v in values], "textposition": "auto",
              "hovertemplate": "%{x}: %{y:+.3f} logit diff<extra></extra>", "marker": {"color": colors}}
-    layout = {"title": {"text": "change in logit(answer) − logit(wrong) when the targets are ablated", "font": {"size": 14}},
+    layout = {"title": {"text": "change in logit(answer) − logit(wrong) when the targets are ablated (0 = no change)", "font": {"size": 14}},
               "yaxis": {"title": {"text": "change in logit diff (0 = no change)"}, "zeroline": True},
               "height": 340, "margin": {"l": 60, "r": 20, "t": 50, "b": 80}}
     return {"data": [trace], "layout": layout}

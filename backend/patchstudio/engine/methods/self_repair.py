@@ -16,7 +16,9 @@ so the total effect of an ablation splits exactly into per-component changes of 
     DE = sum over the targets of dDE_c;   self-repair = TE - DE = sum over the others of dDE_c + LN
 
 A drop smaller than the direct effect means the network compensated. Paired ablation removes a
-candidate compensator along with the target and shows the new total effect.
+candidate compensator along with the target: the result then also has the compensator's total
+effect alone, and the paired total effect; a paired drop larger than the two single drops together
+(``paired_excess``) is what ablating the target alone hid.
 
 The split needs each head's output to reach the residual stream as z_h @ W_O_h, summed over heads,
 and the logit difference to be linear in the final residual stream at a fixed scale. Gemma 2
@@ -183,6 +185,10 @@ def self_repair(
         "mlp_delta": d_mlps,
     }
     if compensator is not None:
+        # the compensator alone and with the targets: a paired drop larger than the two single drops
+        # together is what single ablation hid (the compensator was making up for the targets)
+        alone = _run(model, tokens, ablation_hooks(replacements, [compensator]))
+        out["compensator_total_effect"] = float(f(alone["resid"], alone["scale"]) - f(clean["resid"], s))
         paired = _run(model, tokens, ablation_hooks(replacements, [*targets, compensator]))
         out["paired_total_effect"] = float(f(paired["resid"], paired["scale"]) - f(clean["resid"], s))
     return out
@@ -266,6 +272,9 @@ def summarize(per_prompt: list[dict], spec, clean_mean: float) -> dict:
     out["mlp_delta"] = [float(v) for v in mlp]
     if spec.compensator is not None:
         out["paired_total_effect"] = mean("paired_total_effect")
+        out["compensator_total_effect"] = mean("compensator_total_effect")
+        # what the pair costs beyond the two single ablations together (same sign as TE: a larger drop)
+        out["paired_excess"] = out["paired_total_effect"] - out["total_effect"] - out["compensator_total_effect"]
     return out
 
 
