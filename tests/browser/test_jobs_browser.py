@@ -79,7 +79,7 @@ def test_jobs_page_shows_progress_and_time_left_then_links_to_the_result(browser
             # while it runs: its own measured rate and the time left
             running = page.locator(f"#jobs-running tr[data-job-id='{job_id}']")
             expect(running.locator(".eta")).to_contain_text(re.compile(r"about \d+ s"), timeout=30_000)
-            expect(running.locator(".eta")).to_contain_text("runs/s (this job so far)")
+            expect(running.locator(".eta")).to_contain_text("patched runs/s (this job so far)")
             expect(running.locator("progress")).to_have_attribute("max", "8")
             check_layout(browser, url, "/jobs", "jobs-running")
             # done: the list links to the result, which opens as a run page
@@ -116,6 +116,7 @@ def test_an_edit_cancels_the_job_it_replaces_unless_someone_else_watches_it(brow
             their_page.wait_for_timeout(1200)  # it polls at least once more
             page.locator("[name=metric]").select_option("loss")
             expect(page.locator("#replaced-note")).to_contain_text(f"The job this edit replaced ({second}) goes on: another page is watching it")
+            shoot(page, "replaced-note")
             their_page.wait_for_timeout(1200)
             expect(their_page.locator("#job")).to_contain_text("waiting for a worker")
             expect(their_page.locator("#job")).not_to_contain_text("Cancelled")
@@ -150,6 +151,7 @@ def test_recent_runs_show_what_was_asked_with_companions_under_their_parent(brow
         folded.locator("summary").click()
         expect(ablation).to_be_visible()
         expect(ablation.locator(".asked")).to_have_text("ablation · head · mean ablation · logit_diff")
+        shoot(page, "recent-runs-open")
         check_layout(browser, base_url, "/", "recent-runs")
         companion = ablation.get_attribute("data-run-id")
         ablation.locator("a").click()

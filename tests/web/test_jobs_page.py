@@ -67,7 +67,7 @@ def test_time_left_from_the_models_measured_rate_and_the_result_linked_when_done
     assert data["recent"][0]["id"] == done_id and data["recent"][0]["links"]["result"] == f"/runs/{done_id}"
     page = queued.get("/jobs").text
     assert f'<a class="result-link" href="/runs/{done_id}">done: see the result</a>' in page
-    assert "about 4 s" in page and "2.0 runs/s (model&#39;s recent jobs)" in page
+    assert "about 4 s" in page and "2.0 patched runs/s (model&#39;s recent jobs)" in page
 
 
 def test_an_edit_cancels_the_job_it_replaces_when_nobody_else_watches_it(queued):
