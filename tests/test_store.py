@@ -79,3 +79,23 @@ def test_a_missing_sqlite_file_is_created_only_on_a_first_start(tmp_path):
         Store(f"sqlite:///{tmp_path}/elsewhere.sqlite3", create=False)
     Store(f"sqlite:///{db}", create=True).engine.dispose()  # PATCHSTUDIO_CREATE_DB=1: start a new one
     assert db.exists()
+
+
+def test_companions_are_filed_under_the_run_that_asked_and_left_out_of_top_level_recent(store, tiny_model):
+    parent = store.put(run(tiny_model, {"prompts": TINY_PAIRS, "component": "head"}), "f" * 64)
+    child = run(tiny_model, {"prompts": TINY_PAIRS, "component": "head", "method": "ablation"})
+    grandchild = run(tiny_model, {"prompts": TINY_PAIRS, "component": "head", "direction": "noise"})
+    store.link_companions(parent.id, {"ablation": child.id, "self": parent.id})  # a run is never its own companion
+    store.link_companions(child.id, {"patching": grandchild.id})  # a companion's companion: under the same parent
+    store.link_companions("0" * 16, {"ablation": child.id})  # first write wins
+    for r in (child, grandchild):
+        store.put(r, "f" * 64)
+    assert store.get_companion(parent.id) is None
+    assert store.get_companion(child.id).parent_id == parent.id
+    assert store.get_companion(grandchild.id).parent_id == parent.id
+    assert [r.id for r in store.recent(10, top_level=True)] == [parent.id]
+    assert {r.id for r in store.recent(10)} == {parent.id, child.id, grandchild.id}
+    grouped = store.stored_companions([parent.id])
+    assert [(r.id, role) for r, role in grouped[parent.id]] == [(child.id, "ablation"), (grandchild.id, "patching")]
+    store.unlink_companion(grandchild.id)  # asked for from the form: a run of its own
+    assert {r.id for r in store.recent(10, top_level=True)} == {parent.id, grandchild.id}

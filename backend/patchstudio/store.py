@@ -75,6 +75,19 @@ run_origins = Table(
 )
 
 
+# Companion runs (Figure 1's and the triangulation's, attribution's exact run) and the run whose page
+# asked for them, so lists can show what the user asked for with its companions under it. Written when
+# they are asked for (also for jobs still computing); first write wins. Its own table rather than a
+# column of run_origins: create_all adds tables to an existing database but never columns.
+run_companions = Table(
+    "run_companions",
+    metadata,
+    Column("id", String(32), primary_key=True),  # the companion's run (and job) id
+    Column("parent_id", String(32), nullable=False, index=True),
+    Column("role", String(32), nullable=False),
+)
+
+
 # Attention patterns of a run's prompts at one layer (computed on request, then served as stored).
 patterns = Table(
     "patterns",
@@ -184,6 +197,14 @@ class TooManyJobs(Exception):
 
 class DatabaseMissing(RuntimeError):
     """The SQLite file is gone although this directory had a database: refuse to start empty."""
+
+
+class Companion(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    parent_id: str
+    role: str
 
 
 class StoredRun(BaseModel):
@@ -345,11 +366,66 @@ class Store:
             row = conn.execute(select(patterns.c.data_json).where(patterns.c.id == f"{run_id}:{layer}")).first()
         return json.loads(row[0]) if row else None
 
-    def recent(self, limit: int = 12) -> list[RunSummary]:
+    def recent(self, limit: int = 12, *, top_level: bool = False) -> list[RunSummary]:
+        """The newest runs; ``top_level``: only runs someone asked for (no companion runs)."""
         query = select(runs.c.id, runs.c.method, runs.c.model_name, runs.c.created_at, runs.c.spec_json)
+        if top_level:
+            query = query.outerjoin(run_companions, run_companions.c.id == runs.c.id).where(run_companions.c.id.is_(None))
         with self.engine.connect() as conn:
-            rows = conn.execute(query.order_by(runs.c.created_at.desc()).limit(limit)).mappings().all()
+            rows = conn.execute(query.order_by(runs.c.created_at.desc(), runs.c.id).limit(limit)).mappings().all()
         return [RunSummary(**row) for row in rows]
+
+    # --- companion runs ------------------------------------------------------------------------
+
+    def link_companions(self, parent_id: str, children: dict[str, str]) -> None:
+        """Record ``children`` (role -> run id) as companions of ``parent_id``. A companion of a
+        companion is filed under the run the user asked for (one level, so lists stay flat); a
+        child that is the parent itself, or already linked, is left as it is."""
+        root = self.get_companion(parent_id)
+        parent_id = root.parent_id if root is not None else parent_id
+        for role, child in children.items():
+            if child == parent_id:
+                continue
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(run_companions.insert().values(id=child, parent_id=parent_id, role=role))
+            except IntegrityError:
+                pass
+
+    def unlink_companion(self, run_id: str) -> None:
+        """The user asked for this run itself (from the form): it is no longer only a companion."""
+        with self.engine.begin() as conn:
+            conn.execute(run_companions.delete().where(run_companions.c.id == run_id))
+
+    def get_companion(self, run_id: str) -> Companion | None:
+        """Whose companion this run (or job) is, if it is one."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(run_companions).where(run_companions.c.id == run_id)).mappings().first()
+        return Companion(**row) if row is not None else None
+
+    def get_companions(self, ids: Iterable[str]) -> dict[str, Companion]:
+        ids = list(ids)
+        if not ids:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(run_companions).where(run_companions.c.id.in_(ids))).mappings().all()
+        return {row["id"]: Companion(**row) for row in rows}
+
+    def stored_companions(self, parent_ids: Iterable[str]) -> dict[str, list[tuple[RunSummary, str]]]:
+        """The stored companion runs of each parent, oldest first: parent id -> [(run, role)]."""
+        ids = list(parent_ids)
+        if not ids:
+            return {}
+        query = (select(runs.c.id, runs.c.method, runs.c.model_name, runs.c.created_at, runs.c.spec_json,
+                        run_companions.c.parent_id, run_companions.c.role)
+                 .join(run_companions, run_companions.c.id == runs.c.id)
+                 .where(run_companions.c.parent_id.in_(ids)).order_by(runs.c.created_at, runs.c.id))
+        out: dict[str, list[tuple[RunSummary, str]]] = {}
+        with self.engine.connect() as conn:
+            for row in conn.execute(query).mappings().all():
+                summary = RunSummary(**{k: row[k] for k in ("id", "method", "model_name", "created_at", "spec_json")})
+                out.setdefault(row["parent_id"], []).append((summary, row["role"]))
+        return out
 
     def count(self) -> int:
         with self.engine.connect() as conn:
@@ -384,10 +460,12 @@ class Store:
         with self.engine.connect() as conn:
             return conn.execute(query).scalar_one()
 
-    def submit_job(self, spec: Any, client: str, max_active: int | None = None) -> tuple[JobRow, bool]:
+    def submit_job(self, spec: Any, client: str, max_active: int | None = None, total: int = 0) -> tuple[JobRow, bool]:
         """The job for ``spec``: the existing one while it is queued, running or done (the same
         experiment twice joins it), else a new queued one. Returns (job, created). Raises
-        TooManyJobs when creating one would put ``client`` over ``max_active`` active jobs."""
+        TooManyJobs when creating one would put ``client`` over ``max_active`` active jobs.
+        ``total``: the patched runs it needs, when the caller priced it (a queued job then shows
+        its size and an estimate before a worker takes it; the worker's reports replace it)."""
         existing = self.get_job(spec.id)
         if existing is not None and existing.status in (*ACTIVE, "done"):
             return existing, False
@@ -396,7 +474,7 @@ class Store:
             if active >= max_active:
                 raise TooManyJobs(active, max_active)
         now = utcnow()
-        fresh = {"status": "queued", "done": 0, "total": 0, "error": None, "client": client, "cancel_requested": False,
+        fresh = {"status": "queued", "done": 0, "total": total, "error": None, "client": client, "cancel_requested": False,
                  "worker": None, "queue_job_id": None, "created_at": now, "started_at": None, "finished_at": None,
                  "heartbeat_at": None}
         created = False
@@ -415,6 +493,23 @@ class Store:
         job = self.get_job(spec.id)
         assert job is not None
         return job, created
+
+    def list_jobs(self, statuses: Iterable[str], limit: int = 50) -> list[JobRow]:
+        """Jobs in ``statuses``: queued ones oldest first (the order workers take them), others newest first."""
+        statuses = list(statuses)
+        order = [jobs.c.created_at, jobs.c.id] if statuses == ["queued"] else [
+            func.coalesce(jobs.c.finished_at, jobs.c.started_at, jobs.c.created_at).desc(), jobs.c.id]
+        query = select(jobs).where(jobs.c.status.in_(statuses)).order_by(*order).limit(limit)
+        with self.engine.connect() as conn:
+            return [JobRow(**row) for row in conn.execute(query).mappings().all()]
+
+    def finished_jobs(self, models: Iterable[str], limit: int = 20) -> list[JobRow]:
+        """The newest finished (done) jobs of these models: what their measured throughput comes from."""
+        query = (select(jobs).where(jobs.c.status == "done", jobs.c.model_name.in_(list(models)),
+                                    jobs.c.started_at.is_not(None), jobs.c.finished_at.is_not(None), jobs.c.total > 0)
+                 .order_by(jobs.c.finished_at.desc()).limit(limit))
+        with self.engine.connect() as conn:
+            return [JobRow(**row) for row in conn.execute(query).mappings().all()]
 
     def set_queue_job_id(self, job_id: str, queue_job_id: int) -> None:
         with self.engine.begin() as conn:

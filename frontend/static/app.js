@@ -165,6 +165,19 @@
     if (input) { input.focus(); input.select(); }
   }
 
+  // Each page load names itself to the server, which counts who is watching a job (watchers.py); an
+  // edit tells it which job the page showed, so it can cancel that job if nobody else is watching.
+  var PAGE = Date.now().toString(36) + Math.random().toString(36).slice(2, 12);
+  document.addEventListener("htmx:configRequest", function (ev) {
+    ev.detail.headers["X-Patchstudio-Page"] = PAGE;
+    if (ev.detail.elt && ev.detail.elt.id === "spec-form") {
+      var job = document.querySelector("#results #job[data-job-id]");
+      if (job && (job.dataset.status === "queued" || job.dataset.status === "running")) {
+        ev.detail.parameters["replaces"] = job.dataset.jobId;
+      }
+    }
+  });
+
   htmx.onLoad(function (root) {
     drawPlots(root.querySelectorAll ? root : document);
     var form = document.getElementById("spec-form");

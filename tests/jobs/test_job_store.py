@@ -127,3 +127,19 @@ def test_local_queue_runs_jobs_and_cancels_them(tmp_path, tiny_model):
         assert store.get_job(done.id).status == "done" and done.id in stored
     finally:
         queue.shutdown()
+
+
+def test_jobs_list_by_status_with_their_size_and_finished_ones_for_throughput(store):
+    first, _ = store.submit_job(spec("head"), "c:me", total=120)
+    second, _ = store.submit_job(spec("attn_out"), "c:me", total=30)
+    third, _ = store.submit_job(spec("mlp_out"), "c:you")
+    assert (first.total, third.total) == (120, 0)  # priced by the caller, or unknown until a worker reports
+    assert [j.id for j in store.list_jobs(["queued"])] == [first.id, second.id, third.id]  # the order workers take them
+    attempt = store.claim_job(first.id, "w")
+    store.job_progress(first.id, attempt, 120, 120)
+    store.finish_job(first.id, attempt, "done")
+    store.request_cancel(second.id)
+    assert [j.id for j in store.list_jobs(["running", "queued"])] == [third.id]
+    assert {j.id for j in store.list_jobs(["done", "error", "cancelled"])} == {first.id, second.id}
+    assert [j.id for j in store.finished_jobs(["default"])] == [first.id]
+    assert store.finished_jobs(["other"]) == []

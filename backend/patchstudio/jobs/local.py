@@ -43,8 +43,8 @@ class LocalQueue:
 
     # --- the web side ---
 
-    def submit(self, spec: Any, client: str) -> JobRow:
-        job, created = self.store.submit_job(spec, client, self.max_per_client)
+    def submit(self, spec: Any, client: str, total: int = 0) -> JobRow:
+        job, created = self.store.submit_job(spec, client, self.max_per_client, total)
         if created:
             self._wake.set()
         return job

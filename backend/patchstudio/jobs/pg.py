@@ -83,8 +83,8 @@ class ProcrastinateQueue:
             self.app.open()
             self._open = True
 
-    def submit(self, spec: Any, client: str) -> JobRow:
-        job, created = self.store.submit_job(spec, client, self.max_per_client)
+    def submit(self, spec: Any, client: str, total: int = 0) -> JobRow:
+        job, created = self.store.submit_job(spec, client, self.max_per_client, total)
         if created:
             deferrer = self.app.configure_task(TASK, queue=queue_name(spec.model), queueing_lock=spec.id, lock=spec.id)
             try:

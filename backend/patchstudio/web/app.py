@@ -29,6 +29,7 @@ from patchstudio.service import ExperimentService
 from patchstudio.settings import Settings
 from patchstudio.store import Store, TooManyJobs
 from patchstudio.web.guard import BodyLimit, OriginCheck, RequestContext, is_api_path
+from patchstudio.web.watchers import Watchers
 
 FRONTEND = Path(__file__).resolve().parents[3] / "frontend"
 
@@ -76,7 +77,7 @@ def create_app(settings: Settings | None = None, *, model_loader: Callable[[str]
         store.engine.dispose()
 
     from patchstudio import __version__
-    from patchstudio.web.routes import api, attention, compare, pages
+    from patchstudio.web.routes import api, attention, compare, jobs, pages
 
     app = FastAPI(
         title="Patch Studio",
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None, *, model_loader: Callable[[str]
         redoc_url=None,
     )
     app.state.settings = settings
+    app.state.watchers = Watchers()
 
     def refusal(request: Request, status: int, message: str, *, errors: list[dict[str, str]] | None = None,
                 field: str | None = None, headers: dict[str, str] | None = None, **extra: Any) -> Response:
@@ -151,6 +153,7 @@ def create_app(settings: Settings | None = None, *, model_loader: Callable[[str]
     app.include_router(api.router)
     app.include_router(attention.router)
     app.include_router(compare.router)
+    app.include_router(jobs.router)
     app.include_router(pages.router)
 
     # Outermost last: every request gets an id and the headers, then the host, size and origin checks.

@@ -24,6 +24,7 @@ ROLE_LABELS = {
     "attribution": "the attribution estimate",
     "path": "path patching to the logits",
     "repair": "self-repair (TE and DE)",
+    "direct": "direct effect",
     "exact": "exact activation patching",
 }
 
@@ -93,12 +94,14 @@ def compute(service: Any, queue: Any, result: PatchResult, specs: dict[str, Spec
     if companions.problem:
         raise InputError(companions.problem, field="spec")
     todo = {role: spec for role, spec in companions.missing.items() if role not in companions.running}
+    # filed under this run before they exist, so lists group them (and their jobs) under it
+    service.store.link_companions(result.id, {role: spec.id for role, spec in companions.missing.items()})
     if companions.cost <= service.settings.background_patched_runs:
         for spec in todo.values():
             service.get_or_run(spec)
     else:
         for spec in todo.values():
-            queue.submit(spec, client)
+            queue.submit(spec, client, service.cost(spec))
     return gather(service, result, specs)
 
 

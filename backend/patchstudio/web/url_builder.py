@@ -64,6 +64,15 @@ def agreement(run_id: str) -> str:
     return f"/runs/{run_id}/agreement"
 
 
+def jobs() -> str:
+    """The jobs list: running, queued and recently finished."""
+    return "/jobs"
+
+
+def jobs_json() -> str:
+    return "/jobs.json"
+
+
 def job(job_id: str) -> str:
     return f"/jobs/{job_id}"
 

@@ -35,3 +35,24 @@ def describe(result) -> str:
         f"{WEB_METHODS[spec.method].claim(spec)} · {COMPONENT_LABELS[spec.component]} · "
         f"metric: {metric_label(result)} · {corruption_summary(result)}"
     )
+
+
+def summary(spec: dict) -> dict[str, str]:
+    """What a stored spec asked for, in four short words for lists (recent runs, jobs): method,
+    component (or the ablated heads), direction (or the kind of ablation) and metric. Read from the
+    stored JSON, so a spec an older version wrote still lists."""
+    method = spec.get("method", "")
+    web = WEB_METHODS.get(method)
+    targets = spec.get("targets")
+    if targets:
+        component = " ".join(f"L{t.get('layer')}H{t.get('head')}" for t in targets[:4]) + (" …" if len(targets) > 4 else "")
+    else:
+        component = spec.get("component", "")
+    if spec.get("direction"):
+        direction = spec["direction"]
+    elif spec.get("ablation"):
+        direction = f"{spec['ablation']} ablation"
+    else:
+        direction = ""
+    return {"method": web.label if web else method, "component": component, "direction": direction,
+            "metric": spec.get("metric", "")}

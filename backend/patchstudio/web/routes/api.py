@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import itertools
+import json
 import re
 from typing import Any
 
@@ -18,7 +19,7 @@ from patchstudio import analysis
 from patchstudio.specs import defaults_doc
 from patchstudio.store import JobRow, StoredRun
 from patchstudio.web import url_builder as urls
-from patchstudio.web.deps import ClientDep, JobsDep, ServiceDep
+from patchstudio.web.deps import ClientDep, JobsDep, PageDep, ServiceDep, WatchersDep
 
 router = APIRouter()
 
@@ -96,8 +97,9 @@ def create_run(service: ServiceDep, jobs: JobsDep, client: ClientDep,
     stored = service.store.get(parsed.id)
     if stored is not None:
         return stored_payload(stored)
-    if service.cost(parsed) > service.settings.background_patched_runs:
-        return accepted(jobs.submit(parsed, client))  # over the cap: a 429 (app.py)
+    cost = service.cost(parsed)
+    if cost > service.settings.background_patched_runs:
+        return accepted(jobs.submit(parsed, client, cost))  # over the cap: a 429 (app.py)
     return stored_payload(service.get_or_run(parsed))
 
 
@@ -161,25 +163,37 @@ def run_csv(service: ServiceDep, run_id: str = RunId) -> Response:
 
 @router.get("/api/runs", summary="Recent runs", tags=["runs"])
 def recent_runs(service: ServiceDep, limit: int = Query(20, ge=1, le=200)) -> Any:
-    return [
-        {"id": r.id, "method": r.method, "model": r.model_name, "created_at": r.created_at.isoformat(), "links": {"page": urls.run_page(r.id)}}
-        for r in service.store.recent(limit)
-    ]
+    """Newest first, each with what it asked for (`component`, `direction`, `metric`) and, for a
+    companion run (computed for another run's Figure 1 or triangulation), `companion_of`."""
+    from patchstudio.web.methods import summary
+
+    recent = service.store.recent(limit)
+    parents = service.store.get_companions(r.id for r in recent)
+    out = []
+    for r in recent:
+        asked = summary(json.loads(r.spec_json))
+        parent = parents.get(r.id)
+        out.append({"id": r.id, "method": r.method, "model": r.model_name, "component": asked["component"],
+                    "direction": asked["direction"], "metric": asked["metric"], "created_at": r.created_at.isoformat(),
+                    "companion_of": {"id": parent.parent_id, "role": parent.role} if parent else None,
+                    "links": {"page": urls.run_page(r.id)}})
+    return out
 
 
 @router.post("/api/jobs", summary="Start an experiment as a background job", tags=["jobs"], status_code=202,
              responses={202: {"description": "The job (new, or the one already queued, running or done for this spec)."}, **REFUSALS})
 def create_job(service: ServiceDep, jobs: JobsDep, client: ClientDep, spec: dict[str, Any] = Body(..., examples=[SPEC_EXAMPLE])) -> Any:
     parsed = service.parse(spec)
-    service.cost(parsed)  # checks the prompts and the budget first; an InputError becomes a 422
-    return accepted(jobs.submit(parsed, client))
+    cost = service.cost(parsed)  # checks the prompts and the budget first; an InputError becomes a 422
+    return accepted(jobs.submit(parsed, client, cost))
 
 
 @router.get("/jobs/{job_id}.json", summary="A background job's progress", tags=["jobs"], responses={404: {"description": "No such job."}})
-def job_json(jobs: JobsDep, job_id: str = Path(..., max_length=64)) -> Any:
+def job_json(jobs: JobsDep, watchers: WatchersDep, client: ClientDep, page: PageDep, job_id: str = Path(..., max_length=64)) -> Any:
     job = jobs.get(job_id) if known_id(job_id) else None
     if job is None:
         raise not_found("job", job_id)
+    watchers.seen(job.id, page or f"api:{client}")  # a client polling a job is watching it
     return job_payload(job)
 
 

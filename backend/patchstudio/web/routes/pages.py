@@ -24,7 +24,7 @@ from patchstudio.web import companions as comp
 from patchstudio.web import export, figures
 from patchstudio.web import url_builder as urls
 from patchstudio.web.app import FRONTEND
-from patchstudio.web.deps import ClientDep, JobsDep, ServiceDep
+from patchstudio.web.deps import ClientDep, JobsDep, PageDep, ServiceDep, WatchersDep
 from patchstudio.web.forms import (
     DEFAULT_FORM,
     ERROR_FIELDS,
@@ -35,7 +35,7 @@ from patchstudio.web.forms import (
     methods_with,
     spec_from_form,
 )
-from patchstudio.web.methods import WEB_METHODS, describe
+from patchstudio.web.methods import WEB_METHODS, describe, summary
 from patchstudio.web.routes.api import known_id
 
 router = APIRouter(include_in_schema=False)
@@ -153,7 +153,7 @@ def _experiment_context(request: Request, service, jobs, state: FormState, clien
             service.check_limits(spec.model_dump(mode="json"))
             cost = service.cost(spec)
             if cost > service.settings.background_patched_runs:
-                return {"job": jobs.submit(spec, client)}
+                return {"job": jobs.submit(spec, client, cost)}
             stored = service.get_or_run(spec)
         except InputError as exc:
             return _error_context(str(exc), exc.field, exc.detail)
@@ -171,6 +171,8 @@ ORIGIN_FIELDS = ("source", "family", "n_pairs", "family_seed", "template")
 def _remember_origin(service, stored: StoredRun | None, state: FormState) -> None:
     """A run made from a built-in prompt family remembers it, so its link reopens the form as it was."""
     values = state.values
+    if state.spec is not None:  # asked for from the form: listed as its own run, not only as a companion
+        service.store.unlink_companion(state.spec.id)
     if stored is not None and values.get("source") == "family" and values.get("family") != "custom":
         service.store.put_origin(stored.id, {k: values[k] for k in ORIGIN_FIELDS})
 
@@ -198,13 +200,20 @@ def _unknown_in_clean(service, state: FormState) -> InputError | None:
                       field="clean")
 
 
+def _run_line(r) -> dict[str, Any]:
+    spec = json.loads(r.spec_json)
+    prompts = spec.get("prompts") or [{"clean": ""}]
+    return {"id": r.id, "model_name": r.model_name, **summary(spec),
+            "prompt": prompts[0]["clean"] + (f" (+{len(prompts) - 1})" if len(prompts) > 1 else "")}
+
+
 def _recent(service) -> list[dict[str, Any]]:
-    out = []
-    for r in service.store.recent(12):
-        spec = json.loads(r.spec_json)
-        out.append({"id": r.id, "method": r.method, "model_name": r.model_name, "component": spec.get("component"),
-                    "prompt": spec["prompts"][0]["clean"] + (f" (+{len(spec['prompts']) - 1})" if len(spec["prompts"]) > 1 else "")})
-    return out
+    """The runs people asked for, newest first, each with what it asked for and its companion runs
+    (Figure 1's and the triangulation's) under it instead of beside it."""
+    asked = service.store.recent(12, top_level=True)
+    companions = service.store.stored_companions(r.id for r in asked)
+    return [{**_run_line(r), "companions": [{**_run_line(c), "role": comp.ROLE_LABELS.get(role, role)}
+                                            for c, role in companions.get(r.id, [])]} for r in asked]
 
 
 def _render(request: Request, context: dict[str, Any], *, blocks: list[str] | None = None, push: str | None = None, status: int = 200) -> Response:
@@ -232,10 +241,28 @@ def home(request: Request, service: ServiceDep) -> Response:
     return _render(request, context)
 
 
+def _replace(service, jobs, watchers, replaces: str, new_id: str | None, client: str, page: str | None) -> dict[str, Any] | None:
+    """An edit replaced the job this page showed: cancel it if it is this client's own and no other
+    page or client is watching it (see watchers.py); else say why it goes on."""
+    if not known_id(replaces) or replaces == new_id:
+        return None
+    job = service.store.get_job(replaces)
+    if job is None or not job.active or job.cancel_requested:
+        return None
+    if job.client != client:
+        return {"id": replaces, "cancelled": False, "why": "someone else asked for it too"}
+    if watchers.others(replaces, page):
+        return {"id": replaces, "cancelled": False, "why": "another page is watching it"}
+    jobs.cancel(replaces)
+    return {"id": replaces, "cancelled": True}
+
+
 @router.post("/explore", response_class=HTMLResponse)
-async def explore(request: Request, service: ServiceDep, jobs: JobsDep, client: ClientDep) -> Response:
+async def explore(request: Request, service: ServiceDep, jobs: JobsDep, client: ClientDep, watchers: WatchersDep,
+                  page: PageDep) -> Response:
     limit = service.settings.max_body_bytes  # the body limit already bounds the form; our own checks name the field
     form = {k: v for k, v in (await request.form(max_fields=200, max_part_size=limit)).items() if isinstance(v, str)}
+    replaces = form.pop("replaces", "")  # the job the page showed before this edit (app.js), not part of the form
     try:  # sizes first: nothing is parsed, generated or tokenized past the server's limits
         check_form_limits(form, service.settings.max_prompt_chars, service.settings.max_prompts)
     except InputError as exc:
@@ -256,6 +283,9 @@ async def explore(request: Request, service: ServiceDep, jobs: JobsDep, client: 
             return response
         push = urls.run_page(stored.id) if stored is not None else None
         _remember_origin(service, stored, state)
+        new = stored.id if stored is not None else context["job"].id if context.get("job") else None
+        if replaces:
+            context["replaced"] = _replace(service, jobs, watchers, replaces, new, client, page)
         return _render(request, context, blocks=["results", "oob"], push=push)
     _remember_origin(service, stored, state)
     context["recent"] = _recent(service)
@@ -263,12 +293,14 @@ async def explore(request: Request, service: ServiceDep, jobs: JobsDep, client: 
 
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
-def run_page(request: Request, service: ServiceDep, run_id: str = Path(..., max_length=64), _pos: int | None = None,
-             _view: str | None = None, _layer: int | None = None, _head: int | None = None) -> Response:
+def run_page(request: Request, service: ServiceDep, watchers: WatchersDep, page: PageDep, run_id: str = Path(..., max_length=64),
+             _pos: int | None = None, _view: str | None = None, _layer: int | None = None, _head: int | None = None) -> Response:
     stored = service.store.get(run_id) if known_id(run_id) else None
     if stored is None:
         job = service.store.get_job(run_id) if known_id(run_id) else None
         if job is not None:  # still computing (or failed): its job, from the database
+            if page:
+                watchers.seen(job.id, page)
             return _job_page(request, service, job)
         context = _base_context(service, dict(DEFAULT_FORM))
         context.update(_error_context(f"no stored run with id {run_id[:64]!r}: the link may be mistyped", "spec"))
@@ -393,8 +425,11 @@ def _job_page(request: Request, service, job: JobRow) -> Response:
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
-def job_page(request: Request, service: ServiceDep, job_id: str = Path(..., max_length=64)) -> Response:
+def job_page(request: Request, service: ServiceDep, watchers: WatchersDep, page: PageDep,
+             job_id: str = Path(..., max_length=64)) -> Response:
     job = service.store.get_job(job_id) if known_id(job_id) else None
+    if job is not None and page:  # a page polling this job is watching it (presence in memory, not a write)
+        watchers.seen(job.id, page)
     stored = service.store.get(job_id) if known_id(job_id) else None
     if stored is not None and (job is None or job.status == "done"):
         if not _is_htmx(request):
