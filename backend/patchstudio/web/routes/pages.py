@@ -117,6 +117,7 @@ def _result_context(request: Request, stored: StoredRun, pos: int | None = None,
         pos = None  # a layer x position result: _pos names the selected cell, not a slice
     selected = _selected(result, pos, cell)
     return {
+        **_cell_prompts_context(stored, shown.name, selected),
         "stored": stored,
         "result": result,
         "pos": pos,
@@ -134,6 +135,24 @@ def _result_context(request: Request, stored: StoredRun, pos: int | None = None,
         "reference": result.reference,
         "method_partial": web.partial,
         **(web.context(service, result) if web.partial else {}),
+    }
+
+
+def _cell_prompts_context(stored: StoredRun, view: str, cell: dict[str, int | None]) -> dict[str, Any]:
+    """The selected cell on each prompt: its values, mean and interval in the heatmap's view."""
+    result = stored.result
+    if not result.axes or result.axes[0] != "layer":
+        return {"cell_prompts": None, "prompt_strip": None}
+    try:
+        found = analysis.cell_prompts(result, view, cell.get("layer"), cell.get("pos"), cell.get("head"))
+    except ValueError as exc:
+        raise InputError(f"no such cell: {exc}", field="layer") from None
+    return {
+        "cell_prompts": found,
+        "prompt_strip": figures.prompt_strip(found) if found is not None else None,
+        "cell_prompts_url": urls.cell_prompts(stored.id, view=view),
+        "stored": stored,
+        "view_name": view,
     }
 
 
@@ -278,6 +297,20 @@ def run_page(request: Request, service: ServiceDep, run_id: str = Path(..., max_
         return _render(request, context, blocks=["results"])
     context["recent"] = _recent(service)
     return _render(request, context)
+
+
+@router.get("/runs/{run_id}/prompts", response_class=HTMLResponse)
+def cell_prompts(request: Request, service: ServiceDep, run_id: str = Path(..., max_length=64), layer: int | None = None,
+                 head: int | None = None, pos: int | None = None, _view: str | None = None) -> Response:
+    """The clicked cell's value on each prompt (a fragment of the run page), in the page's view."""
+    stored = _stored_or_404(service, run_id)
+    result = stored.result
+    check_cell(result, layer, pos, head)
+    if _view is not None and _view not in analysis.VIEWS:
+        raise InputError(f"_view must be one of {', '.join(analysis.VIEWS)}, got {_view[:40]!r}", field="_view")
+    view = analysis.view(result, _view).name
+    context = _cell_prompts_context(stored, view, {"layer": layer, "pos": pos, "head": head})
+    return templates.TemplateResponse(request, "explore.html", context, block_name="cell_prompts")
 
 
 # --- companion runs: Figure 1 with triangulation, and attribution's agreement ------------------------
