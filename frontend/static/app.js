@@ -79,6 +79,9 @@
     var family = form.querySelector("[name=family]");
     var pairs = form.querySelector("[name=pairs_text]");
     if (family && pairs) pairs.readOnly = family.value !== "custom";
+    var reference = form.querySelector("[name=reference]");
+    var referencePrompts = form.querySelector("[name=reference_prompts]");
+    if (reference && referencePrompts) referencePrompts.readOnly = reference.value !== "own";
   }
 
   // Prompts are one line: Enter runs the experiment instead of breaking the line.
