@@ -69,7 +69,7 @@ def test_reference_field_is_offered_only_to_methods_that_ablate(client):
         ({"reference": "own", "reference_prompts": "  \n"}, "reference_prompts", "the reference prompt list is empty"),
         ({"reference": "own", "reference_prompts": REFERENCE[0], "ablation": "zero"}, "reference",
          "zero ablation uses no reference prompts"),
-        ({"reference": "own", "reference_prompts": "When Alice and Bob went to the garden"}, "reference",
+        ({"reference": "own", "reference_prompts": "When Alice and Bob went to the garden"}, "reference_prompts",
          "reference prompt 1 is 9 tokens but the spec's prompts are 15"),
         ({"reference": "sometimes"}, "reference", "reference must be 'auto' or 'own'"),
     ],

@@ -173,7 +173,10 @@ def _experiment_context(request: Request, service, jobs, state: FormState, clien
                 return {"job": jobs.submit(spec, client)}
             stored = service.get_or_run(spec)
         except InputError as exc:
-            return _error_context(str(exc), exc.field, exc.detail)
+            field = exc.field
+            if field == "reference" and state.values.get("reference") == "own":
+                field = "reference_prompts"  # the engine checks the given prompts: the box they were typed in
+            return _error_context(str(exc), field, exc.detail)
         except TooManyJobs as exc:
             return _error_context(str(exc), "spec")
     try:
