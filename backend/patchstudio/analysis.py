@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from patchstudio.engine.methods import get_method
 from patchstudio.engine.methods.attribution_patching import ATTRIBUTION_COMPONENTS
@@ -177,13 +177,16 @@ def metric_unit(result: PatchResult) -> str:
 @dataclass(frozen=True)
 class View:
     """One way to read a result's cells: their values in this view, what 0 / "no effect" is, and a
-    title that names the unit and the baseline (for a colour bar or an axis)."""
+    title that names the unit and the baseline (for a colour bar or an axis). ``of`` maps one raw
+    value into the view (every view is affine in the raw value), so per-prompt values and interval
+    ends read in the same units as the cells."""
 
     name: str
     values: Any  # nested like result.values
     no_effect: float
     title: str
     note: str = ""  # why a requested view was replaced, if it was
+    of: Callable[[float], float] = field(default=lambda v: v, repr=False, compare=False)
 
 
 def _base_run(result: PatchResult) -> str | None:
@@ -228,18 +231,20 @@ def view(result: PatchResult, name: str | None = None) -> View:
     note = ""
     if name == "share" and not share_defined(result):
         name, note = "change", "share of the gap is undefined: the clean and corrupted runs have the same metric"
+
+    def made(fn, no_effect_value: float, title: str) -> View:
+        return View(name, _map(result.values, fn), no_effect_value, title, note, fn)
+
     if method.values == "change":
         what = "change in direct effect" if result.spec.method == "self_repair" else "contribution"
         if name == "share":
             g = gap(result)
-            return View("share", _map(result.values, lambda v: v / g), 0.0,
-                        f"{what} as a share of the clean−corrupted gap ({unit} {g:.3g}); 0 = none", note)
-        return View(name, result.values, 0.0, f"{what} ({unit}); 0 = none", note)
+            return made(lambda v: v / g, 0.0, f"{what} as a share of the clean−corrupted gap ({unit} {g:.3g}); 0 = none")
+        return made(lambda v: v, 0.0, f"{what} ({unit}); 0 = none")
     if name == "raw":
-        return View("raw", result.values, base, f"{unit}; no effect = {base:.3g} (the {base_run} run)", note)
+        return made(lambda v: v, base, f"{unit}; no effect = {base:.3g} (the {base_run} run)")
     if name == "change":
-        return View("change", _map(result.values, lambda v: v - base), 0.0,
-                    f"change in {unit} from the {base_run} run; 0 = no effect", note)
+        return made(lambda v: v - base, 0.0, f"change in {unit} from the {base_run} run; 0 = no effect")
     other = result.clean if base_run == "corrupted" else result.corrupted
     span = other - base
     if base_run == "corrupted":
@@ -248,7 +253,50 @@ def view(result: PatchResult, name: str | None = None) -> View:
         title = f"share of the clean−corrupted gap removed by {result.spec.ablation} ablation; 0 = no effect"
     else:
         title = "share of the clean−corrupted gap destroyed; 0 = clean run, 1 = corrupted run"
-    return View("share", _map(result.values, lambda v: (v - base) / span), 0.0, title, note)
+    return made(lambda v: (v - base) / span, 0.0, title)
+
+
+@dataclass(frozen=True)
+class CellPrompts:
+    """One cell's value on each prompt, in a view's units, with the mean and its 95% interval."""
+
+    cell: str  # 'L2 H2'
+    view: View
+    values: list[float]  # per prompt, in the view's units
+    prompts: list[str]  # each prompt's clean text, for hovers
+    mean: float
+    ci_low: float | None  # None when the result predates the spread fields
+    ci_high: float | None
+
+
+def cell_prompts(result: PatchResult, view_name: str | None, layer: int | None, pos: int | None,
+                 head: int | None) -> CellPrompts | None:
+    """The per-prompt values of one cell (None when the result has no per-prompt values stored).
+    Raises ValueError, like ``cell_value``, for a cell the result does not have."""
+    mean_raw = cell_value(result, layer, pos, head)
+    if result.per_prompt is None:
+        return None
+    shown = view(result, view_name)
+    path = [{"layer": layer, "pos": pos, "head": head}[axis] for axis in result.axes]
+
+    def at(nested: Any) -> float:
+        for i in path:
+            nested = nested[i]
+        return float(nested)
+
+    interval: tuple[float | None, float | None] = (None, None)
+    if result.ci_low is not None and result.ci_high is not None:
+        ends = sorted((shown.of(at(result.ci_low)), shown.of(at(result.ci_high))))  # a negative span flips them
+        interval = (ends[0], ends[1])
+    return CellPrompts(
+        cell=cell_name(result, layer, pos, head),
+        view=shown,
+        values=[shown.of(at(one)) for one in result.per_prompt],
+        prompts=[p.clean for p in result.spec.prompts],
+        mean=shown.of(mean_raw),
+        ci_low=interval[0],
+        ci_high=interval[1],
+    )
 
 
 def all_views(result: PatchResult) -> dict[str, Any]:

@@ -37,6 +37,12 @@
     if (cell[2] !== null && cell[2] !== undefined) params.set("head", cell[2]);
     el.dataset.selected = cell.join(",");
     htmx.ajax("GET", el.dataset.figure1 + "?" + params.toString(), { target: "#figure1", swap: "innerHTML" });
+    var strip = document.getElementById("cell-prompts");
+    if (strip && strip.dataset.url) {  // the cell on each prompt, in the page's view (the URL carries _view)
+      var stripUrl = new URL(strip.dataset.url, window.location.href);
+      params.forEach(function (v, k) { stripUrl.searchParams.set(k, v); });
+      htmx.ajax("GET", stripUrl.pathname + stripUrl.search, { target: "#cell-prompts", swap: "outerHTML" });
+    }
     // the selection is view state: outline the cell and keep it in the address (_layer, _head, _pos)
     if (el.data && el.data[0].type === "heatmap") {
       var column = cell[2] !== null && cell[2] !== undefined ? cell[2] : cell[1];
@@ -73,6 +79,9 @@
     var family = form.querySelector("[name=family]");
     var pairs = form.querySelector("[name=pairs_text]");
     if (family && pairs) pairs.readOnly = family.value !== "custom";
+    var reference = form.querySelector("[name=reference]");
+    var referencePrompts = form.querySelector("[name=reference_prompts]");
+    if (reference && referencePrompts) referencePrompts.readOnly = reference.value !== "own";
   }
 
   // Prompts are one line: Enter runs the experiment instead of breaking the line.

@@ -64,6 +64,7 @@ def wait_for_heatmap_change(page, old: list[list[float]]) -> list[list[float]]:
 
 def click_cell(page, z: list[list[float]], layer: int, head: int) -> None:
     """A real mouse click on the heatmap cell (layer, head): hover until plotly labels it, then click."""
+    page.locator("#heatmap").scroll_into_view_if_needed()  # a button pressed further down may have scrolled it away
     box = page.locator("#heatmap .nsewdrag").first.bounding_box()
     assert box is not None
     x = box["x"] + (head + 0.5) / len(z[0]) * box["width"]
@@ -289,3 +290,40 @@ def test_api_docs_render_offline_with_no_request_leaving_the_server(page, base_u
     expect(page.locator("#swagger-ui .info .title")).to_contain_text("Patch Studio")
     expect(page.locator("#swagger-ui")).to_contain_text("/api/runs")
     assert requests and all(url.startswith(base_url) for url in requests), [u for u in requests if not u.startswith(base_url)]
+
+
+THREE_PAIRS = [
+    {"clean": "When Mary and John went to the store , John gave a drink to",
+     "corrupted": "When Mary and John went to the store , Mary gave a drink to", "answer": "Mary", "wrong": "John"},
+    {"clean": "When Alice and Bob went to the garden , Bob gave a book to",
+     "corrupted": "When Alice and Bob went to the garden , Alice gave a book to", "answer": "Alice", "wrong": "Bob"},
+    {"clean": "When Tom and Anna went to the school , Anna gave a ring to",
+     "corrupted": "When Tom and Anna went to the school , Tom gave a ring to", "answer": "Tom", "wrong": "Anna"},
+]
+STRIP = "() => { const gd = document.getElementById('prompt-strip'); return gd && gd.data ? " \
+        "{n: gd.data[0].x.length, x: gd.data[0].x, mean: gd.data[1].x[0], title: gd.layout.xaxis.title.text} : null; }"
+
+
+@pytest.mark.parametrize("view", ["share", "raw"])
+def test_clicking_a_cell_shows_its_value_on_each_prompt(page, view):
+    run_id = page.request.post("/api/runs", data={"prompts": THREE_PAIRS}).json()["id"]
+    z = open_explore(page, f"/runs/{run_id}?_view={view}")
+    twin = page.request.get(f"/runs/{run_id}.json").json()
+    expect(page.locator("#prompt-strip .main-svg").first).to_be_visible()
+    caption = page.locator("#prompt-strip-caption")
+    layer, head = (1, 2) if "L1 H2" not in caption.inner_text() else (0, 1)
+
+    click_cell(page, z, layer, head)
+
+    expect(caption).to_contain_text(f"Selected L{layer} H{head} on each of 3 prompt pairs")
+    strip = page.evaluate(STRIP)
+    assert strip["n"] == 3  # one point per prompt pair
+    assert strip["title"].replace("<br>", " ") == twin["views"][view]["title"]  # the unit and the baseline
+    assert strip["mean"] == pytest.approx(twin["views"][view]["values"][layer][head], abs=1e-9)
+    raw = [one[layer][head] for one in twin["per_prompt"]]
+    if view == "raw":
+        assert strip["x"] == pytest.approx(raw, abs=1e-9)
+    expect(page.locator("#cell-mean")).to_have_text(f"{twin['views'][view]['values'][layer][head]:+.4f}")
+    expect(page.locator("#cell-ci")).to_be_visible()  # the 95% interval, in numbers beside the plot
+    # the axis title as drawn (plotly's SVG text), not only the figure data
+    expect(page.locator("#prompt-strip .g-xtitle")).to_contain_text(twin["views"][view]["title"].split(";")[0][:20])

@@ -89,3 +89,43 @@ def test_pair_ablate_a_compensator_in_one_click(page, browser_model):
     expect(page.locator("#paired-value")).to_have_text(f"{x['paired_total_effect']:+.4f}")
     expect(page.locator("#paired-excess")).to_contain_text(f"{x['paired_excess']:+.4f}")
     assert name in [c.name for c in analysis.top_compensators(expected)]
+
+
+REFERENCE = ["When Alice and Bob went to the garden , Bob gave a book to",
+             "When Tom and Anna went to the school , Anna gave a ring to"]
+
+
+def test_own_reference_prompts_from_the_form(page):
+    open_explore(page)
+    page.select_option("[name=method]", "ablation")
+    expect(page.locator(".claim")).to_contain_text("mean ablation of the clean run")
+    expect(page.locator("#evidence")).to_contain_text("Ablation reference: ")
+    prompts = page.locator("[name=reference_prompts]")
+    expect(prompts).to_be_visible()
+    assert prompts.evaluate("el => el.readOnly")  # generated from the template: nothing to type
+    page.select_option("[name=reference]", "own")
+    assert not prompts.evaluate("el => el.readOnly")
+    expect(page.locator("#err-reference_prompts")).to_contain_text("the reference prompt list is empty")  # beside it
+    before = page.url
+    prompts.fill("\n".join(REFERENCE))
+    wait_for_new_run(page, before)
+    expect(page.locator("#evidence")).to_contain_text("Ablation reference: 2 reference prompt(s) given in the spec.")
+    expect(page.locator("#err-reference_prompts")).to_have_text("")
+    fresh = page.context.new_page()  # the link brings the prompts back into the form
+    fresh.goto(page.url)
+    assert fresh.locator("[name=reference]").input_value() == "own"
+    assert fresh.locator("[name=reference_prompts]").input_value() == "\n".join(REFERENCE)
+    fresh.close()
+    page.select_option("[name=ablation]", "zero")  # zero ablation has no reference: refused beside the field
+    expect(page.locator("#err-reference")).to_contain_text("zero ablation uses no reference prompts")
+
+
+def test_input_influence_baseline_from_the_form(page):
+    open_explore(page)
+    page.select_option("[name=method]", "input_influence")
+    expect(page.locator(".claim")).to_contain_text("gradient × (input − corrupted input)")
+    expect(page.locator("[name=baseline]")).to_be_visible()
+    before = page.url
+    page.select_option("[name=baseline]", "zero")
+    wait_for_new_run(page, before)
+    expect(page.locator(".claim")).to_contain_text("input influence of each clean token (gradient × input)")

@@ -66,17 +66,18 @@ def test_nested_errors_name_their_field(client, method, spec_field, bad):
 
 
 # In the form: a bad value for each field a method shows lands in that field's error slot.
-BAD_FORM_VALUE = {"select": "bogus", "number": "many", "text": "L?H?"}
+BAD_FORM_VALUE = {"select": "bogus", "number": "many", "text": "L?H?", "textarea": "When Mary went"}
+FORM_CONTEXT = {"reference_prompts": {"reference": "own"}}  # the box is read only for one's own reference prompts
 FORM_CASES = [(m, f) for m, web in WEB_METHODS.items() for f in web.fields]
 
 
 @pytest.mark.parametrize("method, field", FORM_CASES, ids=[f"{m}.{f}" for m, f in FORM_CASES])
 def test_form_error_lands_beside_its_field(client, method, field):
-    values = {**form(method=method, targets="L0H1"), field: BAD_FORM_VALUE[FIELDS[field].widget]}
+    values = {**form(method=method, targets="L0H1"), **FORM_CONTEXT.get(field, {}), field: BAD_FORM_VALUE[FIELDS[field].widget]}
     response = client.post("/explore", data=values, headers=HTMX)
     assert response.status_code == 200
     slot = re.search(rf'<div class="field-error" id="err-{field}"[^>]*>([^<]+)</div>', response.text)
     assert slot is not None, f"no error beside {field}"
-    assert field.rstrip("s") in slot.group(1) or "Input should be" in slot.group(1)
+    assert field.rstrip("s").replace("_", " ") in slot.group(1) or "Input should be" in slot.group(1)
     others = re.findall(r'<div class="field-error" id="err-([a-z_]+)"[^>]*>[^<]+</div>', response.text)
     assert others == [field]  # nowhere else, not in the generic box

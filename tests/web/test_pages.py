@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -299,3 +300,52 @@ def test_warnings_reference_and_spread_are_on_the_page(client):
     assert "Each cell is the mean over 2 prompt pairs" in spread and "over 2 prompts: sd " in spread
     ablated = client.post("/explore", data=form(method="ablation"), headers=HTMX).text
     assert "Ablation reference: " in ablated
+
+
+TWO_PAIRS = "\n".join([
+    f"{IOI} | {IOI_CORRUPTED} | Mary | John",
+    "When Alice and Bob went to the garden , Bob gave a book to | When Alice and Bob went to the garden , Alice gave a book to | Alice | Bob",
+    "When Tom and Anna went to the school , Anna gave a ring to | When Tom and Anna went to the school , Tom gave a ring to | Tom | Anna",
+])
+
+
+def _strip(text: str) -> dict:
+    return json.loads(re.search(r'<script type="application/json" id="prompt-strip-data">(.*?)</script>', text, re.S).group(1))
+
+
+@pytest.mark.parametrize("view", ["share", "change", "raw"])
+def test_selected_cell_on_each_prompt_in_the_page_view(client, view):
+    push = client.post("/explore", data=form(source="family", family="custom", pairs_text=TWO_PAIRS), headers=HTMX).headers["HX-Push-Url"]
+    run_id = push.rsplit("/", 1)[1]
+    twin = client.get(push + ".json").json()
+    page = client.get(f"{push}?_view={view}&_layer=1&_head=2").text
+    fig = _strip(page)
+    points, mean = fig["data"]
+    shown = twin["views"][view]
+    assert fig["layout"]["xaxis"]["title"]["text"].replace("<br>", " ") == shown["title"]  # unit and baseline
+    # each prompt's raw value, mapped into the view by hand
+    raw = [one[1][2] for one in twin["per_prompt"]]
+    base, other = twin["corrupted"], twin["clean"]  # denoising: no effect is the corrupted run
+    expected = {"raw": raw, "change": [v - base for v in raw], "share": [(v - base) / (other - base) for v in raw]}[view]
+    assert len(points["x"]) == 3 and points["x"] == pytest.approx(expected, abs=1e-9)
+    assert mean["x"][0] == pytest.approx(shown["values"][1][2], abs=1e-12)
+    assert mean["x"][0] == pytest.approx(sum(expected) / 3, abs=1e-6)  # the mean of the points (float32 sums)
+    lo, hi = sorted({"raw": v, "change": v - base, "share": (v - base) / (other - base)}[view]
+                    for v in (twin["ci_low"][1][2], twin["ci_high"][1][2]))
+    assert mean["error_x"]["arrayminus"][0] == pytest.approx(mean["x"][0] - lo) and mean["error_x"]["array"][0] == pytest.approx(hi - mean["x"][0])
+    assert 'id="prompt-strip-caption">Selected <strong>L1 H2</strong> on each of <span class="num" id="cell-n">3</span>' in page
+    assert f'id="cell-ci">{lo:+.4f} to {hi:+.4f}<' in page
+    # a click asks for the fragment: the same figure for that cell, in the view the page shows
+    assert f'data-url="/runs/{run_id}/prompts?_view={view}"' in page
+    fragment = client.get(f"/runs/{run_id}/prompts?layer=1&head=2&_view={view}", headers=HTMX).text
+    assert "<html" not in fragment and _strip(fragment) == fig
+    assert client.get(f"/runs/{run_id}/prompts?layer=9&head=2").status_code == 422
+    assert client.get(f"/runs/{run_id}/prompts?layer=1&head=2&_view=odd").status_code == 422
+
+
+def test_one_prompt_pair_shows_one_point_and_no_interval(client):
+    push = client.post("/explore", data=form(), headers=HTMX).headers["HX-Push-Url"]
+    page = client.get(push + "?_layer=0&_head=1").text
+    points, mean = _strip(page)["data"]
+    assert len(points["x"]) == 1 and "error_x" not in mean
+    assert "(one prompt pair: no spread)" in page

@@ -270,6 +270,49 @@ def token_bars(result: PatchResult, shown: analysis.View | None = None) -> dict[
     return {"data": [trace], "layout": layout}
 
 
+def prompt_strip(cell: analysis.CellPrompts) -> dict[str, Any]:
+    """The selected cell on each prompt: one point per prompt (spread vertically so equal values stay
+    visible), the mean with its 95% bootstrap interval below them, and a dotted line at "no effect".
+    The value axis carries the view's title: its unit and baseline."""
+    n = len(cell.values)
+    golden = 0.6180339887
+    jitter = [1 + 0.3 * (((i * golden) % 1.0) - 0.5) for i in range(n)]  # deterministic, not random
+    points = {
+        "type": "scatter", "mode": "markers", "name": "each prompt",
+        "x": cell.values, "y": jitter,
+        "text": [f"prompt {i + 1}: {safe(p[:60])}{'…' if len(p) > 60 else ''}: {v:+.3f}"
+                 for i, (p, v) in enumerate(zip(cell.prompts, cell.values))],
+        "hovertemplate": "%{text}<extra></extra>",
+        "marker": {"color": "#4c78a8", "size": 8, "opacity": 0.8},
+    }
+    if cell.ci_low is not None and cell.ci_high is not None and n > 1:
+        interval = f"95% bootstrap interval {cell.ci_low:+.3f} to {cell.ci_high:+.3f}"
+        error = {"type": "data", "symmetric": False, "array": [cell.ci_high - cell.mean],
+                 "arrayminus": [cell.mean - cell.ci_low], "thickness": 2, "width": 8, "color": "#111"}
+    else:
+        interval, error = ("one prompt pair: no interval" if n == 1 else "no interval stored"), None
+    mean = {
+        "type": "scatter", "mode": "markers", "name": "mean, 95% interval",
+        "x": [cell.mean], "y": [0], "text": [f"mean over {n} prompt{'s' if n != 1 else ''}: {cell.mean:+.3f}; {interval}"],
+        "hovertemplate": "%{text}<extra></extra>",
+        "marker": {"color": "#111", "size": 12, "symbol": "diamond"},
+    }
+    if error:
+        mean["error_x"] = error
+    layout = {
+        "title": {"text": f"{safe(cell.cell)} on each of {n} prompt{'s' if n != 1 else ''}", "font": {"size": 14}},
+        "xaxis": {"title": {"text": _wrap(cell.view.title, 90)}, "zeroline": False, "automargin": True},
+        "yaxis": {"tickvals": [0, 1], "ticktext": ["mean, 95% CI", "each prompt"], "range": [-0.6, 1.4],
+                  "fixedrange": True, "automargin": True},
+        "shapes": [{"type": "line", "xref": "x", "yref": "paper", "x0": cell.view.no_effect, "x1": cell.view.no_effect,
+                    "y0": 0, "y1": 1, "line": {"dash": "dot", "color": "#888"}, "name": "no effect"}],
+        "showlegend": False,
+        "margin": {"l": 90, "r": 20, "t": 40, "b": 50},
+        "height": 240,
+    }
+    return {"data": [points, mean], "layout": layout}
+
+
 def agreement_scatter(stats: dict[str, Any]) -> dict[str, Any]:
     """Estimate against exact patching, one point per cell (``analysis.agreement``'s numbers)."""
     x, y = stats["exact"], stats["estimate"]

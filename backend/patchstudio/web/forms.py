@@ -42,6 +42,9 @@ DEFAULT_FORM: dict[str, str] = {
     "receivers": "",
     "targets": "L2H2",
     "compensator": "",
+    "reference": "auto",
+    "reference_prompts": "",
+    "baseline": "corrupted",
     "metric": "logit_diff",
 }
 
@@ -189,12 +192,16 @@ class FormField:
 
     name: str
     label: str
-    widget: str  # "select", "text" or "number"
+    widget: str  # "select", "text", "number" or "textarea"
     parse: Callable[[dict[str, str]], Any]  # the form's values -> the spec field's value
     show: Callable[[Any], str] = str  # the spec field's value -> the form's text
     options: tuple[tuple[str, str], ...] = ()  # (value, text) for a select
     title: str = ""
     placeholder: str = ""
+    # A form-only input that details another field (the reference prompts of 'reference'): it is
+    # read by that field's parse, never put in the spec itself, and shown from ``spec_field``.
+    into_spec: bool = True
+    spec_field: str = ""  # the spec field shown in it (default: its own name)
 
 
 def _select(name: str, label: str, options: tuple[tuple[str, str], ...], title: str = "") -> FormField:
@@ -203,6 +210,20 @@ def _select(name: str, label: str, options: tuple[tuple[str, str], ...], title: 
 
 def _number(name: str, label: str, low: int, high: int, title: str = "") -> FormField:
     return FormField(name, label, "number", parse=lambda values: _int(values, name, low, high), title=title)
+
+
+def parse_reference(values: Mapping[str, str]) -> Any:
+    """'auto' (generated from the prompts' template), or the user's own prompts, one per line."""
+    choice = values.get("reference", "auto")
+    if choice == "auto":
+        return "auto"
+    if choice != "own":
+        raise InputError(f"reference must be 'auto' or 'own', got {choice[:40]!r}", field="reference")
+    prompts = [line.strip() for line in values.get("reference_prompts", "").splitlines() if line.strip()]
+    if not prompts:
+        raise InputError("the reference prompt list is empty: give one prompt per line (the same token length as "
+                         "your prompts), or use the prompts generated from the template", field="reference_prompts")
+    return {"prompts": prompts}
 
 
 # Every spec field a method may put on the form (each method's web module lists the ones it takes).
@@ -222,6 +243,15 @@ FIELDS: dict[str, FormField] = {
                   show=lambda targets: " ".join(_head_text(t) for t in targets), title="heads to ablate, e.g. L2H2 L2H7"),
         FormField("compensator", "Compensator", "text", parse=lambda v: _one_head(v.get("compensator", "")),
                   show=_head_text, title="paired ablation: also ablate this head", placeholder="L3H1"),
+        FormField("reference", "Reference prompts (mean, resample)", "select", parse=parse_reference,
+                  show=lambda ref: "auto" if ref == "auto" else "own",
+                  options=(("auto", "generated from the template (default)"), ("own", "my own prompts (below)")),
+                  title="the distribution mean ablation averages over and resample ablation draws from; zero ablation uses none"),
+        FormField("reference_prompts", "My reference prompts, one per line", "textarea", parse=lambda v: None,
+                  show=lambda ref: "" if ref == "auto" else "\n".join(ref.prompts), into_spec=False, spec_field="reference",
+                  title="same token length as your prompts", placeholder="When Anna and Tom went to the park , Tom gave a ring to"),
+        _select("baseline", "Baseline input", (("corrupted", "the corrupted prompt (default)"), ("zero", "zero input")),
+                "what each token's influence is measured from: the shares add up to metric(clean) − metric(baseline)"),
     )
 }
 
@@ -252,7 +282,7 @@ def check_form_limits(form: Mapping[str, str], max_chars: int, max_prompts: int)
     from patchstudio.service import check_text
 
     for name, value in form.items():
-        if name == "pairs_text":
+        if name in ("pairs_text", "reference_prompts"):
             lines = value.count("\n") + 1
             if lines > max_prompts:
                 raise InputError(f"the prompt list has {lines:,} lines; this server takes at most {max_prompts:,} pairs", field=name)
@@ -272,7 +302,7 @@ def spec_from_form(form: Mapping[str, Any]) -> FormState:
             raise InputError(f"unknown method {values['method']!r}: use one of {', '.join(WEB_METHODS)}", field="method")
         prompts = family_pairs(values) if values["source"] == "family" else [_pair_from_clean(values)]
         data: dict[str, Any] = {"model": values["model"], "method": web.name, "prompts": prompts, "metric": values["metric"]}
-        data.update({name: FIELDS[name].parse(values) for name in web.fields})
+        data.update({name: FIELDS[name].parse(values) for name in web.fields if FIELDS[name].into_spec})
         state.spec = parse_spec(data)
     except (InputError, ValidationError) as exc:
         first = field_errors(exc)[0]
@@ -290,7 +320,8 @@ def form_from_spec(spec: Any) -> dict[str, str]:
     values = dict(DEFAULT_FORM)
     values.update(model=spec.model, method=spec.method, metric=spec.metric)
     for name in WEB_METHODS[spec.method].fields:
-        values[name] = FIELDS[name].show(getattr(spec, name))
+        f = FIELDS[name]
+        values[name] = f.show(getattr(spec, f.spec_field or name))
     if len(spec.prompts) == 1:
         p = spec.prompts[0]
         values.update(source="pair", clean=p.clean, corrupted=p.corrupted, answer=p.answer, wrong=p.wrong)

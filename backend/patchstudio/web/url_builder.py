@@ -59,6 +59,14 @@ def figure1(run_id: str, **cell: int | None) -> str:
     return f"/runs/{run_id}/figure1" + (f"?{query}" if query else "")
 
 
+def cell_prompts(run_id: str, **cell_and_view: object) -> str:
+    """The selected cell's per-prompt values (a fragment). ``layer``, ``pos``, ``head`` name the cell;
+    ``view`` is view state and goes as ``_view``."""
+    view = cell_and_view.pop("view", None)
+    query = urlencode({**{k: v for k, v in cell_and_view.items() if v is not None}, **({"_view": view} if view else {})})
+    return f"/runs/{run_id}/prompts" + (f"?{query}" if query else "")
+
+
 def agreement(run_id: str) -> str:
     """The attribution page's agreement with exact patching (GET shows it; POST computes the exact run)."""
     return f"/runs/{run_id}/agreement"

@@ -13,6 +13,6 @@ def claim(spec) -> str:
 WEB = WebMethod(
     name="input_influence",
     label="input influence (per token)",
-    fields=("steps",),
+    fields=("steps", "baseline"),
     claim=claim,
 )

@@ -25,7 +25,7 @@ def context(service, result) -> dict[str, Any]:
 WEB = WebMethod(
     name="self_repair",
     label="self-repair (ablate heads)",
-    fields=("targets", "compensator", "ablation", "seed"),
+    fields=("targets", "compensator", "ablation", "seed", "reference", "reference_prompts"),
     claim=claim,
     partial="methods/self_repair.html",
     context=context,

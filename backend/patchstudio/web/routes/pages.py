@@ -119,6 +119,7 @@ def _result_context(request: Request, stored: StoredRun, pos: int | None = None,
         pos = None  # a layer x position result: _pos names the selected cell, not a slice
     selected = _selected(result, pos, cell)
     return {
+        **_cell_prompts_context(stored, shown.name, selected),
         "stored": stored,
         "result": result,
         "pos": pos,
@@ -139,6 +140,24 @@ def _result_context(request: Request, stored: StoredRun, pos: int | None = None,
     }
 
 
+def _cell_prompts_context(stored: StoredRun, view: str, cell: dict[str, int | None]) -> dict[str, Any]:
+    """The selected cell on each prompt: its values, mean and interval in the heatmap's view."""
+    result = stored.result
+    if not result.axes or result.axes[0] != "layer":
+        return {"cell_prompts": None, "prompt_strip": None}
+    try:
+        found = analysis.cell_prompts(result, view, cell.get("layer"), cell.get("pos"), cell.get("head"))
+    except ValueError as exc:
+        raise InputError(f"no such cell: {exc}", field="layer") from None
+    return {
+        "cell_prompts": found,
+        "prompt_strip": figures.prompt_strip(found) if found is not None else None,
+        "cell_prompts_url": urls.cell_prompts(stored.id, view=view),
+        "stored": stored,
+        "view_name": view,
+    }
+
+
 def _experiment_context(request: Request, service, jobs, state: FormState, client: str) -> dict[str, Any]:
     """Results for a form (a POST): stored, computed now, or a background job; or the error to show."""
     if state.error:
@@ -156,7 +175,10 @@ def _experiment_context(request: Request, service, jobs, state: FormState, clien
                 return {"job": jobs.submit(spec, client, cost)}
             stored = service.get_or_run(spec)
         except InputError as exc:
-            return _error_context(str(exc), exc.field, exc.detail)
+            field = exc.field
+            if field == "reference" and state.values.get("reference") == "own":
+                field = "reference_prompts"  # the engine checks the given prompts: the box they were typed in
+            return _error_context(str(exc), field, exc.detail)
         except TooManyJobs as exc:
             return _error_context(str(exc), "spec")
     try:
@@ -312,6 +334,20 @@ def run_page(request: Request, service: ServiceDep, watchers: WatchersDep, page:
         return _render(request, context, blocks=["results"])
     context["recent"] = _recent(service)
     return _render(request, context)
+
+
+@router.get("/runs/{run_id}/prompts", response_class=HTMLResponse)
+def cell_prompts(request: Request, service: ServiceDep, run_id: str = Path(..., max_length=64), layer: int | None = None,
+                 head: int | None = None, pos: int | None = None, _view: str | None = None) -> Response:
+    """The clicked cell's value on each prompt (a fragment of the run page), in the page's view."""
+    stored = _stored_or_404(service, run_id)
+    result = stored.result
+    check_cell(result, layer, pos, head)
+    if _view is not None and _view not in analysis.VIEWS:
+        raise InputError(f"_view must be one of {', '.join(analysis.VIEWS)}, got {_view[:40]!r}", field="_view")
+    view = analysis.view(result, _view).name
+    context = _cell_prompts_context(stored, view, {"layer": layer, "pos": pos, "head": head})
+    return templates.TemplateResponse(request, "explore.html", context, block_name="cell_prompts")
 
 
 # --- companion runs: Figure 1 with triangulation, and attribution's agreement ------------------------
