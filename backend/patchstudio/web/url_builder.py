@@ -16,6 +16,10 @@ def home() -> str:
     return "/"
 
 
+def preset(name: str) -> str:
+    return f"/?{urlencode({'preset': name})}"
+
+
 def explore() -> str:
     return "/explore"
 

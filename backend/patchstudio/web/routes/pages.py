@@ -25,6 +25,7 @@ from patchstudio.web import export, figures
 from patchstudio.web import url_builder as urls
 from patchstudio.web.app import FRONTEND
 from patchstudio.web.deps import ClientDep, JobsDep, PageDep, ServiceDep, WatchersDep
+from patchstudio.web.presets import PRESETS, offered
 from patchstudio.web.forms import (
     DEFAULT_FORM,
     ERROR_FIELDS,
@@ -60,6 +61,8 @@ def _base_context(service, form: dict[str, str]) -> dict[str, Any]:
         "methods": WEB_METHODS,
         "fields": [(f, methods_with(name)) for name, f in FIELDS.items()],
         "metrics": METRIC_LABELS,
+        "presets": offered(list(service.settings.models)),
+        "preset": None,
         "error": None,
         "error_field": None,
         "error_detail": {},
@@ -253,10 +256,18 @@ def _stored_or_404(service, run_id: str) -> StoredRun:
 
 
 @router.get("/", response_class=HTMLResponse)
-def home(request: Request, service: ServiceDep) -> Response:
-    """The explore form with the default experiment, shown if it is stored (a GET never computes)."""
-    state = spec_from_form({})
-    context = {**_base_context(service, state.values), "recent": _recent(service)}
+def home(request: Request, service: ServiceDep, preset: str | None = None) -> Response:
+    """The explore form with the default experiment, or a worked example's (``?preset=``), shown if
+    it is stored (a GET never computes: else one click on Run)."""
+    chosen = PRESETS.get(preset) if preset is not None else None
+    if preset is not None and (chosen is None or chosen.model not in service.settings.models):
+        names = ", ".join(p.name for p in offered(list(service.settings.models)))
+        state = spec_from_form({})
+        context = {**_base_context(service, state.values), "recent": _recent(service),
+                   **_error_context(f"no example {preset!r} on this server; the examples are: {names}", "spec")}
+        return _render(request, context, status=404)
+    state = spec_from_form({**DEFAULT_FORM, **chosen.form} if chosen else {})
+    context = {**_base_context(service, state.values), "recent": _recent(service), "preset": chosen}
     stored = service.store.get(state.spec.id) if state.spec is not None else None
     if stored is not None:
         context.update(_result_context(request, stored, service=service))

@@ -1,0 +1,45 @@
+"""Worked examples the explore page offers as links: each is a set of form values over the
+defaults. A preset's link (``/?preset=NAME``) fills the form; like every GET it computes nothing,
+and shows the result at once when it is stored (else one click on Run computes it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str  # the ?preset= value
+    label: str  # the link text
+    title: str  # what it shows, for the tooltip and the page
+    model: str  # shown only where this model is offered
+    form: dict[str, str] = field(default_factory=dict)  # form values over DEFAULT_FORM
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset(
+            "ioi-heads",
+            "IOI heads",
+            "Activation patching of every head's output on 8 IOI prompts (names swapped), as a share of the gap",
+            "default",
+            {"model": "default", "source": "family", "family": "ioi_swap", "n_pairs": "8", "method": "activation_patching",
+             "component": "head", "positions": "all", "direction": "denoise"},
+        ),
+        Preset(
+            "self-repair",
+            "Self-repair example",
+            "The Hydra effect on the hydra model: mean-ablate its strongest head and watch another head make up for it; "
+            "pair-ablate the compensator to see what single ablation hid",
+            "hydra",
+            {"model": "hydra", "source": "family", "family": "ioi_swap", "n_pairs": "64", "method": "self_repair",
+             "targets": "L3H7", "compensator": "", "ablation": "mean", "seed": "0"},
+        ),
+    )
+}
+
+
+def offered(models: list[str]) -> list[Preset]:
+    """The presets whose model this server offers."""
+    return [p for p in PRESETS.values() if p.model in models]
