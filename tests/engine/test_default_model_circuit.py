@@ -260,3 +260,21 @@ def test_layer_one_holds_the_induction_heads(model):
     assert stripe[[0, 2, 3]].max() < 0.2
     patched = run(model, {"prompts": INDUCTION, "component": "head", "metric": NORM})
     assert sum(patched.values[1]) > 0.5  # the layer-1 heads together restore most of the behaviour
+
+
+@pytest.mark.parametrize(
+    ("layer", "head", "spec_id", "te", "de"),
+    [(2, 2, "a7b264363d69b1e5", -2.61, -1.30), (2, 7, "ce172702c4d9a6dc", -1.58, -0.86),
+     (2, 1, "33480e7ab369221f", -0.71, -0.32), (0, 2, "0a94d54185987e10", -2.68, 0.02)],
+)
+def test_mean_ablation_costs_more_than_each_heads_direct_effect(model, layer, head, spec_id, te, de):
+    """The write-up's self-repair row: single mean ablation drops the logit difference by about twice
+    the head's direct effect (amplification, not repair: MLP2 and MLP3 deepen the drop), and L0H2,
+    with no direct effect at all, costs as much as L2H2."""
+    result = run(model, {"method": "self_repair", "prompts": IOI, "targets": [{"layer": layer, "head": head}]})
+    assert result.id == spec_id
+    x = result.extras
+    assert x["total_effect"] == pytest.approx(te, abs=0.01) and x["direct_effect"] == pytest.approx(de, abs=0.01)
+    assert abs(x["total_effect"]) > abs(x["direct_effect"])  # the response amplifies the drop
+    if (layer, head) == (2, 2):
+        assert [round(v, 2) for v in x["mlp_delta"]] == [0.0, 0.0, -0.57, -0.69]
