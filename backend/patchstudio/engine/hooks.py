@@ -152,3 +152,43 @@ def patch_values(component: str, n_layers: int, base: dict[str, Tensor], source:
         else:
             out[name] = source[name]
     return out
+
+
+def position_axis(hook: str) -> int:
+    """The position axis of the activation at ``hook``, counted without the batch axis (for the
+    pattern, the destination position: a patch there changes that position's output only)."""
+    return 1 if hook.endswith("attn.hook_pattern") else 0
+
+
+# Hook points inside a block that the exact shortcuts of ``engine.fast`` use (TL 4's bridge names).
+
+
+def q_name(layer: int) -> str:
+    return hook_name("head_q", layer)
+
+
+def k_name(layer: int) -> str:
+    return hook_name("head_k", layer)
+
+
+def v_name(layer: int) -> str:
+    return hook_name("head_v", layer)
+
+
+def attn_out_name(layer: int) -> str:
+    return hook_name("attn_out", layer)
+
+
+def attn_in_name(layer: int) -> str:
+    """The attention module's input (after ln1)."""
+    return f"blocks.{layer}.attn.hook_in"
+
+
+def qkv_in_names(layer: int) -> list[str]:
+    """The inputs of the q, k and v projections."""
+    return [f"blocks.{layer}.attn.{p}.hook_in" for p in ("q", "k", "v")]
+
+
+def mlp_in_name(layer: int) -> str:
+    """The MLP module's input (after ln2)."""
+    return f"blocks.{layer}.mlp.hook_in"
