@@ -190,6 +190,49 @@ def suffix_supported(model, tokens: Tensor) -> bool:
     return ok
 
 
+# --- the cost of a pass, for planning ---------------------------------------------------------
+
+
+def layer_flops(cfg, n_query: int, seq: int, stage: int = RESID_PRE, last: bool = False) -> int:
+    """FLOPs (2 per multiply-add) of one block for one row over ``n_query`` positions of a
+    ``seq``-token prompt, from the patch ``stage`` on (the last block's MLP: the final position)."""
+    d, d_attn, d_mlp = int(cfg.d_model), int(cfg.n_heads) * int(cfg.d_head), int(cfg.d_mlp or 4 * cfg.d_model)
+    d_kv = int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads) * int(cfg.d_head)
+    projections = 2 * n_query * d * (d_attn + 2 * d_kv)
+    scores = 2 * 2 * n_query * seq * d_attn
+    out = 2 * n_query * d_attn * d
+    mlp = 2 * (3 if getattr(cfg, "gated_mlp", False) else 2) * (1 if last else n_query) * d * d_mlp
+    if stage >= MLP_OUT:
+        return 0
+    if stage >= ATTN_OUT:
+        return mlp
+    if stage >= Z:
+        return out + mlp
+    return projections + scores + out + mlp
+
+
+def row_flops(cfg, layer: int, stage: int, start: int, seq: int) -> int:
+    """FLOPs one patched row needs: its block from the patch on, then every later block, over the
+    positions ``start``.. of the prompt."""
+    n, n_query = int(cfg.n_layers), seq - start
+    own = 0 if stage == RESID_POST else layer_flops(cfg, n_query, seq, stage, last=layer == n - 1)
+    return own + sum(layer_flops(cfg, n_query, seq, last=later == n - 1) for later in range(layer + 1, n))
+
+
+# A pass costs more than its rows: every block's weights are read once (memory-bound for small
+# batches; about 6 FLOPs' time per byte on a CPU, its peak FLOP/s over its memory bandwidth) and
+# the bridge's Python runs once per block (about 1 ms, some 60 MFLOPs' time).
+FLOPS_PER_WEIGHT_BYTE = 6
+PYTHON_FLOPS_PER_BLOCK = 60e6
+
+
+def pass_overhead_flops(cfg) -> float:
+    d, d_attn, d_mlp = int(cfg.d_model), int(cfg.n_heads) * int(cfg.d_head), int(cfg.d_mlp or 4 * cfg.d_model)
+    d_kv = int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads) * int(cfg.d_head)
+    params = d * (2 * d_attn + 2 * d_kv) + (3 if getattr(cfg, "gated_mlp", False) else 2) * d * d_mlp
+    return int(cfg.n_layers) * (4 * params * FLOPS_PER_WEIGHT_BYTE + PYTHON_FLOPS_PER_BLOCK)
+
+
 # --- one pass ----------------------------------------------------------------------------------
 
 

@@ -40,7 +40,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from patchstudio.engine.fast import Pass, base_kv, is_causal, suffix_supported
+from patchstudio.engine.fast import Pass, base_kv, block_stage, is_causal, pass_overhead_flops, row_flops, suffix_supported
 from patchstudio.engine.forward import last_mlp_trim
 from patchstudio.engine.hooks import Site, position_axis
 
@@ -70,13 +70,16 @@ def touched_positions(site: Site, seq_len: int) -> tuple[int, int] | None:
 
 
 def plan_passes(
-    sites: Sequence[Site], seq_len: int, *, same_before: int, suffix: bool, chunk_rows: int
+    sites: Sequence[Site], seq_len: int, *, same_before: int, suffix: bool, chunk_rows: int, cfg=None
 ) -> tuple[list[Pass], list[int]]:
     """(the passes to run, the sites skipped because they cannot change the metric).
 
     A site changes nothing before its first covered position, nor before ``same_before``; a site
-    that covers only positions before ``same_before`` changes nothing at all. With ``suffix``
-    passes are grouped by where their patches start and run from there; without it, from 0.
+    that covers only positions before ``same_before`` changes nothing at all. With ``suffix``,
+    sites are grouped by the position they start changing, and each group runs from there;
+    neighbouring groups share a pass (from the earliest start) where the model's cost estimate
+    (``cfg``; ``engine.fast``) says a pass saved is worth the positions recomputed. Without it,
+    every pass runs from position 0.
     """
     skipped: list[int] = []
     by_start: dict[int, list[int]] = defaultdict(list)
@@ -86,13 +89,51 @@ def plan_passes(
             skipped.append(i)
             continue
         by_start[max(span[0], same_before) if suffix else 0].append(i)
-    passes = []
     size = max(1, chunk_rows)
-    for start in sorted(by_start):
-        rows = Pass.ordered(sites, by_start[start])
+    buckets = _merge_starts(sites, by_start, seq_len, size, cfg) if cfg is not None else [[s] for s in sorted(by_start)]
+    passes = []
+    for bucket in buckets:
+        rows = Pass.ordered(sites, [i for s in bucket for i in by_start[s]])
         for k in range(0, len(rows), size):
-            passes.append(Pass(start, rows[k : k + size]))
+            passes.append(Pass(bucket[0], rows[k : k + size]))
     return passes, skipped
+
+
+MERGE_WINDOW = 64  # most neighbouring start groups one pass may take (bounds the planning time)
+
+
+def _merge_starts(sites, by_start: dict[int, list[int]], seq_len: int, size: int, cfg) -> list[list[int]]:
+    """Consecutive runs of the sorted starts, one pass (or chunked passes) each, with the least
+    estimated cost: a pass's overhead plus each row's FLOPs from the run's first start."""
+    starts = sorted(by_start)
+    overhead = pass_overhead_flops(cfg)
+    # a row's FLOPs are linear in the positions it computes: per position, and fixed
+    per_pos, fixed, rows = [], [], []
+    for s in starts:
+        p = f = 0.0
+        for i in by_start[s]:
+            site = sites[i]
+            stage = block_stage(site.hook)
+            one = row_flops(cfg, site.layer, stage, seq_len - 1, seq_len)
+            two = row_flops(cfg, site.layer, stage, seq_len - 2, seq_len) if seq_len >= 2 else one
+            p, f = p + (two - one), f + (2 * one - two)
+        per_pos.append(p)
+        fixed.append(f)
+        rows.append(len(by_start[s]))
+    best = [0.0] + [float("inf")] * len(starts)
+    cut = [0] * (len(starts) + 1)
+    for j in range(1, len(starts) + 1):
+        p = f = r = 0.0
+        for i in range(j, max(0, j - MERGE_WINDOW), -1):  # run starts[i-1 .. j-1] from starts[i-1]
+            p, f, r = p + per_pos[i - 1], f + fixed[i - 1], r + rows[i - 1]
+            cost = best[i - 1] + -(-r // size) * overhead + p * (seq_len - starts[i - 1]) + f
+            if cost < best[j]:
+                best[j], cut[j] = cost, i - 1
+    buckets, j = [], len(starts)
+    while j > 0:
+        buckets.append(starts[cut[j] : j])
+        j = cut[j]
+    return buckets[::-1]
 
 
 def patch_sweep(
@@ -125,7 +166,8 @@ def patch_sweep(
         same_before = 0  # the argument needs causal attention
     same_before = max(0, min(int(same_before), seq_len))
     suffix = suffix_supported(model, base_tokens)
-    passes, skipped = plan_passes(sites, seq_len, same_before=same_before, suffix=suffix, chunk_rows=chunk_rows)
+    passes, skipped = plan_passes(sites, seq_len, same_before=same_before, suffix=suffix, chunk_rows=chunk_rows,
+                                  cfg=model.cfg)
     if kv is None and any(p.start > 0 for p in passes):
         kv = base_kv(model, base_tokens)
     trim = last_mlp_trim(model, base_tokens)
