@@ -212,3 +212,14 @@ def test_passes_start_where_their_patches_start(biased_model):
     # without the cost model every start is its own pass
     passes, _ = plan_passes(sites, seq, same_before=10, suffix=True, chunk_rows=256)
     assert [p.start for p in passes] == [10, 11, 12, 13, 14]
+
+
+def test_suffix_check_waits_for_a_prompt_it_can_check_on(tiny_tokenizer):
+    """A one-token prompt cannot check suffix passes: it answers False without deciding for later prompts."""
+    model = build_tiny_model(tiny_tokenizer, n_layers=2, seed=7)
+    one = model.to_tokens("Mary", prepend_bos=False)[:, :1]
+    assert not fast.suffix_supported(model, one)
+    assert model not in fast._SUFFIX_OK
+    assert fast.suffix_supported(model, model.to_tokens(LATE["clean"]))
+    assert fast._SUFFIX_OK[model] is True
+
