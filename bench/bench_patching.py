@@ -44,7 +44,7 @@ from patchstudio.engine import hooks as H
 from patchstudio.engine.fast import block_stage, layer_flops, row_flops, suffix_supported
 from patchstudio.engine.methods.attribution_patching import attribution_sweep
 from patchstudio.engine.metrics import Readout
-from patchstudio.engine.patching import first_difference, touched_positions
+from patchstudio.engine.patching import first_difference, site_spans
 from patchstudio.engine.run import run
 
 D_VOCAB = 50257
@@ -169,8 +169,7 @@ def bound_flops(model, sites, seq, same_before) -> float:
     that ``run`` makes (logits included). Passes, row 0, hooks and copies are the engine's overhead."""
     cfg = model.cfg
     total = 0
-    for site in sites:
-        span = touched_positions(site, seq)
+    for site, span in zip(sites, site_spans(sites, seq)):
         if span is None or span[1] < same_before:
             continue
         total += row_flops(cfg, site.layer, block_stage(site.hook), max(span[0], same_before), seq)

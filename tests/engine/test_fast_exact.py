@@ -18,7 +18,7 @@ from transformer_lens.model_bridge import TransformerBridge
 import patchstudio.engine.fast as fast
 from helpers import build_tiny_model
 from patchstudio.engine import hooks as H
-from patchstudio.engine.patching import first_difference, plan_passes
+from patchstudio.engine.patching import first_difference, plan_passes, site_spans
 from patchstudio.engine.run import run
 
 TOL = 1e-4
@@ -223,3 +223,14 @@ def test_suffix_check_waits_for_a_prompt_it_can_check_on(tiny_tokenizer):
     assert fast.suffix_supported(model, model.to_tokens(LATE["clean"]))
     assert fast._SUFFIX_OK[model] is True
 
+
+@pytest.mark.parametrize("key", [("head", "all"), ("head", "each"), ("pattern", "each"), ("resid_pre", "each"),
+                                 ("resid_pre", "all")], ids=lambda k: f"{k[0]}-{k[1]}")
+def test_site_spans_are_the_first_and_last_positions_each_mask_covers(biased_model, key):
+    seq = 7
+    sites, _, _ = H.sites(biased_model, *key, seq)
+    for site, span in zip(sites, site_spans(sites, seq)):
+        axis = H.position_axis(site.hook)
+        along = site.mask.movedim(axis, 0).reshape(site.mask.shape[axis], -1).any(-1)
+        hits = along.nonzero().reshape(-1).tolist()
+        assert span == (hits[0], hits[-1])

@@ -7,6 +7,7 @@ the axes below; a patch is a boolean mask over those axes (broadcastable), so on
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -79,7 +80,26 @@ class Site:
     mask: Tensor  # bool, over the activation's non-batch axes (broadcastable)
 
 
+_SITES: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+
+
 def sites(model, component: str, positions: str, seq_len: int) -> tuple[list[Site], list[str], list[int]]:
+    """Every patch of a sweep, in row-major order of its axes (built once per model and shape: a
+    run asks for them to price, to label and to sweep; the masks are shared, never modified)."""
+    per_model = _SITES.get(model)
+    if per_model is None:
+        per_model = _SITES[model] = {}
+    key = (component, positions, int(seq_len))
+    built = per_model.get(key)
+    if built is None:
+        if len(per_model) >= 64:
+            per_model.clear()
+        built = per_model[key] = _build_sites(model, component, positions, seq_len)
+    out, axes, sizes = built
+    return list(out), list(axes), list(sizes)
+
+
+def _build_sites(model, component: str, positions: str, seq_len: int) -> tuple[list[Site], list[str], list[int]]:
     """Every patch of a sweep, in row-major order of its axes.
 
     Returns (sites, axis names, axis sizes). Axes follow TransformerLens's patching module:

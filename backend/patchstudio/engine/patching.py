@@ -53,20 +53,30 @@ def first_difference(a: Int[Tensor, "1 pos"], b: Int[Tensor, "1 pos"]) -> int:
     return int(differ[0]) if differ.numel() else int(a.shape[-1])
 
 
-def touched_positions(site: Site, seq_len: int) -> tuple[int, int] | None:
-    """(first, last) position a site's mask covers, or None if it covers none."""
-    axis = position_axis(site.hook)
-    mask = site.mask
-    if mask.ndim <= axis:  # no position axis: every position
-        return (0, seq_len - 1) if bool(mask.any()) else None
-    other = [d for d in range(mask.ndim) if d != axis]
-    along = mask.any(dim=other) if other else mask
-    hits = torch.nonzero(along).reshape(-1)
-    if hits.numel() == 0:
-        return None
-    if along.shape[0] == 1:  # broadcast over positions
-        return 0, seq_len - 1
-    return int(hits[0]), int(hits[-1])
+def site_spans(sites: Sequence[Site], seq_len: int) -> list[tuple[int, int] | None]:
+    """(first, last) position each site's mask covers, or None if it covers none (vectorised over
+    the sites that share a hook and a mask shape)."""
+    out: list[tuple[int, int] | None] = [None] * len(sites)
+    groups: dict[tuple[str, tuple[int, ...]], list[int]] = defaultdict(list)
+    for i, site in enumerate(sites):
+        groups[(site.hook, tuple(site.mask.shape))].append(i)
+    for (hook, shape), idx in groups.items():
+        masks = torch.stack([sites[i].mask for i in idx]).bool()
+        axis = 1 + position_axis(hook)
+        if masks.ndim <= axis:  # no position axis: every position
+            for i, hit in zip(idx, masks.reshape(len(idx), -1).any(1).tolist()):
+                out[i] = (0, seq_len - 1) if hit else None
+            continue
+        other = [d for d in range(1, masks.ndim) if d != axis]
+        along = masks.any(dim=other) if other else masks  # [sites, positions]
+        n_pos = along.shape[1]
+        hit = along.any(1).tolist()
+        first = along.int().argmax(1).tolist()
+        last = (n_pos - 1 - along.flip(1).int().argmax(1)).tolist()
+        for k, i in enumerate(idx):
+            if hit[k]:
+                out[i] = (0, seq_len - 1) if n_pos == 1 else (first[k], last[k])  # size 1: broadcast
+    return out
 
 
 def plan_passes(
@@ -83,8 +93,7 @@ def plan_passes(
     """
     skipped: list[int] = []
     by_start: dict[int, list[int]] = defaultdict(list)
-    for i, site in enumerate(sites):
-        span = touched_positions(site, seq_len)
+    for i, span in enumerate(site_spans(sites, seq_len)):
         if span is None or span[1] < same_before:
             skipped.append(i)
             continue
@@ -108,15 +117,17 @@ def _merge_starts(sites, by_start: dict[int, list[int]], seq_len: int, size: int
     starts = sorted(by_start)
     overhead = pass_overhead_flops(cfg)
     # a row's FLOPs are linear in the positions it computes: per position, and fixed
+    linear: dict[tuple[int, int], tuple[float, float]] = {}
     per_pos, fixed, rows = [], [], []
     for s in starts:
         p = f = 0.0
         for i in by_start[s]:
-            site = sites[i]
-            stage = block_stage(site.hook)
-            one = row_flops(cfg, site.layer, stage, seq_len - 1, seq_len)
-            two = row_flops(cfg, site.layer, stage, seq_len - 2, seq_len) if seq_len >= 2 else one
-            p, f = p + (two - one), f + (2 * one - two)
+            key = (sites[i].layer, block_stage(sites[i].hook))
+            if key not in linear:
+                one = row_flops(cfg, *key, seq_len - 1, seq_len)
+                two = row_flops(cfg, *key, seq_len - 2, seq_len) if seq_len >= 2 else one
+                linear[key] = (two - one, 2 * one - two)
+            p, f = p + linear[key][0], f + linear[key][1]
         per_pos.append(p)
         fixed.append(f)
         rows.append(len(by_start[s]))
