@@ -41,6 +41,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformers import PreTrainedTokenizerFast
 
 from patchstudio.engine import hooks as H
+from patchstudio.engine.allocator import keep_freed_memory
 from patchstudio.engine.fast import block_stage, layer_flops, row_flops, suffix_supported
 from patchstudio.engine.methods.attribution_patching import attribution_sweep
 from patchstudio.engine.metrics import Readout
@@ -230,8 +231,11 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="torch.profiler breakdown of the engine's sweeps")
     parser.add_argument("--pairs", default="random,ioi")
     parser.add_argument("--sweeps", default=",".join(SWEEPS))
+    parser.add_argument("--malloc-defaults", action="store_true",
+                        help="keep glibc's allocator defaults (the app and CLI call keep_freed_memory)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    kept = False if args.malloc_defaults else keep_freed_memory()  # as the app does; every peer gets it
     load = os.getloadavg()[0]
 
     model = build_model()
@@ -239,7 +243,7 @@ def main() -> None:
     print(f"model: GPT-2-small shape ({cfg.n_layers} layers, {cfg.n_heads} heads, d_model {cfg.d_model}, "
           f"d_vocab {D_VOCAB}), random weights; {SEQ}-token prompts")
     print(f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores, load average {load:.2f}; "
+          f"{os.cpu_count()} cores, load average {load:.2f}; freed memory kept: {kept}; "
           f"{'quick (TL: 12 patches, hand: one batch, scaled)' if args.quick else 'full'}; best of {args.repeat}")
     print("bound: the engine's unavoidable FLOPs at the matmul rate measured between the repeats; "
           "GFLOP: TL's and the bound's; load: 1-minute load average after the row")

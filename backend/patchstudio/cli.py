@@ -32,6 +32,7 @@ def run_command(
     from tqdm import tqdm
 
     import patchstudio
+    from patchstudio.engine.allocator import keep_freed_memory
     from patchstudio.engine.inputs import InputError
     from patchstudio.models.registry import ModelUnavailableError
     from patchstudio.specs import parse_spec
@@ -57,6 +58,7 @@ def run_command(
             bar = tqdm(total=total, unit="patch", file=sys.stderr, desc=f"{spec.method} {spec.component}")
         bar.update(done - bar.n)
 
+    keep_freed_memory()
     try:
         model = patchstudio.load_model(spec.model)
         result = patchstudio.run(spec, model=model, chunk_rows=chunk_rows, max_patched_runs=max_patched_runs, progress=progress)

@@ -15,6 +15,7 @@ from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 
+from patchstudio.engine.allocator import keep_freed_memory
 from patchstudio.errors import InputError, describe, field_errors
 
 from patchstudio.settings import Settings
@@ -41,6 +42,7 @@ def create_app(settings: Settings | None = None, *, model_loader: Callable[[str]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        keep_freed_memory()  # sweeps reuse their buffers instead of faulting pages in each pass
         service = ExperimentService(settings, Store(settings.resolved_database_url()))
         service.load_models(model_loader)
         app.state.service = service
