@@ -166,20 +166,23 @@ def hand_batched(model, base, source_cache, cols, component, positions, sample: 
 
 def bound_flops(model, sites, seq, same_before) -> float:
     """The FLOPs the exact sweep cannot avoid: each patch that can change the metric, from its patch
-    point on, over the positions it can change (``fast.row_flops``), plus the two cached full runs
-    that ``run`` makes (logits included). Passes, row 0, hooks and copies are the engine's overhead."""
+    point on, over the positions it can change (``fast.row_flops``), plus the two cached runs that
+    ``run`` makes (every block, the logits at the final position only). Passes, row 0, hooks and
+    copies are the engine's overhead."""
     cfg = model.cfg
     total = 0
     for site, span in zip(sites, site_spans(sites, seq)):
         if span is None or span[1] < same_before:
             continue
         total += row_flops(cfg, site.layer, block_stage(site.hook), max(span[0], same_before), seq)
-    return total + 2 * full_forward_flops(model, seq)
+    return total + 2 * full_forward_flops(model, seq, logit_positions=1)
 
 
-def full_forward_flops(model, seq) -> float:
+def full_forward_flops(model, seq, logit_positions: int | None = None) -> float:
+    """A whole forward pass; the unembedding at ``logit_positions`` (default: all, as TL runs it)."""
     cfg = model.cfg
-    return sum(layer_flops(cfg, seq, seq) for _ in range(cfg.n_layers)) + 2 * seq * cfg.d_model * cfg.d_vocab
+    unembed = 2 * (seq if logit_positions is None else logit_positions) * cfg.d_model * cfg.d_vocab
+    return sum(layer_flops(cfg, seq, seq) for _ in range(cfg.n_layers)) + unembed
 
 
 def tl_flops(model, n_patches, seq) -> float:

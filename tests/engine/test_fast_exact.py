@@ -234,3 +234,17 @@ def test_site_spans_are_the_first_and_last_positions_each_mask_covers(biased_mod
         along = site.mask.movedim(axis, 0).reshape(site.mask.shape[axis], -1).any(-1)
         hits = along.nonzero().reshape(-1).tolist()
         assert span == (hits[0], hits[-1])
+
+
+def test_cached_runs_unembed_the_final_position_only_and_equal_the_model(biased_model):
+    from patchstudio.engine.forward import run_with_cache
+
+    tokens = biased_model.to_tokens(LATE["clean"])
+    names = [H.z_name(0), H.resid_post_name(2)]
+    logits, cache = run_with_cache(biased_model, tokens, names)
+    with torch.no_grad():
+        ref_logits, ref_cache = biased_model.run_with_cache(tokens)
+    assert logits.shape == (1, biased_model.cfg.d_vocab)
+    assert torch.allclose(logits, ref_logits[:, -1].float(), atol=1e-5)
+    for name in names:
+        assert torch.equal(cache[name], ref_cache[name])
