@@ -1,6 +1,6 @@
 """Live latency of the explore page's loop on the default model: engine, server and browser.
 
-    python bench/bench_live.py [--requests N] [--edits M] [--debounce 600,250] [--typing 100,180] [--threads T] [--no-browser]
+    python bench/bench_live.py [--requests N] [--edits M] [--debounce 200,600] [--typing 100,180] [--threads T] [--no-browser]
 
 1. engine: ``patchstudio.run`` on N distinct IOI prompts (a head sweep over all positions, and a
    per-position head sweep), in process;
@@ -160,7 +160,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=30, help="distinct prompts per engine/server measurement")
     parser.add_argument("--edits", type=int, default=12, help="typed edits per debounce value in the browser")
-    parser.add_argument("--debounce", default="600,250", help="debounce values (ms) to measure in the browser")
+    parser.add_argument("--debounce", default="200,600", help="debounce values (ms) to measure in the browser")
     parser.add_argument("--typing", default="100,180", help="ms between keys: a fast typist, and a slower one (flooding)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--no-browser", action="store_true")
