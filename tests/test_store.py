@@ -61,3 +61,10 @@ def test_recent_lists_newest_first(store, tiny_model):
     recent = store.recent(2)
     assert [r.id for r in recent] == ids[::-1][:2]
     assert recent[0].method == "activation_patching"
+
+
+def test_a_sqlite_file_is_written_ahead_and_synced_at_checkpoints(tmp_path):
+    store = Store(f"sqlite:///{tmp_path}/runs.sqlite3")
+    with store.engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA synchronous")).scalar() == 1  # NORMAL

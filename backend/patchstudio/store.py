@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import Column, DateTime, MetaData, String, Table, Text, create_engine, select
+from sqlalchemy import Column, DateTime, MetaData, String, Table, Text, create_engine, event, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -85,10 +85,27 @@ def sqlite_url(path: str | Path) -> str:
     return f"sqlite:///{path}"
 
 
+def _sqlite_write_ahead(dbapi_connection, _record) -> None:
+    """SQLite in write-ahead-log mode, syncing at checkpoints rather than at every commit.
+
+    With the default rollback journal each stored run waited for two fsyncs (the run, and the
+    form it came from): about 20 ms of the explore page's ~85 ms request on this project's
+    machine. WAL with synchronous=NORMAL cannot corrupt the file; a power cut (not a crash of the
+    app) may lose the last few commits, which are results recomputed by their link. Readers also
+    stop blocking the writer. (An in-memory database keeps its own journal; the pragma is a no-op.)
+    """
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
 class Store:
     def __init__(self, url: str):
         kwargs = {"connect_args": {"check_same_thread": False}} if url.startswith("sqlite") else {"pool_pre_ping": True}
         self.engine: Engine = create_engine(url, future=True, **kwargs)
+        if url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_write_ahead)
         metadata.create_all(self.engine)
 
     def get(self, run_id: str) -> StoredRun | None:
