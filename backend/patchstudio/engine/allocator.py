@@ -3,7 +3,7 @@
 A sweep allocates the same large activations pass after pass ([rows * positions, d_mlp] floats
 are tens of MB on a GPT-2-sized model). With glibc's defaults, blocks that size are mapped fresh
 and unmapped on free, or trimmed off the heap, so every pass faults its pages in again and the
-kernel zeroes them: on the bench's head sweep about 60,000 page faults per run, some 5-10% of its
+kernel zeroes them: on the bench's head sweep 55,000-73,000 page faults per run, 4-10% of its
 time. Raising the mmap and trim thresholds keeps that memory in the heap for the next pass. The
 values computed are the same; the process keeps its peak memory instead of returning it.
 
