@@ -99,3 +99,10 @@ def test_companions_are_filed_under_the_run_that_asked_and_left_out_of_top_level
     assert [(r.id, role) for r, role in grouped[parent.id]] == [(child.id, "ablation"), (grandchild.id, "patching")]
     store.unlink_companion(grandchild.id)  # asked for from the form: a run of its own
     assert {r.id for r in store.recent(10, top_level=True)} == {parent.id, grandchild.id}
+
+
+def test_a_sqlite_file_is_written_ahead_and_synced_at_checkpoints(tmp_path):
+    store = Store(f"sqlite:///{tmp_path}/runs.sqlite3")
+    with store.engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA synchronous")).scalar() == 1  # NORMAL

@@ -39,6 +39,7 @@ def run_command(
     from tqdm import tqdm
 
     import patchstudio
+    from patchstudio.engine.allocator import keep_freed_memory
     from patchstudio.engine.inputs import InputError
     from patchstudio.models.registry import DTYPES, ModelUnavailableError
     from patchstudio.settings import Settings
@@ -72,6 +73,7 @@ def run_command(
             bar = tqdm(total=total, unit="patch", file=sys.stderr, desc=f"{spec.method} {spec.component}")
         bar.update(done - bar.n)
 
+    keep_freed_memory()
     try:
         model = patchstudio.load_model(spec.model, device=device, dtype=dtype)
         result = patchstudio.run(spec, model=model, chunk_rows=chunk_rows, max_patched_runs=max_patched_runs, progress=progress)

@@ -120,5 +120,7 @@ def test_resample_index_is_seeded_and_never_the_prompt_itself():
     picks = [resample_index(6, i, seed=3) for i in range(6)]
     assert picks == [resample_index(6, i, seed=3) for i in range(6)]
     assert all(p != i for i, p in enumerate(picks))
+    # the seed changes the draw (a draw seeded by the prompt's index alone would give one list)
+    assert len({tuple(resample_index(64, i, seed=s) for i in range(8)) for s in range(5)}) == 5
     with pytest.raises(ValueError, match="at least two prompts"):
         resample_index(1, 0, seed=0)

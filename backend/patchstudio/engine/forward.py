@@ -102,11 +102,52 @@ def run_to_final_resid(
 
 
 def run_with_cache(model, tokens: Int[Tensor, "1 pos"], names: Sequence[str], hooks: Hooks | None = None):
-    """(final-position logits [1, vocab] as float, {name: activation}) of a gradient-free pass."""
+    """(final-position logits [1, vocab] as float, {name: activation}) of a gradient-free pass.
+
+    Only the final position is unembedded (a sweep reads no other) when every cached name lies
+    inside the blocks and no hooks are given; on a GPT-2-sized model the full unembedding of every
+    position is as much work as a block. Checked once per model against the full pass."""
+    if not hooks and all(name.startswith("blocks.") for name in names) and _final_logits_ok(model, tokens):
+        return _run_with_cache_final(model, tokens, names)
     fwd_hooks = [(name, compose(fns)) for name, fns in (hooks or {}).items()]
     with model_lock(model), torch.no_grad(), model.hooks(fwd_hooks=fwd_hooks):
         logits, cache = model.run_with_cache(tokens, names_filter=list(names))
     return logits[:, -1, :].float(), {name: cache[name] for name in names}
+
+
+def _run_with_cache_final(model, tokens: Int[Tensor, "1 pos"], names: Sequence[str]):
+    cache: dict[str, Tensor] = {}
+
+    def keep(name: str) -> HookFn:
+        def keep_hook(act: Tensor, hook: object) -> None:  # by the asked name (the bridge has aliases)
+            cache[name] = act.detach()
+
+        return keep_hook
+
+    with model_lock(model), torch.no_grad():
+        final = run_to_final_resid(model, tokens, {name: [keep(name)] for name in names})
+        logits = model.unembed(model.ln_final(final[:, None, :]))[:, -1, :]
+    return logits.float(), {name: cache[name] for name in names}
+
+
+_FINAL_LOGITS_OK: "weakref.WeakKeyDictionary[object, bool]" = weakref.WeakKeyDictionary()
+
+
+def _final_logits_ok(model, tokens: Tensor) -> bool:
+    """Whether ln_final and the unembedding of the final residual give the model's own final logits
+    (not so where the forward pass does more after them, e.g. a logit soft cap)."""
+    ok = _FINAL_LOGITS_OK.get(model)
+    if ok is None:
+        ok = False
+        try:
+            with model_lock(model), torch.no_grad():
+                full = model(tokens)[:, -1, :].float()
+                cut, _ = _run_with_cache_final(model, tokens, [])
+            ok = cut.shape == full.shape and torch.allclose(cut, full, atol=1e-4, rtol=1e-5)
+        except Exception:  # anything that does not take it keeps the model's own pass
+            ok = False
+        _FINAL_LOGITS_OK[model] = ok
+    return ok
 
 
 def widen(rows: int) -> HookFn:

@@ -7,6 +7,7 @@ the axes below; a patch is a boolean mask over those axes (broadcastable), so on
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -79,7 +80,26 @@ class Site:
     mask: Tensor  # bool, over the activation's non-batch axes (broadcastable)
 
 
+_SITES: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+
+
 def sites(model, component: str, positions: str, seq_len: int) -> tuple[list[Site], list[str], list[int]]:
+    """Every patch of a sweep, in row-major order of its axes (built once per model and shape: a
+    run asks for them to price, to label and to sweep; the masks are shared, never modified)."""
+    per_model = _SITES.get(model)
+    if per_model is None:
+        per_model = _SITES[model] = {}
+    key = (component, positions, int(seq_len))
+    built = per_model.get(key)
+    if built is None:
+        if len(per_model) >= 64:
+            per_model.clear()
+        built = per_model[key] = _build_sites(model, component, positions, seq_len)
+    out, axes, sizes = built
+    return list(out), list(axes), list(sizes)
+
+
+def _build_sites(model, component: str, positions: str, seq_len: int) -> tuple[list[Site], list[str], list[int]]:
     """Every patch of a sweep, in row-major order of its axes.
 
     Returns (sites, axis names, axis sizes). Axes follow TransformerLens's patching module:
@@ -175,3 +195,43 @@ def patch_values(component: str, n_layers: int, base: dict[str, Tensor], source:
         else:
             out[name] = source[name]
     return out
+
+
+def position_axis(hook: str) -> int:
+    """The position axis of the activation at ``hook``, counted without the batch axis (for the
+    pattern, the destination position: a patch there changes that position's output only)."""
+    return 1 if hook.endswith("attn.hook_pattern") else 0
+
+
+# Hook points inside a block that the exact shortcuts of ``engine.fast`` use (TL 4's bridge names).
+
+
+def q_name(layer: int) -> str:
+    return hook_name("head_q", layer)
+
+
+def k_name(layer: int) -> str:
+    return hook_name("head_k", layer)
+
+
+def v_name(layer: int) -> str:
+    return hook_name("head_v", layer)
+
+
+def attn_out_name(layer: int) -> str:
+    return hook_name("attn_out", layer)
+
+
+def attn_in_name(layer: int) -> str:
+    """The attention module's input (after ln1)."""
+    return f"blocks.{layer}.attn.hook_in"
+
+
+def qkv_in_names(layer: int) -> list[str]:
+    """The inputs of the q, k and v projections."""
+    return [f"blocks.{layer}.attn.{p}.hook_in" for p in ("q", "k", "v")]
+
+
+def mlp_in_name(layer: int) -> str:
+    """The MLP module's input (after ln2)."""
+    return f"blocks.{layer}.mlp.hook_in"

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from patchstudio.engine.allocator import keep_freed_memory
 from patchstudio.errors import InputError, describe, field_errors
 from patchstudio.jobs import open_queue
 from patchstudio.service import ExperimentService
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None, *, model_loader: Callable[[str]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        keep_freed_memory()  # sweeps reuse their buffers instead of faulting pages in each pass
         store = Store(settings.resolved_database_url(), create=settings.create_db)
         service = ExperimentService(settings, store)
         service.load_models(model_loader)

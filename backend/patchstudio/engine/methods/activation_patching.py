@@ -15,7 +15,9 @@ from typing import Literal
 from pydantic import Field
 
 from patchstudio.engine import hooks as H
+from patchstudio.engine.fast import kv_names
 from patchstudio.engine.methods.base import Method, PairContext, PairResult, check_component, sweep_cost
+from patchstudio.engine.patching import first_difference
 from patchstudio.specs import Direction, SpecBase
 
 
@@ -34,7 +36,15 @@ def run_pair(ctx: PairContext) -> PairResult:
     base_tokens, base_cache, source = ctx.runs(spec.direction)
     sites, _, _ = H.sites(model, spec.component, spec.positions, ctx.pair.clean.shape[-1])
     values = H.patch_values(spec.component, int(model.cfg.n_layers), base_cache, source)
-    return PairResult(ctx.sweep(base_tokens, values, sites))
+    # the two prompts agree before their first difference: patches confined there change nothing
+    same_before = first_difference(ctx.pair.clean, ctx.pair.corrupted)
+    kv = {name: base_cache[name] for name in kv_names(model)} or None  # for passes over a suffix
+    return PairResult(ctx.sweep(base_tokens, values, sites, same_before=same_before, kv=kv))
+
+
+def cache_names(model, spec) -> list[str]:
+    """The component's hooks, and every layer's keys and values (a suffix pass reads its prefix's)."""
+    return list(dict.fromkeys(H.source_hooks(spec.component, int(model.cfg.n_layers)) + kv_names(model)))
 
 
 METHOD = Method(
@@ -43,5 +53,6 @@ METHOD = Method(
     check=check_component,
     multi_token=True,
     pair_cost=sweep_cost,
+    cache_names=cache_names,
     references=("Vig et al. 2020", "Meng et al. 2022", "Wang et al. 2022"),
 )

@@ -41,21 +41,26 @@ class PairContext:
     def readout(self) -> Readout:
         return Readout(self.model, self.spec.metric, self.pair.answer, self.pair.wrong, self.clean_log_probs)
 
-    def sweep(self, base_tokens: Tensor, values: dict[str, Tensor], sites: list[H.Site]) -> Tensor:
-        """``patching.patch_sweep`` of the base prompt with this pair's metric. An answer of several
-        tokens is scored by teacher forcing: one sweep per continuation (``metrics.sequence_legs``),
-        the prompt followed by the continuation, patched at the prompt's positions only."""
+    def sweep(self, base_tokens: Tensor, values: dict[str, Tensor], sites: list[H.Site], *,
+              same_before: int = 0, kv: dict[str, Tensor] | None = None) -> Tensor:
+        """``patching.patch_sweep`` of the base prompt with this pair's metric (``same_before`` and
+        ``kv`` as there: ``kv`` for the base prompt's own tokens). An answer of several tokens is
+        scored by teacher forcing: one sweep per continuation (``metrics.sequence_legs``), the
+        prompt followed by the continuation, patched at the prompt's positions only (the
+        continuation is the same after both prompts, so ``same_before`` still holds; its keys and
+        values are computed for the longer sequence)."""
         model, spec, pair = self.model, self.spec, self.pair
         if not scores_sequences(spec.metric, pair):
             return patch_sweep(model, base_tokens, values, sites, self.readout(), chunk_rows=self.chunk_rows,
-                               progress=self.progress)
+                               progress=self.progress, same_before=same_before, kv=kv)
         legs, combine = sequence_legs(model, spec.metric, pair.answer_ids, pair.wrong_ids)
         outs = []
         for leg in legs:
             suffix = torch.tensor([list(leg.suffix)], dtype=base_tokens.dtype, device=base_tokens.device)
             leg_values, leg_sites = H.extend_positions(spec.component, values, sites, len(leg.suffix))
             outs.append(patch_sweep(model, torch.cat([base_tokens, suffix], dim=1), leg_values, leg_sites, leg.readout,
-                                    chunk_rows=self.chunk_rows, progress=self.progress, tail=leg.tail))
+                                    chunk_rows=self.chunk_rows, progress=self.progress, tail=leg.tail,
+                                    same_before=same_before, kv=kv if not leg.suffix else None))
         return combine(outs)
 
     def runs(self, direction: str) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:

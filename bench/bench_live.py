@@ -1,0 +1,194 @@
+"""Live latency of the explore page's loop on the default model: engine, server and browser.
+
+    python bench/bench_live.py [--requests N] [--edits M] [--debounce 200,600] [--typing 100,180] [--threads T] [--no-browser]
+
+1. engine: ``patchstudio.run`` on N distinct IOI prompts (a head sweep over all positions, and a
+   per-position head sweep), in process;
+2. server: the app on 127.0.0.1 (uvicorn in a thread, a fresh SQLite store), N POSTs of the
+   explore form per sweep, each a new prompt (so nothing comes from the store), timed from the
+   request to the last byte of the htmx fragment (spec parsing, the engine, storing, rendering);
+3. browser: headless Chromium (Debian's, through Playwright; never ``playwright install``) on the
+   explore page. For each debounce value the form's ``hx-trigger`` delay is set in the page, then M
+   times: the clean prompt is set to a new IOI sentence minus its last two words, which are typed
+   key by key (100 ms apart, a fast typist; 180 ms, a slower one), and the time from the last
+   keydown to the redrawn heatmap (plotly's data changed, read every animation frame) is taken in
+   the page's own clock. Requests sent per edit are counted (flooding), and each edit waits for
+   Figure 1 of the new run to load before the next one, as a user reading it would.
+
+Prints p50 and p95 of each. Not a test: timings depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import socket
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+HEATMAP_Z = "(() => { const gd = document.getElementById('heatmap'); return gd && gd.data ? gd.data[0].z : null; })()"
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, max(0, round(q / 100 * (len(values) - 1))))]
+
+
+def summary(label: str, ms: list[float]) -> str:
+    return f"{label:44} n={len(ms):3d}  p50 {pct(ms, 50):7.1f} ms  p95 {pct(ms, 95):7.1f} ms  min {min(ms):6.1f} ms"
+
+
+def prompts(n: int, seed: int) -> list[str]:
+    from patchstudio.models.prompts import ioi_pairs
+
+    seen, out = set(), []
+    for pair in ioi_pairs(4 * n, seed=seed):
+        if pair.clean not in seen:
+            seen.add(pair.clean)
+            out.append(pair.clean)
+    return out[:n]
+
+
+@contextlib.contextmanager
+def serve(model, directory: str):
+    import uvicorn
+
+    from patchstudio.settings import Settings
+    from patchstudio.web.app import create_app
+
+    settings = Settings(models=["default"], database_url=f"sqlite:///{directory}/runs.sqlite3")
+    app = create_app(settings, model_loader=lambda name: model)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def engine_times(model, texts: list[str], positions: str) -> list[float]:
+    from patchstudio.engine.run import run
+    from patchstudio.models.prompts import guess_answers, swap_names
+
+    out = []
+    for text in texts:
+        answer, wrong = guess_answers(text)
+        spec = {"prompts": [{"clean": text, "corrupted": swap_names(text), "answer": answer, "wrong": wrong}],
+                "component": "head", "positions": positions}
+        start = time.perf_counter()
+        run(model, spec)
+        out.append(1000 * (time.perf_counter() - start))
+    return out
+
+
+def server_times(url: str, texts: list[str], positions: str) -> list[float]:
+    import httpx
+
+    from patchstudio.web.forms import DEFAULT_FORM
+
+    out = []
+    with httpx.Client(base_url=url, timeout=60) as client:
+        client.get("/")
+        for text in texts:
+            form = {**DEFAULT_FORM, "clean": text, "positions": positions}
+            start = time.perf_counter()
+            response = client.post("/explore", data=form, headers={"HX-Request": "true"})
+            response.read()
+            out.append(1000 * (time.perf_counter() - start))
+            assert response.status_code == 200 and 'id="heatmap"' in response.text, response.text[:500]
+    return out
+
+
+def browser_times(url: str, texts: list[str], debounce_ms: int, typing_ms: int) -> tuple[list[float], list[int]]:
+    from playwright.sync_api import sync_playwright
+
+    latencies, requests = [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(60_000)
+        page.goto(url + "/")
+        page.wait_for_function(f"{HEATMAP_Z} !== null")
+        page.evaluate(
+            """ms => {
+                const form = document.getElementById('spec-form');
+                form.setAttribute('hx-trigger', form.getAttribute('hx-trigger').replace(/input delay:\\d+ms/, `input delay:${ms}ms`));
+                htmx.process(form);
+                window.__requests = 0;
+                document.body.addEventListener('htmx:beforeRequest', e => { if (e.detail.elt === form) window.__requests++; });
+                document.getElementById('clean').addEventListener('keydown', () => { window.__lastKey = performance.now(); });
+            }""",
+            debounce_ms,
+        )
+        box = page.locator("#clean")
+        for text in texts:
+            head, typed = text.rsplit(" ", 2)[0], " " + " ".join(text.rsplit(" ", 2)[1:])
+            old = page.evaluate(HEATMAP_Z)
+            page.evaluate("([v]) => { const el = document.getElementById('clean'); el.value = v; window.__requests = 0; }", [head])
+            box.focus()
+            page.keyboard.press("End")
+            page.keyboard.type(typed, delay=typing_ms)
+            done = page.wait_for_function(
+                f"old => {{ const z = {HEATMAP_Z}; return z !== null && JSON.stringify(z) !== JSON.stringify(old) ? performance.now() : false; }}",
+                arg=old, polling="raf",
+            ).json_value()
+            latencies.append(done - page.evaluate("window.__lastKey"))
+            requests.append(page.evaluate("window.__requests"))
+            with contextlib.suppress(Exception):  # the reader's Figure 1 (triangulation) loads before the next edit
+                page.wait_for_function("() => { const f = document.getElementById('figure1'); return !f || !f.textContent.includes('loading'); }")
+        browser.close()
+    return latencies, requests
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=30, help="distinct prompts per engine/server measurement")
+    parser.add_argument("--edits", type=int, default=12, help="typed edits per debounce value in the browser")
+    parser.add_argument("--debounce", default="200,600", help="debounce values (ms) to measure in the browser")
+    parser.add_argument("--typing", default="100,180", help="ms between keys: a fast typist, and a slower one (flooding)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--no-browser", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    import patchstudio
+
+    model = patchstudio.load_model()
+    texts = prompts(args.requests + 2, seed=1)
+    cfg = model.cfg
+    print(f"default model ({cfg.n_layers} layers x {cfg.n_heads} heads, d_model {cfg.d_model}); torch {torch.__version__}, "
+          f"{args.threads} threads, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}")
+    engine_times(model, texts[:2], "all")  # warm up (one-time checks, allocator)
+    for positions, label in (("all", "head sweep"), ("each", "head sweep per position")):
+        print(summary(f"engine, {label}", engine_times(model, texts[2:], positions)), flush=True)
+    with tempfile.TemporaryDirectory() as directory, serve(model, directory) as url:
+        for positions, label in (("all", "head sweep"), ("each", "head sweep per position")):
+            batch = prompts(args.requests, seed=100 + len(positions))
+            print(summary(f"server, {label}", server_times(url, batch, positions)), flush=True)
+        if not args.no_browser and Path(CHROMIUM).exists():
+            for i, debounce in enumerate(int(d) for d in args.debounce.split(",")):
+                for j, typing in enumerate(int(t) for t in args.typing.split(",")):
+                    lat, req = browser_times(url, prompts(args.edits, seed=200 + 10 * i + j), debounce, typing)
+                    print(summary(f"browser, debounce {debounce} ms, keys {typing} ms apart", lat)
+                          + f"  requests/edit {statistics.mean(req):.2f}", flush=True)
+    print(f"load average at the end {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
