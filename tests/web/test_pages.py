@@ -203,6 +203,11 @@ def test_self_repair_from_the_form(client, tiny_model):
     assert f'id="singles-sum">{x["total_effect"] + x["compensator_total_effect"]:+.4f}<' in response.text
     assert f'id="paired-excess">{x["paired_excess"]:+.4f} ' in response.text
     assert x["paired_excess"] == pytest.approx(x["paired_total_effect"] - x["total_effect"] - x["compensator_total_effect"])
+    # the reading under the table follows the sign of the excess, never a fixed sentence
+    hid = (x["paired_excess"] < 0) == (x["total_effect"] < 0)
+    reading = re.search(r'id="paired-reading">(.*?)</p>', response.text, re.S).group(1)
+    assert reading.startswith("Ablating both costs no more than") == (not hid)
+    assert ("the part of the targets' role that single ablation hid" in reading) == hid
     # compensators: only those moving against DE, each head with a pair-ablate button (never the paired one)
     compensators = analysis.top_compensators(expected)
     assert all((c.change > 0) == (x["direct_effect"] < 0) for c in compensators)

@@ -241,20 +241,21 @@ def repair_figure(result: PatchResult) -> dict[str, Any]:
     targets' direct effect, how the rest of the network responded (other heads' and MLPs' changes
     in direct effect) and, as its own bar, the change due to the final LayerNorm's scale."""
     r = analysis.repair_reading(result)
-    labels = ["total effect (TE)", "targets' direct effect (DE)", f"other heads + MLPs ({r['response_word']})",
-              "final LayerNorm scale change"]
+    labels = ["total effect<br>(TE)", "targets' direct<br>effect (DE)", f"other heads<br>+ MLPs<br>({r['components_word']})",
+              "final LayerNorm<br>scale change"]
     values = [r["total_effect"], r["direct_effect"], r["components"], r["ln_scale_part"]]
     colors = ["#4c78a8", "#e45756", "#54a24b" if r["components_compensate"] else "#b279a2", "#9d755d"]
     if r.get("paired_total_effect") is not None:
         c = result.spec.compensator
-        labels += [f"L{c.layer}H{c.head} alone (TE)", "paired ablation TE"]
+        labels += [f"L{c.layer}H{c.head}<br>alone (TE)", "paired<br>ablation (TE)"]
         values += [r["compensator_total_effect"], r["paired_total_effect"]]
         colors += ["#bab0ac", "#72b7b2"]
     trace = {"type": "bar", "x": labels, "y": values, "text": [f"{v:+.3f}" for v in values], "textposition": "auto",
-             "hovertemplate": "%{x}: %{y:+.3f} logit diff<extra></extra>", "marker": {"color": colors}}
+             "hovertemplate": "%{x}: %{y:+.3f} logit diff<extra></extra>", "marker": {"color": colors}, "cliponaxis": False}
     layout = {"title": {"text": "change in logit(answer) − logit(wrong) when the targets are ablated (0 = no change)", "font": {"size": 14}},
-              "yaxis": {"title": {"text": "change in logit diff (0 = no change)"}, "zeroline": True},
-              "height": 340, "margin": {"l": 60, "r": 20, "t": 50, "b": 80}}
+              "yaxis": {"title": {"text": "change in logit diff (0 = no change)"}, "zeroline": True, "automargin": True},
+              "xaxis": {"tickangle": 0, "automargin": True},
+              "height": 360, "margin": {"l": 60, "r": 20, "t": 60, "b": 90}}
     return {"data": [trace], "layout": layout}
 
 
