@@ -321,6 +321,8 @@ def test_clicking_a_cell_shows_its_value_on_each_prompt(page, view):
     click_cell(page, z, layer, head)
 
     expect(caption).to_contain_text(f"Selected L{layer} H{head} on each of 3 prompt pairs")
+    # the caption arrives with the fragment; plotly draws the strip just after
+    page.wait_for_function(f"({STRIP})() !== null")
     strip = page.evaluate(STRIP)
     assert strip["n"] == 3  # one point per prompt pair
     assert strip["title"].replace("<br>", " ") == twin["views"][view]["title"]  # the unit and the baseline

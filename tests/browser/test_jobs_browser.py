@@ -106,7 +106,7 @@ def test_an_edit_cancels_the_job_it_replaces_unless_someone_else_watches_it(brow
             first = page.locator("#job").get_attribute("data-job-id")
             # nobody else has it open: changing the metric replaces it, and it is cancelled
             page.locator("[name=metric]").select_option("prob")
-            expect(page.locator("#replaced-note")).to_contain_text(f"The job this edit replaced ({first}) was cancelled: nobody else was watching it")
+            expect(page.locator("#replaced-note")).to_contain_text(f"The job this edit replaced ({first}) was cancelled: nobody else was watching it", timeout=30_000)
             second = page.locator("#job").get_attribute("data-job-id")
             assert second != first
             expect(page.locator("#job")).to_contain_text("waiting for a worker")
@@ -115,7 +115,7 @@ def test_an_edit_cancels_the_job_it_replaces_unless_someone_else_watches_it(brow
             expect(their_page.locator("#job")).to_contain_text("waiting for a worker")
             their_page.wait_for_timeout(1200)  # it polls at least once more
             page.locator("[name=metric]").select_option("loss")
-            expect(page.locator("#replaced-note")).to_contain_text(f"The job this edit replaced ({second}) goes on: another page is watching it")
+            expect(page.locator("#replaced-note")).to_contain_text(f"The job this edit replaced ({second}) goes on: another page is watching it", timeout=30_000)
             shoot(page, "replaced-note")
             their_page.wait_for_timeout(1200)
             expect(their_page.locator("#job")).to_contain_text("waiting for a worker")
