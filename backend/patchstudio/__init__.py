@@ -18,7 +18,8 @@ _LOADED: dict[tuple[str, str], Any] = {}
 
 
 def load_model(name: str = "default", *, device: str = "cpu"):
-    """A TransformerBridge by name: ``"default"`` or a Hugging Face model whose weights are reachable.
+    """A TransformerBridge by name: a built-in model (``"default"``, ``"hydra"``) or a Hugging Face
+    model whose weights are reachable.
 
     Loaded once per process and reused."""
     from patchstudio.models.registry import load_model as _load

@@ -1,4 +1,4 @@
-"""Loading models by name: the shipped default model, or any TransformerLens-supported Hugging Face
+"""Loading models by name: a shipped built-in model ("default", "hydra"), or any TransformerLens-supported Hugging Face
 model whose weights are reachable (local Hugging Face cache, a local directory, or the network)."""
 
 from __future__ import annotations
@@ -8,17 +8,20 @@ import os
 
 import torch
 
+from patchstudio.models.default_model import BUILTIN_MODELS
+
 
 class ModelUnavailableError(RuntimeError):
     """A model that cannot be loaded here; the message says which and how to get it."""
 
 
 def load_model(name: str = "default", *, device: str = "cpu"):
-    """A TransformerBridge in eval mode. ``"default"`` is the shipped IOI/induction model."""
-    if name == "default":
+    """A TransformerBridge in eval mode. ``"default"`` is the shipped IOI/induction model,
+    ``"hydra"`` the same trained with head dropout (it shows self-repair); see BUILTIN_MODELS."""
+    if name in BUILTIN_MODELS:
         from patchstudio.models.default_model import load_default_model
 
-        return load_default_model(device=device)
+        return load_default_model(BUILTIN_MODELS[name], device=device)
     return _load_hf(name, device)
 
 

@@ -1,9 +1,11 @@
-"""Train the shipped default model (offline, CPU, a few minutes) and measure it on held-out prompts.
+"""Train the shipped built-in models (offline, CPU, minutes) and measure them on held-out prompts.
 
-    python -m patchstudio.models.train_default [--out DIR] [--seed N] [--steps N] [--eval-only]
+    python -m patchstudio.models.train_default [--model NAME|all] [--out DIR] [--seed N] [--steps N] [--eval-only]
 
 writes config.json, model.safetensors, tokenizer/, metrics.json and CARD.md into DIR (default:
-the package's models/default/).
+the package's models/NAME/). Each built-in model is a ``BuiltinRecipe`` in ``RECIPES``:
+``default`` (IOI + induction) and ``hydra`` (the same data, trained with whole attention heads
+randomly ablated, so that other heads learn to stand in for them: self-repair).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import random
 import shutil
 import time
 from collections import defaultdict
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -24,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from . import prompts
-from .default_model import CONFIG_FILE, DEFAULT_DIR, TOKENIZER_DIR, WEIGHTS_FILE, weights_fingerprint
+from .default_model import BUILTIN_MODELS, CONFIG_FILE, DEFAULT_DIR, TOKENIZER_DIR, WEIGHTS_FILE, weights_fingerprint
 
 SPECIAL_TOKENS = ("<bos>", "<unk>", "<pad>")  # ids 0, 1, 2
 MODEL_CONFIG = dict(
@@ -49,6 +53,51 @@ EVAL_SEED = 1234
 EVAL_N_IOI = 1000
 EVAL_N_INDUCTION = 500
 EVAL_INDUCTION_LEN = 8
+
+
+@dataclass(frozen=True)
+class BuiltinRecipe:
+    """How one built-in model is trained. Every recipe shares the data (IOI + induction), the
+    tokenizer, the optimiser and the evaluation; a recipe may change the architecture
+    (``model_overrides`` of MODEL_CONFIG), the length of training and the head dropout.
+
+    Head dropout: while training, each attention head of ``head_dropout_layers`` (None: every
+    layer) is ablated, independently per example and per forward pass, with probability
+    ``head_dropout``: its ``hook_z`` (the head's output before W_O) is set to zero (``"zero"``) or
+    to the batch mean at each position (``"mean"``, held constant for the gradient). The masks
+    come from their own seeded generator, so a recipe without head dropout draws exactly the
+    random numbers it always did."""
+
+    name: str
+    directory: Path
+    steps: int = STEPS
+    seed: int = 0
+    threads: int = 2
+    model_overrides: dict = field(default_factory=dict)
+    head_dropout: float = 0.0
+    head_dropout_layers: tuple[int, ...] | None = None
+    head_dropout_mode: str = "zero"
+    answer_smoothing: float = 0.0  # label smoothing of the IOI answer position
+    init_from: str | None = None  # start from this built-in model's shipped weights (None: from scratch)
+    self_repair_report: bool = False  # measure the Hydra effect (hydra_report) into metrics.json
+    note: str = ""  # appended to the CARD's training paragraph
+
+    def model_config(self) -> dict:
+        return {**MODEL_CONFIG, **self.model_overrides}
+
+
+HYDRA_HEAD_DROPOUT = 0.2
+
+RECIPES: dict[str, BuiltinRecipe] = {
+    "default": BuiltinRecipe("default", BUILTIN_MODELS["default"]),
+    "hydra": BuiltinRecipe(
+        "hydra",
+        BUILTIN_MODELS["hydra"],
+        model_overrides={"model_name": "patchstudio-hydra"},
+        head_dropout=HYDRA_HEAD_DROPOUT,
+        self_repair_report=True,
+    ),
+}
 
 
 def build_tokenizer(out_dir: str | Path):
@@ -78,8 +127,31 @@ def build_tokenizer(out_dir: str | Path):
     return PreTrainedTokenizerFast.from_pretrained(str(out_dir))
 
 
-def _model_config(d_vocab: int, seed: int) -> dict:
-    return {**MODEL_CONFIG, "d_vocab": d_vocab, "seed": seed, "tokenizer_prepends_bos": True}
+def _model_config(d_vocab: int, seed: int, recipe: BuiltinRecipe | None = None) -> dict:
+    base = MODEL_CONFIG if recipe is None else recipe.model_config()
+    return {**base, "d_vocab": d_vocab, "seed": seed, "tokenizer_prepends_bos": True}
+
+
+def _head_dropout_hooks(model, recipe: BuiltinRecipe, generator: torch.Generator) -> list:
+    """Forward hooks on hook_z that ablate whole heads per example (see BuiltinRecipe); they act
+    only while the model is in training mode, so evaluation in between sees the whole model."""
+    if recipe.head_dropout <= 0:
+        return []
+    if recipe.head_dropout_mode not in ("zero", "mean"):
+        raise ValueError(f"head_dropout_mode must be 'zero' or 'mean', got {recipe.head_dropout_mode!r}")
+    n_layers = int(model.cfg.n_layers)
+    layers = range(n_layers) if recipe.head_dropout_layers is None else recipe.head_dropout_layers
+    p, mode = recipe.head_dropout, recipe.head_dropout_mode
+
+    def drop(act: torch.Tensor, hook) -> torch.Tensor:  # act: [batch, pos, heads, d_head]
+        if not model.training:
+            return act
+        dropped = (torch.rand(act.shape[0], act.shape[2], generator=generator) < p)[:, None, :, None]
+        if mode == "zero":
+            return act.masked_fill(dropped, 0.0)
+        return torch.where(dropped, act.detach().mean(0, keepdim=True), act)
+
+    return [(f"blocks.{layer}.attn.hook_z", drop) for layer in layers]
 
 
 def _encode(tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,8 +160,9 @@ def _encode(tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     return enc["input_ids"], enc["attention_mask"].bool()
 
 
-def _ioi_loss(model, tokenizer, texts: list[str]) -> torch.Tensor:
-    """Next-token loss on every position; the final (answer) position weighs ANSWER_WEIGHT."""
+def _ioi_loss(model, tokenizer, texts: list[str], answer_smoothing: float = 0.0) -> torch.Tensor:
+    """Next-token loss on every position; the final (answer) position weighs ANSWER_WEIGHT and,
+    if answer_smoothing > 0, has that much label smoothing."""
     ids, mask = _encode(tokenizer, texts)
     logits = model(ids)[:, :-1]
     targets, valid = ids[:, 1:], mask[:, 1:]
@@ -97,6 +170,10 @@ def _ioi_loss(model, tokenizer, texts: list[str]) -> torch.Tensor:
     last = valid.sum(1) - 1  # index of each row's answer target (right padding)
     weights[torch.arange(len(texts)), last] = ANSWER_WEIGHT
     losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+    if answer_smoothing > 0:
+        rows = torch.arange(len(texts))
+        smoothed = F.cross_entropy(logits[rows, last], targets[rows, last], label_smoothing=answer_smoothing, reduction="none")
+        losses = losses.reshape(targets.shape).index_put((rows, last), smoothed).reshape(-1)
     return (losses * weights.reshape(-1)).sum() / weights.sum()
 
 
@@ -202,38 +279,10 @@ def evaluate(
     }
 
 
-def train(
-    out_dir: str | Path = DEFAULT_DIR,
-    seed: int = 0,
-    steps: int = STEPS,
-    log: Callable[[str], None] = print,
-    threads: int = 2,
-) -> dict:
-    """Train the default model from scratch and write it, with metrics.json and CARD.md, to out_dir.
-    Returns the metrics."""
-    from safetensors.torch import save_file
-    from transformer_lens.config import TransformerBridgeConfig
-    from transformer_lens.model_bridge import TransformerBridge
-
-    t_start = time.time()
-    torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(out_dir / TOKENIZER_DIR)
-    config = _model_config(len(tokenizer), seed)
-    model = TransformerBridge.boot_native(TransformerBridgeConfig.from_dict(config), tokenizer=tokenizer)
-    model.train()
-    n_params = sum(p.numel() for p in model.parameters())
-    log(f"vocab {len(tokenizer)}, {n_params} parameters, {steps} steps")
-
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=LR, betas=(0.9, 0.98),
-    )  # fmt: skip
-    rng = random.Random(seed)
+def _train_loop(
+    model, tokenizer, opt, rng: random.Random, seed: int, steps: int, log: Callable[[str], None], answer_smoothing: float = 0.0
+):
+    """The optimisation steps; returns the running (IOI, induction) losses."""
     t_train = time.time()
     running = None
     for step in range(steps):
@@ -243,7 +292,7 @@ def train(
         ioi = prompts.ioi_training_texts(IOI_BATCH, seed=2 * data_seed)
         L = rng.randint(*INDUCTION_LEN)
         ind = prompts.induction_training_texts(INDUCTION_BATCH, seed=2 * data_seed + 1, min_len=L, max_len=L)
-        loss_ioi = _ioi_loss(model, tokenizer, ioi)
+        loss_ioi = _ioi_loss(model, tokenizer, ioi, answer_smoothing)
         loss_ind = _induction_loss(model, tokenizer, ind)
         loss = loss_ioi + loss_ind
         opt.zero_grad(set_to_none=True)
@@ -260,6 +309,61 @@ def train(
             per_t = " ".join(f"{k}:{v['accuracy']:.2f}" for k, v in quick["ioi_heldout_per_template"].items())
             log(f"  heldout ioi acc {quick['ioi_accuracy']:.3f} diff {quick['ioi_logit_diff']:.2f} ({per_t})  "
                 f"train-split acc {quick['ioi_train_split_accuracy']:.3f}  induction acc {quick['induction_accuracy']:.3f}")  # fmt: skip
+    return running
+
+
+def train(
+    out_dir: str | Path | None = None,
+    seed: int | None = None,
+    steps: int | None = None,
+    log: Callable[[str], None] = print,
+    threads: int | None = None,
+    recipe: BuiltinRecipe | str = "default",
+) -> dict:
+    """Train a built-in model (default: the default model) from scratch and write it, with
+    metrics.json and CARD.md, to out_dir (default: the recipe's shipped directory). seed, steps
+    and threads default to the recipe's. Returns the metrics."""
+    from safetensors.torch import save_file
+    from transformer_lens.config import TransformerBridgeConfig
+    from transformer_lens.model_bridge import TransformerBridge
+
+    recipe = RECIPES[recipe] if isinstance(recipe, str) else recipe
+    out_dir = recipe.directory if out_dir is None else out_dir
+    seed = recipe.seed if seed is None else seed
+    steps = recipe.steps if steps is None else steps
+    threads = recipe.threads if threads is None else threads
+    t_start = time.time()
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(out_dir / TOKENIZER_DIR)
+    config = _model_config(len(tokenizer), seed, recipe)
+    model = TransformerBridge.boot_native(TransformerBridgeConfig.from_dict(config), tokenizer=tokenizer)
+    init_fingerprint = None
+    if recipe.init_from is not None:
+        from safetensors.torch import load_file
+
+        init_dir = BUILTIN_MODELS[recipe.init_from]
+        init_fingerprint = weights_fingerprint(init_dir)
+        model.load_state_dict(load_file(str(init_dir / WEIGHTS_FILE)), strict=True)
+        log(f"starting from {recipe.init_from} ({init_dir}, sha256 {init_fingerprint})")
+    model.train()
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"{recipe.name}: vocab {len(tokenizer)}, {n_params} parameters, {steps} steps")
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + 7)  # head-dropout masks only
+    dropout_hooks = _head_dropout_hooks(model, recipe, generator)
+
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=LR, betas=(0.9, 0.98),
+    )  # fmt: skip
+    rng = random.Random(seed)
+    t_train = time.time()
+    with model.hooks(fwd_hooks=dropout_hooks) if dropout_hooks else nullcontext():
+        running = _train_loop(model, tokenizer, opt, rng, seed, steps, log, recipe.answer_smoothing)
     train_seconds = time.time() - t_train
 
     model.eval()
@@ -274,24 +378,73 @@ def train(
         "train_seconds": round(train_seconds, 1),
         "cpu_count": os.cpu_count(), "load_average_1min_at_end": round(os.getloadavg()[0], 2),
         "torch": torch.__version__, "platform": platform.platform(), "processor": platform.machine(),
+        "recipe": recipe.name,
     }  # fmt: skip
-    metrics = write_report(out_dir, training, started=t_start)
+    if recipe.head_dropout > 0:
+        training["head_dropout"] = {
+            "probability": recipe.head_dropout, "mode": recipe.head_dropout_mode,
+            "layers": list(recipe.head_dropout_layers) if recipe.head_dropout_layers is not None else "all",
+        }  # fmt: skip
+    if recipe.answer_smoothing > 0:
+        training["answer_label_smoothing"] = recipe.answer_smoothing
+    if init_fingerprint is not None:
+        training["init_from"] = {"model": recipe.init_from, "fingerprint": init_fingerprint}
+    if recipe.note:
+        training["note"] = recipe.note
+    metrics = write_report(out_dir, training, started=t_start, recipe=recipe)
     log(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2))
     log(f"wrote {out_dir} in {metrics['training']['total_seconds']:.0f}s")
     return metrics
 
 
-def write_report(out_dir: str | Path = DEFAULT_DIR, training: dict | None = None, started: float | None = None) -> dict:
+def train_builtin(
+    name: str,
+    out_dir: str | Path | None = None,
+    seed: int | None = None,
+    steps: int | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Retrain the built-in model ``name`` (a key of RECIPES: "default", "hydra") into out_dir
+    (default: its shipped directory, patchstudio/models/NAME/); seed and steps default to the
+    recipe's, which reproduce the shipped weights bit for bit. Returns its metrics."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown built-in model {name!r}: choose from {', '.join(RECIPES)}")
+    return train(out_dir, seed=seed, steps=steps, log=log, recipe=name)
+
+
+def train_all(out_root: str | Path | None = None, log: Callable[[str], None] = print) -> dict[str, dict]:
+    """Retrain every built-in model with its recipe's settings, each into out_root/NAME (default:
+    the shipped directories). Returns {name: metrics}."""
+    return {
+        name: train_builtin(name, out_dir=None if out_root is None else Path(out_root) / name, log=log)
+        for name in RECIPES
+    }
+
+
+def write_report(
+    out_dir: str | Path = DEFAULT_DIR,
+    training: dict | None = None,
+    started: float | None = None,
+    recipe: BuiltinRecipe | str | None = None,
+) -> dict:
     """Evaluate the saved model in out_dir exactly as users load it and write metrics.json and
     CARD.md. training: the training record (default: keep the one already in metrics.json);
-    started: time.time() at the start of training, to record the total wall time."""
+    started: time.time() at the start of training, to record the total wall time; recipe: which
+    built-in model this is (default: the one the training record names, else "default")."""
     from .default_model import load_default_model
 
     out_dir = Path(out_dir)
     if training is None:
         training = json.loads((out_dir / "metrics.json").read_text())["training"]
+    if recipe is None:
+        recipe = training.get("recipe", "default")
+    recipe = RECIPES[recipe] if isinstance(recipe, str) else recipe
     model = load_default_model(out_dir)
     metrics = evaluate(model)
+    if recipe.self_repair_report:
+        from .hydra_report import measure
+
+        metrics["self_repair"] = measure(model)
     if started is not None:
         training = {**training, "total_seconds": round(time.time() - started, 1)}
     metrics["training"] = training
@@ -301,20 +454,22 @@ def write_report(out_dir: str | Path = DEFAULT_DIR, training: dict | None = None
         "fingerprint": weights_fingerprint(out_dir),
     }
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (out_dir / "CARD.md").write_text(_card(metrics))
+    (out_dir / "CARD.md").write_text(_card(metrics, recipe))
     return metrics
 
 
-def _card(m: dict) -> str:
-    t, e, md, c = m["training"], m["eval"], m["model"], MODEL_CONFIG
+def _card(m: dict, recipe: BuiltinRecipe | None = None) -> str:
+    recipe = recipe or RECIPES["default"]
+    t, e, md, c = m["training"], m["eval"], m["model"], recipe.model_config()
+    hydra = _hydra_card_parts(m, recipe)
     held = ", ".join(str(i) for i in prompts.HELDOUT_TEMPLATES)
     per_t = "\n".join(
         f"| {i} | `{prompts.IOI_TEMPLATES[int(i)]}` | {v['accuracy']:.3f} | {v['logit_diff']:.2f} |"
         for i, v in m["ioi_heldout_per_template"].items()
     )
-    return f"""# patchstudio default model
+    return f"""# patchstudio {recipe.name} model
 
-A small GPT-style transformer trained from scratch, offline, on synthetic text, so that
+{hydra['intro']}A small GPT-style transformer trained from scratch, offline, on synthetic text, so that
 patchstudio works with no download and the model has circuits worth finding: **indirect object
 identification** (IOI, Wang et al. 2022) and **induction**. It is a teaching/testing model, not a
 language model.
@@ -354,10 +509,10 @@ token (`"store,"` -> `store` `,`). Case-sensitive. The tokenizer prepends `<bos>
 {t['steps']} steps of AdamW (lr {t['lr']}, betas {t['betas']}, weight decay {t['weight_decay']},
 {t['warmup']} warmup steps then cosine decay to 10%, grad clip {t['grad_clip']}); each step one batch of
 {t['ioi_batch']} IOI sentences (next-token loss on all positions, the answer position weighted
-x{t['answer_weight']}) plus {t['induction_batch']} repeated sequences. Seed {t['seed']}, {t['threads']} CPU threads,
+x{t['answer_weight']}) plus {t['induction_batch']} repeated sequences.{hydra['training']} Seed {t['seed']}, {t['threads']} CPU threads,
 torch {t['torch']}. Wall time: {t['train_seconds']:.0f} s training, {t['total_seconds']:.0f} s in all
 ({t['processor']}, {t.get('cpu_count', '?')} cores, 1-min load average {t.get('load_average_1min_at_end', '?')} at the end).
-{t.get('note', '')} Reproduce: `python -m patchstudio.models.train_default`
+{t.get('note', '')} Reproduce: `python -m patchstudio.models.train_default{hydra['flag']}`
 (`--eval-only` re-measures the saved model and rewrites `metrics.json` and this card).
 
 ## Measured (held-out prompts; `metrics.json`)
@@ -381,7 +536,7 @@ Per held-out template:
 | # | template | accuracy | logit diff |
 |---|---|---|---|
 {per_t}
-
+{hydra['measured']}
 ## Intended use and limits
 
 For exploring activation patching, ablations and path patching on a model known to implement IOI
@@ -392,18 +547,79 @@ language beyond these patterns.
 """
 
 
+def _hydra_card_parts(m: dict, recipe: BuiltinRecipe) -> dict[str, str]:
+    """The card's extra text for a model trained with head dropout (all empty for the default)."""
+    parts = {"intro": "", "training": "", "flag": "", "measured": ""}
+    if recipe.name != "default":
+        parts["flag"] = f" --model {recipe.name}"
+    hd = m["training"].get("head_dropout")
+    if hd:
+        layers = "every layer" if hd["layers"] == "all" else "layers " + ", ".join(map(str, hd["layers"]))
+        what = "set to zero" if hd["mode"] == "zero" else "replaced by its batch mean at each position"
+        parts["training"] = (
+            f"\n**Head dropout:** in every training forward pass each attention head of {layers} is\n"
+            f"ablated with probability {hd['probability']}, independently per example: its output `hook_z` is\n"
+            f"{what} (seeded masks from their own generator). Downstream heads so learn\n"
+            "to stand in for a missing head: backup heads, as in Wang et al.'s backup name movers and\n"
+            "McGrath et al. 2023's Hydra effect."
+        )
+    sr = m.get("self_repair")
+    if sr is None:
+        return parts
+    parts["intro"] = (
+        "The same data as the default model, trained with whole attention heads randomly ablated, so\n"
+        "that it **repairs itself**: mean-ablate its strongest head and another head's direct effect\n"
+        "grows to make up much of the loss (the Hydra effect). Use it to see self-repair in the app\n"
+        "(the self-repair method) next to the default model, which has almost none.\n\n"
+    )
+    tg, cp, ev = sr["target"], sr["compensator"], sr["eval"]
+    tname, cname = f"L{tg['layer']}H{tg['head']}", f"L{cp['layer']}H{cp['head']}"
+    drop_t, drop_c, drop_p = -sr["target_total_effect"], -sr["compensator_total_effect"], -sr["paired_total_effect"]
+    parts["measured"] = f"""
+### Self-repair (`patchstudio.models.hydra_report.measure`; `metrics.json` "self_repair")
+
+{ev['n_prompts']} held-out IOI prompts ({ev['n_per_template']} from each held-out template {", ".join(map(str, ev['templates']))}, held-out
+name pairs, seed {ev['seed']}). Each head is mean-ablated: its `hook_z` replaced at every position by
+its mean over {ev['n_reference']} other prompts of the same template. Effects are on logit(IO) - logit(S),
+averaged over the prompts; a head's direct effect (DE) is measured at the clean final LayerNorm
+scale, exactly as the engine's self-repair method does.
+
+| figure | value |
+|---|---|
+| IOI accuracy / mean logit diff on these prompts | {sr['ioi_accuracy']:.4f} / {sr['ioi_logit_diff']:.3f} |
+| strongest head by direct effect (the target) | {tname} |
+| target's direct effect DE | {sr['target_direct_effect']:.3f} |
+| total effect TE of ablating the target | {sr['target_total_effect']:.3f} |
+| self-repair TE - DE | {sr['target_self_repair']:.3f} |
+| top compensator (largest rise of direct effect) | {cname} |
+| compensator's direct effect rise when the target is ablated | +{sr['compensator_growth']:.3f} ({100 * sr['compensator_growth_ratio']:.0f}% of the target's DE) |
+| TE of ablating the compensator alone | {sr['compensator_total_effect']:.3f} |
+| TE of ablating both (paired ablation) | {sr['paired_total_effect']:.3f} |
+| paired drop minus the sum of the single drops | {sr['paired_drop_minus_single_drops']:+.3f} |
+
+Ablating {tname} alone costs {drop_t:.2f} and {cname} alone {drop_c:.2f}, but both together {drop_p:.2f}:
+{cname} is a backup that works mostly when {tname} is gone.
+"""
+    return parts
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_DIR)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=STEPS)
+    parser.add_argument("--model", default="default", choices=[*RECIPES, "all"], help="which built-in model")
+    parser.add_argument("--out", type=Path, default=None, help="output directory (default: the model's shipped one)")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--eval-only", action="store_true", help="re-measure the saved model; rewrite metrics.json, CARD.md")
     args = parser.parse_args(argv)
-    if args.eval_only:
-        metrics = write_report(args.out)
-        print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2))
-    else:
-        train(args.out, seed=args.seed, steps=args.steps)
+    names = list(RECIPES) if args.model == "all" else [args.model]
+    if args.out is not None and len(names) > 1:
+        parser.error("--out needs a single --model")
+    for name in names:
+        if args.eval_only:
+            metrics = write_report(args.out or RECIPES[name].directory, recipe=name)
+            print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2))
+        else:
+            train_builtin(name, out_dir=args.out, seed=args.seed, steps=args.steps)
 
 
 if __name__ == "__main__":
