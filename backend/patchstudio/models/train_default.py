@@ -66,7 +66,16 @@ class BuiltinRecipe:
     ``head_dropout``: its ``hook_z`` (the head's output before W_O) is set to zero (``"zero"``) or
     to the batch mean at each position (``"mean"``, held constant for the gradient). The masks
     come from their own seeded generator, so a recipe without head dropout draws exactly the
-    random numbers it always did."""
+    random numbers it always did. With ``drop_one``, each example instead loses exactly one head
+    (of ``head_dropout_heads`` in the dropout layers) with probability ``head_dropout``; the mean
+    of an IOI batch is taken with positions counted back from each row's last context token, so
+    it approximates the per-template mean that the self-repair evaluation ablates with.
+
+    Consistency (weight ``consistency``): the squared difference between the IOI answer's logit
+    diff with heads dropped and a teacher's, the model itself run whole (``"self"``; with
+    ``consistency_detach=False`` the gradient flows through both runs) or the frozen
+    ``init_from`` model (``"init"``). ``trainable`` freezes every parameter whose state-dict
+    name does not start with one of its prefixes (e.g. only ``blocks.3.attn``)."""
 
     name: str
     directory: Path
@@ -77,8 +86,18 @@ class BuiltinRecipe:
     head_dropout: float = 0.0
     head_dropout_layers: tuple[int, ...] | None = None
     head_dropout_mode: str = "zero"
+    layer_dropout: float = 0.0  # probability that all the heads of a dropout layer go together
+    head_dropout_heads: tuple[int, ...] | None = None  # with drop_one: only these heads of the dropout layers (None: all)
+    drop_one: bool = False  # instead: with probability head_dropout, exactly one head (of all dropout layers) per example
     answer_smoothing: float = 0.0  # label smoothing of the IOI answer position
+    s_share: float = 0.0  # the IOI answer's target gives S this probability (IO the rest)
+    consistency: float = 0.0  # weight of (logit diff with heads dropped - without)^2 at the IOI answer
+    consistency_relative: bool = False  # compare the ratio (dropped / whole) with 1: blind to the overall scale
+    consistency_detach: bool = True  # the whole model's logit diff is a fixed target (else both move)
     init_from: str | None = None  # start from this built-in model's shipped weights (None: from scratch)
+    consistency_teacher: str = "self"  # "self": the model itself, whole; "init": the frozen init_from model
+    answer_weight: float = ANSWER_WEIGHT  # weight of the IOI answer position in the next-token loss
+    trainable: tuple[str, ...] | None = None  # train only parameters whose names start so (None: all)
     self_repair_report: bool = False  # measure the Hydra effect (hydra_report) into metrics.json
     note: str = ""  # appended to the CARD's training paragraph
 
@@ -132,24 +151,58 @@ def _model_config(d_vocab: int, seed: int, recipe: BuiltinRecipe | None = None) 
     return {**base, "d_vocab": d_vocab, "seed": seed, "tokenizer_prepends_bos": True}
 
 
-def _head_dropout_hooks(model, recipe: BuiltinRecipe, generator: torch.Generator) -> list:
+def _aligned_mean(act: torch.Tensor, last: torch.Tensor | None) -> torch.Tensor:
+    """The batch mean of act [batch, pos, ...] at each position, positions counted back from each
+    row's last context token ``last`` [batch] (None: from the start): IOI texts differ in length
+    but end alike ("... S gave a drink to"), as the prompts of one template do."""
+    if last is None:
+        return act.mean(0, keepdim=True).expand_as(act)
+    b, n = act.shape[:2]
+    back = last[:, None] - torch.arange(n)[None, :]  # [b, pos]: steps before the last token
+    valid = back >= 0
+    index = back.clamp(min=0)
+    sums = torch.zeros((n, *act.shape[2:]), dtype=act.dtype).index_add_(0, index[valid], act[valid])
+    counts = torch.zeros(n, dtype=act.dtype).index_add_(0, index[valid], torch.ones(int(valid.sum()), dtype=act.dtype))
+    means = sums / counts.clamp(min=1).reshape(-1, *[1] * (act.dim() - 2))
+    return torch.where(valid.reshape(b, n, *[1] * (act.dim() - 2)), means[index], act)
+
+
+def _head_dropout_hooks(model, recipe: BuiltinRecipe, generator: torch.Generator, ends: dict) -> list:
     """Forward hooks on hook_z that ablate whole heads per example (see BuiltinRecipe); they act
     only while the model is in training mode, so evaluation in between sees the whole model."""
-    if recipe.head_dropout <= 0:
+    if recipe.head_dropout <= 0 and recipe.layer_dropout <= 0:
         return []
     if recipe.head_dropout_mode not in ("zero", "mean"):
         raise ValueError(f"head_dropout_mode must be 'zero' or 'mean', got {recipe.head_dropout_mode!r}")
     n_layers = int(model.cfg.n_layers)
-    layers = range(n_layers) if recipe.head_dropout_layers is None else recipe.head_dropout_layers
-    p, mode = recipe.head_dropout, recipe.head_dropout_mode
+    layers = tuple(range(n_layers) if recipe.head_dropout_layers is None else recipe.head_dropout_layers)
+    p, q, mode = recipe.head_dropout, recipe.layer_dropout, recipe.head_dropout_mode
+
+    n_heads = int(model.cfg.n_heads)
+    choice: dict = {}
 
     def drop(act: torch.Tensor, hook) -> torch.Tensor:  # act: [batch, pos, heads, d_head]
         if not model.training:
             return act
-        dropped = (torch.rand(act.shape[0], act.shape[2], generator=generator) < p)[:, None, :, None]
+        if recipe.drop_one:
+            layer = int(hook.name.split(".")[1])
+            if layer == layers[0]:  # one draw per forward pass, shared by the dropout layers
+                b = act.shape[0]
+                pool = [k * n_heads + h for k in range(len(layers)) for h in (recipe.head_dropout_heads or range(n_heads))]
+                which = torch.tensor(pool)[torch.randint(len(pool), (b,), generator=generator)]
+                on = torch.rand(b, generator=generator) < p
+                choice["which"], choice["on"] = which, on
+            k = list(layers).index(layer)
+            heads = torch.arange(n_heads)[None, :] + k * n_heads
+            dropped = (heads == choice["which"][:, None]) & choice["on"][:, None]
+        else:
+            dropped = torch.rand(act.shape[0], act.shape[2], generator=generator) < p
+        if q > 0:
+            dropped = dropped | (torch.rand(act.shape[0], 1, generator=generator) < q)
+        dropped = dropped[:, None, :, None]
         if mode == "zero":
             return act.masked_fill(dropped, 0.0)
-        return torch.where(dropped, act.detach().mean(0, keepdim=True), act)
+        return torch.where(dropped, _aligned_mean(act.detach(), ends.get("last")), act)
 
     return [(f"blocks.{layer}.attn.hook_z", drop) for layer in layers]
 
@@ -160,21 +213,58 @@ def _encode(tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     return enc["input_ids"], enc["attention_mask"].bool()
 
 
-def _ioi_loss(model, tokenizer, texts: list[str], answer_smoothing: float = 0.0) -> torch.Tensor:
+def _answer_and_s(ids: torch.Tensor, last: torch.Tensor, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per IOI row: the answer (IO) token id and S's, the last name before the answer (every
+    template ends "... {S} <verb> ... to")."""
+    rows = torch.arange(ids.shape[0])
+    is_name = torch.zeros(len(tokenizer), dtype=torch.bool)
+    is_name[[tokenizer.convert_tokens_to_ids(n) for n in prompts.NAMES]] = True
+    pos = torch.arange(ids.shape[1])
+    before = is_name[ids] & (pos[None, :] <= last[:, None])
+    return ids[rows, last + 1], ids[rows, (before * pos[None, :]).argmax(1)]
+
+
+def _answer_logit_diff(model, tokenizer, texts: list[str]) -> torch.Tensor:
+    """logit(IO) - logit(S) at each IOI text's answer position."""
+    ids, mask = _encode(tokenizer, texts)
+    last = mask[:, 1:].sum(1) - 1
+    io, s = _answer_and_s(ids, last, tokenizer)
+    logits = model(ids)[torch.arange(len(texts)), last]
+    rows = torch.arange(len(texts))
+    return logits[rows, io] - logits[rows, s]
+
+
+def _ioi_loss(model, tokenizer, texts: list[str], answer_smoothing: float = 0.0, s_share: float = 0.0, teacher_diff=None,
+              answer_weight: float = ANSWER_WEIGHT, relative: bool = False):
     """Next-token loss on every position; the final (answer) position weighs ANSWER_WEIGHT and,
-    if answer_smoothing > 0, has that much label smoothing."""
+    if answer_smoothing > 0, has that much label smoothing; if s_share > 0 its target is IO with
+    probability 1 - s_share and S (the last name before the answer) with s_share."""
     ids, mask = _encode(tokenizer, texts)
     logits = model(ids)[:, :-1]
     targets, valid = ids[:, 1:], mask[:, 1:]
     weights = valid.float()
     last = valid.sum(1) - 1  # index of each row's answer target (right padding)
-    weights[torch.arange(len(texts)), last] = ANSWER_WEIGHT
+    weights[torch.arange(len(texts)), last] = answer_weight
     losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+    if s_share > 0:
+        rows = torch.arange(len(texts))
+        logp = logits[rows, last].log_softmax(-1)
+        _, s_ids = _answer_and_s(ids, last, tokenizer)
+        answer_loss = -(1 - s_share) * logp[rows, targets[rows, last]] - s_share * logp[rows, s_ids]
+        losses = losses.reshape(targets.shape).index_put((rows, last), answer_loss).reshape(-1)
     if answer_smoothing > 0:
         rows = torch.arange(len(texts))
         smoothed = F.cross_entropy(logits[rows, last], targets[rows, last], label_smoothing=answer_smoothing, reduction="none")
         losses = losses.reshape(targets.shape).index_put((rows, last), smoothed).reshape(-1)
-    return (losses * weights.reshape(-1)).sum() / weights.sum()
+    loss = (losses * weights.reshape(-1)).sum() / weights.sum()
+    if teacher_diff is None:
+        return loss
+    rows = torch.arange(len(texts))
+    io, s_ids = _answer_and_s(ids, last, tokenizer)
+    diff = logits[rows, last, io] - logits[rows, last, s_ids]
+    if relative:
+        return loss, ((diff / teacher_diff.clamp(min=1.0) - 1) ** 2).mean()
+    return loss, ((diff - teacher_diff) ** 2).mean()
 
 
 def _induction_loss(model, tokenizer, texts: list[str]) -> torch.Tensor:
@@ -280,7 +370,9 @@ def evaluate(
 
 
 def _train_loop(
-    model, tokenizer, opt, rng: random.Random, seed: int, steps: int, log: Callable[[str], None], answer_smoothing: float = 0.0
+    model, tokenizer, opt, rng: random.Random, seed: int, steps: int, log: Callable[[str], None],
+    answer_smoothing: float = 0.0, s_share: float = 0.0, consistency: float = 0.0, consistency_detach: bool = True,
+    teacher_model=None, answer_weight: float = ANSWER_WEIGHT, ends: dict | None = None, relative: bool = False,
 ):
     """The optimisation steps; returns the running (IOI, induction) losses."""
     t_train = time.time()
@@ -292,9 +384,28 @@ def _train_loop(
         ioi = prompts.ioi_training_texts(IOI_BATCH, seed=2 * data_seed)
         L = rng.randint(*INDUCTION_LEN)
         ind = prompts.induction_training_texts(INDUCTION_BATCH, seed=2 * data_seed + 1, min_len=L, max_len=L)
-        loss_ioi = _ioi_loss(model, tokenizer, ioi, answer_smoothing)
+        if ends is not None:
+            ends["last"] = _encode(tokenizer, ioi)[1].sum(1) - 2  # each row's last context token
+        if consistency > 0:
+            # The whole model's logit difference (no heads dropped), which the run with heads
+            # dropped must reproduce: the other heads have to make up for the missing ones.
+            if teacher_model is not None:
+                with torch.no_grad():
+                    teacher = _answer_logit_diff(teacher_model, tokenizer, ioi)
+            else:
+                model.eval()
+                with torch.no_grad() if consistency_detach else nullcontext():
+                    teacher = _answer_logit_diff(model, tokenizer, ioi)
+                model.train()
+            loss_ioi, loss_cons = _ioi_loss(model, tokenizer, ioi, answer_smoothing, s_share, teacher, answer_weight, relative)
+        else:
+            loss_ioi = _ioi_loss(model, tokenizer, ioi, answer_smoothing, s_share, answer_weight=answer_weight)
+        if ends is not None:
+            ends["last"] = None  # induction rows all have the same length
         loss_ind = _induction_loss(model, tokenizer, ind)
         loss = loss_ioi + loss_ind
+        if consistency > 0:
+            loss = loss + consistency * loss_cons
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -302,8 +413,9 @@ def _train_loop(
         cur = (loss_ioi.item(), loss_ind.item())
         running = cur if running is None else tuple(0.98 * r + 0.02 * c for r, c in zip(running, cur))
         if (step + 1) % 250 == 0 or step == 0:
+            extra = f"  consistency {loss_cons.item():.3f}" if consistency > 0 else ""
             log(f"step {step + 1}/{steps}  ioi loss {running[0]:.3f}  induction loss {running[1]:.3f}  "
-                f"{time.time() - t_train:.0f}s")  # fmt: skip
+                f"{time.time() - t_train:.0f}s{extra}")  # fmt: skip
         if (step + 1) % EVAL_EVERY == 0 and step + 1 < steps:
             quick = evaluate(model, n=200, seed=seed + 99, n_induction=100)
             per_t = " ".join(f"{k}:{v['accuracy']:.2f}" for k, v in quick["ioi_heldout_per_template"].items())
@@ -319,6 +431,7 @@ def train(
     log: Callable[[str], None] = print,
     threads: int | None = None,
     recipe: BuiltinRecipe | str = "default",
+    init_dir: str | Path | None = None,
 ) -> dict:
     """Train a built-in model (default: the default model) from scratch and write it, with
     metrics.json and CARD.md, to out_dir (default: the recipe's shipped directory). seed, steps
@@ -344,18 +457,39 @@ def train(
     if recipe.init_from is not None:
         from safetensors.torch import load_file
 
-        init_dir = BUILTIN_MODELS[recipe.init_from]
+        init_dir = Path(init_dir) if init_dir is not None else BUILTIN_MODELS[recipe.init_from]
         init_fingerprint = weights_fingerprint(init_dir)
-        model.load_state_dict(load_file(str(init_dir / WEIGHTS_FILE)), strict=True)
-        log(f"starting from {recipe.init_from} ({init_dir}, sha256 {init_fingerprint})")
+        # Every parameter of this model comes from the init model; parts this architecture lacks
+        # (the MLPs, for an attention-only recipe) are left behind.
+        own = model.state_dict()
+        state = load_file(str(init_dir / WEIGHTS_FILE))
+        dropped = sorted(k for k in state if k not in own)
+        model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=True)
+        log(f"starting from {recipe.init_from} ({init_dir}, sha256 {init_fingerprint})"
+            + (f", leaving out {len(dropped)} tensors" if dropped else ""))
+    teacher_model = None
+    if recipe.consistency_teacher == "init":
+        import copy
+
+        teacher_model = copy.deepcopy(model).eval().requires_grad_(False)
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     log(f"{recipe.name}: vocab {len(tokenizer)}, {n_params} parameters, {steps} steps")
     generator = torch.Generator().manual_seed(seed * 1_000_003 + 7)  # head-dropout masks only
-    dropout_hooks = _head_dropout_hooks(model, recipe, generator)
+    ends: dict = {}  # the IOI batch's last context positions, for aligned mean ablation
+    dropout_hooks = _head_dropout_hooks(model, recipe, generator, ends)
 
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    params = list(model.parameters())
+    if recipe.trainable is not None:  # by state-dict name (blocks.3.attn.q.weight), as saved
+        named = model.state_dict(keep_vars=True).items()
+        params = [p for n, p in named if isinstance(p, torch.nn.Parameter) and n.startswith(recipe.trainable)]
+    if recipe.trainable is not None:
+        kept = {id(p) for p in params}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in kept)
+        log(f"training {sum(p.numel() for p in params)} parameters ({', '.join(recipe.trainable)}), the rest frozen")
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}],
         lr=LR, betas=(0.9, 0.98),
@@ -363,7 +497,11 @@ def train(
     rng = random.Random(seed)
     t_train = time.time()
     with model.hooks(fwd_hooks=dropout_hooks) if dropout_hooks else nullcontext():
-        running = _train_loop(model, tokenizer, opt, rng, seed, steps, log, recipe.answer_smoothing)
+        running = _train_loop(
+            model, tokenizer, opt, rng, seed, steps, log, recipe.answer_smoothing, recipe.s_share, recipe.consistency,
+            recipe.consistency_detach, teacher_model, recipe.answer_weight, ends,
+            recipe.consistency_relative,
+        )
     train_seconds = time.time() - t_train
 
     model.eval()
@@ -373,18 +511,27 @@ def train(
         "steps": steps, "ioi_batch": IOI_BATCH, "induction_batch": INDUCTION_BATCH,
         "induction_len": list(INDUCTION_LEN), "optimizer": "AdamW", "betas": [0.9, 0.98], "lr": LR,
         "warmup": WARMUP, "schedule": "linear warmup, cosine decay to 10%", "weight_decay": WEIGHT_DECAY,
-        "answer_weight": ANSWER_WEIGHT, "grad_clip": 1.0, "seed": seed, "threads": threads,
+        "answer_weight": recipe.answer_weight, "grad_clip": 1.0, "seed": seed, "threads": threads,
         "final_ioi_loss": running[0], "final_induction_loss": running[1],
         "train_seconds": round(train_seconds, 1),
         "cpu_count": os.cpu_count(), "load_average_1min_at_end": round(os.getloadavg()[0], 2),
         "torch": torch.__version__, "platform": platform.platform(), "processor": platform.machine(),
         "recipe": recipe.name,
     }  # fmt: skip
-    if recipe.head_dropout > 0:
+    if recipe.head_dropout > 0 or recipe.layer_dropout > 0:
         training["head_dropout"] = {
-            "probability": recipe.head_dropout, "mode": recipe.head_dropout_mode,
+            "probability": recipe.head_dropout, "layer_probability": recipe.layer_dropout, "mode": recipe.head_dropout_mode,
             "layers": list(recipe.head_dropout_layers) if recipe.head_dropout_layers is not None else "all",
+            "one_head_per_example": recipe.drop_one,
+            "heads": list(recipe.head_dropout_heads) if recipe.head_dropout_heads is not None else "all",
         }  # fmt: skip
+    if recipe.consistency > 0:
+        training["consistency"] = {
+            "weight": recipe.consistency, "teacher": recipe.consistency_teacher,
+            "teacher_detached": recipe.consistency_detach, "relative": recipe.consistency_relative,
+        }  # fmt: skip
+    if recipe.trainable is not None:
+        training["trainable"] = list(recipe.trainable)
     if recipe.answer_smoothing > 0:
         training["answer_label_smoothing"] = recipe.answer_smoothing
     if init_fingerprint is not None:
@@ -403,22 +550,26 @@ def train_builtin(
     seed: int | None = None,
     steps: int | None = None,
     log: Callable[[str], None] = print,
+    init_dir: str | Path | None = None,
 ) -> dict:
     """Retrain the built-in model ``name`` (a key of RECIPES: "default", "hydra") into out_dir
     (default: its shipped directory, patchstudio/models/NAME/); seed and steps default to the
     recipe's, which reproduce the shipped weights bit for bit. Returns its metrics."""
     if name not in RECIPES:
         raise ValueError(f"unknown built-in model {name!r}: choose from {', '.join(RECIPES)}")
-    return train(out_dir, seed=seed, steps=steps, log=log, recipe=name)
+    return train(out_dir, seed=seed, steps=steps, log=log, recipe=name, init_dir=init_dir)
 
 
 def train_all(out_root: str | Path | None = None, log: Callable[[str], None] = print) -> dict[str, dict]:
     """Retrain every built-in model with its recipe's settings, each into out_root/NAME (default:
-    the shipped directories). Returns {name: metrics}."""
-    return {
-        name: train_builtin(name, out_dir=None if out_root is None else Path(out_root) / name, log=log)
-        for name in RECIPES
-    }
+    the shipped directories); a model fine-tuned from another starts from the one just trained.
+    Returns {name: metrics}."""
+    out = {}
+    for name, recipe in RECIPES.items():  # a recipe's init_from comes before it in RECIPES
+        init = recipe.init_from
+        init_dir = None if out_root is None or init is None else Path(out_root) / init
+        out[name] = train_builtin(name, out_dir=None if out_root is None else Path(out_root) / name, log=log, init_dir=init_dir)
+    return out
 
 
 def write_report(
@@ -554,12 +705,26 @@ def _hydra_card_parts(m: dict, recipe: BuiltinRecipe) -> dict[str, str]:
         parts["flag"] = f" --model {recipe.name}"
     hd = m["training"].get("head_dropout")
     if hd:
-        layers = "every layer" if hd["layers"] == "all" else "layers " + ", ".join(map(str, hd["layers"]))
+        layers = "every layer" if hd["layers"] == "all" else f"layer{'s' if len(hd['layers']) > 1 else ''} " + ", ".join(map(str, hd["layers"]))
         what = "set to zero" if hd["mode"] == "zero" else "replaced by its batch mean at each position"
+        if hd.get("one_head_per_example"):
+            heads = "any head" if hd.get("heads", "all") == "all" else "one of heads " + ", ".join(map(str, hd["heads"]))
+            which = f"each example loses, with probability {hd['probability']}, exactly one head ({heads}) of {layers}"
+        else:
+            which = f"each attention head of {layers} is ablated with probability {hd['probability']}, independently per example"
+        extra = ""
+        if "consistency" in m["training"]:
+            cs = m["training"]["consistency"]
+            teacher = "the frozen starting model" if cs["teacher"] == "init" else "the model itself, run whole"
+            extra += (f" A consistency loss (weight {cs['weight']}) asks the logit diff at the IOI answer with the\n"
+                      f"head dropped to equal that of {teacher}.")
+        if "trainable" in m["training"]:
+            extra += f" Only {', '.join(m['training']['trainable'])} is trained; the rest is frozen."
+        if "init_from" in m["training"]:
+            extra += f" Training starts from the {m['training']['init_from']['model']} model's weights."
         parts["training"] = (
-            f"\n**Head dropout:** in every training forward pass each attention head of {layers} is\n"
-            f"ablated with probability {hd['probability']}, independently per example: its output `hook_z` is\n"
-            f"{what} (seeded masks from their own generator). Downstream heads so learn\n"
+            f"\n**Head dropout:** in every training forward pass {which}: its output `hook_z` is\n"
+            f"{what} (seeded masks from their own generator).{extra} Downstream heads so learn\n"
             "to stand in for a missing head: backup heads, as in Wang et al.'s backup name movers and\n"
             "McGrath et al. 2023's Hydra effect."
         )
@@ -575,6 +740,8 @@ def _hydra_card_parts(m: dict, recipe: BuiltinRecipe) -> dict[str, str]:
     tg, cp, ev = sr["target"], sr["compensator"], sr["eval"]
     tname, cname = f"L{tg['layer']}H{tg['head']}", f"L{cp['layer']}H{cp['head']}"
     drop_t, drop_c, drop_p = -sr["target_total_effect"], -sr["compensator_total_effect"], -sr["paired_total_effect"]
+    verdict = (f"\n{cname} is a backup that works mostly when {tname} is gone." if sr["compensator_growth_ratio"] >= 0.3
+               else f"\nNo single head makes up 30% of {tname}'s direct effect: this model falls short of the Hydra bar.")
     parts["measured"] = f"""
 ### Self-repair (`patchstudio.models.hydra_report.measure`; `metrics.json` "self_repair")
 
@@ -597,8 +764,7 @@ scale, exactly as the engine's self-repair method does.
 | TE of ablating both (paired ablation) | {sr['paired_total_effect']:.3f} |
 | paired drop minus the sum of the single drops | {sr['paired_drop_minus_single_drops']:+.3f} |
 
-Ablating {tname} alone costs {drop_t:.2f} and {cname} alone {drop_c:.2f}, but both together {drop_p:.2f}:
-{cname} is a backup that works mostly when {tname} is gone.
+Ablating {tname} alone costs {drop_t:.2f} and {cname} alone {drop_c:.2f}, but both together {drop_p:.2f}.{verdict}
 """
     return parts
 
