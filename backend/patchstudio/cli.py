@@ -101,12 +101,13 @@ def serve_command(
 
 @app.command("train-default")
 def train_default_command(
-    model: str = typer.Option("all", help="Which built-in model to retrain: default, hydra or all."),
+    model: str = typer.Option("default", help="Which built-in model to retrain: default, hydra or all "
+                                              "(hydra does not meet its bar yet: docs/hydra-notes.md)."),
     out: Optional[Path] = typer.Option(None, help="Output directory (default: the package's shipped model(s)); "
                                                   "with --model all, one subdirectory per model."),
     seed: Optional[int] = typer.Option(None, help="Training seed (default: the recipe's, which reproduces the shipped weights)."),
 ) -> None:
-    """Retrain the shipped built-in models bit for bit (default: every one, about 10 minutes each on 2 CPU cores)."""
+    """Retrain shipped built-in models bit for bit from their recipes (the default model: about 10 minutes on 2 CPU cores)."""
     from patchstudio.models import train_default
 
     if model != "all" and model not in train_default.RECIPES:

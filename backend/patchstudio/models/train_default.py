@@ -105,15 +105,28 @@ class BuiltinRecipe:
         return {**MODEL_CONFIG, **self.model_overrides}
 
 
-HYDRA_HEAD_DROPOUT = 0.2
-
+# The best hydra candidate so far (issue 9; docs/hydra-notes.md): it does NOT yet meet the bar
+# (top compensator +22% of the target's DE, not 30%; logit diff 1.8, not 3), so no hydra model
+# ships. Fine-tune only layer 3's attention of the default model; each example loses one of the
+# strong layer-2 heads (mean-ablated) and must keep its logit diff (consistency, both runs in the
+# gradient), the answer capped by label smoothing.
 RECIPES: dict[str, BuiltinRecipe] = {
     "default": BuiltinRecipe("default", BUILTIN_MODELS["default"]),
     "hydra": BuiltinRecipe(
         "hydra",
         BUILTIN_MODELS["hydra"],
+        steps=800,
         model_overrides={"model_name": "patchstudio-hydra"},
-        head_dropout=HYDRA_HEAD_DROPOUT,
+        init_from="default",
+        trainable=("blocks.3.attn",),
+        head_dropout=0.75,
+        head_dropout_layers=(2,),
+        head_dropout_heads=(1, 2, 7),
+        drop_one=True,
+        head_dropout_mode="mean",
+        consistency=10.0,
+        consistency_detach=False,
+        answer_smoothing=0.15,
         self_repair_report=True,
     ),
 }
