@@ -18,9 +18,9 @@ _LOADED: dict[tuple[str, str], Any] = {}
 
 
 def load_model(name: str = "default", *, device: str = "cpu", dtype: str = "float32"):
-    """A TransformerBridge by name: ``"default"``, a Hugging Face model whose weights are reachable
-    (cache or network), or a directory saved with ``save_pretrained``; on ``device`` in ``dtype``
-    (float32, bfloat16 or float16).
+    """A TransformerBridge by name: a built-in model (``"default"``; see ``BUILTIN_MODELS``), a
+    Hugging Face model whose weights are reachable (cache or network), or a directory saved with
+    ``save_pretrained``; on ``device`` in ``dtype`` (float32, bfloat16 or float16).
 
     Loaded once per process and reused."""
     from patchstudio.models.registry import load_model as _load

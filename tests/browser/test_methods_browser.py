@@ -11,6 +11,8 @@ from playwright.sync_api import expect  # noqa: E402
 
 from test_explore_browser import RUN_URL, heatmap_z, open_explore, wait_for_new_run  # noqa: E402
 
+NUMBER = re.compile(r"^[+-]\d+\.\d{4}$")
+
 
 @pytest.mark.parametrize(
     "method, fields, claim",
@@ -129,3 +131,46 @@ def test_input_influence_baseline_from_the_form(page):
     page.select_option("[name=baseline]", "zero")
     wait_for_new_run(page, before)
     expect(page.locator(".claim")).to_contain_text("input influence of each clean token (gradient × input)")
+
+
+def test_the_self_repair_example_in_two_clicks_then_pair_ablate(browser, default_model_or_none, serve_app, tmp_path):
+    """From the home page: the "Self-repair view" example, then Run; the page shows the write-up's
+    numbers (TE about twice DE, amplification), and one click pair-ablates the top compensator."""
+    if default_model_or_none is None:
+        pytest.skip("needs the shipped default model's weights")
+    from patchstudio import analysis
+    from patchstudio.engine.run import run
+
+    with serve_app(default_model_or_none, tmp_path) as url:
+        ctx = browser.new_context(base_url=url, viewport={"width": 1280, "height": 900})
+        ctx.set_default_timeout(30_000)
+        try:
+            page = ctx.new_page()
+            page.goto("/")
+            page.locator("nav.examples a", has_text="Self-repair view").click()  # click 1
+            expect(page.locator("#preset-note")).to_contain_text("Mean-ablate L2H2 on 16 IOI prompts")
+            page.locator("#spec-form button[type=submit]").click()  # click 2
+            page.wait_for_url(RUN_URL)
+            assert page.url.endswith("/runs/a7b264363d69b1e5")
+            expect(page.locator("#te-value")).to_have_text(NUMBER)
+            # the write-up's pinned figures (float noise between batchings: ~1e-4)
+            assert float(page.locator("#te-value").inner_text()) == pytest.approx(-2.608, abs=2e-3)
+            assert float(page.locator("#de-value").inner_text()) == pytest.approx(-1.296, abs=2e-3)
+            expect(page.locator("#response-word")).to_have_text("amplification")
+            expect(page.locator("#repair-plot .main-svg").first).to_be_visible()
+            # the heatmap's colour bar says what the cells are
+            title = page.evaluate("() => document.getElementById('heatmap').data[0].colorbar.title.text")
+            assert title.replace("<br>", " ") == "change in direct effect (logit diff); 0 = none"
+            single = run(default_model_or_none, page.request.get(page.url + ".json").json()["spec"])
+            top = next(c for c in analysis.top_compensators(single) if c.head is not None)
+            page.locator(f"button.pair-ablate[data-compensator='{top.name}']").click()
+            page.wait_for_url(lambda u: bool(RUN_URL.search(u)) and not u.endswith("a7b264363d69b1e5"))
+            paired = run(default_model_or_none, page.request.get(page.url + ".json").json()["spec"])
+            assert paired.spec.compensator.layer == top.head.layer and paired.spec.compensator.head == top.head.head
+            expect(page.locator("#paired-table")).to_be_visible()
+            for cell, key in (("#single-te", "total_effect"), ("#compensator-te", "compensator_total_effect"),
+                              ("#paired-value", "paired_total_effect"), ("#paired-excess", "paired_excess")):
+                shown = float(page.locator(cell).inner_text().split()[0])
+                assert shown == pytest.approx(paired.extras[key], abs=2e-3), cell
+        finally:
+            ctx.close()

@@ -22,7 +22,8 @@ def default_model():
 def test_a_preset_fills_the_form_and_computes_nothing_until_run(tmp_path, default_model):
     with make_client(tmp_path, default_model) as client:
         home = client.get("/").text
-        assert 'href="/?preset=ioi-heads"' in home and "self-repair" not in re.search(r'<nav class="examples".*?</nav>', home, re.S).group(0)
+        examples = re.search(r'<nav class="examples".*?</nav>', home, re.S).group(0)
+        assert 'href="/?preset=ioi-heads"' in examples and 'href="/?preset=self-repair"' in examples
         page = client.get("/?preset=ioi-heads")
         assert page.status_code == 200
         assert '<input type="radio" name="source" value="family" checked>' in page.text
@@ -43,11 +44,15 @@ def test_an_unknown_preset_is_a_404_naming_the_examples(tmp_path, tiny_model):
     with make_client(tmp_path, tiny_model) as client:
         response = client.get("/?preset=nope")
         assert response.status_code == 404
-        assert "no example &#39;nope&#39; on this server; the examples are: ioi-heads" in response.text
-        # a preset whose model this server does not offer is not there either
-        assert client.get("/?preset=self-repair").status_code == 404
+        assert "no example &#39;nope&#39; on this server; the examples are: ioi-heads, self-repair" in response.text
 
 
 def test_presets_are_offered_by_model():
-    assert [p.name for p in offered(["default"])] == ["ioi-heads"]
-    assert [p.name for p in offered(["default", "hydra"])] == ["ioi-heads", "self-repair"]
+    assert [p.name for p in offered(["default"])] == ["ioi-heads", "self-repair"]
+    assert offered(["gpt2"]) == []  # a server without the model its examples need offers none
+
+
+def test_the_self_repair_example_is_the_circuit_write_ups_row():
+    """The example's experiment is the one the write-up pins (test_default_model_circuit.py)."""
+    spec = spec_from_form({**DEFAULT_FORM, **PRESETS["self-repair"].form}).spec
+    assert spec.id == "a7b264363d69b1e5"

@@ -1,5 +1,6 @@
-"""Load the shipped default model: a small word-level transformer trained offline on IOI and
-induction data (see default/CARD.md and train_default.py)."""
+"""Load the shipped built-in models: small word-level transformers trained offline on IOI and
+induction data (see NAME/CARD.md and train_default.py). ``default`` is the plain one; ``hydra`` was
+trained with random whole-head ablation and shows self-repair. They share one tokenizer."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import json
 from pathlib import Path
 
 DEFAULT_DIR = Path(__file__).parent / "default"
+HYDRA_DIR = Path(__file__).parent / "hydra"
+BUILTIN_MODELS: dict[str, Path] = {"default": DEFAULT_DIR, "hydra": HYDRA_DIR}  # name -> directory
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_DIR = "tokenizer"
@@ -17,7 +20,7 @@ def _require(directory: Path, name: str) -> Path:
     path = directory / name
     if not path.exists():
         raise FileNotFoundError(
-            f"default model file missing: {path}. Run `patchstudio train-default` "
+            f"built-in model file missing: {path}. Run `patchstudio train-default` "
             "(or `python -m patchstudio.models.train_default`) to train and write it."
         )
     return path
@@ -34,7 +37,8 @@ def load_tokenizer(directory: str | Path = DEFAULT_DIR):
 
 
 def load_default_model(directory: str | Path = DEFAULT_DIR, device: str = "cpu"):
-    """The default model as a TransformerBridge in eval mode, tokenizer attached.
+    """A built-in model (default: the default model; any directory of BUILTIN_MODELS or one
+    written by train_default) as a TransformerBridge in eval mode, tokenizer attached.
 
     ``to_tokens(text)`` gives [<bos>, words...]: the tokenizer prepends BOS and TransformerLens
     detects that at boot (cfg.tokenizer_prepends_bos=True), so it neither adds a second one nor
@@ -58,7 +62,7 @@ def load_default_model(directory: str | Path = DEFAULT_DIR, device: str = "cpu")
 
 
 def weights_fingerprint(directory: str | Path = DEFAULT_DIR) -> str:
-    """sha256 (hex) of the weights file: identifies exactly which default model ran."""
+    """sha256 (hex) of the weights file: identifies exactly which built-in model ran."""
     h = hashlib.sha256()
     with open(_require(Path(directory), WEIGHTS_FILE), "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

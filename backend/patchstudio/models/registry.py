@@ -1,4 +1,4 @@
-"""Loading models by name: the shipped default model, or any TransformerLens-supported Hugging Face
+"""Loading models by name: a shipped built-in model ("default", "hydra"), or any TransformerLens-supported Hugging Face
 model whose weights are reachable (local Hugging Face cache, a local directory, or the network)."""
 
 from __future__ import annotations
@@ -7,6 +7,8 @@ import hashlib
 import os
 
 import torch
+
+from patchstudio.models.default_model import BUILTIN_MODELS
 
 
 class ModelUnavailableError(RuntimeError):
@@ -18,14 +20,21 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def load_model(name: str = "default", *, device: str = "cpu", dtype: str = "float32"):
     """A TransformerBridge in eval mode, on ``device`` in ``dtype`` (float32, bfloat16 or float16).
-    ``"default"`` is the shipped IOI/induction model; anything else is a Hugging Face model name
-    (from the cache or the network) or a directory saved with ``save_pretrained``."""
+    A built-in name (``BUILTIN_MODELS``: ``"default"``, the shipped IOI/induction model) loads its
+    shipped weights; anything else is a Hugging Face model name (from the cache or the network) or
+    a directory saved with ``save_pretrained``."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r}: use one of {', '.join(DTYPES)}")
-    if name == "default":
-        from patchstudio.models.default_model import load_default_model
+    if name in BUILTIN_MODELS:
+        from patchstudio.models.default_model import WEIGHTS_FILE, load_default_model
 
-        model = load_default_model(device=device)
+        directory = BUILTIN_MODELS[name]
+        if not (directory / WEIGHTS_FILE).exists():
+            raise ModelUnavailableError(
+                f"the built-in model {name!r} has no trained weights in this installation; "
+                f"`patchstudio train-default --model {name}` trains them"
+            )
+        model = load_default_model(directory, device=device)
         return model if dtype == "float32" else model.to(DTYPES[dtype]).eval()
     return _load_hf(name, device, DTYPES[dtype])
 

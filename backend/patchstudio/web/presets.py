@@ -29,12 +29,14 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "self-repair",
-            "Self-repair example",
-            "The Hydra effect on the hydra model: mean-ablate its strongest head and watch another head make up for it; "
-            "pair-ablate the compensator to see what single ablation hid",
-            "hydra",
-            {"model": "hydra", "source": "family", "family": "ioi_swap", "n_pairs": "64", "method": "self_repair",
-             "targets": "L3H7", "compensator": "", "ablation": "mean", "seed": "0"},
+            "Self-repair view",
+            "Mean-ablate L2H2 on 16 IOI prompts: its total vs direct effect, and each head's and MLP's change in "
+            "direct effect. On this model the rest of the network amplifies the drop (MLP2, MLP3) rather than "
+            "repairing it; pair-ablate a compensator to see the paired ablation beside the single ones",
+            "default",
+            {"model": "default", "source": "family", "family": "ioi_swap", "n_pairs": "16", "family_seed": "7",
+             "template": "0", "method": "self_repair", "targets": "L2H2", "compensator": "", "ablation": "mean",
+             "seed": "0", "metric": "logit_diff"},
         ),
     )
 }

@@ -1,0 +1,80 @@
+"""The training machinery of the built-in models that needs no training run: the aligned mean
+ablation, one-head dropout, the recipe table and the train-default command line."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from patchstudio.cli import app
+from patchstudio.models.default_model import BUILTIN_MODELS
+from patchstudio.models.train_default import RECIPES, _aligned_mean, _head_dropout_hooks
+
+
+def test_aligned_mean_counts_back_from_each_rows_last_token():
+    act = torch.arange(8, dtype=torch.float).reshape(2, 4, 1)  # rows [0 1 2 3], [4 5 6 7]
+    got = _aligned_mean(act, torch.tensor([3, 1]))[..., 0]
+    # row 0 ends at 3, row 1 at 1: positions 3|1 and 2|0 pair up; row 1's tail is left alone.
+    assert got.tolist() == [[0.0, 1.0, 3.0, 4.0], [3.0, 4.0, 6.0, 7.0]]
+
+
+def test_aligned_mean_of_equal_rows_is_the_plain_mean():
+    act = torch.randn(5, 6, 3, 2, generator=torch.Generator().manual_seed(0))
+    plain = act.mean(0, keepdim=True).expand_as(act)
+    assert torch.allclose(_aligned_mean(act, torch.full((5,), 5)), plain)
+    assert torch.equal(_aligned_mean(act, None), plain)
+
+
+class _Hook:
+    def __init__(self, name):
+        self.name = name
+
+
+class _Model:
+    training = True
+
+    class cfg:
+        n_layers, n_heads = 4, 8
+
+
+@pytest.mark.parametrize("heads", [None, (1, 2, 7)])
+def test_drop_one_ablates_exactly_one_head_per_chosen_example(heads):
+    recipe = replace(RECIPES["hydra"], drop_one=True, head_dropout=0.5, head_dropout_layers=(2,),
+                     head_dropout_heads=heads, head_dropout_mode="zero")  # fmt: skip
+    ((name, drop),) = _head_dropout_hooks(_Model, recipe, torch.Generator().manual_seed(0), {})
+    assert name == "blocks.2.attn.hook_z"
+    out = drop(torch.ones(400, 3, 8, 4), _Hook(name))
+    lost = (out == 0).all(-1).all(1)  # [example, head]
+    assert set(lost.sum(1).tolist()) == {0, 1}
+    assert 0.4 < lost.any(1).float().mean() < 0.6
+    if heads is not None:
+        assert lost[:, [h for h in range(8) if h not in heads]].sum() == 0
+
+
+def test_every_recipe_is_a_builtin_model():
+    assert set(RECIPES) == set(BUILTIN_MODELS)
+    for name, recipe in RECIPES.items():
+        assert recipe.name == name and recipe.directory == BUILTIN_MODELS[name]
+        assert recipe.init_from is None or list(RECIPES).index(recipe.init_from) < list(RECIPES).index(name)
+
+
+def test_train_default_refuses_an_unknown_model():
+    result = CliRunner().invoke(app, ["train-default", "--model", "nope"])
+    assert result.exit_code == 2 and "unknown built-in model 'nope'" in result.output
+
+
+def test_a_short_hydra_training_is_reproducible_bit_for_bit(tmp_path):
+    """Seeded data, seeded dropout masks, frozen parts, the teacher run: two runs, one file."""
+    from patchstudio.models.default_model import weights_fingerprint
+    from patchstudio.models.train_default import train
+
+    recipe = replace(RECIPES["hydra"], threads=1, self_repair_report=False)
+    prints = []
+    for run in ("a", "b"):
+        train(tmp_path / run, steps=3, log=lambda s: None, recipe=recipe)
+        prints.append(weights_fingerprint(tmp_path / run))
+    assert prints[0] == prints[1]
+    assert prints[0] != weights_fingerprint(BUILTIN_MODELS["default"])  # it did train
