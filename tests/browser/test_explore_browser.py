@@ -321,9 +321,14 @@ def test_clicking_a_cell_shows_its_value_on_each_prompt(page, view):
     click_cell(page, z, layer, head)
 
     expect(caption).to_contain_text(f"Selected L{layer} H{head} on each of 3 prompt pairs")
-    # the caption arrives with the fragment; plotly draws the strip just after
-    page.wait_for_function(f"({STRIP})() !== null")
-    strip = page.evaluate(STRIP)
+    # the caption arrives with the fragment; plotly draws the strip just after (polled from here:
+    # wait_for_function evaluates its predicate with eval, which the page's CSP forbids)
+    strip = None
+    for _ in range(100):
+        strip = page.evaluate(STRIP)
+        if strip is not None:
+            break
+        page.wait_for_timeout(100)
     assert strip["n"] == 3  # one point per prompt pair
     assert strip["title"].replace("<br>", " ") == twin["views"][view]["title"]  # the unit and the baseline
     assert strip["mean"] == pytest.approx(twin["views"][view]["values"][layer][head], abs=1e-9)

@@ -23,8 +23,11 @@ from procs import POSTGRES_URL, Server, postgres_schema, process_env, wait_for, 
 pytestmark = pytest.mark.skipif(not POSTGRES_URL, reason="PATCHSTUDIO_TEST_POSTGRES_URL is not set (CI sets it and starts PostgreSQL)")
 
 PAIR = TINY_PAIRS[0]
-LONG = {"prompts": [PAIR] * 6, "component": "head", "positions": "each"}  # ~5 s on one thread
-CANCEL_ME = {"prompts": [PAIR] * 12, "component": "head", "positions": "each", "direction": "noise"}
+# Zero ablation, so the engine skips no patch (activation patching skips every position before the
+# prompts' first difference, and ran these in well under a second): ~6 s and ~12 s on one thread
+# with one row per pass, long enough to be caught running, killed and cancelled.
+LONG = {"method": "ablation", "ablation": "zero", "prompts": [PAIR] * 24, "component": "head", "positions": "each"}
+CANCEL_ME = {"method": "ablation", "ablation": "zero", "prompts": [PAIR] * 48, "component": "head", "positions": "each"}
 SHORT = [
     {"prompts": [PAIR], "component": component, "positions": "each", "metric": metric}
     for component, metric in itertools.islice(
