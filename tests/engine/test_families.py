@@ -241,64 +241,6 @@ def test_zero_ablating_a_layer_skips_it(model, pairs):
 # --- path patching -------------------------------------------------------------------------------------
 
 
-def _path_reference(model, pairs, direction, receivers):
-    """Wang et al.'s definition with plain hooks: the sender from the counterfactual run, every other
-    head frozen at the base run, MLPs recomputed; then (head receivers) a free run with only the
-    receivers' inputs set to what the first run gave them."""
-    n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
-    z_names = [f"blocks.{l}.attn.hook_z" for l in range(n_layers)]
-    out = torch.zeros(n_layers, n_heads)
-    for pair in pairs:
-        base, cf = (pair.clean, pair.corrupted) if direction == "noise" else (pair.corrupted, pair.clean)
-        bc, cc = R.cache_of(model, base, z_names), R.cache_of(model, cf, z_names)
-        with torch.no_grad():
-            base_metric = float(R.score(model, base, pair, "logit_diff"))
-        for L in range(n_layers):
-            for h in range(n_heads):
-                freeze = []
-                for l, name in enumerate(z_names):
-                    def set_z(act, hook, l=l, name=name):
-                        z = bc[name].clone()
-                        if l == L:
-                            z[:, :, h] = cc[name][:, :, h]
-                        return z
-
-                    freeze.append((name, set_z))
-                if not receivers:
-                    with torch.no_grad():
-                        out[L, h] += float(R.score(model, base, pair, "logit_diff", freeze))
-                    continue
-                live = [r for r in receivers if r["layer"] > L]
-                if not live:
-                    out[L, h] += base_metric
-                    continue
-                recorded, record = {}, []
-                for r in live:
-                    name = f"blocks.{r['layer']}.attn.hook_{r['input']}"
-
-                    def keep(act, hook, name=name):
-                        recorded[name] = act.clone()
-                        return act
-
-                    record.append((name, keep))
-                with torch.no_grad():
-                    model.run_with_hooks(base, fwd_hooks=freeze + record)
-                patch = []
-                for r in live:
-                    name = f"blocks.{r['layer']}.attn.hook_{r['input']}"
-
-                    def put(act, hook, name=name, head=r["head"]):
-                        act = act.clone()
-                        g = head // (n_heads // act.shape[2])  # a query head's k/v input: its group's head
-                        act[:, :, g] = recorded[name][:, :, g]
-                        return act
-
-                    patch.append((name, put))
-                with torch.no_grad():
-                    out[L, h] += float(R.score(model, base, pair, "logit_diff", patch))
-    return out / len(pairs)
-
-
 RECEIVERS = {
     "logits": [],
     "query": [{"layer": 1, "head": 2, "input": "q"}],
@@ -312,7 +254,7 @@ def test_path_patching_equals_plain_hooks(model, pairs, receivers, direction):
     """Includes GPT-2, whose Conv1D output projection calls .view on the frozen heads' z."""
     spec = {"method": "path_patching", "prompts": PAIRS, "direction": direction, "receivers": RECEIVERS[receivers]}
     got = torch.tensor(run(model, spec).values)
-    ref = _path_reference(model, pairs, direction, RECEIVERS[receivers])
+    ref = R.path_patching(model, pairs, direction, RECEIVERS[receivers])
     assert torch.allclose(got, ref, atol=TOL), (got - ref).abs().max()
     assert (got - got.mean()).abs().max() > 1e-3
 

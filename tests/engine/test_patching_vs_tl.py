@@ -6,6 +6,7 @@ import pytest
 import torch
 import transformer_lens.patching as tlp
 
+import references as R
 from helpers import TINY_PAIRS
 from patchstudio.engine.run import run
 
@@ -66,32 +67,9 @@ CASES = {
 }
 
 
-def _answers(model):
-    ans = torch.tensor([model.to_tokens(" " + p["answer"], prepend_bos=False)[0, 0] for p in TINY_PAIRS])
-    wrong = torch.tensor([model.to_tokens(" " + p["wrong"], prepend_bos=False)[0, 0] for p in TINY_PAIRS])
-    return ans, wrong
-
-
 def tl_metric(model, metric, clean_logits):
-    """The spec's metrics written directly on full logits, averaged over the batch, as TL wants."""
-    ans, wrong = _answers(model)
-    rows = torch.arange(len(TINY_PAIRS))
-    clean_lp = clean_logits[:, -1].log_softmax(-1)
-
-    def fn(logits):
-        final = logits[:, -1]
-        if metric == "logit_diff":
-            return (final[rows, ans] - final[rows, wrong]).mean()
-        lp = final.log_softmax(-1)
-        if metric == "prob":
-            return lp[rows, ans].exp().mean()
-        if metric == "loss":
-            return -lp[rows, ans].mean()
-        if metric == "kl":
-            return (clean_lp.exp() * (clean_lp - lp)).sum(-1).mean()
-        raise AssertionError(metric)
-
-    return fn
+    """The spec's metric on TL's batched full logits (tests/references.py), for the tiny pairs."""
+    return R.tl_metric(model, R.pairs_of(model, TINY_PAIRS), metric, clean_logits)
 
 
 def _tl_reference(model, key, direction, metric):

@@ -6,6 +6,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+import references as R
 from helpers import TINY_PAIRS
 from patchstudio.engine.inputs import InputError
 from patchstudio.engine.run import run
@@ -15,71 +16,8 @@ TOL = 1e-4
 
 
 def _reference(model, direction, receivers):
-    """Wang et al.'s definition, literally: sender from the counterfactual run, every other head frozen
-    at the base run, MLPs recomputed; then (for head receivers) a free run with only the receivers'
-    inputs set to what step 1 gave them."""
-    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-    z_names = [f"blocks.{l}.attn.hook_z" for l in range(n_layers)]
-    per_prompt = []
-    for p in TINY_PAIRS:
-        clean, corrupted = model.to_tokens(p["clean"]), model.to_tokens(p["corrupted"])
-        base, cf = (clean, corrupted) if direction == "noise" else (corrupted, clean)
-        ans = int(model.to_tokens(" " + p["answer"], prepend_bos=False)[0, 0])
-        wrong = int(model.to_tokens(" " + p["wrong"], prepend_bos=False)[0, 0])
-        with torch.no_grad():
-            base_logits, bc = model.run_with_cache(base)
-            _, cc = model.run_with_cache(cf)
-        base_metric = float(base_logits[0, -1, ans] - base_logits[0, -1, wrong])
-        values = torch.full((n_layers, n_heads), base_metric)
-        for L in range(n_layers):
-            for h in range(n_heads):
-                def freeze(act, hook, layer=None):
-                    return act
-
-                hooks = []
-                for l, name in enumerate(z_names):
-                    def set_z(act, hook, l=l, name=name):
-                        z = bc[name].clone()
-                        if l == L:
-                            z[:, :, h] = cc[name][:, :, h]
-                        return z
-
-                    hooks.append((name, set_z))
-                if not receivers:
-                    with torch.no_grad():
-                        logits = model.run_with_hooks(base, fwd_hooks=hooks)
-                    values[L, h] = float(logits[0, -1, ans] - logits[0, -1, wrong])
-                    continue
-                live = [r for r in receivers if r["layer"] > L]
-                if not live:
-                    continue
-                recorded = {}
-                record_hooks = []
-                for r in live:
-                    name = f"blocks.{r['layer']}.attn.hook_{r['input']}"
-
-                    def record(act, hook, name=name):
-                        recorded[name] = act.clone()
-                        return act
-
-                    record_hooks.append((name, record))
-                with torch.no_grad():
-                    model.run_with_hooks(base, fwd_hooks=hooks + record_hooks)
-                patch_hooks = []
-                for r in live:
-                    name = f"blocks.{r['layer']}.attn.hook_{r['input']}"
-
-                    def patch(act, hook, name=name, head=r["head"]):
-                        act = act.clone()
-                        act[:, :, head] = recorded[name][:, :, head]
-                        return act
-
-                    patch_hooks.append((name, patch))
-                with torch.no_grad():
-                    logits = model.run_with_hooks(base, fwd_hooks=patch_hooks)
-                values[L, h] = float(logits[0, -1, ans] - logits[0, -1, wrong])
-        per_prompt.append(values)
-    return torch.stack(per_prompt).mean(0)
+    """Wang et al.'s definition by plain hooks (tests/references.py), on the tiny pairs."""
+    return R.path_patching(model, R.pairs_of(model, TINY_PAIRS), direction, receivers)
 
 
 RECEIVER_SETS = {
