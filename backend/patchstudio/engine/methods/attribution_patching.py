@@ -29,7 +29,7 @@ from pydantic import Field, field_validator
 from torch import Tensor
 
 from patchstudio.engine import hooks as H
-from patchstudio.engine.forward import run_to_final_resid
+from patchstudio.engine.forward import last_mlp_trim, merge, run_to_final_resid
 from patchstudio.engine.methods.base import Method, PairContext, PairResult
 from patchstudio.engine.metrics import zero_gradient
 from patchstudio.specs import Direction, SpecBase
@@ -110,6 +110,8 @@ def attribution_sweep(
             return (start + alphas.view(-1, 1, 1) * (end - start)).requires_grad_(True)
 
         hooks.setdefault(first, []).insert(0, interpolate)
+    if component != "mlp_out":  # the last MLP's other positions reach no readout: final position only
+        hooks = merge(hooks, last_mlp_trim(model, base_tokens))
     with torch.enable_grad():
         resid = run_to_final_resid(model, base_tokens, hooks, grad=True)
         total = readout(resid).sum()
