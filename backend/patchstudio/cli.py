@@ -193,7 +193,7 @@ def worker_command(
 @app.command("train-default")
 def train_default_command(
     model: str = typer.Option("default", help="Which built-in model to retrain: default, hydra or all "
-                                              "(hydra does not meet its bar yet: docs/hydra-notes.md)."),
+                                              "(hydra: the default model fine-tuned with a backup head, docs/self-repair.md)."),
     out: Optional[Path] = typer.Option(None, help="Output directory (default: the package's shipped model(s)); "
                                                   "with --model all, one subdirectory per model."),
     seed: Optional[int] = typer.Option(None, help="Training seed (default: the recipe's, which reproduces the shipped weights)."),

@@ -14,7 +14,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PATCHSTUDIO_", env_file=".env", extra="ignore")
 
     models: list[str] = Field(
-        default=["default"],
+        default=["default", "hydra"],
         description="Allow-list of model names a server offers (JSON list in the environment). "
         "Requests can only pick these: nothing else is ever loaded from a request.",
     )

@@ -44,14 +44,16 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def serve(model, directory: Path, **overrides):
-    """The app on ``model`` in a real uvicorn server (background thread); yields its base URL."""
+    """The app on ``model`` (offered as "default"; or a dict of models by name) in a real uvicorn
+    server (background thread); yields its base URL."""
     import uvicorn
 
     from patchstudio.settings import Settings
     from patchstudio.web.app import create_app
 
-    settings = Settings(models=["default"], database_url=f"sqlite:///{directory}/runs.sqlite3", **overrides)
-    app = create_app(settings, model_loader=lambda name: model)
+    models = model if isinstance(model, dict) else {"default": model}
+    settings = Settings(models=list(models), database_url=f"sqlite:///{directory}/runs.sqlite3", **overrides)
+    app = create_app(settings, model_loader=models.__getitem__)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)

@@ -12,6 +12,9 @@ from playwright.sync_api import expect  # noqa: E402
 from test_explore_browser import RUN_URL, heatmap_z, open_explore, wait_for_new_run  # noqa: E402
 
 NUMBER = re.compile(r"^[+-]\d+\.\d{4}$")
+# docs/self-repair.md's figures (tests/models/test_self_repair_writeup.py pins them on the engine)
+HYDRA_SINGLE_ID, HYDRA_PAIRED_ID = "1d4a927b978af484", "97cdb9ff30e8465c"
+HYDRA_TE, HYDRA_DE, HYDRA_PAIRED_TE = -0.7724, -1.2617, -2.9938
 
 
 @pytest.mark.parametrize(
@@ -133,44 +136,71 @@ def test_input_influence_baseline_from_the_form(page):
     expect(page.locator(".claim")).to_contain_text("input influence of each clean token (gradient × input)")
 
 
-def test_the_self_repair_example_in_two_clicks_then_pair_ablate(browser, default_model_or_none, serve_app, tmp_path):
-    """From the home page: the "Self-repair view" example, then Run; the page shows the write-up's
-    numbers (TE about twice DE, amplification), and one click pair-ablates the top compensator."""
-    if default_model_or_none is None:
-        pytest.skip("needs the shipped default model's weights")
+@pytest.fixture(scope="module")
+def hydra_model_or_none():
+    """The shipped hydra model when its weights are present, else None."""
+    from patchstudio.models.default_model import HYDRA_DIR, WEIGHTS_FILE
+
+    if not (HYDRA_DIR / WEIGHTS_FILE).exists():
+        return None
+    from patchstudio.models.registry import load_model
+
+    return load_model("hydra")
+
+
+def test_the_self_repair_example_in_two_clicks_then_pair_ablate(browser, default_model_or_none, hydra_model_or_none,
+                                                               serve_app, tmp_path):
+    """From the home page: the "Self-repair view" example (the hydra model), then Run; the page shows
+    docs/self-repair.md's numbers: TE smaller than DE (compensation), L3H4 the top compensator with
+    a direct-effect growth of at least 30% of the target's DE; one click pair-ablates it, and the
+    paired drop is far more than the two single ones."""
+    if default_model_or_none is None or hydra_model_or_none is None:
+        pytest.skip("needs the shipped default and hydra models' weights")
     from patchstudio import analysis
     from patchstudio.engine.run import run
 
-    with serve_app(default_model_or_none, tmp_path) as url:
+    models = {"default": default_model_or_none, "hydra": hydra_model_or_none}
+    with serve_app(models, tmp_path) as url:
         ctx = browser.new_context(base_url=url, viewport={"width": 1280, "height": 900})
         ctx.set_default_timeout(30_000)
         try:
             page = ctx.new_page()
             page.goto("/")
             page.locator("nav.examples a", has_text="Self-repair view").click()  # click 1
-            expect(page.locator("#preset-note")).to_contain_text("Mean-ablate L2H2 on 16 IOI prompts")
+            expect(page.locator("#preset-note")).to_contain_text("On the hydra model, mean-ablate L2H2")
             page.locator("#spec-form button[type=submit]").click()  # click 2
             page.wait_for_url(RUN_URL)
-            assert page.url.endswith("/runs/a7b264363d69b1e5")
+            assert page.url.endswith(f"/runs/{HYDRA_SINGLE_ID}")
             expect(page.locator("#te-value")).to_have_text(NUMBER)
+            te = float(page.locator("#te-value").inner_text())
+            de = float(page.locator("#de-value").inner_text())
             # the write-up's pinned figures (float noise between batchings: ~1e-4)
-            assert float(page.locator("#te-value").inner_text()) == pytest.approx(-2.608, abs=2e-3)
-            assert float(page.locator("#de-value").inner_text()) == pytest.approx(-1.296, abs=2e-3)
-            expect(page.locator("#response-word")).to_have_text("amplification")
+            assert te == pytest.approx(HYDRA_TE, abs=2e-3) and de == pytest.approx(HYDRA_DE, abs=2e-3)
+            expect(page.locator("#response-word")).to_have_text("compensation")
             expect(page.locator("#repair-plot .main-svg").first).to_be_visible()
-            # the heatmap's colour bar says what the cells are
             title = page.evaluate("() => document.getElementById('heatmap').data[0].colorbar.title.text")
             assert title.replace("<br>", " ") == "change in direct effect (logit diff); 0 = none"
-            single = run(default_model_or_none, page.request.get(page.url + ".json").json()["spec"])
+            # the top compensator, as the page ranks and shows it: L3H4, growth >= 30% of |DE|
+            first = page.locator("#compensators tr").nth(1).locator("td")
+            expect(first.nth(0)).to_have_text("L3H4")
+            growth, share = float(first.nth(1).inner_text()), float(first.nth(2).inner_text().rstrip("%"))
+            assert growth >= 0.3 * abs(de) and share >= 30
+            single = run(hydra_model_or_none, page.request.get(page.url + ".json").json()["spec"])
             top = next(c for c in analysis.top_compensators(single) if c.head is not None)
-            page.locator(f"button.pair-ablate[data-compensator='{top.name}']").click()
-            page.wait_for_url(lambda u: bool(RUN_URL.search(u)) and not u.endswith("a7b264363d69b1e5"))
-            paired = run(default_model_or_none, page.request.get(page.url + ".json").json()["spec"])
-            assert paired.spec.compensator.layer == top.head.layer and paired.spec.compensator.head == top.head.head
+            assert top.name == "L3H4" and growth == pytest.approx(top.change, abs=1e-3)
+            page.locator("button.pair-ablate[data-compensator='L3H4']").click()
+            page.wait_for_url(lambda u: bool(RUN_URL.search(u)) and not u.endswith(HYDRA_SINGLE_ID))
+            assert page.url.endswith(f"/runs/{HYDRA_PAIRED_ID}")
+            paired = run(hydra_model_or_none, page.request.get(page.url + ".json").json()["spec"])
+            assert (paired.spec.compensator.layer, paired.spec.compensator.head) == (3, 4)
             expect(page.locator("#paired-table")).to_be_visible()
             for cell, key in (("#single-te", "total_effect"), ("#compensator-te", "compensator_total_effect"),
                               ("#paired-value", "paired_total_effect"), ("#paired-excess", "paired_excess")):
                 shown = float(page.locator(cell).inner_text().split()[0])
                 assert shown == pytest.approx(paired.extras[key], abs=2e-3), cell
+            assert float(page.locator("#paired-value").inner_text()) == pytest.approx(HYDRA_PAIRED_TE, abs=2e-3)
+            excess = float(page.locator("#paired-excess").inner_text().split()[0])
+            assert excess < -0.25 * abs(de)  # the pair costs clearly more than the two alone (negative: a drop)
+            expect(page.locator("#paired-reading")).to_contain_text("more than the two single ablations together")
         finally:
             ctx.close()

@@ -15,8 +15,7 @@ from patchstudio.models.default_model import BUILTIN_MODELS, DEFAULT_DIR, HYDRA_
 from patchstudio.models.hydra_report import ablation_effects, measure
 from patchstudio.models.registry import load_model
 
-# No recipe has met the bar yet (issue 9): until the hydra model is trained and committed,
-# these tests have nothing to check.
+# An installation without the hydra weights (a partial checkout) has nothing to check here.
 pytestmark = pytest.mark.skipif(
     not (HYDRA_DIR / "model.safetensors").exists(), reason="the hydra model is not trained yet (issue 9)"
 )
@@ -71,7 +70,7 @@ def test_ioi_on_heldout_prompts(measured):
 
 def test_strongest_head_has_a_backup(measured):
     de = measured["target_direct_effect"]
-    assert de < 0 and de == min(min(row) for row in measured["direct_effects"])
+    assert de < 0 and de == pytest.approx(min(min(row) for row in measured["direct_effects"]), abs=1e-5)  # rounded there
     target, comp = _head(measured["target"]), _head(measured["compensator"])
     assert comp[0] > target[0]  # the backup reads the residual stream the target writes to
     assert measured["compensator_growth"] >= 0.3 * abs(de)
@@ -93,8 +92,10 @@ def test_metrics_match_committed(measured, metrics):
     for key, value in measured.items():
         if isinstance(value, float):
             assert value == pytest.approx(committed[key], abs=1e-4), key
-        elif isinstance(value, list):
-            assert value == pytest.approx(committed[key], abs=1e-4), key
+        elif isinstance(value, list):  # rows of a layer x head table
+            assert len(value) == len(committed[key]), key
+            for row, committed_row in zip(value, committed[key]):
+                assert row == pytest.approx(committed_row, abs=1e-4), key
         else:
             assert value == committed[key], key
     for key in ("ioi_accuracy", "ioi_logit_diff"):

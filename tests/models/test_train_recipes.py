@@ -78,3 +78,35 @@ def test_a_short_hydra_training_is_reproducible_bit_for_bit(tmp_path):
         prints.append(weights_fingerprint(tmp_path / run))
     assert prints[0] == prints[1]
     assert prints[0] != weights_fingerprint(BUILTIN_MODELS["default"])  # it did train
+
+
+def test_trainable_heads_change_only_their_own_slices(tmp_path):
+    """The hydra recipe trains one head (L3H4): after a few steps every other weight, including the
+    rest of layer 3's attention (which weight decay would move) and o's shared bias, is exactly the
+    default model's, and each of the head's own q/k/v/o slices has moved."""
+    from safetensors.torch import load_file
+
+    from patchstudio.models.default_model import WEIGHTS_FILE
+    from patchstudio.models.train_default import train
+
+    recipe = replace(RECIPES["hydra"], threads=1, self_repair_report=False)
+    assert recipe.trainable_heads == ((3, 4),)
+    train(tmp_path, steps=3, log=lambda s: None, recipe=recipe)
+    before = load_file(str(BUILTIN_MODELS["default"] / WEIGHTS_FILE))
+    after = load_file(str(tmp_path / WEIGHTS_FILE))
+    assert set(before) == set(after)
+    mine = slice(4 * 16, 5 * 16)
+    moved = []
+    for name, old in before.items():
+        new = after[name]
+        if name.startswith("blocks.3.attn.") and not name.endswith("o.bias"):
+            own = (slice(None), mine) if name.endswith("o.weight") else (mine,)
+            keep = torch.ones_like(old, dtype=torch.bool)
+            keep[own] = False
+            assert torch.equal(new[keep], old[keep]), name
+            if not name.endswith("k.bias"):  # a key bias adds the same score to every key: no gradient
+                assert not torch.equal(new[own], old[own]), name
+                moved.append(name)
+        else:
+            assert torch.equal(new, old), name
+    assert len(moved) == 6  # q, k, v weights, q and v biases, o's weight

@@ -23,7 +23,8 @@ def test_a_preset_fills_the_form_and_computes_nothing_until_run(tmp_path, defaul
     with make_client(tmp_path, default_model) as client:
         home = client.get("/").text
         examples = re.search(r'<nav class="examples".*?</nav>', home, re.S).group(0)
-        assert 'href="/?preset=ioi-heads"' in examples and 'href="/?preset=self-repair"' in examples
+        assert 'href="/?preset=ioi-heads"' in examples and 'href="/?preset=no-self-repair"' in examples
+        assert 'href="/?preset=self-repair"' not in examples  # its model (hydra) is not offered here
         page = client.get("/?preset=ioi-heads")
         assert page.status_code == 200
         assert '<input type="radio" name="source" value="family" checked>' in page.text
@@ -44,15 +45,20 @@ def test_an_unknown_preset_is_a_404_naming_the_examples(tmp_path, tiny_model):
     with make_client(tmp_path, tiny_model) as client:
         response = client.get("/?preset=nope")
         assert response.status_code == 404
-        assert "no example &#39;nope&#39; on this server; the examples are: ioi-heads, self-repair" in response.text
+        assert "no example &#39;nope&#39; on this server; the examples are: ioi-heads, no-self-repair" in response.text
 
 
 def test_presets_are_offered_by_model():
-    assert [p.name for p in offered(["default"])] == ["ioi-heads", "self-repair"]
+    assert [p.name for p in offered(["default"])] == ["ioi-heads", "no-self-repair"]
+    assert [p.name for p in offered(["default", "hydra"])] == ["ioi-heads", "self-repair", "no-self-repair"]
+    assert [p.name for p in offered(["hydra"])] == ["self-repair"]
     assert offered(["gpt2"]) == []  # a server without the model its examples need offers none
 
 
-def test_the_self_repair_example_is_the_circuit_write_ups_row():
-    """The example's experiment is the one the write-up pins (test_default_model_circuit.py)."""
-    spec = spec_from_form({**DEFAULT_FORM, **PRESETS["self-repair"].form}).spec
+def test_the_self_repair_examples_are_the_write_ups_rows():
+    """The examples' experiments are the ones the write-ups pin: the default model's in
+    test_default_model_circuit.py, the hydra model's in test_self_repair_writeup.py."""
+    spec = spec_from_form({**DEFAULT_FORM, **PRESETS["no-self-repair"].form}).spec
     assert spec.id == "a7b264363d69b1e5"
+    hydra = spec_from_form({**DEFAULT_FORM, **PRESETS["self-repair"].form}).spec
+    assert hydra.model == "hydra" and hydra.model_dump(exclude={"model"}) == spec.model_dump(exclude={"model"})

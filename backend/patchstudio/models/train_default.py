@@ -75,7 +75,10 @@ class BuiltinRecipe:
     diff with heads dropped and a teacher's, the model itself run whole (``"self"``; with
     ``consistency_detach=False`` the gradient flows through both runs) or the frozen
     ``init_from`` model (``"init"``). ``trainable`` freezes every parameter whose state-dict
-    name does not start with one of its prefixes (e.g. only ``blocks.3.attn``)."""
+    name does not start with one of its prefixes (e.g. only ``blocks.3.attn``); ``trainable_heads``
+    instead trains only the query/key/value/output weights of the given heads (every other entry
+    of those tensors is masked out of the gradient and restored after each step, weight decay
+    included)."""
 
     name: str
     directory: Path
@@ -98,6 +101,8 @@ class BuiltinRecipe:
     consistency_teacher: str = "self"  # "self": the model itself, whole; "init": the frozen init_from model
     answer_weight: float = ANSWER_WEIGHT  # weight of the IOI answer position in the next-token loss
     trainable: tuple[str, ...] | None = None  # train only parameters whose names start so (None: all)
+    trainable_heads: tuple[tuple[int, int], ...] | None = None  # or: only these (layer, head)s' q/k/v/o slices
+    lr: float = LR  # peak learning rate
     self_repair_report: bool = False  # measure the Hydra effect (hydra_report) into metrics.json
     note: str = ""  # appended to the CARD's training paragraph
 
@@ -105,28 +110,30 @@ class BuiltinRecipe:
         return {**MODEL_CONFIG, **self.model_overrides}
 
 
-# The best hydra candidate so far (issue 9; docs/hydra-notes.md): it does NOT yet meet the bar
-# (top compensator +22% of the target's DE, not 30%; logit diff 1.8, not 3), so no hydra model
-# ships. Fine-tune only layer 3's attention of the default model; each example loses one of the
-# strong layer-2 heads (mean-ablated) and must keep its logit diff (consistency, both runs in the
-# gradient), the answer capped by label smoothing.
+# The hydra model (issue 9; docs/self-repair.md, docs/hydra-notes.md). Fine-tune one idle head of
+# the default model, L3H4 (its direct and total effects in the default are both ~0), and nothing
+# else: in half the IOI examples the default's strongest head L2H2 is mean-ablated, and every
+# example's logit diff at the answer must equal the frozen default model's (consistency). So L3H4
+# learns to stay quiet while L2H2 writes and to stand in for it when L2H2 is gone: a backup head.
+# Dropout alone, spread over many heads, never produced one at this scale (hydra-notes.md).
 RECIPES: dict[str, BuiltinRecipe] = {
     "default": BuiltinRecipe("default", BUILTIN_MODELS["default"]),
     "hydra": BuiltinRecipe(
         "hydra",
         BUILTIN_MODELS["hydra"],
-        steps=800,
+        steps=2500,
+        threads=1,
+        lr=3e-3,
         model_overrides={"model_name": "patchstudio-hydra"},
         init_from="default",
-        trainable=("blocks.3.attn",),
-        head_dropout=0.75,
+        trainable_heads=((3, 4),),
+        head_dropout=0.5,
         head_dropout_layers=(2,),
-        head_dropout_heads=(1, 2, 7),
+        head_dropout_heads=(2,),
         drop_one=True,
         head_dropout_mode="mean",
         consistency=10.0,
-        consistency_detach=False,
-        answer_smoothing=0.15,
+        consistency_teacher="init",
         self_repair_report=True,
     ),
 }
@@ -220,6 +227,44 @@ def _head_dropout_hooks(model, recipe: BuiltinRecipe, generator: torch.Generator
     return [(f"blocks.{layer}.attn.hook_z", drop) for layer in layers]
 
 
+def _head_slices(model, heads: tuple[tuple[int, int], ...]):
+    """(parameters, restore): train only the query/key/value/output slices of ``heads``. The
+    attention weights of their layers are handed to the optimiser whole; ``restore``, called after
+    every step, puts every other entry (weight decay moves them too) back to its starting value."""
+    d_head = int(model.cfg.d_head)
+    state = model.state_dict(keep_vars=True)
+    kept: list[tuple[torch.nn.Parameter, torch.Tensor, torch.Tensor]] = []  # (param, trainable mask, start)
+    for layer in sorted({l for l, _ in heads}):
+        for part in ("q", "k", "v", "o"):
+            for kind in ("weight", "bias"):
+                name = f"blocks.{layer}.attn.{part}.{kind}"
+                if name not in state or (part == "o" and kind == "bias"):  # o's bias is shared by every head
+                    continue
+                p = state[name]
+                mask = torch.zeros_like(p, dtype=torch.bool)
+                for l, h in heads:
+                    if l != layer:
+                        continue
+                    cut = slice(h * d_head, (h + 1) * d_head)
+                    if part == "o":
+                        mask[:, cut] = True  # [d_model, heads * d_head]: the head's columns
+                    else:
+                        mask[cut] = True  # [heads * d_head, (d_model)]: the head's rows
+                p.register_hook(lambda grad, mask=mask: grad * mask)  # Adam and the clipping see these slices only
+                kept.append((p, mask, p.detach().clone()))
+    params = [p for p, _, _ in kept]
+    frozen = {id(p) for p in params}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in frozen)
+
+    @torch.no_grad()
+    def restore() -> None:
+        for p, mask, start in kept:
+            p.copy_(torch.where(mask, p, start))
+
+    return params, restore
+
+
 def _encode(tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ids [batch, pos] and a mask of real tokens."""
     enc = tokenizer(texts, padding=True, return_tensors="pt")
@@ -290,12 +335,12 @@ def _induction_loss(model, tokenizer, texts: list[str]) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
-def _lr_at(step: int, steps: int) -> float:
+def _lr_at(step: int, steps: int, lr: float = LR) -> float:
     """Linear warmup, then cosine decay to 10%."""
     if step < WARMUP:
-        return LR * (step + 1) / WARMUP
+        return lr * (step + 1) / WARMUP
     frac = (step - WARMUP) / max(1, steps - WARMUP)
-    return LR * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
 @torch.no_grad()
@@ -386,13 +431,14 @@ def _train_loop(
     model, tokenizer, opt, rng: random.Random, seed: int, steps: int, log: Callable[[str], None],
     answer_smoothing: float = 0.0, s_share: float = 0.0, consistency: float = 0.0, consistency_detach: bool = True,
     teacher_model=None, answer_weight: float = ANSWER_WEIGHT, ends: dict | None = None, relative: bool = False,
+    after_step: Callable[[], None] | None = None, lr: float = LR,
 ):
     """The optimisation steps; returns the running (IOI, induction) losses."""
     t_train = time.time()
     running = None
     for step in range(steps):
         for group in opt.param_groups:
-            group["lr"] = _lr_at(step, steps)
+            group["lr"] = _lr_at(step, steps, lr)
         data_seed = seed * 1_000_003 + step
         ioi = prompts.ioi_training_texts(IOI_BATCH, seed=2 * data_seed)
         L = rng.randint(*INDUCTION_LEN)
@@ -423,6 +469,8 @@ def _train_loop(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if after_step is not None:
+            after_step()
         cur = (loss_ioi.item(), loss_ind.item())
         running = cur if running is None else tuple(0.98 * r + 0.02 * c for r, c in zip(running, cur))
         if (step + 1) % 250 == 0 or step == 0:
@@ -501,6 +549,10 @@ def train(
         for p in model.parameters():
             p.requires_grad_(id(p) in kept)
         log(f"training {sum(p.numel() for p in params)} parameters ({', '.join(recipe.trainable)}), the rest frozen")
+    after_step = None
+    if recipe.trainable_heads is not None:
+        params, after_step = _head_slices(model, recipe.trainable_heads)
+        log(f"training the q/k/v/o slices of heads {', '.join(f'L{l}H{h}' for l, h in recipe.trainable_heads)}, the rest frozen")
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     opt = torch.optim.AdamW(
@@ -513,7 +565,7 @@ def train(
         running = _train_loop(
             model, tokenizer, opt, rng, seed, steps, log, recipe.answer_smoothing, recipe.s_share, recipe.consistency,
             recipe.consistency_detach, teacher_model, recipe.answer_weight, ends,
-            recipe.consistency_relative,
+            recipe.consistency_relative, after_step, recipe.lr,
         )
     train_seconds = time.time() - t_train
 
@@ -522,7 +574,7 @@ def train(
     (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     training = {
         "steps": steps, "ioi_batch": IOI_BATCH, "induction_batch": INDUCTION_BATCH,
-        "induction_len": list(INDUCTION_LEN), "optimizer": "AdamW", "betas": [0.9, 0.98], "lr": LR,
+        "induction_len": list(INDUCTION_LEN), "optimizer": "AdamW", "betas": [0.9, 0.98], "lr": recipe.lr,
         "warmup": WARMUP, "schedule": "linear warmup, cosine decay to 10%", "weight_decay": WEIGHT_DECAY,
         "answer_weight": recipe.answer_weight, "grad_clip": 1.0, "seed": seed, "threads": threads,
         "final_ioi_loss": running[0], "final_induction_loss": running[1],
@@ -545,6 +597,8 @@ def train(
         }  # fmt: skip
     if recipe.trainable is not None:
         training["trainable"] = list(recipe.trainable)
+    if recipe.trainable_heads is not None:
+        training["trainable_heads"] = [list(lh) for lh in recipe.trainable_heads]
     if recipe.answer_smoothing > 0:
         training["answer_label_smoothing"] = recipe.answer_smoothing
     if init_fingerprint is not None:
@@ -633,7 +687,7 @@ def _card(m: dict, recipe: BuiltinRecipe | None = None) -> str:
     )
     return f"""# patchstudio {recipe.name} model
 
-{hydra['intro']}A small GPT-style transformer trained from scratch, offline, on synthetic text, so that
+{hydra['intro']}{hydra['start']} small GPT-style transformer trained from scratch, offline, on synthetic text, so that
 patchstudio works with no download and the model has circuits worth finding: **indirect object
 identification** (IOI, Wang et al. 2022) and **induction**. It is a teaching/testing model, not a
 language model.
@@ -713,7 +767,9 @@ language beyond these patterns.
 
 def _hydra_card_parts(m: dict, recipe: BuiltinRecipe) -> dict[str, str]:
     """The card's extra text for a model trained with head dropout (all empty for the default)."""
-    parts = {"intro": "", "training": "", "flag": "", "measured": ""}
+    parts = {"intro": "", "training": "", "flag": "", "measured": "", "start": "A"}
+    if recipe.init_from is not None:
+        parts["start"] = f"Its starting point, the {recipe.init_from} model, is a"
     if recipe.name != "default":
         parts["flag"] = f" --model {recipe.name}"
     hd = m["training"].get("head_dropout")
@@ -721,7 +777,9 @@ def _hydra_card_parts(m: dict, recipe: BuiltinRecipe) -> dict[str, str]:
         layers = "every layer" if hd["layers"] == "all" else f"layer{'s' if len(hd['layers']) > 1 else ''} " + ", ".join(map(str, hd["layers"]))
         what = "set to zero" if hd["mode"] == "zero" else "replaced by its batch mean at each position"
         if hd.get("one_head_per_example"):
-            heads = "any head" if hd.get("heads", "all") == "all" else "one of heads " + ", ".join(map(str, hd["heads"]))
+            chosen = hd.get("heads", "all")
+            heads = ("any head" if chosen == "all" else f"head {chosen[0]}" if len(chosen) == 1
+                     else "one of heads " + ", ".join(map(str, chosen)))
             which = f"each example loses, with probability {hd['probability']}, exactly one head ({heads}) of {layers}"
         else:
             which = f"each attention head of {layers} is ablated with probability {hd['probability']}, independently per example"
@@ -733,22 +791,31 @@ def _hydra_card_parts(m: dict, recipe: BuiltinRecipe) -> dict[str, str]:
                       f"head dropped to equal that of {teacher}.")
         if "trainable" in m["training"]:
             extra += f" Only {', '.join(m['training']['trainable'])} is trained; the rest is frozen."
+        if "trainable_heads" in m["training"]:
+            heads = ", ".join(f"L{l}H{h}" for l, h in m["training"]["trainable_heads"])
+            extra += (f" Only the query, key, value and output weights of {heads} are trained; every other\n"
+                      "weight is frozen at its starting value.")
         if "init_from" in m["training"]:
             extra += f" Training starts from the {m['training']['init_from']['model']} model's weights."
+        learns = ("Downstream heads so learn to stand in for a missing head: backup heads"
+                  if "trainable_heads" not in m["training"] else
+                  f"{', '.join(f'L{l}H{h}' for l, h in m['training']['trainable_heads'])} so learns to stay quiet while the "
+                  "head writes and to stand in for it when it is gone: a backup head, trained in by this explicit\n"
+                  "objective (dropout alone did not produce one at this scale: docs/hydra-notes.md)")
         parts["training"] = (
             f"\n**Head dropout:** in every training forward pass {which}: its output `hook_z` is\n"
-            f"{what} (seeded masks from their own generator).{extra} Downstream heads so learn\n"
-            "to stand in for a missing head: backup heads, as in Wang et al.'s backup name movers and\n"
-            "McGrath et al. 2023's Hydra effect."
+            f"{what} (seeded masks from their own generator).{extra} {learns}, as in Wang et al.'s\n"
+            "backup name movers and McGrath et al. 2023's Hydra effect."
         )
     sr = m.get("self_repair")
     if sr is None:
         return parts
     parts["intro"] = (
-        "The same data as the default model, trained with whole attention heads randomly ablated, so\n"
-        "that it **repairs itself**: mean-ablate its strongest head and another head's direct effect\n"
-        "grows to make up much of the loss (the Hydra effect). Use it to see self-repair in the app\n"
-        "(the self-repair method) next to the default model, which has almost none.\n\n"
+        "The default model with one more trained head: fine-tuned on the same data with its strongest\n"
+        "head randomly ablated, so that it **repairs itself**: mean-ablate that head and a later head's\n"
+        "direct effect grows to make up much of the loss (the Hydra effect). Use it to see self-repair\n"
+        "in the app (the self-repair method; the \"Self-repair view\" example) next to the default\n"
+        "model, which has almost none. Walk-through: docs/self-repair.md.\n\n"
     )
     tg, cp, ev = sr["target"], sr["compensator"], sr["eval"]
     tname, cname = f"L{tg['layer']}H{tg['head']}", f"L{cp['layer']}H{cp['head']}"

@@ -30,9 +30,19 @@ PRESETS: dict[str, Preset] = {
         Preset(
             "self-repair",
             "Self-repair view",
-            "Mean-ablate L2H2 on 16 IOI prompts: its total vs direct effect, and each head's and MLP's change in "
-            "direct effect. On this model the rest of the network amplifies the drop (MLP2, MLP3) rather than "
-            "repairing it; pair-ablate a compensator to see the paired ablation beside the single ones",
+            "On the hydra model, mean-ablate L2H2 on 16 IOI prompts: its total effect is about its direct effect, "
+            "because L3H4 steps in (its direct effect grows by most of what L2H2's lost). Pair-ablate L3H4 to see "
+            "the paired ablation cost far more than the two single ones",
+            "hydra",
+            {"model": "hydra", "source": "family", "family": "ioi_swap", "n_pairs": "16", "family_seed": "7",
+             "template": "0", "method": "self_repair", "targets": "L2H2", "compensator": "", "ablation": "mean",
+             "seed": "0", "metric": "logit_diff"},
+        ),
+        Preset(
+            "no-self-repair",
+            "No self-repair (default model)",
+            "The same experiment on the default model: mean-ablate L2H2 on 16 IOI prompts. Its total effect is about "
+            "twice its direct effect: the rest of the network amplifies the drop (MLP2, MLP3) rather than repairing it",
             "default",
             {"model": "default", "source": "family", "family": "ioi_swap", "n_pairs": "16", "family_seed": "7",
              "template": "0", "method": "self_repair", "targets": "L2H2", "compensator": "", "ablation": "mean",
