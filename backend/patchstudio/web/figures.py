@@ -241,21 +241,23 @@ def repair_figure(result: PatchResult) -> dict[str, Any]:
     targets' direct effect, how the rest of the network responded (other heads' and MLPs' changes
     in direct effect) and, as its own bar, the change due to the final LayerNorm's scale."""
     r = analysis.repair_reading(result)
-    labels = ["total effect<br>(TE)", "targets' direct<br>effect (DE)", f"other heads<br>+ MLPs<br>({r['components_word']})",
-              "final LayerNorm<br>scale change"]
+    # short lines: six bars must stay apart in a 400-pixel-wide column
+    labels = ["total<br>effect<br>(TE)", "targets'<br>direct<br>effect (DE)", f"other<br>heads +<br>MLPs<br>({r['components_word']})",
+              "final<br>LayerNorm<br>scale<br>change"]
     values = [r["total_effect"], r["direct_effect"], r["components"], r["ln_scale_part"]]
     colors = ["#4c78a8", "#e45756", "#54a24b" if r["components_compensate"] else "#b279a2", "#9d755d"]
     if r.get("paired_total_effect") is not None:
         c = result.spec.compensator
-        labels += [f"L{c.layer}H{c.head}<br>alone (TE)", "paired<br>ablation (TE)"]
+        labels += [f"L{c.layer}H{c.head}<br>alone<br>(TE)", "paired<br>ablation<br>(TE)"]
         values += [r["compensator_total_effect"], r["paired_total_effect"]]
         colors += ["#bab0ac", "#72b7b2"]
     trace = {"type": "bar", "x": labels, "y": values, "text": [f"{v:+.3f}" for v in values], "textposition": "auto",
              "hovertemplate": "%{x}: %{y:+.3f} logit diff<extra></extra>", "marker": {"color": colors}, "cliponaxis": False}
-    layout = {"title": {"text": "change in logit(answer) − logit(wrong) when the targets are ablated (0 = no change)", "font": {"size": 14}},
+    title = _wrap("change in logit(answer) − logit(wrong) when the targets are ablated (0 = no change)", 56)
+    layout = {"title": {"text": title, "font": {"size": 14}},
               "yaxis": {"title": {"text": "change in logit diff (0 = no change)"}, "zeroline": True, "automargin": True},
-              "xaxis": {"tickangle": 0, "automargin": True},
-              "height": 360, "margin": {"l": 60, "r": 20, "t": 60, "b": 90}}
+              "xaxis": {"tickangle": 0, "automargin": True, "tickfont": {"size": 11}},
+              "height": 380, "margin": {"l": 60, "r": 20, "t": 70, "b": 100}}
     return {"data": [trace], "layout": layout}
 
 
