@@ -127,3 +127,37 @@ def test_a_zero_gradient_metric_is_warned_about(perturbed_model):
     assert any(w.startswith("The metric's gradient is zero at the clean run") for w in result.warnings)
     for quiet in ({**spec, "direction": "denoise"}, {**spec, "steps": 4}, {**spec, "metric": "logit_diff"}):
         assert not any("gradient is zero" in w for w in run(perturbed_model, quiet).warnings), quiet
+
+
+@pytest.mark.parametrize("component", ["head", "head_q", "head_k", "head_v", "resid_pre", "attn_out", "mlp_out"])
+@pytest.mark.parametrize("positions", ["all", "each"])
+def test_a_pass_over_the_suffix_gives_the_whole_passes_estimates(perturbed_model, component, positions):
+    """Prompts that first differ late: the forward and backward passes from the first difference
+    on (earlier keys and values from the base run) give the full passes' estimates exactly, with 0
+    at the earlier positions; and the suffix pass really ran (a wrong prefix changes the answer)."""
+    from patchstudio.engine import hooks as H
+    from patchstudio.engine.fast import kv_names
+    from patchstudio.engine.methods.attribution_patching import attribution_sweep
+    from patchstudio.engine.metrics import Readout
+
+    model = perturbed_model
+    clean = model.to_tokens("When Mary and John went to the store , John gave a drink to")
+    corrupted = model.to_tokens("When Mary and John went to the store , Mary gave a drink to")
+    first = int((clean != corrupted).nonzero()[0, 1])
+    assert first >= 8
+    names = list(dict.fromkeys(H.source_hooks(component, int(model.cfg.n_layers)) + kv_names(model)))
+    with torch.no_grad():
+        _, base = model.run_with_cache(corrupted, names_filter=names)
+        _, source = model.run_with_cache(clean, names_filter=names)
+    tid = model.tokenizer.convert_tokens_to_ids
+    readout = Readout(model, "logit_diff", tid("Mary"), tid("John"))
+    kv = {n: base[n] for n in kv_names(model)}
+    whole = attribution_sweep(model, corrupted, base, source, component, positions, readout)
+    cut = attribution_sweep(model, corrupted, base, source, component, positions, readout, same_before=first, kv=kv)
+    assert cut.shape == whole.shape
+    assert torch.allclose(cut, whole, atol=1e-4), float((cut - whole).abs().max())  # the engine-wide tolerance
+    assert (whole != whole[0]).any()  # some estimate differs from the base metric
+    # the prefix really comes from kv: a wrong prefix moves the estimates
+    wrong = {n: v + 1.0 for n, v in kv.items()}
+    moved = attribution_sweep(model, corrupted, base, source, component, positions, readout, same_before=first, kv=wrong)
+    assert not torch.allclose(moved, whole, atol=1e-3)

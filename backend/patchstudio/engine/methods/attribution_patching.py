@@ -29,7 +29,9 @@ from pydantic import Field, field_validator
 from torch import Tensor
 
 from patchstudio.engine import hooks as H
+from patchstudio.engine.fast import is_causal, kv_names, suffix_hooks, suffix_supported
 from patchstudio.engine.forward import last_mlp_trim, merge, run_to_final_resid
+from patchstudio.engine.patching import first_difference
 from patchstudio.engine.methods.base import Method, PairContext, PairResult
 from patchstudio.engine.metrics import zero_gradient
 from patchstudio.specs import Direction, SpecBase
@@ -74,6 +76,8 @@ def attribution_sweep(
     *,
     steps: int = 1,
     stats: dict[str, float] | None = None,
+    same_before: int = 0,
+    kv: dict[str, Tensor] | None = None,
 ) -> Float[Tensor, "n_sites"]:
     """Estimated metric after patching each site (``hooks.sites`` order) of ``component``.
 
@@ -83,6 +87,13 @@ def attribution_sweep(
     pass (with ``steps`` rows); the backward pass computes activation gradients only. ``stats``,
     when given, receives ``largest_gradient``: the largest absolute gradient of the metric with
     respect to the final residual stream (0: every estimate is the base metric).
+
+    ``same_before``: the base and source prompts agree at every position before it; ``kv``: the
+    base run's keys and values (``fast.kv_names``). Given both (and ``steps`` 1), the forward and
+    backward passes cover only the positions from the first difference on, the earlier keys and
+    values read from ``kv`` (a suffix pass, as in ``patching``). Exact: source minus base is zero
+    at the earlier positions, so their gradients multiply zero, and a later position's gradient
+    flows only through later positions.
     """
     if component not in SUPPORTED:
         raise ValueError(f"attribution patching supports {sorted(SUPPORTED)}, not {component!r}")
@@ -98,6 +109,13 @@ def attribution_sweep(
         return keep
 
     hooks: dict[str, list] = {name: [keeper(name)] for name in names}
+    seq_len = int(base_tokens.shape[-1])
+    start = 0
+    if steps == 1 and kv is not None and same_before > 0 and is_causal(model) and suffix_supported(model, base_tokens):
+        start = min(int(same_before), seq_len - 1)  # the final position is always computed: the readout
+    if start > 0:  # the captures come after the suffix hooks (which cut z and the stream to the suffix)
+        before, after = suffix_hooks(model, start, seq_len, kv)
+        hooks = merge(before, after, hooks)
     if steps > 1:
         # Riemann sum at the midpoints of the path from the base to the source input embeddings.
         first = H.resid_pre_name(0)
@@ -126,8 +144,12 @@ def attribution_sweep(
     estimates = []
     for name, grad in zip(names, grads):
         mean_grad = grad.detach().sum(0, keepdim=True) / grad.shape[0]  # average over the IG steps
-        delta = source_cache[name] - base_cache[name]
-        estimates.append(_reduce(component, positions, mean_grad * delta)[0].reshape(-1))
+        n = grad.shape[1]  # positions the pass computed: all, or the suffix (q, k, v: all, the prefix's delta 0)
+        delta = (source_cache[name] - base_cache[name])[:, seq_len - n :]
+        per_site = _reduce(component, positions, mean_grad * delta)[0]
+        if positions == "each" and n < seq_len:  # positions before the suffix: no change, estimate 0
+            per_site = torch.cat([per_site.new_zeros((seq_len - n, *per_site.shape[1:])), per_site])
+        estimates.append(per_site.reshape(-1))
     return torch.stack(estimates).reshape(-1).float().cpu() + base_metric
 
 
@@ -135,9 +157,11 @@ def run_pair(ctx: PairContext) -> PairResult:
     spec = ctx.spec
     base_tokens, base_cache, source_cache = ctx.runs(spec.direction)
     stats: dict[str, float] = {}
+    # for a pass over the suffix (integrated gradients run whole: their rows leave the base run)
+    kv = ({name: base_cache[name] for name in kv_names(ctx.model)} or None) if spec.steps == 1 else None
     values = attribution_sweep(
         ctx.model, base_tokens, base_cache, source_cache, spec.component, spec.positions, ctx.readout(),
-        steps=spec.steps, stats=stats,
+        steps=spec.steps, stats=stats, same_before=first_difference(ctx.pair.clean, ctx.pair.corrupted), kv=kv,
     )
     ctx.progress(spec.steps)
     warnings = ()
@@ -155,8 +179,9 @@ def run_pair(ctx: PairContext) -> PairResult:
 
 def cache_names(model, spec) -> list[str]:
     names = [H.hook_name(spec.component, layer) for layer in range(int(model.cfg.n_layers))]
-    # integrated gradients interpolate the input embeddings
-    return names + [H.resid_pre_name(0)] if spec.steps > 1 and spec.component != "resid_pre" else names
+    if spec.steps > 1:  # integrated gradients interpolate the input embeddings (and run whole)
+        return names + [H.resid_pre_name(0)] if spec.component != "resid_pre" else names
+    return list(dict.fromkeys(names + kv_names(model)))  # keys and values: a pass over the suffix reads its prefix's
 
 
 METHOD = Method(
