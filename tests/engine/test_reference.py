@@ -193,10 +193,12 @@ def test_reference_activations_are_computed_once_per_spec(model, monkeypatch):
     real_rwc = type(model).run_with_cache
     monkeypatch.setattr(type(model), "run_with_cache", lambda self, tokens, **k: forwards.append(tokens.shape[0]) or real_rwc(self, tokens, **k))
     # the pairs' own cached runs go through the engine's helper (which may skip model.run_with_cache)
-    real_engine_rwc = engine_run.run_with_cache
-    monkeypatch.setattr(engine_run, "run_with_cache",
+    import patchstudio.engine.forward as forward
+
+    real_engine_rwc = forward.run_with_cache
+    monkeypatch.setattr(forward, "run_with_cache",
                         lambda m, tokens, *a, **k: forwards.append(tokens.shape[0]) or real_engine_rwc(m, tokens, *a, **k))
     run(model, {"method": "ablation", "prompts": IOI})
     assert calls == [1]
-    # the pairs' clean and corrupted runs (one row each), then the reference set in batches, once
-    assert sorted(forwards) == sorted([1] * 2 * len(IOI) + [R.REFERENCE_BATCH] * (R.REFERENCE_SIZE // R.REFERENCE_BATCH))
+    # each pair's clean and corrupted runs (one batch of two), then the reference set in batches, once
+    assert sorted(forwards) == sorted([2] * len(IOI) + [R.REFERENCE_BATCH] * (R.REFERENCE_SIZE // R.REFERENCE_BATCH))

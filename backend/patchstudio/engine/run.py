@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import torch
 
-from patchstudio.engine.forward import run_with_cache
+from patchstudio.engine.forward import run_with_cache_pair
 from patchstudio.engine.inputs import PreparedPair, prepare_pairs, refuse_multi_token
 from patchstudio.engine.methods import Method, PairContext, get_method
 from patchstudio.engine.metrics import (
@@ -130,8 +130,8 @@ def run(
         chunk_rows = auto_chunk_rows(model, longest, spec.metric in NEEDS_FULL_VOCAB or tail > 1, tail)
 
     names = method.cache_names(model, spec)
-    clean_runs = [run_with_cache(model, pair.clean, names) for pair in pairs]
-    corrupted_runs = [run_with_cache(model, pair.corrupted, names) for pair in pairs]
+    clean_runs, corrupted_runs = map(list, zip(*(run_with_cache_pair(model, pair.clean, pair.corrupted, names)
+                                                  for pair in pairs)))
     reference = None
     if p.reference is not None:  # once per spec: every pair ablates against the same set
         own = ([cache for _, cache in clean_runs], [cache for _, cache in corrupted_runs])
