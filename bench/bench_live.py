@@ -115,6 +115,21 @@ def server_times(url: str, texts: list[str], positions: str) -> list[float]:
     return out
 
 
+def _wait_until(predicate: str, timeout_ms: int = 60_000) -> str:
+    """A function for ``page.evaluate``: a promise of ``performance.now()`` at the first animation
+    frame where ``predicate`` (JS source of a function) holds; rejected after ``timeout_ms``."""
+    return f"""() => new Promise((resolve, reject) => {{
+        const holds = {predicate};
+        const t0 = performance.now();
+        const tick = () => {{
+            if (holds()) resolve(performance.now());
+            else if (performance.now() - t0 > {timeout_ms}) reject(new Error("timed out"));
+            else requestAnimationFrame(tick);
+        }};
+        tick();
+    }})"""
+
+
 def browser_times(url: str, texts: list[str], debounce_ms: int, typing_ms: int) -> tuple[list[float], list[int]]:
     from playwright.sync_api import sync_playwright
 
@@ -124,7 +139,10 @@ def browser_times(url: str, texts: list[str], debounce_ms: int, typing_ms: int) 
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.set_default_timeout(60_000)
         page.goto(url + "/")
-        page.wait_for_function(f"{HEATMAP_Z} !== null")
+        # (the page's CSP forbids eval, which wait_for_function's string predicates need: these
+        # waits are promises run with evaluate, polling once per animation frame)
+        page.locator("#spec-form button[type=submit]").click()  # a GET computes nothing: run the form once
+        page.evaluate(_wait_until("() => " + HEATMAP_Z + " !== null"))
         page.evaluate(
             """ms => {
                 const form = document.getElementById('spec-form');
@@ -144,14 +162,14 @@ def browser_times(url: str, texts: list[str], debounce_ms: int, typing_ms: int) 
             box.focus()
             page.keyboard.press("End")
             page.keyboard.type(typed, delay=typing_ms)
-            done = page.wait_for_function(
-                f"old => {{ const z = {HEATMAP_Z}; return z !== null && JSON.stringify(z) !== JSON.stringify(old) ? performance.now() : false; }}",
-                arg=old, polling="raf",
-            ).json_value()
+            changed = f"() => {{ const z = {HEATMAP_Z}; return z !== null && JSON.stringify(z) !== JSON.stringify(window.__old); }}"
+            page.evaluate("old => { window.__old = old; }", old)
+            done = page.evaluate(_wait_until(changed))
             latencies.append(done - page.evaluate("window.__lastKey"))
             requests.append(page.evaluate("window.__requests"))
             with contextlib.suppress(Exception):  # the reader's Figure 1 (triangulation) loads before the next edit
-                page.wait_for_function("() => { const f = document.getElementById('figure1'); return !f || !f.textContent.includes('loading'); }")
+                page.evaluate(_wait_until("() => { const f = document.getElementById('figure1'); "
+                                          "return !f || !f.textContent.includes('loading'); }", timeout_ms=60_000))
         browser.close()
     return latencies, requests
 
