@@ -16,6 +16,11 @@ class Preset:
     form: dict[str, str] = field(default_factory=dict)  # form values over DEFAULT_FORM
 
 
+# One experiment, two models: mean-ablate L2H2 on 16 generated IOI prompts (docs/self-repair.md).
+_SELF_REPAIR = {"source": "family", "family": "ioi_swap", "n_pairs": "16", "family_seed": "7", "template": "0",
+                "method": "self_repair", "targets": "L2H2", "compensator": "", "ablation": "mean", "seed": "0",
+                "metric": "logit_diff"}
+
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
@@ -30,13 +35,11 @@ PRESETS: dict[str, Preset] = {
         Preset(
             "self-repair",
             "Self-repair view",
-            "On the hydra model, mean-ablate L2H2 on 16 IOI prompts: its total effect is about its direct effect, "
-            "because L3H4 steps in (its direct effect grows by most of what L2H2's lost). Pair-ablate L3H4 to see "
-            "the paired ablation cost far more than the two single ones",
+            "On the hydra model, mean-ablate L2H2 on 16 IOI prompts: the metric drops by much less than L2H2's "
+            "direct effect, because L3H4 steps in (its direct effect grows by most of what L2H2's lost). Pair-ablate "
+            "L3H4 to see the paired ablation cost far more than the two single ones",
             "hydra",
-            {"model": "hydra", "source": "family", "family": "ioi_swap", "n_pairs": "16", "family_seed": "7",
-             "template": "0", "method": "self_repair", "targets": "L2H2", "compensator": "", "ablation": "mean",
-             "seed": "0", "metric": "logit_diff"},
+            {"model": "hydra", **_SELF_REPAIR},
         ),
         Preset(
             "no-self-repair",
@@ -44,9 +47,7 @@ PRESETS: dict[str, Preset] = {
             "The same experiment on the default model: mean-ablate L2H2 on 16 IOI prompts. Its total effect is about "
             "twice its direct effect: the rest of the network amplifies the drop (MLP2, MLP3) rather than repairing it",
             "default",
-            {"model": "default", "source": "family", "family": "ioi_swap", "n_pairs": "16", "family_seed": "7",
-             "template": "0", "method": "self_repair", "targets": "L2H2", "compensator": "", "ablation": "mean",
-             "seed": "0", "metric": "logit_diff"},
+            {"model": "default", **_SELF_REPAIR},
         ),
     )
 }
