@@ -110,3 +110,39 @@ def test_trainable_heads_change_only_their_own_slices(tmp_path):
         else:
             assert torch.equal(new, old), name
     assert len(moved) == 6  # q, k, v weights, q and v biases, o's weight
+
+
+def test_every_shipped_model_records_the_environment_a_bit_for_bit_retrain_needs():
+    """Bit-for-bit reproduction holds only in the same package versions and CPU instruction set (a
+    default model trained in an earlier environment did not reproduce in this one): each shipped
+    model's metrics.json records them and its card names them."""
+    import json
+
+    from patchstudio.models.train_default import NUMERIC_PACKAGES, environment_summary
+
+    for name, directory in BUILTIN_MODELS.items():
+        env = json.loads((directory / "metrics.json").read_text())["training"]["environment"]
+        assert set(env["packages"]) == set(NUMERIC_PACKAGES) and env["cpu_capability"], name
+        assert environment_summary(env) in (directory / "CARD.md").read_text(), name
+
+
+def test_the_retrain_says_whether_it_reproduced_the_shipped_weights_and_if_not_why():
+    from patchstudio.models.default_model import weights_fingerprint
+    from patchstudio.models.train_default import environment, reproduction_report
+
+    env = environment()
+    shipped = weights_fingerprint(BUILTIN_MODELS["default"])
+    same = {"model": {"fingerprint": shipped}, "training": {"environment": env}}
+    assert "the shipped weights bit for bit" in reproduction_report("default", same, shipped, env)
+
+    other = {"model": {"fingerprint": "0" * 64}, "training": {"environment": env}}
+    older = {**env, "packages": {**env["packages"], "torch": "2.0.0"}}
+    line = reproduction_report("default", other, shipped, older)
+    assert "differs from the shipped" in line and "torch 2.0.0" in line and env["packages"]["torch"] in line
+    assert "please report it" in reproduction_report("default", other, shipped, env)  # nothing explains it
+    assert "other than the recipe's" in reproduction_report("default", other, shipped, env, default_settings=False)
+
+    hydra = {"model": {"fingerprint": "1" * 64},
+             "training": {"environment": env, "init_from": {"model": "default", "fingerprint": "2" * 64}}}
+    line = reproduction_report("hydra", hydra, weights_fingerprint(BUILTIN_MODELS["hydra"]), env)
+    assert "started from default weights other than the shipped ones" in line and "environment" not in line

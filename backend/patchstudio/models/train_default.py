@@ -265,6 +265,38 @@ def _head_slices(model, heads: tuple[tuple[int, int], ...]):
     return params, restore
 
 
+# The packages whose float arithmetic the weights depend on. Bit-for-bit reproduction needs the
+# same versions, seed, thread count and CPU instruction set: any of them can change the last bits
+# of one operation, and training amplifies that into different weights (with the same figures).
+NUMERIC_PACKAGES = ("torch", "transformer-lens", "transformers", "tokenizers", "numpy", "safetensors")
+
+
+def environment() -> dict:
+    """What a bit-for-bit retrain must match: package versions, Python, the CPU's model name and the
+    instruction set torch dispatches to."""
+    import importlib.metadata
+    import sys
+
+    cpu = platform.machine()
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "packages": {name: importlib.metadata.version(name) for name in NUMERIC_PACKAGES},
+        "python": sys.version.split()[0],
+        "cpu": cpu,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+
+
+def environment_summary(env: dict | None) -> str:
+    if not env:
+        return "not recorded"
+    pkgs = ", ".join(f"{k} {v}" for k, v in env["packages"].items())
+    return f"{pkgs}; Python {env['python']}; {env['cpu']} ({env['cpu_capability']})"
+
+
 def _encode(tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ids [batch, pos] and a mask of real tokens."""
     enc = tokenizer(texts, padding=True, return_tensors="pt")
@@ -581,7 +613,7 @@ def train(
         "train_seconds": round(train_seconds, 1),
         "cpu_count": os.cpu_count(), "load_average_1min_at_end": round(os.getloadavg()[0], 2),
         "torch": torch.__version__, "platform": platform.platform(), "processor": platform.machine(),
-        "recipe": recipe.name,
+        "recipe": recipe.name, "environment": environment(),
     }  # fmt: skip
     if recipe.head_dropout > 0 or recipe.layer_dropout > 0:
         training["head_dropout"] = {
@@ -624,7 +656,35 @@ def train_builtin(
     recipe's, which reproduce the shipped weights bit for bit. Returns its metrics."""
     if name not in RECIPES:
         raise ValueError(f"unknown built-in model {name!r}: choose from {', '.join(RECIPES)}")
-    return train(out_dir, seed=seed, steps=steps, log=log, recipe=name, init_dir=init_dir)
+    shipped = RECIPES[name].directory
+    shipped_print = weights_fingerprint(shipped) if (shipped / WEIGHTS_FILE).exists() else None
+    shipped_env = None
+    if (shipped / "metrics.json").exists():
+        shipped_env = json.loads((shipped / "metrics.json").read_text())["training"].get("environment")
+    metrics = train(out_dir, seed=seed, steps=steps, log=log, recipe=name, init_dir=init_dir)
+    log(reproduction_report(name, metrics, shipped_print, shipped_env, default_settings=seed is None and steps is None))
+    return metrics
+
+
+def reproduction_report(name: str, metrics: dict, shipped_print: str | None, shipped_env: dict | None,
+                        default_settings: bool = True) -> str:
+    """One line: did this retrain give the shipped weights, and if not, what may explain it."""
+    got = metrics["model"]["fingerprint"]
+    if shipped_print is None:
+        return f"{name}: sha256 {got} (no shipped weights to compare with)"
+    if got == shipped_print:
+        return f"{name}: sha256 {got}, the shipped weights bit for bit"
+    why = []
+    if not default_settings:
+        why.append("a seed or step count other than the recipe's")
+    init = metrics["training"].get("init_from")
+    if init and init["fingerprint"] != weights_fingerprint(RECIPES[init["model"]].directory):
+        why.append(f"it started from {init['model']} weights other than the shipped ones")
+    env = metrics["training"].get("environment")
+    if env != shipped_env:
+        why.append(f"this environment ({environment_summary(env)}) is not the shipped one's ({environment_summary(shipped_env)})")
+    return (f"{name}: sha256 {got} differs from the shipped {shipped_print}"
+            + (f": {'; '.join(why)}" if why else " in the same recorded environment: please report it"))
 
 
 def train_all(out_root: str | Path | None = None, log: Callable[[str], None] = print) -> dict[str, dict]:
@@ -730,8 +790,13 @@ token (`"store,"` -> `store` `,`). Case-sensitive. The tokenizer prepends `<bos>
 x{t['answer_weight']}) plus {t['induction_batch']} repeated sequences.{hydra['training']} Seed {t['seed']}, {t['threads']} CPU threads,
 torch {t['torch']}. Wall time: {t['train_seconds']:.0f} s training, {t['total_seconds']:.0f} s in all
 ({t['processor']}, {t.get('cpu_count', '?')} cores, 1-min load average {t.get('load_average_1min_at_end', '?')} at the end).
-{t.get('note', '')} Reproduce: `python -m patchstudio.models.train_default{hydra['flag']}`
-(`--eval-only` re-measures the saved model and rewrites `metrics.json` and this card).
+{t['note'] + ' ' if t.get('note') else ''}Reproduce: `patchstudio train-default --model {recipe.name}` (or `python -m patchstudio.models.train_default{hydra['flag']}`;
+`--eval-only` re-measures the saved model and rewrites `metrics.json` and this card). The retrain gives
+these weights bit for bit in the same environment: {environment_summary(t.get('environment'))}, {t['threads']} threads.
+Another version of a package, thread count or CPU instruction set can change the last bits of a float
+operation, which {t['steps']} steps amplify into different weights that measure alike but not identically
+(in one such case the default model's weights came out up to 0.004 apart and its held-out logit diff 0.003
+away); the retrain says which of these differ.
 
 ## Measured (held-out prompts; `metrics.json`)
 
