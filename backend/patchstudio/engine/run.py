@@ -110,8 +110,12 @@ def run(
     chunk_rows: int | None = None,
     max_patched_runs: int | None = None,
     progress: ProgressFn | None = None,
+    checked: Plan | None = None,
 ) -> PatchResult:
     """Run an experiment spec (object, dict or JSON) on ``model`` (any TransformerBridge).
+
+    ``checked``: the spec's ``plan`` on this model when the caller already made it (a server prices
+    a spec before deciding to run it): it is not tokenized and priced a second time.
 
     ``max_patched_runs`` bounds the sweep's cost (prompts x patches); ``progress(done, total)`` is
     called after each batch, and may raise to cancel. ``chunk_rows`` bounds the rows of one forward
@@ -120,7 +124,7 @@ def run(
     start = time.perf_counter()
     if model.training:
         model.eval()  # patching compares deterministic passes; dropout would break that
-    p = plan(model, spec)
+    p = checked if checked is not None else plan(model, spec)
     p.check_budget(max_patched_runs)
     spec, method, pairs = p.spec, p.method, p.pairs
     check_readout(model, pairs[0].clean)
