@@ -1,5 +1,6 @@
 # Patch Studio: the web app on the built-in default model (no download needed).
-# The install steps are the README's: torch==2.13.0 first, then the package.
+# The install steps are the README's: torch==2.13.0 first, then the package, both under
+# constraints.txt (the numeric stack the built-in models were trained with).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
@@ -11,8 +12,8 @@ COPY . /app
 RUN python3 -m venv /app/.venv
 ENV PATH=/app/.venv/bin:$PATH
 RUN pip install --upgrade pip \
- && pip install torch==2.13.0 \
- && pip install -e ".[postgres]"
+ && pip install -c constraints.txt torch==2.13.0 \
+ && pip install -c constraints.txt -e ".[postgres]"
 
 RUN mkdir -p /data /hf-cache
 VOLUME ["/data", "/hf-cache"]

@@ -18,8 +18,8 @@ def test_install_steps_match_between_readme_dockerfile_and_ci():
     dockerfile = (ROOT / "Dockerfile").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
     for text in (readme, dockerfile, ci):
-        assert "pip install torch==2.13.0" in text or "pip install -q torch==2.13.0" in text
-        assert re.search(r"pip install (-q )?-e \"?\.", text)
+        assert re.search(r"pip install (-q )?-c constraints\.txt torch==2\.13\.0", text)
+        assert re.search(r"pip install (-q )?-c constraints\.txt -e \"?\.", text)
     assert "bash .ci/run" in readme and "python -m pytest" in ci
     assert "patchstudio serve" in readme and '"patchstudio", "serve"' in dockerfile
 
@@ -54,3 +54,28 @@ def test_compose_config_validates():
         assert "postgres" in done.stdout and "worker" in done.stdout
         return
     pytest.skip("no docker compose implementation here")
+
+
+def _constraints() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, pinned = line.partition("==")
+            assert pinned, f"constraints.txt pins exactly: {line!r}"
+            pins[name.strip().lower()] = pinned.strip()
+    return pins
+
+
+@pytest.mark.parametrize("model", ["default", "hydra"])
+def test_constraints_pin_the_stack_each_built_in_model_was_trained_with(model):
+    """Retraining is bit for bit only in the recorded environment: the pins are the card's versions
+    (a local label such as torch's +cpu aside), for every package the card records."""
+    import json
+
+    recorded = json.loads((ROOT / "backend" / "patchstudio" / "models" / model / "metrics.json").read_text())
+    packages = recorded["training"]["environment"]["packages"]
+    assert {"torch", "transformer-lens", "transformers", "tokenizers", "numpy", "safetensors"} <= set(packages)
+    pins = _constraints()
+    for name, got in packages.items():
+        assert pins.get(name.lower()) == got.split("+", 1)[0], (name, got, pins.get(name.lower()))
