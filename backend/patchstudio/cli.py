@@ -150,8 +150,8 @@ def worker_command(
     """Run background jobs: loads its models once, then takes jobs from the database's queue until
     stopped (SIGINT or SIGTERM). Start as many as you like, on any machine that reaches the database."""
     import logging
-    import signal
 
+    from patchstudio.jobs import open_queue
     from patchstudio.service import ExperimentService
     from patchstudio.store import DatabaseMissing, Store
 
@@ -174,20 +174,9 @@ def worker_command(
     def run_spec(spec, progress):
         return service.get_or_run(spec, progress)
 
-    typer.echo(f"Patch Studio worker: {', '.join(loaded)} on {store.engine.dialect.name}", err=True)
-    if store.engine.dialect.name == "postgresql":
-        from patchstudio.jobs.pg import run_worker
-
-        run_worker(store, run_spec, loaded, concurrency=concurrency, heartbeat_seconds=settings.job_heartbeat_seconds,
-                   stale_seconds=settings.job_stale_seconds)
-        return
-    from patchstudio.jobs.local import LocalQueue
-
-    queue = LocalQueue(store, run_spec, loaded, workers=concurrency, heartbeat_seconds=settings.job_heartbeat_seconds,
-                       stale_seconds=settings.job_stale_seconds)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: queue._stop.set())
-    queue.run_forever()
+    queue = open_queue(settings, store, run_spec, loaded)
+    typer.echo(f"Patch Studio worker: {', '.join(loaded)} ({queue.kind} queue)", err=True)
+    queue.run_worker(concurrency)
 
 
 @app.command("train-default")
