@@ -11,7 +11,7 @@ from sqlalchemy import create_engine, text
 
 from helpers import TINY_PAIRS
 from patchstudio.engine.run import run
-from patchstudio.store import Store
+from patchstudio.store import Store, meta
 
 POSTGRES_URL = os.environ.get("PATCHSTUDIO_TEST_POSTGRES_URL")
 
@@ -106,3 +106,23 @@ def test_a_sqlite_file_is_written_ahead_and_synced_at_checkpoints(tmp_path):
     with store.engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("PRAGMA synchronous")).scalar() == 1  # NORMAL
+
+
+def test_origins_and_patterns_are_written_once_and_the_job_table_shares_the_database(store, request):
+    """insert_once is the one "first write wins" insert: a second write of a key keeps the first row."""
+    from patchstudio.jobs.store import JobStore
+
+    assert store.postgresql == ("postgresql" in request.node.callspec.id)
+    store.put_origin("r1", {"family": "ioi", "n": "8"})
+    store.put_origin("r1", {"family": "induction", "n": "4"})
+    assert store.get_origin("r1") == {"family": "ioi", "n": "8"}
+    store.put_patterns("r1", 0, {"values": [1.0]})
+    store.put_patterns("r1", 0, {"values": [2.0]})
+    assert store.get_patterns("r1", 0) == {"values": [1.0]} and store.get_patterns("r1", 1) is None
+    assert store.insert_once(meta, key="k", value="first") and not store.insert_once(meta, key="k", value="second")
+
+    JobStore(store)  # creates its table beside the runs' (and again is harmless)
+    JobStore(store)
+    with store.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM jobs")).scalar() == 0
+        assert conn.execute(text("SELECT value FROM meta WHERE key = 'k'")).scalar() == "first"

@@ -150,8 +150,8 @@ def worker_command(
     """Run background jobs: loads its models once, then takes jobs from the database's queue until
     stopped (SIGINT or SIGTERM). Start as many as you like, on any machine that reaches the database."""
     import logging
-    import signal
 
+    from patchstudio.jobs import open_queue
     from patchstudio.service import ExperimentService
     from patchstudio.store import DatabaseMissing, Store
 
@@ -174,20 +174,9 @@ def worker_command(
     def run_spec(spec, progress):
         return service.get_or_run(spec, progress)
 
-    typer.echo(f"Patch Studio worker: {', '.join(loaded)} on {store.engine.dialect.name}", err=True)
-    if store.engine.dialect.name == "postgresql":
-        from patchstudio.jobs.pg import run_worker
-
-        run_worker(store, run_spec, loaded, concurrency=concurrency, heartbeat_seconds=settings.job_heartbeat_seconds,
-                   stale_seconds=settings.job_stale_seconds)
-        return
-    from patchstudio.jobs.local import LocalQueue
-
-    queue = LocalQueue(store, run_spec, loaded, workers=concurrency, heartbeat_seconds=settings.job_heartbeat_seconds,
-                       stale_seconds=settings.job_stale_seconds)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: queue._stop.set())
-    queue.run_forever()
+    queue = open_queue(settings, store, run_spec, loaded)
+    typer.echo(f"Patch Studio worker: {', '.join(loaded)} ({queue.kind} queue)", err=True)
+    queue.run_worker(concurrency)
 
 
 @app.command("train-default")
@@ -197,18 +186,35 @@ def train_default_command(
     out: Optional[Path] = typer.Option(None, help="Output directory (default: the package's shipped model(s)); "
                                                   "with --model all, one subdirectory per model."),
     seed: Optional[int] = typer.Option(None, help="Training seed (default: the recipe's, which reproduces the shipped weights)."),
+    steps: Optional[int] = typer.Option(None, min=1, help="Training steps (default: the recipe's)."),
+    eval_only: bool = typer.Option(False, "--eval-only", help="Train nothing: re-measure the saved model(s) and rewrite "
+                                                              "metrics.json and CARD.md."),
+    card_only: bool = typer.Option(False, "--card-only", help="Train and measure nothing: rewrite CARD.md from the "
+                                                              "saved metrics.json (after editing a card template)."),
 ) -> None:
     """Retrain shipped built-in models from their recipes (the default model: about 7 minutes on 2 CPU cores, hydra 9 more) and say whether each reproduced the shipped weights bit for bit (it does in the environment its card records)."""
-    from patchstudio.models import train_default
+    from patchstudio.models.training import RECIPES, render_card, train_all, train_builtin, write_report
 
-    if model != "all" and model not in train_default.RECIPES:
-        _fail(f"unknown built-in model {model!r}: choose from {', '.join([*train_default.RECIPES, 'all'])}")
+    if model != "all" and model not in RECIPES:
+        _fail(f"unknown built-in model {model!r}: choose from {', '.join([*RECIPES, 'all'])}")
+    if eval_only or card_only:
+        if eval_only and card_only:
+            _fail("--eval-only and --card-only: choose one")
+        for name in list(RECIPES) if model == "all" else [model]:
+            directory = RECIPES[name].directory if out is None else out / name if model == "all" else out
+            if card_only:
+                (directory / "CARD.md").write_text(render_card(json.loads((directory / "metrics.json").read_text()), name))
+                typer.echo(f"wrote {directory / 'CARD.md'}", err=True)
+            else:
+                metrics = write_report(directory, recipe=name)
+                typer.echo(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2))
+        return
     if model == "all":
-        if seed is not None:
-            _fail("--seed needs a single --model")
-        metrics = train_default.train_all(out)
+        if seed is not None or steps is not None:
+            _fail("--seed and --steps need a single --model")
+        metrics = train_all(out)
     else:
-        metrics = train_default.train_builtin(model, out_dir=out, seed=seed)
+        metrics = train_builtin(model, out_dir=out, seed=seed, steps=steps)
     typer.echo(json.dumps(metrics, indent=2))
 
 

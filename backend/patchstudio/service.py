@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping
 
 from patchstudio.engine.run import plan, run
 from patchstudio.errors import InputError
+from patchstudio.jobs import JobQueue
 from patchstudio.models.registry import (
     ModelUnavailableError,
     describe_model,
@@ -100,6 +101,7 @@ class ExperimentService:
     settings: Settings
     store: Store
     models: dict[str, LoadedModel] = field(default_factory=dict)
+    jobs: JobQueue | None = None  # where large experiments go; set by whoever runs the queue (the web app's lifespan)
 
     def load_models(self, loader: Callable[[str], Any] | None = None, names: list[str] | None = None) -> None:
         """Load every allow-listed model (or ``names``) once. A model that cannot load is kept with

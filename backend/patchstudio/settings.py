@@ -107,8 +107,4 @@ class Settings(BaseSettings):
         return [h for h in hosts if h]
 
     def resolved_database_url(self) -> str:
-        if self.database_url:
-            return self.database_url
-        from patchstudio.store import sqlite_url
-
-        return sqlite_url(self.db_path)
+        return self.database_url or f"sqlite:///{self.db_path}"

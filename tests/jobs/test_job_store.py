@@ -13,15 +13,16 @@ from sqlalchemy import create_engine, text
 
 from helpers import TINY_PAIRS
 from patchstudio.jobs.local import LocalQueue
+from patchstudio.jobs.store import JobStore, TooManyJobs
 from patchstudio.specs import parse_spec
-from patchstudio.store import Store, TooManyJobs
+from patchstudio.store import Store
 from procs import POSTGRES_URL
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request, tmp_path):
     if request.param == "sqlite":
-        yield Store(f"sqlite:///{tmp_path}/jobs.sqlite3")
+        yield JobStore(Store(f"sqlite:///{tmp_path}/jobs.sqlite3"))
         return
     if not POSTGRES_URL:
         pytest.skip("PATCHSTUDIO_TEST_POSTGRES_URL is not set (CI sets it and starts PostgreSQL)")
@@ -30,7 +31,7 @@ def store(request, tmp_path):
     with admin.begin() as conn:
         conn.execute(text(f"CREATE SCHEMA {schema}"))
     separator = "&" if "?" in POSTGRES_URL else "?"
-    opened = Store(f"{POSTGRES_URL}{separator}options=-csearch_path%3D{schema}")
+    opened = JobStore(Store(f"{POSTGRES_URL}{separator}options=-csearch_path%3D{schema}"))
     yield opened
     opened.engine.dispose()
     with admin.begin() as conn:
@@ -43,9 +44,9 @@ def spec(component: str = "head"):
 
 
 def test_one_claim_wins_and_writes_are_fenced_by_the_attempt(store):
-    job, created = store.submit_job(spec(), "c:me")
+    job, created = store.submit(spec(), "c:me")
     assert created and job.status == "queued" and job.attempts == 0
-    again, created = store.submit_job(spec(), "c:other")
+    again, created = store.submit(spec(), "c:other")
     assert not created and again.id == job.id  # the same experiment joins its job
 
     winners = []
@@ -62,44 +63,44 @@ def test_one_claim_wins_and_writes_are_fenced_by_the_attempt(store):
         t.join()
     claimed = [w for w in winners if w is not None]
     assert claimed == [(job.id, 1)]
-    assert store.job_progress(job.id, 1, 3, 10) == "ok"
-    assert store.get_job(job.id).done == 3
+    assert store.progress(job.id, 1, 3, 10) == "ok"
+    assert store.get(job.id).done == 3
 
     # the worker stops beating; the job is requeued and claimed again: attempt 1 can no longer write
     assert store.requeue_stale(dt.timedelta(seconds=0)) == [job.id]
-    assert store.claim_job(job.id, "w2") == 2
-    assert store.job_progress(job.id, 1, 9, 10) == "lost"
-    assert not store.finish_job(job.id, 1, "done")
-    assert store.finish_job(job.id, 2, "done")
-    assert store.get_job(job.id).status == "done" and not store.finish_job(job.id, 2, "error", "late")
+    assert store.claim(job.id, "w2") == 2
+    assert store.progress(job.id, 1, 9, 10) == "lost"
+    assert not store.finish(job.id, 1, "done")
+    assert store.finish(job.id, 2, "done")
+    assert store.get(job.id).status == "done" and not store.finish(job.id, 2, "error", "late")
 
 
 def test_cancel_a_queued_job_at_once_and_a_running_one_at_its_next_report(store):
-    queued, _ = store.submit_job(spec("head"), "c:me")
-    assert store.request_cancel(queued.id).status == "cancelled"
-    assert store.claim_job(queued.id, "w") is None
-    running, _ = store.submit_job(spec("mlp_out"), "c:me")
-    attempt = store.claim_job(running.id, "w")
-    assert store.request_cancel(running.id).status == "running"
-    assert store.job_progress(running.id, attempt, 1, 2) == "cancel"
-    assert store.finish_job(running.id, attempt, "cancelled")
-    again, created = store.submit_job(spec("mlp_out"), "c:me")  # a cancelled experiment can be asked for again
+    queued, _ = store.submit(spec("head"), "c:me")
+    assert store.cancel(queued.id).status == "cancelled"
+    assert store.claim(queued.id, "w") is None
+    running, _ = store.submit(spec("mlp_out"), "c:me")
+    attempt = store.claim(running.id, "w")
+    assert store.cancel(running.id).status == "running"
+    assert store.progress(running.id, attempt, 1, 2) == "cancel"
+    assert store.finish(running.id, attempt, "cancelled")
+    again, created = store.submit(spec("mlp_out"), "c:me")  # a cancelled experiment can be asked for again
     assert created and again.status == "queued" and not again.cancel_requested
 
 
 def test_per_client_cap(store):
-    store.submit_job(spec("head"), "c:me", max_active=2)
-    store.submit_job(spec("mlp_out"), "c:me", max_active=2)
+    store.submit(spec("head"), "c:me", max_active=2)
+    store.submit(spec("mlp_out"), "c:me", max_active=2)
     with pytest.raises(TooManyJobs, match="limit is 2"):
-        store.submit_job(spec("attn_out"), "c:me", max_active=2)
-    store.submit_job(spec("head"), "c:me", max_active=2)  # joining an existing job is not a new one
-    store.submit_job(spec("attn_out"), "c:you", max_active=2)
+        store.submit(spec("attn_out"), "c:me", max_active=2)
+    store.submit(spec("head"), "c:me", max_active=2)  # joining an existing job is not a new one
+    store.submit(spec("attn_out"), "c:you", max_active=2)
 
 
 def test_local_queue_runs_jobs_and_cancels_them(tmp_path, tiny_model):
     from patchstudio.engine.run import run
 
-    store = Store(f"sqlite:///{tmp_path}/q.sqlite3")
+    store = JobStore(Store(f"sqlite:///{tmp_path}/q.sqlite3"))
     stored = {}
 
     def run_spec(s, progress):
@@ -117,29 +118,29 @@ def test_local_queue_runs_jobs_and_cancels_them(tmp_path, tiny_model):
         done = queue.submit(spec("head"), "c:me")
         slow = queue.submit(spec("pattern"), "c:me")
         deadline = time.monotonic() + 30
-        while store.get_job(slow.id).status != "running" and time.monotonic() < deadline:
+        while store.get(slow.id).status != "running" and time.monotonic() < deadline:
             time.sleep(0.02)
         asked = time.monotonic()
         queue.cancel(slow.id)
-        while store.get_job(slow.id).status == "running" and time.monotonic() < deadline:
+        while store.get(slow.id).status == "running" and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert store.get_job(slow.id).status == "cancelled" and time.monotonic() - asked < 2
-        assert store.get_job(done.id).status == "done" and done.id in stored
+        assert store.get(slow.id).status == "cancelled" and time.monotonic() - asked < 2
+        assert store.get(done.id).status == "done" and done.id in stored
     finally:
         queue.shutdown()
 
 
 def test_jobs_list_by_status_with_their_size_and_finished_ones_for_throughput(store):
-    first, _ = store.submit_job(spec("head"), "c:me", total=120)
-    second, _ = store.submit_job(spec("attn_out"), "c:me", total=30)
-    third, _ = store.submit_job(spec("mlp_out"), "c:you")
+    first, _ = store.submit(spec("head"), "c:me", total=120)
+    second, _ = store.submit(spec("attn_out"), "c:me", total=30)
+    third, _ = store.submit(spec("mlp_out"), "c:you")
     assert (first.total, third.total) == (120, 0)  # priced by the caller, or unknown until a worker reports
-    assert [j.id for j in store.list_jobs(["queued"])] == [first.id, second.id, third.id]  # the order workers take them
-    attempt = store.claim_job(first.id, "w")
-    store.job_progress(first.id, attempt, 120, 120)
-    store.finish_job(first.id, attempt, "done")
-    store.request_cancel(second.id)
-    assert [j.id for j in store.list_jobs(["running", "queued"])] == [third.id]
-    assert {j.id for j in store.list_jobs(["done", "error", "cancelled"])} == {first.id, second.id}
-    assert [j.id for j in store.finished_jobs(["default"])] == [first.id]
-    assert store.finished_jobs(["other"]) == []
+    assert [j.id for j in store.by_status(["queued"])] == [first.id, second.id, third.id]  # the order workers take them
+    attempt = store.claim(first.id, "w")
+    store.progress(first.id, attempt, 120, 120)
+    store.finish(first.id, attempt, "done")
+    store.cancel(second.id)
+    assert [j.id for j in store.by_status(["running", "queued"])] == [third.id]
+    assert {j.id for j in store.by_status(["done", "error", "cancelled"])} == {first.id, second.id}
+    assert [j.id for j in store.finished(["default"])] == [first.id]
+    assert store.finished(["other"]) == []

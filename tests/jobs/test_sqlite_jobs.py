@@ -1,5 +1,7 @@
 """SQLite, the single-machine default: jobs live in the database, so a server killed mid-job
-(kill -9) is restarted and the job reruns and completes; its page never answers 404."""
+(kill -9) is restarted and the job reruns and completes; its page never answers 404. A
+``patchstudio worker`` on the same file takes the jobs of a server that runs none itself, and on
+SIGTERM puts its running job back in the queue and exits."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import torch
 
 from helpers import TINY_PAIRS
 from patchstudio.engine.run import run
-from procs import Server, process_env, wait_for
+from procs import Server, process_env, wait_for, worker
 
 LONG = {"prompts": [TINY_PAIRS[0]] * 6, "component": "head", "positions": "each"}  # 720 patched runs, ~5 s
 
@@ -54,3 +56,36 @@ def test_kill_9_during_a_job_then_restart_and_the_job_completes(tmp_path, tiny_m
         raise
     finally:
         server.stop()
+
+
+def test_a_worker_process_on_sqlite_stops_on_sigterm_and_its_job_goes_back_to_the_queue(tmp_path, tiny_model):
+    env = process_env(database_url=f"sqlite:///{tmp_path}/lab.sqlite3", local_workers=0, chunk_rows=1,
+                      job_heartbeat_seconds=0.5, job_stale_seconds=30)
+    server = Server(env, tmp_path / "server.log").start().wait_ready()
+    procs = [server]
+    try:
+        submitted = httpx.post(f"{server.url}/api/jobs", json=LONG, timeout=30)
+        assert submitted.status_code == 202, submitted.text
+        job_id = submitted.json()["id"]
+        assert _status(server, job_id)["status"] == "queued"  # the server runs no jobs itself
+
+        first = worker(env, tmp_path / "worker1.log").start()
+        procs.append(first)
+        wait_for(lambda: (s := _status(server, job_id))["status"] == "running" and s["done"] > 0, 60, "the worker to take the job")
+        first.stop()  # SIGTERM
+        assert first.popen.returncode == 0, first.tail()
+        released = _status(server, job_id)
+        assert released["status"] == "queued" and released["attempts"] == 1, released  # back at once, not after 30 s
+
+        second = worker(env, tmp_path / "worker2.log").start()
+        procs.append(second)
+        done = wait_for(lambda: (s := _status(server, job_id))["status"] not in ("queued", "running") and s, 90,
+                        "the second worker to finish the job", interval=0.3)
+        assert done["status"] == "done" and done["attempts"] == 2, done
+    except Exception:
+        for proc in procs:
+            print(proc.tail(40))
+        raise
+    finally:
+        for proc in procs:
+            proc.stop()

@@ -10,7 +10,7 @@ import torch
 
 from patchstudio.models import prompts
 from patchstudio.models.default_model import DEFAULT_DIR, load_default_model, load_tokenizer, weights_fingerprint
-from patchstudio.models.train_default import evaluate
+from patchstudio.models.training import evaluate
 
 
 

@@ -11,12 +11,13 @@ from typer.testing import CliRunner
 
 from patchstudio.cli import app
 from patchstudio.models.default_model import BUILTIN_MODELS
-from patchstudio.models.train_default import RECIPES, _aligned_mean, _head_dropout_hooks
+from patchstudio.models.training.heads import aligned_mean, head_dropout_hooks
+from patchstudio.models.training.recipes import RECIPES
 
 
 def test_aligned_mean_counts_back_from_each_rows_last_token():
     act = torch.arange(8, dtype=torch.float).reshape(2, 4, 1)  # rows [0 1 2 3], [4 5 6 7]
-    got = _aligned_mean(act, torch.tensor([3, 1]))[..., 0]
+    got = aligned_mean(act, torch.tensor([3, 1]))[..., 0]
     # row 0 ends at 3, row 1 at 1: positions 3|1 and 2|0 pair up; row 1's tail is left alone.
     assert got.tolist() == [[0.0, 1.0, 3.0, 4.0], [3.0, 4.0, 6.0, 7.0]]
 
@@ -24,8 +25,8 @@ def test_aligned_mean_counts_back_from_each_rows_last_token():
 def test_aligned_mean_of_equal_rows_is_the_plain_mean():
     act = torch.randn(5, 6, 3, 2, generator=torch.Generator().manual_seed(0))
     plain = act.mean(0, keepdim=True).expand_as(act)
-    assert torch.allclose(_aligned_mean(act, torch.full((5,), 5)), plain)
-    assert torch.equal(_aligned_mean(act, None), plain)
+    assert torch.allclose(aligned_mean(act, torch.full((5,), 5)), plain)
+    assert torch.equal(aligned_mean(act, None), plain)
 
 
 class _Hook:
@@ -44,7 +45,7 @@ class _Model:
 def test_drop_one_ablates_exactly_one_head_per_chosen_example(heads):
     recipe = replace(RECIPES["hydra"], drop_one=True, head_dropout=0.5, head_dropout_layers=(2,),
                      head_dropout_heads=heads, head_dropout_mode="zero")  # fmt: skip
-    ((name, drop),) = _head_dropout_hooks(_Model, recipe, torch.Generator().manual_seed(0), {})
+    ((name, drop),) = head_dropout_hooks(_Model, recipe, torch.Generator().manual_seed(0), {})
     assert name == "blocks.2.attn.hook_z"
     out = drop(torch.ones(400, 3, 8, 4), _Hook(name))
     lost = (out == 0).all(-1).all(1)  # [example, head]
@@ -66,10 +67,24 @@ def test_train_default_refuses_an_unknown_model():
     assert result.exit_code == 2 and "unknown built-in model 'nope'" in result.output
 
 
+def test_train_default_card_only_rewrites_each_card_from_its_metrics(tmp_path):
+    import shutil
+
+    for name, directory in BUILTIN_MODELS.items():
+        (tmp_path / name).mkdir()
+        shutil.copy(directory / "metrics.json", tmp_path / name / "metrics.json")
+    result = CliRunner().invoke(app, ["train-default", "--model", "all", "--card-only", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    for name, directory in BUILTIN_MODELS.items():
+        assert (tmp_path / name / "CARD.md").read_text() == (directory / "CARD.md").read_text(), name
+    both = CliRunner().invoke(app, ["train-default", "--card-only", "--eval-only", "--out", str(tmp_path)])
+    assert both.exit_code == 2 and "choose one" in both.output
+
+
 def test_a_short_hydra_training_is_reproducible_bit_for_bit(tmp_path):
     """Seeded data, seeded dropout masks, frozen parts, the teacher run: two runs, one file."""
     from patchstudio.models.default_model import weights_fingerprint
-    from patchstudio.models.train_default import train
+    from patchstudio.models.training import train
 
     recipe = replace(RECIPES["hydra"], threads=1, self_repair_report=False)
     prints = []
@@ -87,7 +102,7 @@ def test_trainable_heads_change_only_their_own_slices(tmp_path):
     from safetensors.torch import load_file
 
     from patchstudio.models.default_model import WEIGHTS_FILE
-    from patchstudio.models.train_default import train
+    from patchstudio.models.training import train
 
     recipe = replace(RECIPES["hydra"], threads=1, self_repair_report=False)
     assert recipe.trainable_heads == ((3, 4),)
@@ -118,7 +133,7 @@ def test_every_shipped_model_records_the_environment_a_bit_for_bit_retrain_needs
     model's metrics.json records them and its card names them."""
     import json
 
-    from patchstudio.models.train_default import NUMERIC_PACKAGES, environment_summary
+    from patchstudio.models.training.environment import NUMERIC_PACKAGES, environment_summary
 
     for name, directory in BUILTIN_MODELS.items():
         env = json.loads((directory / "metrics.json").read_text())["training"]["environment"]
@@ -128,7 +143,7 @@ def test_every_shipped_model_records_the_environment_a_bit_for_bit_retrain_needs
 
 def test_the_retrain_says_whether_it_reproduced_the_shipped_weights_and_if_not_why():
     from patchstudio.models.default_model import weights_fingerprint
-    from patchstudio.models.train_default import environment, reproduction_report
+    from patchstudio.models.training.environment import environment, reproduction_report
 
     env = environment()
     shipped = weights_fingerprint(BUILTIN_MODELS["default"])

@@ -49,13 +49,13 @@ def test_jobs_page_and_its_twin_list_what_each_job_computes(queued):
 
 
 def test_time_left_from_the_models_measured_rate_and_the_result_linked_when_done(queued):
-    store = queued.app.state.service.store
+    store = queued.app.state.service.jobs.store
     done_id = submit(queued)
-    attempt = store.claim_job(done_id, "w")
-    store.job_progress(done_id, attempt, 8, 8)
-    store.finish_job(done_id, attempt, "done")
+    attempt = store.claim(done_id, "w")
+    store.progress(done_id, attempt, 8, 8)
+    store.finish(done_id, attempt, "done")
     with store.engine.begin() as conn:  # it took 4 s: the model runs 2 patched runs a second
-        from patchstudio.store import jobs
+        from patchstudio.jobs.store import jobs
 
         conn.execute(jobs.update().where(jobs.c.id == done_id).values(
             started_at=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), finished_at=dt.datetime(2026, 1, 1, 0, 0, 4, tzinfo=dt.timezone.utc)))

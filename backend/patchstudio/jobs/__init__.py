@@ -1,6 +1,7 @@
-"""The job queue: long sweeps run by workers, with durable state in the store's ``jobs`` table.
+"""The job queue: long sweeps run by workers, with durable state in the ``jobs`` table.
 
-Two dispatchers share that table, its progress, its cancellation and its fencing (``store.py``):
+Two dispatchers share that table, its progress, its cancellation and its fencing (``jobs/store.py``,
+in the same database as the run records):
 
 - **PostgreSQL** (``DATABASE_URL``): jobs go through `Procrastinate <https://procrastinate.readthedocs.io>`_,
   a queue per model (``model.<name>``), the spec id as queueing lock (the same experiment is queued
@@ -12,7 +13,8 @@ Two dispatchers share that table, its progress, its cancellation and its fencing
   requeued, so jobs survive restarts and every server on the same file sees them (``jobs.local``).
 
 Either way the web process only writes a row (and, on PostgreSQL, a queue entry); a page reads the
-row; a worker reports progress and reads the cancel flag through the row.
+row (``queue.store``); a worker reports progress and reads the cancel flag through the row.
+``queue.run_worker`` makes this process a worker until SIGINT or SIGTERM (``patchstudio worker``).
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from patchstudio.jobs.runner import RunSpec, execute
-from patchstudio.store import JobRow, Store, TooManyJobs
+from patchstudio.jobs.store import ACTIVE, JobRow, JobStore, TooManyJobs
+from patchstudio.store import Store
 
 
 class JobQueue(Protocol):
     kind: str
+    store: JobStore  # the job rows: pages read them here
 
     def start(self) -> None: ...
 
@@ -34,26 +38,25 @@ class JobQueue(Protocol):
 
     def cancel(self, job_id: str) -> JobRow | None: ...
 
+    def run_worker(self, concurrency: int = 1) -> None: ...
+
     def shutdown(self) -> None: ...
 
 
 def open_queue(settings: Any, store: Store, run_spec: RunSpec, models: list[str]) -> JobQueue:
-    """The dispatcher for this database: Procrastinate on PostgreSQL, threads on anything else."""
-    if store.engine.dialect.name == "postgresql":
+    """The dispatcher for this database, with its job store on ``store``'s engine: Procrastinate on
+    PostgreSQL, threads on anything else. ``models``: those this process runs (a worker's, or the
+    web server's own worker threads')."""
+    jobs = JobStore(store)
+    timing = {"heartbeat_seconds": settings.job_heartbeat_seconds, "stale_seconds": settings.job_stale_seconds}
+    if store.postgresql:
         from patchstudio.jobs.pg import ProcrastinateQueue
 
-        return ProcrastinateQueue(store, max_per_client=settings.max_jobs_per_client)
+        return ProcrastinateQueue(jobs, run_spec, models, max_per_client=settings.max_jobs_per_client, **timing)
     from patchstudio.jobs.local import LocalQueue
 
-    return LocalQueue(
-        store,
-        run_spec,
-        models,
-        workers=settings.local_workers,
-        heartbeat_seconds=settings.job_heartbeat_seconds,
-        stale_seconds=settings.job_stale_seconds,
-        max_per_client=settings.max_jobs_per_client,
-    )
+    return LocalQueue(jobs, run_spec, models, workers=settings.local_workers, max_per_client=settings.max_jobs_per_client,
+                      **timing)
 
 
-__all__ = ["JobQueue", "JobRow", "RunSpec", "TooManyJobs", "execute", "open_queue"]
+__all__ = ["ACTIVE", "JobQueue", "JobRow", "JobStore", "RunSpec", "TooManyJobs", "execute", "open_queue"]

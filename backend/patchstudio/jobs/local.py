@@ -5,18 +5,20 @@ and servers on the same database file share the queue safely. A heartbeat thread
 rows this process runs; a running row whose heartbeat is older than ``stale_seconds`` belongs to
 a process that died (kill -9, power loss) and goes back to the queue, at start and every few
 seconds after. The engine holds the model's lock for one forward pass at a time, so requests keep
-being answered while a sweep runs.
+being answered while a sweep runs. ``patchstudio worker`` on SQLite runs the same loop in its own
+process, in the foreground (``run_worker``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import signal
 import threading
 from typing import Any
 
 from patchstudio.jobs.runner import RunSpec, execute, worker_name
-from patchstudio.store import JobRow, Store
+from patchstudio.jobs.store import JobRow, JobStore
 
 log = logging.getLogger("patchstudio.jobs")
 
@@ -24,7 +26,7 @@ log = logging.getLogger("patchstudio.jobs")
 class LocalQueue:
     kind = "local"
 
-    def __init__(self, store: Store, run_spec: RunSpec, models: list[str], *, workers: int = 1,
+    def __init__(self, store: JobStore, run_spec: RunSpec, models: list[str], *, workers: int = 1,
                  heartbeat_seconds: float = 2.0, stale_seconds: float = 30.0, poll_seconds: float = 1.0,
                  max_per_client: int | None = None):
         self.store = store
@@ -44,16 +46,16 @@ class LocalQueue:
     # --- the web side ---
 
     def submit(self, spec: Any, client: str, total: int = 0) -> JobRow:
-        job, created = self.store.submit_job(spec, client, self.max_per_client, total)
+        job, created = self.store.submit(spec, client, self.max_per_client, total)
         if created:
             self._wake.set()
         return job
 
     def get(self, job_id: str) -> JobRow | None:
-        return self.store.get_job(job_id)
+        return self.store.get(job_id)
 
     def cancel(self, job_id: str) -> JobRow | None:
-        return self.store.request_cancel(job_id)
+        return self.store.cancel(job_id)
 
     # --- the worker side ---
 
@@ -69,14 +71,19 @@ class LocalQueue:
         beat.start()
         self._threads.append(beat)
 
-    def run_forever(self) -> None:
-        """``patchstudio worker`` on SQLite: the same loop, in the foreground, until stopped."""
+    def run_worker(self, concurrency: int = 1) -> None:
+        """``patchstudio worker`` on SQLite: ``concurrency`` worker threads, in the foreground, until
+        SIGINT or SIGTERM (call it from the main thread)."""
+        self.workers = concurrency
+        previous = {sig: signal.signal(sig, lambda *_: self._stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
         self.start()
         try:
             while not self._stop.wait(1.0):
                 pass
         finally:
             self.shutdown()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def _work(self) -> None:
         name = worker_name()

@@ -1,12 +1,12 @@
 """Jobs on PostgreSQL through Procrastinate: a queue per model, any number of worker processes.
 
-- The web process writes the job's row (``store.submit_job``) and defers one Procrastinate job on
+- The web process writes the job's row (``JobStore.submit``) and defers one Procrastinate job on
   the queue ``model.<name>`` with the spec id as *queueing lock* (the same experiment is never
   waiting twice) and as *lock* (never running twice at once).
 - ``patchstudio worker --models a,b`` loads those models once and runs a Procrastinate worker on
-  their queues. Procrastinate keeps a heartbeat per worker; each worker also looks every few seconds
-  for *stalled* jobs (running on a worker whose heartbeat stopped: SIGKILL, a lost machine) and
-  retries them, so another worker reruns them from the start.
+  their queues (``ProcrastinateQueue.run_worker``). Procrastinate keeps a heartbeat per worker;
+  each worker also looks every few seconds for *stalled* jobs (running on a worker whose heartbeat
+  stopped: SIGKILL, a lost machine) and retries them, so another worker reruns them from the start.
 - Progress and cancellation go through the job's row; a retried attempt claims the row again
   with a higher attempt number, which fences off any write from the one it replaced.
 """
@@ -23,7 +23,7 @@ from procrastinate.schema import SchemaManager
 from sqlalchemy.engine import make_url
 
 from patchstudio.jobs.runner import RunSpec, execute, worker_name
-from patchstudio.store import JobRow, Store
+from patchstudio.jobs.store import JobRow, JobStore
 
 log = logging.getLogger("patchstudio.jobs")
 
@@ -67,15 +67,20 @@ def ensure_schema(url: str) -> None:
 
 
 class ProcrastinateQueue:
-    """The web side: submit, read and cancel. Workers run elsewhere (``run_worker``)."""
+    """The web side (submit, read, cancel) and, in a ``patchstudio worker`` process, the worker."""
 
     kind = "procrastinate"
 
-    def __init__(self, store: Store, *, max_per_client: int | None = None):
+    def __init__(self, store: JobStore, run_spec: RunSpec, models: list[str], *, max_per_client: int | None = None,
+                 heartbeat_seconds: float = 2.0, stale_seconds: float = 30.0):
         self.store = store
+        self.run_spec = run_spec
+        self.models = list(models)
         self.max_per_client = max_per_client
-        ensure_schema(store.url)
-        self.app = make_app(store.url)
+        self.heartbeat_seconds = heartbeat_seconds
+        self.stale_seconds = stale_seconds
+        ensure_schema(store.db.url)
+        self.app = make_app(store.db.url)
         self._open = False
 
     def start(self) -> None:
@@ -84,7 +89,7 @@ class ProcrastinateQueue:
             self._open = True
 
     def submit(self, spec: Any, client: str, total: int = 0) -> JobRow:
-        job, created = self.store.submit_job(spec, client, self.max_per_client, total)
+        job, created = self.store.submit(spec, client, self.max_per_client, total)
         if created:
             deferrer = self.app.configure_task(TASK, queue=queue_name(spec.model), queueing_lock=spec.id, lock=spec.id)
             try:
@@ -93,38 +98,63 @@ class ProcrastinateQueue:
                 pass
             except Exception:
                 log.exception("could not queue job %s", spec.id)
-                attempt = self.store.claim_job(spec.id, "web")
+                attempt = self.store.claim(spec.id, "web")
                 if attempt is not None:
-                    self.store.finish_job(spec.id, attempt, "error", "the job queue could not take this job; try again")
-        return self.store.get_job(spec.id) or job
+                    self.store.finish(spec.id, attempt, "error", "the job queue could not take this job; try again")
+        return self.store.get(spec.id) or job
 
     def get(self, job_id: str) -> JobRow | None:
-        return self.store.get_job(job_id)
+        return self.store.get(job_id)
 
     def cancel(self, job_id: str) -> JobRow | None:
-        job = self.store.request_cancel(job_id)
+        job = self.store.cancel(job_id)
         if job is not None and job.queue_job_id is not None:
             try:  # a waiting entry is dropped; a running one also sees the flag in its row
                 self.app.job_manager.cancel_job_by_id(job.queue_job_id, abort=True)
             except Exception:
                 log.exception("could not cancel queue entry of job %s", job_id)
-        return self.store.get_job(job_id)
+        return self.store.get(job_id)
 
     def shutdown(self) -> None:
         if self._open:
             self.app.close()
             self._open = False
 
+    def run_worker(self, concurrency: int = 1) -> None:
+        """Run a Procrastinate worker on these models' queues, in the foreground, until SIGINT or SIGTERM."""
+        queues = [queue_name(m) for m in self.models]
+        runtime = WorkerRuntime(self.store, self.run_spec)
+
+        async def main() -> None:
+            async with self.app.open_async():
+                recovery = asyncio.create_task(_retry_stalled(self.app, queues, self.stale_seconds))
+                try:
+                    await self.app.run_worker_async(
+                        queues=queues,
+                        concurrency=concurrency,
+                        name=worker_name(),
+                        additional_context={"patchstudio": runtime},
+                        update_heartbeat_interval=self.heartbeat_seconds,
+                        stalled_worker_timeout=self.stale_seconds,
+                        fetch_job_polling_interval=2.0,
+                        install_signal_handlers=True,
+                    )
+                finally:
+                    recovery.cancel()
+
+        log.info("worker for %s on queues %s", ", ".join(self.models), ", ".join(queues))
+        asyncio.run(main())
+
 
 class WorkerRuntime:
     """What a worker's tasks need: the store and a function that runs a spec on a loaded model."""
 
-    def __init__(self, store: Store, run_spec: RunSpec):
+    def __init__(self, store: JobStore, run_spec: RunSpec):
         self.store = store
         self.run_spec = run_spec
 
     def run(self, job_id: str) -> str:
-        attempt = self.store.claim_job(job_id, worker_name(), statuses=("queued", "running"))
+        attempt = self.store.claim(job_id, worker_name(), statuses=("queued", "running"))
         if attempt is None:  # cancelled before it started, or already done
             log.info("job %s: nothing to do", job_id)
             return "skipped"
@@ -144,32 +174,3 @@ async def _retry_stalled(app: procrastinate.App, queues: list[str], stale_second
             raise
         except Exception:
             log.exception("stalled-job check failed")
-
-
-def run_worker(store: Store, run_spec: RunSpec, models: list[str], *, concurrency: int = 1,
-               heartbeat_seconds: float = 2.0, stale_seconds: float = 30.0) -> None:
-    """Run a Procrastinate worker on these models' queues until SIGINT or SIGTERM."""
-    ensure_schema(store.url)
-    app = make_app(store.url)
-    queues = [queue_name(m) for m in models]
-    runtime = WorkerRuntime(store, run_spec)
-
-    async def main() -> None:
-        async with app.open_async():
-            recovery = asyncio.create_task(_retry_stalled(app, queues, stale_seconds))
-            try:
-                await app.run_worker_async(
-                    queues=queues,
-                    concurrency=concurrency,
-                    name=worker_name(),
-                    additional_context={"patchstudio": runtime},
-                    update_heartbeat_interval=heartbeat_seconds,
-                    stalled_worker_timeout=stale_seconds,
-                    fetch_job_polling_interval=2.0,
-                    install_signal_handlers=True,
-                )
-            finally:
-                recovery.cancel()
-
-    log.info("worker for %s on queues %s", ", ".join(models), ", ".join(queues))
-    asyncio.run(main())

@@ -1,5 +1,5 @@
 """Load the shipped built-in models: small word-level transformers trained offline on IOI and
-induction data (see NAME/CARD.md and train_default.py). ``default`` is the plain one; ``hydra`` was
+induction data (see NAME/CARD.md and models/training/). ``default`` is the plain one; ``hydra`` was
 trained with random whole-head ablation and shows self-repair. They share one tokenizer."""
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ def _require(directory: Path, name: str) -> Path:
     path = directory / name
     if not path.exists():
         raise FileNotFoundError(
-            f"built-in model file missing: {path}. Run `patchstudio train-default` "
-            "(or `python -m patchstudio.models.train_default`) to train and write it."
+            f"built-in model file missing: {path}. Run `patchstudio train-default` to train and write it."
         )
     return path
 
@@ -38,7 +37,7 @@ def load_tokenizer(directory: str | Path = DEFAULT_DIR):
 
 def load_default_model(directory: str | Path = DEFAULT_DIR, device: str = "cpu"):
     """A built-in model (default: the default model; any directory of BUILTIN_MODELS or one
-    written by train_default) as a TransformerBridge in eval mode, tokenizer attached.
+    written by `patchstudio train-default`) as a TransformerBridge in eval mode, tokenizer attached.
 
     ``to_tokens(text)`` gives [<bos>, words...]: the tokenizer prepends BOS and TransformerLens
     detects that at boot (cfg.tokenizer_prepends_bos=True), so it neither adds a second one nor

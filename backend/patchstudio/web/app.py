@@ -28,7 +28,8 @@ from patchstudio.errors import InputError, describe, field_errors
 from patchstudio.jobs import open_queue
 from patchstudio.service import ExperimentService
 from patchstudio.settings import Settings
-from patchstudio.store import Store, TooManyJobs
+from patchstudio.jobs import TooManyJobs
+from patchstudio.store import Store
 from patchstudio.web.guard import BodyLimit, OriginCheck, RequestContext, is_api_path
 from patchstudio.web.watchers import Watchers
 
@@ -71,6 +72,7 @@ def create_app(settings: Settings | None = None, *, model_loader: Callable[[str]
         service.load_models(model_loader)
         loaded = [name for name, m in service.models.items() if m.model is not None]
         queue = open_queue(settings, store, lambda spec, progress: service.get_or_run(spec, progress), loaded)
+        service.jobs = queue  # the service's submit rule queues large experiments here
         queue.start()
         app.state.service = service
         app.state.jobs = queue

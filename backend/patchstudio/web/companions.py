@@ -15,7 +15,7 @@ from typing import Any
 from patchstudio.errors import InputError
 from patchstudio.results import PatchResult
 from patchstudio.specs import SpecBase
-from patchstudio.store import JobRow
+from patchstudio.jobs import JobRow
 
 
 ROLE_LABELS = {
@@ -72,7 +72,7 @@ def gather(service: Any, result: PatchResult, specs: dict[str, SpecBase]) -> Com
         if stored is not None:
             out.runs[role] = stored.result
     ids = {spec.id: role for role, spec in out.missing.items()}
-    for job_id, job in service.store.get_jobs(ids).items():
+    for job_id, job in service.jobs.store.get_many(ids).items():
         out.jobs[ids[job_id]] = job
     for role, spec in list(out.missing.items()):
         if role in out.running:

@@ -17,7 +17,8 @@ from fastapi.responses import JSONResponse, Response
 
 from patchstudio import analysis
 from patchstudio.specs import defaults_doc
-from patchstudio.store import JobRow, StoredRun
+from patchstudio.jobs import JobRow
+from patchstudio.store import StoredRun
 from patchstudio.web import url_builder as urls
 from patchstudio.web.deps import ClientDep, JobsDep, PageDep, ServiceDep, WatchersDep
 

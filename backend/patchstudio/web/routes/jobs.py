@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
 from patchstudio.jobs import eta
-from patchstudio.store import ACTIVE, JobRow, utcnow
+from patchstudio.jobs.store import ACTIVE, JobRow, utcnow
 from patchstudio.web import companions as comp
 from patchstudio.web import url_builder as urls
 from patchstudio.web.deps import ServiceDep
@@ -48,11 +48,11 @@ def _line(job: JobRow, estimate: eta.Estimate | None, parent: Any) -> dict[str, 
 
 
 def overview(service: Any) -> dict[str, Any]:
-    store = service.store
-    running = store.list_jobs(["running"], LIST_LIMIT)
-    queued = store.list_jobs(["queued"], LIST_LIMIT)
-    finished = store.list_jobs(FINISHED, RECENT_LIMIT)
-    estimates = eta.estimates(running + queued, store.finished_jobs(service.settings.models), utcnow())
+    store, jobs = service.store, service.jobs.store
+    running = jobs.by_status(["running"], LIST_LIMIT)
+    queued = jobs.by_status(["queued"], LIST_LIMIT)
+    finished = jobs.by_status(FINISHED, RECENT_LIMIT)
+    estimates = eta.estimates(running + queued, jobs.finished(service.settings.models), utcnow())
     parents = store.get_companions(j.id for j in running + queued + finished)
 
     def lines(rows: list[JobRow]) -> list[dict[str, Any]]:

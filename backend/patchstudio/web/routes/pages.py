@@ -19,7 +19,8 @@ from patchstudio.errors import InputError
 from patchstudio.models.prompts import FAMILIES
 from patchstudio.results import PatchResult
 from patchstudio.specs import METRIC_LABELS, parse_spec
-from patchstudio.store import JobRow, StoredRun, TooManyJobs
+from patchstudio.jobs import JobRow, TooManyJobs
+from patchstudio.store import StoredRun
 from patchstudio.web import companions as comp
 from patchstudio.web import export, figures
 from patchstudio.web import url_builder as urls
@@ -279,7 +280,7 @@ def _replace(service, jobs, watchers, replaces: str, new_id: str | None, client:
     page or client is watching it (see watchers.py); else say why it goes on."""
     if not known_id(replaces) or replaces == new_id:
         return None
-    job = service.store.get_job(replaces)
+    job = service.jobs.store.get(replaces)
     if job is None or not job.active or job.cancel_requested:
         return None
     if job.client != client:
@@ -330,7 +331,7 @@ def run_page(request: Request, service: ServiceDep, watchers: WatchersDep, page:
              _pos: int | None = None, _view: str | None = None, _layer: int | None = None, _head: int | None = None) -> Response:
     stored = service.store.get(run_id) if known_id(run_id) else None
     if stored is None:
-        job = service.store.get_job(run_id) if known_id(run_id) else None
+        job = service.jobs.store.get(run_id) if known_id(run_id) else None
         if job is not None:  # still computing (or failed): its job, from the database
             if page:
                 watchers.seen(job.id, page)
@@ -474,7 +475,7 @@ def _job_page(request: Request, service, job: JobRow) -> Response:
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(request: Request, service: ServiceDep, watchers: WatchersDep, page: PageDep,
              job_id: str = Path(..., max_length=64)) -> Response:
-    job = service.store.get_job(job_id) if known_id(job_id) else None
+    job = service.jobs.store.get(job_id) if known_id(job_id) else None
     if job is not None and page:  # a page polling this job is watching it (presence in memory, not a write)
         watchers.seen(job.id, page)
     stored = service.store.get(job_id) if known_id(job_id) else None
