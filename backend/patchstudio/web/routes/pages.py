@@ -109,7 +109,7 @@ def _result_context(request: Request, stored: StoredRun, pos: int | None = None,
         raise InputError(f"_view must be one of {', '.join(analysis.VIEWS)}, got {view[:40]!r}", field="_view")
     shown = analysis.view(result, view)
     labels = [(n, VIEW_LABELS[n]) for n in analysis.VIEWS if n != "share" or analysis.share_defined(result)]
-    if analysis.get_method(result.spec.method).values == "change":
+    if analysis.read(result).changes:
         labels = [(n, label) for n, label in labels if n != "raw"]
     if result.axes == ["layer", "pos", "head"]:
         n = len(result.labels["pos"])
