@@ -189,15 +189,16 @@ class ExperimentService:
     def enqueue(self, spec: Any, client: str, priced: Plan | None = None) -> JobRow:
         """A background job for the spec, whatever its size (``POST /api/jobs``): new, or the one
         already queued, running or done for it."""
-        if self.jobs is None:
-            raise RuntimeError("this service has no job queue")
         parsed = self.parse(spec) if priced is None else priced.spec
-        return self.jobs.submit(parsed, client, (priced or self.price(parsed)).total)
+        return self._queue().submit(parsed, client, (priced or self.price(parsed)).total)
 
     def cancel(self, job_id: str) -> JobRow | None:
-        if self.jobs is None:
+        return self._queue().cancel(job_id)
+
+    def _queue(self) -> JobQueue:
+        if self.jobs is None:  # a worker's service runs jobs; it never queues them
             raise RuntimeError("this service has no job queue")
-        return self.jobs.cancel(job_id)
+        return self.jobs
 
     def get_or_run(self, spec: Any, progress: Callable[[int, int], None] | None = None) -> StoredRun:
         """The stored result for this spec, computing and storing it first if needed (a job's worker)."""
