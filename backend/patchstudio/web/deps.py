@@ -22,20 +22,24 @@ def known_id(run_id: str) -> bool:
     return bool(RUN_ID.match(run_id))
 
 
-def get_service(request: Request) -> ExperimentService:
+# The dependencies that only read the request are async: FastAPI runs a sync one in the thread pool,
+# a hop per dependency per request.
+
+
+async def get_service(request: Request) -> ExperimentService:
     return request.app.state.service
 
 
-def get_client(request: Request) -> str:
+async def get_client(request: Request) -> str:
     """Who is asking, for per-client caps: the session cookie's key, or the address (see guard.py)."""
     return client_key(request)
 
 
-def get_watchers(request: Request) -> Watchers:
+async def get_watchers(request: Request) -> Watchers:
     return request.app.state.watchers
 
 
-def get_page(request: Request) -> str | None:
+async def get_page(request: Request) -> str | None:
     """The asking page's token (app.js sends one per page load), or None."""
     return page_token(request.headers.get(PAGE_HEADER))
 
@@ -44,6 +48,8 @@ ServiceDep = Annotated[ExperimentService, Depends(get_service)]
 ClientDep = Annotated[str, Depends(get_client)]
 WatchersDep = Annotated[Watchers, Depends(get_watchers)]
 PageDep = Annotated[str | None, Depends(get_page)]
+RunId = Annotated[str, Path(description="A run's id: 16 hex digits (the spec's hash).", max_length=64)]
+JobId = Annotated[str, Path(description="A job's id: its spec's id.", max_length=64)]
 
 
 def find_run(service: ExperimentService, run_id: str) -> StoredRun | None:
@@ -56,15 +62,19 @@ def find_job(service: ExperimentService, job_id: str) -> JobRow | None:
     return service.store.get_job(job_id) if known_id(job_id) else None
 
 
-def get_stored_run(service: ServiceDep,
-                   run_id: str = Path(..., description="A run's id: 16 hex digits (the spec's hash).", max_length=64)) -> StoredRun:
+def stored_run(service: ExperimentService, run_id: str) -> StoredRun:
+    """The stored run with this id, or 404."""
     stored = find_run(service, run_id)
     if stored is None:
         raise HTTPException(404, f"no stored run with id {run_id[:64]!r}")
     return stored
 
 
-def get_job(service: ServiceDep, job_id: str = Path(..., description="A job's id: its spec's id.", max_length=64)) -> JobRow:
+def get_stored_run(service: ServiceDep, run_id: RunId) -> StoredRun:
+    return stored_run(service, run_id)
+
+
+def get_job(service: ServiceDep, job_id: JobId) -> JobRow:
     job = find_job(service, job_id)
     if job is None:
         raise HTTPException(404, f"no job with id {job_id[:64]!r}")

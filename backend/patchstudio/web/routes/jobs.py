@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import APIRouter, Body, HTTPException, Path, Request
+from fastapi import APIRouter, Body, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from patchstudio import analysis
@@ -22,7 +22,7 @@ from patchstudio.store import ACTIVE, JobRow, utcnow
 from patchstudio.web import companions as comp
 from patchstudio.web import explore_page as explore
 from patchstudio.web import url_builder as urls
-from patchstudio.web.deps import ClientDep, JobDep, PageDep, ServiceDep, WatchersDep, find_job, find_run
+from patchstudio.web.deps import ClientDep, JobDep, JobId, PageDep, ServiceDep, WatchersDep, find_job, find_run
 from patchstudio.web.forms import form_from_spec
 from patchstudio.web.methods import summary
 from patchstudio.web.payloads import REFUSALS, SPEC_EXAMPLE, accepted, job_payload
@@ -110,7 +110,7 @@ def cancel_job_api(service: ServiceDep, job: JobDep) -> Any:
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse, include_in_schema=False)
 def job_page(request: Request, service: ServiceDep, watchers: WatchersDep, page: PageDep,
-             job_id: str = Path(..., max_length=64)) -> Response:
+             job_id: JobId) -> Response:
     """A job's progress; once done, its run (a redirect, or htmx: the result in place)."""
     job = find_job(service, job_id)
     if job is not None and page:  # a page polling this job is watching it (presence in memory, not a write)

@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Path, Query, Request
+from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
 from patchstudio import analysis
@@ -25,7 +25,7 @@ from patchstudio.specs import defaults_doc
 from patchstudio.store import JobRow, StoredRun
 from patchstudio.web import explore_page as explore
 from patchstudio.web import url_builder as urls
-from patchstudio.web.deps import ClientDep, PageDep, ServiceDep, StoredRunDep, WatchersDep, find_job, find_run
+from patchstudio.web.deps import ClientDep, PageDep, RunId, ServiceDep, WatchersDep, find_job, find_run, stored_run
 from patchstudio.web.forms import DEFAULT_FORM
 from patchstudio.web.methods import summary
 from patchstudio.web.payloads import REFUSALS, SPEC_EXAMPLE, accepted
@@ -58,8 +58,8 @@ class RunData:
         }
 
 
-def get_run_data(stored: StoredRunDep) -> RunData:
-    return RunData.of(stored)
+def get_run_data(service: ServiceDep, run_id: RunId) -> RunData:
+    return RunData.of(stored_run(service, run_id))
 
 
 RunDataDep = Annotated[RunData, Depends(get_run_data)]
@@ -154,7 +154,7 @@ def run_csv(data: RunDataDep) -> Response:
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse, include_in_schema=False)
 def run_page(request: Request, service: ServiceDep, watchers: WatchersDep, page_token: PageDep,
-             run_id: str = Path(..., max_length=64), _pos: int | None = None, _view: str | None = None,
+             run_id: RunId, _pos: int | None = None, _view: str | None = None,
              _layer: int | None = None, _head: int | None = None) -> Response:
     """A stored run's page; a run still computing shows its job; anything else is a 404 page."""
     stored = find_run(service, run_id)
