@@ -82,7 +82,6 @@ def create_app(settings: Settings | None = None, *, model_loader: Callable[[str]
         docs_url=None,  # /docs is served from vendored Swagger UI files (routes/meta.py): no CDN
         redoc_url=None,
     )
-    app.state.settings = settings
     app.state.watchers = Watchers()
 
     def refusal(request: Request, status: int, message: str, *, errors: list[dict[str, str]] | None = None,
