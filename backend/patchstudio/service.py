@@ -1,9 +1,11 @@
-"""Experiments for a server or a worker: allow-listed models, limits, cost checks, store-first
-computation.
+"""Experiments for a server or a worker: allow-listed models, limits, prices, and the one submit rule.
 
-Web and jobs -> service -> store and engine: pages, the API and the job workers call this; it calls
-the store and the engine. Limits are checked on the raw request data, before parsing or tokenizing,
-so an oversized request is refused in constant time and memory.
+Web and jobs -> service -> store, jobs and engine: pages, the API and the job workers call this; it
+calls the store, the job queue and the engine. ``submit`` is the rule every way in (the API, the form,
+companion runs) follows: the stored run if there is one, else the spec is parsed once, checked against
+the limits once, priced once (``engine.run.plan``) and computed now with that plan when it is small, or
+queued as a background job when it is not. Limits are checked on the raw request data, before parsing
+or tokenizing, so an oversized request is refused in constant time and memory.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from patchstudio.engine.run import plan, run
+from patchstudio.engine.attention import layer_patterns
+from patchstudio.engine.run import Plan, plan, run
 from patchstudio.errors import InputError
 from patchstudio.jobs import JobQueue
+from patchstudio.models import prompts as P
 from patchstudio.models.registry import (
     ModelUnavailableError,
     describe_model,
@@ -25,6 +29,7 @@ from patchstudio.models.registry import (
 )
 from patchstudio.settings import Settings
 from patchstudio.specs import SpecBase, parse_spec
+from patchstudio.jobs.store import JobRow
 from patchstudio.store import Store, StoredRun
 
 log = logging.getLogger("patchstudio")
@@ -55,8 +60,6 @@ SMALL_VOCABULARY = 2_000  # a vocabulary up to this size is listed in the page a
 def vocabulary_groups(model) -> dict[str, list[str]] | None:
     """The words a small word-level vocabulary knows, grouped as names, places, objects and the rest
     (from the built-in generator's lists); None for a large (subword) vocabulary."""
-    from patchstudio.models import prompts as P
-
     tokenizer = model.tokenizer
     if len(tokenizer) > SMALL_VOCABULARY:
         return None
@@ -142,13 +145,12 @@ class ExperimentService:
                             check_text(pair[name], f"prompts.{i}.{name}", self.settings.max_prompt_chars)
         check_strings(data)
 
-    def parse(self, data: Any):
+    def parse(self, data: Any) -> SpecBase:
         """A spec from request data: the server's limits first, then the spec's own validation
-        (a ValidationError or InputError names the field)."""
-        if isinstance(data, SpecBase):
-            return data
-        self.check_limits(data)
-        return parse_spec(data)
+        (a ValidationError or InputError names the field). A spec built elsewhere (the form's) is
+        held to the same limits."""
+        self.check_limits(data.model_dump(mode="json") if isinstance(data, SpecBase) else data)
+        return data if isinstance(data, SpecBase) else parse_spec(data)
 
     def model(self, name: str) -> LoadedModel:
         loaded = self.models.get(name)
@@ -161,26 +163,66 @@ class ExperimentService:
                              f"them with `{download_command(name)}`)", field="model")
         return loaded
 
-    def cost(self, spec: Any) -> int:
-        """Patched runs the spec needs; checks the prompts and the budget (raises InputError on bad input)."""
-        spec = parse_spec(spec)
+    def price(self, spec: SpecBase) -> Plan:
+        """The spec checked and tokenized on its model, with its cost in patched runs; refused
+        (InputError) on bad prompts or over the budget. ``run`` takes this plan as it is."""
         checked = plan(self.model(spec.model).model, spec)
         checked.check_budget(self.settings.max_patched_runs)
-        return checked.total
+        return checked
 
-    def get_or_run(self, spec: Any, progress: Callable[[int, int], None] | None = None) -> StoredRun:
-        """The stored result for this spec, computing and storing it first if needed."""
-        spec = parse_spec(spec)
-        stored = self.store.get(spec.id)
+    def submit(self, spec: Any, client: str) -> StoredRun | JobRow:
+        """The one submit rule: the stored run for this spec, else the spec computed now when its
+        cost is within ``background_patched_runs``, else its background job (TooManyJobs over the
+        client's cap)."""
+        parsed = self.parse(spec)
+        stored = self.store.get(parsed.id)
         if stored is not None:
             return stored
-        loaded = self.model(spec.model)
-        result = run(
-            loaded.model,
-            spec,
-            model_name=loaded.name,
-            chunk_rows=self.settings.chunk_rows,
-            max_patched_runs=self.settings.max_patched_runs,
-            progress=progress,
-        )
+        return self.submit_priced({parsed.id: self.price(parsed)}, client)[parsed.id]
+
+    def submit_priced(self, plans: Mapping[str, Plan], client: str) -> dict[str, StoredRun | JobRow]:
+        """The submit rule for priced specs that belong together (a run's companions): all computed
+        now when their cost together is within ``background_patched_runs``, else all queued."""
+        if sum(p.total for p in plans.values()) <= self.settings.background_patched_runs:
+            return {key: self._compute(p) for key, p in plans.items()}
+        return {key: self.enqueue(p.spec, client, p) for key, p in plans.items()}
+
+    def enqueue(self, spec: Any, client: str, priced: Plan | None = None) -> JobRow:
+        """A background job for the spec, whatever its size (``POST /api/jobs``): new, or the one
+        already queued, running or done for it."""
+        parsed = self.parse(spec) if priced is None else priced.spec
+        return self._queue().submit(parsed, client, (priced or self.price(parsed)).total)
+
+    def cancel(self, job_id: str) -> JobRow | None:
+        return self._queue().cancel(job_id)
+
+    def _queue(self) -> JobQueue:
+        if self.jobs is None:  # a worker's service runs jobs; it never queues them
+            raise RuntimeError("this service has no job queue")
+        return self.jobs
+
+    def get_or_run(self, spec: Any, progress: Callable[[int, int], None] | None = None) -> StoredRun:
+        """The stored result for this spec, computing and storing it first if needed (a job's worker)."""
+        spec = parse_spec(spec)
+        stored = self.store.get(spec.id)
+        return stored if stored is not None else self._compute(plan(self.model(spec.model).model, spec), progress)
+
+    def _compute(self, checked: Plan, progress: Callable[[int, int], None] | None = None) -> StoredRun:
+        loaded = self.model(checked.spec.model)
+        result = run(loaded.model, checked.spec, model_name=loaded.name, chunk_rows=self.settings.chunk_rows,
+                     max_patched_runs=self.settings.max_patched_runs, progress=progress, checked=checked)
         return self.store.put(result, loaded.fingerprint)
+
+    # --- attention patterns of a stored run, one layer at a time ---
+
+    def patterns(self, stored: StoredRun, layer: int) -> dict | None:
+        """The stored patterns of a run's layer (None: not computed yet)."""
+        return self.store.get_patterns(stored.id, layer)
+
+    def compute_patterns(self, stored: StoredRun, layer: int) -> dict:
+        """A run's patterns at ``layer``: stored ones, else computed on its model and stored."""
+        data = self.patterns(stored, layer)
+        if data is None:
+            data = layer_patterns(self.model(stored.result.spec.model).model, stored.result.spec, layer)
+            self.store.put_patterns(stored.id, layer, data)
+        return data

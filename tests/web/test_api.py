@@ -144,7 +144,7 @@ def test_csv_of_a_result_stored_before_the_spread_existed_leaves_those_columns_e
     from helpers import TINY_PAIRS
     from patchstudio.results import PatchResult
     from patchstudio.store import StoredRun
-    from patchstudio.web.routes.api import values_csv
+    from patchstudio.web.routes.runs import values_csv
 
     result = run(tiny_model, {"prompts": TINY_PAIRS, "component": "layer"})
     old = {k: v for k, v in result.model_dump(mode="json").items() if k not in ("per_prompt", "std", "ci_low", "ci_high", "reference", "warnings")}

@@ -11,39 +11,33 @@ from __future__ import annotations
 import html
 import logging
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.gzip import GZipMiddleware
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from patchstudio import __version__
 from patchstudio.engine.allocator import keep_freed_memory
 from patchstudio.errors import InputError, describe, field_errors
 from patchstudio.jobs import open_queue
 from patchstudio.service import ExperimentService
 from patchstudio.settings import Settings
+from patchstudio.specs import spec_json_schema
 from patchstudio.jobs import TooManyJobs
 from patchstudio.store import Store
-from patchstudio.web.guard import BodyLimit, OriginCheck, RequestContext, is_api_path
+from patchstudio.web.guard import BodyLimit, OriginCheck, RequestContext, is_api_path, request_id
+from patchstudio.web.routes import attention, companions, compare, explore, jobs, meta, runs
+from patchstudio.web.templating import FRONTEND
 from patchstudio.web.watchers import Watchers
 
-FRONTEND = Path(__file__).resolve().parents[3] / "frontend"
-
 log = logging.getLogger("patchstudio.web")
-
-
-def request_id(request: Request) -> str:
-    return getattr(request.state, "request_id", "-")
-
-
-def client_key(request: Request) -> str:
-    return getattr(request.state, "client_key", None) or f"a:{request.client.host if request.client else 'unknown'}"
 
 
 def _wants_html(request: Request) -> bool:
@@ -75,13 +69,9 @@ def create_app(settings: Settings | None = None, *, model_loader: Callable[[str]
         service.jobs = queue  # the service's submit rule queues large experiments here
         queue.start()
         app.state.service = service
-        app.state.jobs = queue
         yield
         queue.shutdown()
         store.engine.dispose()
-
-    from patchstudio import __version__
-    from patchstudio.web.routes import api, attention, compare, jobs, pages
 
     app = FastAPI(
         title="Patch Studio",
@@ -90,10 +80,9 @@ def create_app(settings: Settings | None = None, *, model_loader: Callable[[str]
         "attribution patching, path patching, self-repair and input influence. Every result is stored under "
         "its spec's id; long sweeps run as background jobs.",
         lifespan=lifespan,
-        docs_url=None,  # /docs is served from vendored Swagger UI files (routes/pages.py): no CDN
+        docs_url=None,  # /docs is served from vendored Swagger UI files (routes/meta.py): no CDN
         redoc_url=None,
     )
-    app.state.settings = settings
     app.state.watchers = Watchers()
 
     def refusal(request: Request, status: int, message: str, *, errors: list[dict[str, str]] | None = None,
@@ -137,10 +126,6 @@ def create_app(settings: Settings | None = None, *, model_loader: Callable[[str]
         """FastAPI's schema, with the spec's own JSON schema as the body of POST /api/runs and /api/jobs
         (the routes take the raw body, so every method's errors come from one place)."""
         if app.openapi_schema is None:
-            from fastapi.openapi.utils import get_openapi
-
-            from patchstudio.specs import spec_json_schema
-
             schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
             body = spec_json_schema(ref_template="#/components/schemas/{model}")
             schema.setdefault("components", {}).setdefault("schemas", {}).update(body.pop("$defs", {}))
@@ -154,11 +139,8 @@ def create_app(settings: Settings | None = None, *, model_loader: Callable[[str]
 
     app.add_middleware(GZipMiddleware, minimum_size=1024)  # plotly.js: 4.9 MB raw, ~1.5 MB compressed
     app.mount("/static", VersionedStatic(directory=FRONTEND / "static"), name="static")
-    app.include_router(api.router)
-    app.include_router(attention.router)
-    app.include_router(compare.router)
-    app.include_router(jobs.router)
-    app.include_router(pages.router)
+    for router in (runs, companions, attention, compare, jobs, explore, meta):
+        app.include_router(router.router)
 
     # Outermost last: every request gets an id and the headers, then the host, size and origin checks.
     app.add_middleware(OriginCheck, public_url=settings.public_url, allowed_origins=settings.allowed_origins)

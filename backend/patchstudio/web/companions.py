@@ -2,9 +2,10 @@
 ablation, the triangulation rows, the attribution page's exact patching).
 
 Reads never compute: ``gather`` only looks in the store (and prices what is missing, which
-tokenizes but stores nothing). ``compute`` is for POST routes: what is missing is computed in the
-request when it is small (``background_patched_runs``), else queued as background jobs whose
-progress the page polls. Either way each companion is stored like any run, under its own id.
+tokenizes but stores nothing). ``compute`` is for POST routes: what is missing goes through the
+service's submit rule with the prices ``gather`` found (each companion is priced once): computed in
+the request when together they are small (``background_patched_runs``), else queued as background
+jobs whose progress the page polls. Either way each companion is stored like any run, under its own id.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from patchstudio.engine.run import Plan
 from patchstudio.errors import InputError
 from patchstudio.results import PatchResult
+from patchstudio.service import ExperimentService
 from patchstudio.specs import SpecBase
 from patchstudio.jobs import JobRow
 
@@ -39,7 +42,7 @@ class Companions:
     specs: dict[str, SpecBase]  # role -> spec
     runs: dict[str, PatchResult] = field(default_factory=dict)  # role -> stored result
     jobs: dict[str, JobRow] = field(default_factory=dict)  # role -> its job (any status), where one exists
-    cost: int = 0  # patched runs the missing ones need
+    plans: dict[str, Plan] = field(default_factory=dict)  # role -> the missing one's price (none while its job runs)
     problem: str | None = None  # why the missing ones cannot be computed here (model not loaded, budget)
     unavailable: dict[str, str] = field(default_factory=dict)  # optional role -> why this model cannot run it
 
@@ -56,12 +59,17 @@ class Companions:
         return {role: job for role, job in self.jobs.items() if role in self.missing and job.status in ("error", "cancelled")}
 
     @property
+    def cost(self) -> int:
+        """Patched runs the missing ones need (those not already running)."""
+        return sum(p.total for p in self.plans.values())
+
+    @property
     def progress(self) -> tuple[int, int]:
         jobs = self.running.values()
         return sum(j.done for j in jobs), sum(j.total for j in jobs)
 
 
-def gather(service: Any, result: PatchResult, specs: dict[str, SpecBase]) -> Companions:
+def gather(service: ExperimentService, result: PatchResult, specs: dict[str, SpecBase]) -> Companions:
     """What is stored for each companion, the jobs computing the others, and what the rest would cost."""
     out = Companions(specs)
     for role, spec in specs.items():
@@ -78,7 +86,7 @@ def gather(service: Any, result: PatchResult, specs: dict[str, SpecBase]) -> Com
         if role in out.running:
             continue
         try:
-            out.cost += service.cost(spec)
+            out.plans[role] = service.price(spec)
         except InputError as exc:
             if role in REQUIRED_ROLES:
                 out.problem = str(exc)
@@ -88,24 +96,18 @@ def gather(service: Any, result: PatchResult, specs: dict[str, SpecBase]) -> Com
     return out
 
 
-def compute(service: Any, queue: Any, result: PatchResult, specs: dict[str, SpecBase], client: str) -> Companions:
+def compute(service: ExperimentService, result: PatchResult, specs: dict[str, SpecBase], client: str) -> Companions:
     """Compute the missing companions: in this request when small, else as background jobs."""
     companions = gather(service, result, specs)
     if companions.problem:
         raise InputError(companions.problem, field="spec")
-    todo = {role: spec for role, spec in companions.missing.items() if role not in companions.running}
     # filed under this run before they exist, so lists group them (and their jobs) under it
     service.store.link_companions(result.id, {role: spec.id for role, spec in companions.missing.items()})
-    if companions.cost <= service.settings.background_patched_runs:
-        for spec in todo.values():
-            service.get_or_run(spec)
-    else:
-        for spec in todo.values():
-            queue.submit(spec, client, service.cost(spec))
+    service.submit_priced(companions.plans, client)
     return gather(service, result, specs)
 
 
-def panel(service: Any, companions: Companions, url: str, target: str, swap: str, what: str) -> dict[str, Any]:
+def panel(service: ExperimentService, companions: Companions, url: str, target: str, swap: str, what: str) -> dict[str, Any]:
     """What the companion-runs box (``_companions.html``) shows: nothing missing, jobs running, or a
     button that POSTs to ``url`` (GET ``url`` is what the box polls while jobs run)."""
     done, total = companions.progress

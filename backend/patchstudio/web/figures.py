@@ -1,5 +1,6 @@
 """Results -> plotly figure dicts. Pure functions that draw and never decide: what a cell means,
-its baseline and every reading come from ``patchstudio.analysis``.
+its baseline and every reading come from ``patchstudio.analysis``. A figure of a result's cells takes
+its ``analysis.Reading`` (a result is read on entry), so a page that draws several reads it once.
 
 Every figure states its metric and corruption in its title (the corruption and the metric are part
 of the claim), uses a diverging scale centred on "no effect" (the unpatched base run), and hovers
@@ -12,7 +13,7 @@ import html
 from typing import Any
 
 from patchstudio import analysis
-from patchstudio.analysis import default_pos
+from patchstudio.analysis import Reading
 from patchstudio.results import PatchResult
 
 def safe(text: str) -> str:
@@ -82,11 +83,11 @@ def _spread_at(result: PatchResult, path: list[int]) -> str:
     return f"<br>over {n} prompts: sd {sd:.3f}, 95% CI {lo:.3f} to {hi:.3f} (raw units)"
 
 
-def _hover(result: PatchResult, shown: str) -> Any:
+def _hover(reading: Reading, shown: str) -> Any:
     """Per cell: every view's number, the shown one first (nested like result.values)."""
-    views = {name: analysis.view(result, name) for name in analysis.VIEWS}
-    names = [shown] + [n for n in analysis.VIEWS if n != shown and views[n].name == n]
-    if analysis.get_method(result.spec.method).values == "change":
+    result, views = reading.result, reading.views
+    names = [shown] + [n for n in reading.offered if n != shown]
+    if reading.changes:
         names = [n for n in names if n != "raw"]  # raw is the change itself
 
     def build(path: list[int]) -> Any:
@@ -113,21 +114,22 @@ def highlight(column: int, row: int) -> dict[str, Any]:
             "y1": row + 0.5, "line": {"color": "#111", "width": 3}, "name": "selected"}
 
 
-def heatmap(result: PatchResult, pos: int | None = None, view: str | None = None,
+def heatmap(result: PatchResult | Reading, pos: int | None = None, view: str | None = None,
             selected: dict[str, int | None] | None = None) -> dict[str, Any]:
     """Layer x head, layer x position, or (for per-position head sweeps) layer x head at ``pos``,
     in ``view`` (analysis.VIEWS; default: the method's); ``selected`` cell outlined."""
-    axes = result.axes
-    shown = analysis.view(result, view)
+    reading = analysis.read(result)
+    result, axes = reading.result, reading.result.axes
+    shown = reading.view(view)
     if axes == ["layer"]:
-        return layer_bars(result, shown)
+        return layer_bars(reading, shown)
     if axes == ["pos"]:
-        return token_bars(result, shown)
-    hover = _hover(result, shown.name)
-    what = analysis.evidence(result).split(":")[0]
+        return token_bars(reading, shown)
+    hover = _hover(reading, shown.name)
+    what = reading.evidence.split(":")[0]
     layers = [f"L{i}" for i in range(len(result.values))]
     if axes == ["layer", "pos", "head"]:
-        pos = default_pos(result) if pos is None else pos
+        pos = reading.default_pos if pos is None else pos
         z = [row[pos] for row in shown.values]
         hover = [row[pos] for row in hover]
         title = f"{what}, by layer and head at position {pos_labels(result)[pos]}"
@@ -188,11 +190,12 @@ def _wrap(text: str, width: int = 28) -> str:
     return "<br>".join(lines + [line])
 
 
-def layer_bars(result: PatchResult, shown: analysis.View | None = None) -> dict[str, Any]:
+def layer_bars(result: PatchResult | Reading, shown: analysis.View | None = None) -> dict[str, Any]:
     """A whole block per bar, drawn from "no effect" (not from 0), so a restoring layer points up."""
-    shown = shown or analysis.view(result)
+    reading = analysis.read(result)
+    shown = shown or reading.view()
     values = shown.values
-    hover = _hover(result, shown.name)
+    hover = _hover(reading, shown.name)
     base = shown.no_effect
     trace = {
         "type": "bar",
@@ -204,7 +207,7 @@ def layer_bars(result: PatchResult, shown: analysis.View | None = None) -> dict[
         "hovertemplate": "%{text}<extra></extra>",
         "marker": {"color": ["#2166ac" if v >= base else "#b2182b" for v in values]},
     }
-    layout = _layout(f"{analysis.evidence(result).split(':')[0]}, by layer (every position)", "layer", "")
+    layout = _layout(f"{reading.evidence.split(':')[0]}, by layer (every position)", "layer", "")
     layout["yaxis"] = {"title": {"text": _wrap(shown.title, 60)}}
     layout["shapes"] = [
         {"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": base, "y1": base, "line": {"dash": "dot", "color": "#888"}}
@@ -261,14 +264,15 @@ def repair_figure(result: PatchResult) -> dict[str, Any]:
     return {"data": [trace], "layout": layout}
 
 
-def token_bars(result: PatchResult, shown: analysis.View | None = None) -> dict[str, Any]:
+def token_bars(result: PatchResult | Reading, shown: analysis.View | None = None) -> dict[str, Any]:
     """Input influence: each clean token's contribution to the metric, in metric units (or as a share of the gap)."""
-    shown = shown or analysis.view(result)
-    labels = pos_labels(result)
+    reading = analysis.read(result)
+    shown = shown or reading.view()
+    labels = pos_labels(reading.result)
     trace = {"type": "bar", "x": labels, "y": shown.values,
              "text": [f"{labels[i]}: {v:+.3f}" for i, v in enumerate(shown.values)],
              "hovertemplate": "%{text}<extra></extra>", "marker": {"color": "#4c78a8"}}
-    layout = _layout(f"{analysis.metric_label(result)}: contribution of each clean token", "clean token", "")
+    layout = _layout(f"{reading.metric_label}: contribution of each clean token", "clean token", "")
     layout["yaxis"] = {"title": {"text": _wrap(shown.title, 60)}}
     return {"data": [trace], "layout": layout}
 
@@ -329,13 +333,14 @@ def agreement_scatter(stats: dict[str, Any]) -> dict[str, Any]:
     return {"data": [trace], "layout": layout}
 
 
-def grid(result: PatchResult, values: Any, title: str, colorbar: str, lo: float, hi: float, mid: float,
+def grid(result: PatchResult | Reading, values: Any, title: str, colorbar: str, lo: float, hi: float, mid: float,
          pos: int | None = None) -> dict[str, Any]:
     """``values`` (nested like ``result.values``) as a heatmap on a given range: for comparing runs on
     one scale. One-axis results are drawn as one row; per-position head sweeps at ``pos``."""
-    axes = result.axes
+    reading = analysis.read(result)
+    result, axes = reading.result, reading.result.axes
     if axes == ["layer", "pos", "head"]:
-        pos = default_pos(result) if pos is None else pos
+        pos = reading.default_pos if pos is None else pos
         z, x, y, x_title = [row[pos] for row in values], [f"H{h}" for h in range(len(values[0][0]))], None, "head"
         title = f"{title} — position {pos_labels(result)[pos]}"
     elif axes == ["layer", "head"]:

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from patchstudio.errors import InputError, field_errors
 from patchstudio.models import prompts as P
+from patchstudio.service import check_text
 from patchstudio.specs import COMPONENT_LABELS, HeadRef, parse_spec
 from patchstudio.web.methods import WEB_METHODS
 
@@ -279,8 +280,6 @@ def form_field_of(spec_path: str, source: str) -> str:
 def check_form_limits(form: Mapping[str, str], max_chars: int, max_prompts: int) -> None:
     """The server's limits on the raw form, before anything is generated, parsed or tokenized: each
     text's length (the pair list: ``max_prompts`` lines of four texts), its line count, valid Unicode."""
-    from patchstudio.service import check_text
-
     for name, value in form.items():
         if name in ("pairs_text", "reference_prompts"):
             lines = value.count("\n") + 1

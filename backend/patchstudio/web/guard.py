@@ -16,6 +16,7 @@ included, before any route parses a byte of the body):
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import secrets
@@ -23,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
 
 log = logging.getLogger("patchstudio.web")
 
@@ -93,13 +95,21 @@ async def refuse(scope: dict[str, Any], send: Any, status: int, message: str, **
         body = json.dumps({"detail": message, "request_id": request_id, **extra}).encode()
         content_type = b"application/json"
     else:
-        import html
-
         body = f'<p class="error" role="alert">{html.escape(message)}</p>'.encode()
         content_type = b"text/html; charset=utf-8"
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
+
+
+def request_id(request: Request) -> str:
+    """The id ``RequestContext`` gave this request ('-' outside it)."""
+    return getattr(request.state, "request_id", "-")
+
+
+def client_key(request: Request) -> str:
+    """Who is asking, for per-client caps: the session cookie's key, or the address."""
+    return getattr(request.state, "client_key", None) or f"a:{request.client.host if request.client else 'unknown'}"
 
 
 class RequestContext:

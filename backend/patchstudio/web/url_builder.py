@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import hashlib
 from functools import lru_cache
+from pathlib import Path
 from urllib.parse import urlencode
+
+# The frontend's files (templates and static files): here, below the templates that link to them,
+# because a static URL carries its file's content hash.
+FRONTEND = Path(__file__).resolve().parents[3] / "frontend"
 
 HTMX = "vendor/htmx-2.0.11.min.js"
 PLOTLY = "vendor/plotly-3.7.0.min.js"
@@ -117,8 +122,6 @@ def static(path: str) -> str:
 
 @lru_cache(maxsize=None)
 def _static_version(path: str) -> str:
-    from patchstudio.web.app import FRONTEND
-
     try:
         return hashlib.sha256((FRONTEND / "static" / path).read_bytes()).hexdigest()[:12]
     except OSError:

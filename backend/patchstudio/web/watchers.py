@@ -7,7 +7,7 @@ than the one asking polled it within ``window`` seconds.
 
 This is presence, not data: it lives in this process's memory and is never stored, so a GET still
 writes nothing. With several web servers each knows only the pages polling through it; the cancel
-rule also needs the job to be the asking client's own (``pages.explore``), so a job someone else
+rule also needs the job to be the asking client's own (``routes.explore``), so a job someone else
 started or joined is never cancelled for them.
 """
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from patchstudio import analysis
-from patchstudio.web import figures
+from patchstudio.analysis import Reading
+from patchstudio.web import companions, figures
+from patchstudio.web import url_builder as urls
 from patchstudio.web.methods.base import WebMethod, direction_phrase
 
 
@@ -14,13 +16,12 @@ def claim(spec) -> str:
     return f"attribution patching ({estimate}; {direction_phrase(spec)})"
 
 
-def context(service, result) -> dict[str, Any]:
+def context(service, reading: Reading) -> dict[str, Any]:
     """The agreement, if exact patching of the same sweep is stored; else a button that computes it
     (a page never computes on a GET)."""
-    from patchstudio.web import companions, url_builder
-
+    result = reading.result
     found = companions.gather(service, result, {"exact": analysis.exact_patching_spec(result.spec)})
-    box = companions.panel(service, found, url_builder.agreement(result.id), "#agreement", "outerHTML",
+    box = companions.panel(service, found, urls.agreement(result.id), "#agreement", "outerHTML",
                            "The agreement with exact activation patching")
     if "exact" not in found.runs:
         return {"agreement": None, "panel": box}

@@ -6,14 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from patchstudio.results import PatchResult
+from patchstudio.analysis import Reading
 
 
 def direction_phrase(spec) -> str:
     return "denoising: clean → corrupted run" if spec.direction == "denoise" else "noising: corrupted → clean run"
 
 
-def no_context(service: Any, result: PatchResult) -> dict[str, Any]:
+def no_context(service: Any, reading: Reading) -> dict[str, Any]:
     return {}
 
 
@@ -24,4 +24,4 @@ class WebMethod:
     fields: tuple[str, ...]  # the form fields (web.forms.FIELDS) its spec takes, in form order
     claim: Callable[[Any], str]  # spec -> what was done, in words ("activation patching (denoising: ...)")
     partial: str | None = None  # a result section: template path under frontend/templates/
-    context: Callable[[Any, PatchResult], dict[str, Any]] = no_context  # (service, result) -> the partial's context
+    context: Callable[[Any, Reading], dict[str, Any]] = no_context  # (service, the result's Reading) -> the partial's context

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from patchstudio import analysis
+from patchstudio.analysis import Reading
 from patchstudio.web import figures
 from patchstudio.web.methods.base import WebMethod
 
@@ -14,7 +15,8 @@ def claim(spec) -> str:
     return f"self-repair after {spec.ablation}-ablating {targets} (heatmap: each head's change in direct effect)"
 
 
-def context(service, result) -> dict[str, Any]:
+def context(service, reading: Reading) -> dict[str, Any]:
+    result = reading.result
     return {
         "repair_figure": figures.repair_figure(result),
         "repair": analysis.repair_reading(result),

@@ -1,0 +1,218 @@
+"""What ``explore.html`` shows and how it is rendered: the form (models, methods, fields, errors
+beside their fields), a stored run's result, a job's progress, and the recent runs. The routes that
+render that page (the form, a run, a job) build their context here, so each part is built once.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import Response
+
+from patchstudio import analysis
+from patchstudio.analysis import Reading
+from patchstudio.errors import InputError
+from patchstudio.models.prompts import FAMILIES
+from patchstudio.results import PatchResult
+from patchstudio.service import ExperimentService
+from patchstudio.specs import METRIC_LABELS, parse_spec
+from patchstudio.jobs.store import JobRow
+from patchstudio.store import StoredRun
+from patchstudio.web import companions as comp
+from patchstudio.web import export, figures
+from patchstudio.web import url_builder as urls
+from patchstudio.web.forms import DEFAULT_FORM, ERROR_FIELDS, FIELDS, form_from_spec, methods_with
+from patchstudio.web.methods import WEB_METHODS, describe, summary
+from patchstudio.web.presets import offered
+from patchstudio.web.templating import is_htmx, templates
+
+ORIGIN_FIELDS = ("source", "family", "n_pairs", "family_seed", "template")
+
+
+def base_context(service: ExperimentService, form: dict[str, str]) -> dict[str, Any]:
+    """The form and everything it offers; nothing shown yet."""
+    return {
+        "form": form,
+        "models": list(service.settings.models),
+        "vocabulary": (service.models.get(form.get("model")) or service.models.get(service.settings.models[0])).vocabulary
+        if service.models else None,
+        # the picker's text per model: architecture and size, or "not loaded"
+        "model_labels": {name: loaded.label for name, loaded in service.models.items()},
+        "families": FAMILIES,
+        "methods": WEB_METHODS,
+        "fields": [(f, methods_with(name)) for name, f in FIELDS.items()],
+        "metrics": METRIC_LABELS,
+        "presets": offered(list(service.settings.models)),
+        "preset": None,
+        "error": None,
+        "error_field": None,
+        "error_detail": {},
+        "error_fields": ERROR_FIELDS,
+        "job": None,
+        "result": None,
+        "stored": None,
+    }
+
+
+def error_context(message: str, field: str | None, detail: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An error shown beside its field (beside the whole spec when the form has no such field)."""
+    return {"error": message, "error_field": field if field in ERROR_FIELDS else "spec", "error_detail": detail or {}}
+
+
+def render(request: Request, context: dict[str, Any], *, blocks: list[str] | None = None, push: str | None = None,
+           status: int = 200) -> Response:
+    """explore.html, or the named blocks of it (htmx); ``push`` becomes the browser's URL."""
+    response = templates.TemplateResponse(request, "explore.html", context, block_names=blocks or [], status_code=status)
+    if push:
+        response.headers["HX-Push-Url"] = push
+    return response
+
+
+# --- a stored run --------------------------------------------------------------------------------------
+
+
+def share_url(request: Request, service: ExperimentService, run_id: str) -> str:
+    """The link to send a colleague: from the configured public URL when there is one."""
+    base = service.settings.public_url or str(request.base_url).rstrip("/")
+    return base + urls.run_page(run_id)
+
+
+def form_for(service: ExperimentService, stored: StoredRun) -> dict[str, str]:
+    """The form as it made this run (a run from a built-in prompt family reopens that family)."""
+    form = form_from_spec(stored.result.spec)
+    origin = service.store.get_origin(stored.id)
+    return {**form, **{k: v for k, v in (origin or {}).items() if k in ORIGIN_FIELDS}}
+
+
+def check_cell(result: PatchResult, layer: int | None, pos: int | None, head: int | None) -> None:
+    """The cell a figure asks for must exist in this result: 422 naming the parameter otherwise."""
+    if not result.axes or result.axes[0] != "layer":
+        raise InputError(f"Figure 1 needs a result with a layer axis; this one's axes are {', '.join(result.axes)}", field="layer")
+    for axis, value in (("layer", layer), ("pos", pos), ("head", head)):
+        if axis in result.axes:
+            n = len(result.labels[axis])
+            if value is None:
+                raise InputError(f"{axis} is required: this result's axes are {', '.join(result.axes)}", field=axis)
+            if not 0 <= value < n:
+                raise InputError(f"{axis} {value} is out of range: 0 to {n - 1}", field=axis)
+        elif value is not None:
+            raise InputError(f"{axis} does not apply: this result's axes are {', '.join(result.axes)}", field=axis)
+
+
+def check_view(view: str | None) -> None:
+    if view is not None and view not in analysis.VIEWS:
+        raise InputError(f"_view must be one of {', '.join(analysis.VIEWS)}, got {view[:40]!r}", field="_view")
+
+
+def _selected(reading: Reading, pos: int | None, cell: dict[str, int | None] | None) -> dict[str, int | None]:
+    """The cell the URL names (``_layer``, ``_head``, ``_pos``) if it exists, else the strongest."""
+    result = reading.result
+    if cell and cell.get("layer") is not None:
+        want = {"layer": cell.get("layer"), "pos": cell.get("pos") if "pos" in result.axes else None,
+                "head": cell.get("head") if "head" in result.axes else None}
+        if result.axes == ["layer", "pos", "head"]:
+            want["pos"] = pos
+        try:
+            analysis.cell_value(result, want["layer"], want["pos"], want["head"])
+            return want
+        except ValueError:
+            pass
+    return reading.strongest_cell(pos)
+
+
+def result_context(request: Request, service: ExperimentService, stored: StoredRun, reading: Reading, pos: int | None = None,
+                   view: str | None = None, cell: dict[str, int | None] | None = None) -> dict[str, Any]:
+    """A run's result section, from its one Reading: heatmap, views, cell prompts, method section."""
+    result = stored.result
+    web = WEB_METHODS[result.spec.method]
+    check_view(view)
+    shown = reading.view(view)
+    if result.axes == ["layer", "pos", "head"]:
+        n = len(result.labels["pos"])
+        if pos is not None and not 0 <= pos < n:
+            raise InputError(f"_pos {pos} is out of range: this result has positions 0 to {n - 1}", field="_pos")
+        pos = reading.default_pos if pos is None else pos
+    elif pos is not None and "pos" not in result.axes:
+        raise InputError("_pos does not apply: this result has no position axis", field="_pos")
+    else:
+        pos = None  # a layer x position result: _pos names the selected cell, not a slice
+    selected = _selected(reading, pos, cell)
+    return {
+        **cell_prompts_context(stored, reading, shown.name, selected),
+        "stored": stored,
+        "result": result,
+        "reading": reading,
+        "pos": pos,
+        "heatmap": figures.heatmap(reading, pos, shown.name, selected=selected),
+        "python_code": export.python_snippet(result.spec),
+        "spec_json": export.spec_json(result.spec),
+        "view": shown,
+        "view_labels": [(n, analysis.VIEW_LABELS[n]) for n in reading.offered],
+        "evidence": reading.evidence,
+        "description": describe(result),
+        "caption": f"Metric: {reading.metric_label}; {analysis.corruption_summary(result)}",
+        "selected": selected,
+        "share_url": share_url(request, service, stored.id),
+        "warnings": list(result.warnings or []),
+        "reference": result.reference,
+        "method_partial": web.partial,
+        **(web.context(service, reading) if web.partial else {}),
+    }
+
+
+def cell_prompts_context(stored: StoredRun, reading: Reading, view: str, cell: dict[str, int | None]) -> dict[str, Any]:
+    """The selected cell on each prompt: its values, mean and interval in the heatmap's view."""
+    result = stored.result
+    if not result.axes or result.axes[0] != "layer":
+        return {"cell_prompts": None, "prompt_strip": None}
+    try:
+        found = reading.cell_prompts(view, cell.get("layer"), cell.get("pos"), cell.get("head"))
+    except ValueError as exc:
+        raise InputError(f"no such cell: {exc}", field="layer") from None
+    return {
+        "cell_prompts": found,
+        "prompt_strip": figures.prompt_strip(found) if found is not None else None,
+        "cell_prompts_url": urls.cell_prompts(stored.id, view=view),
+        "stored": stored,
+        "view_name": view,
+    }
+
+
+# --- recent runs ---------------------------------------------------------------------------------------
+
+
+def _run_line(r) -> dict[str, Any]:
+    spec = json.loads(r.spec_json)
+    prompts = spec.get("prompts") or [{"clean": ""}]
+    return {"id": r.id, "model_name": r.model_name, **summary(spec),
+            "prompt": prompts[0]["clean"] + (f" (+{len(prompts) - 1})" if len(prompts) > 1 else "")}
+
+
+def recent(service: ExperimentService) -> list[dict[str, Any]]:
+    """The runs people asked for, newest first, each with what it asked for and its companion runs
+    (Figure 1's and the triangulation's) under it instead of beside it."""
+    asked = service.store.recent(12, top_level=True)
+    companions = service.store.stored_companions(r.id for r in asked)
+    return [{**_run_line(r), "companions": [{**_run_line(c), "role": comp.ROLE_LABELS.get(role, role)}
+                                            for c, role in companions.get(r.id, [])]} for r in asked]
+
+
+# --- a job ---------------------------------------------------------------------------------------------
+
+
+def job_page(request: Request, service: ExperimentService, job: JobRow) -> Response:
+    """A job's page from its row: progress while it runs, the message when it failed (htmx: the
+    job's block alone)."""
+    if is_htmx(request):
+        return job_fragment(request, service, job)
+    try:
+        form = form_from_spec(parse_spec(json.loads(job.spec_json)))
+    except (ValueError, InputError):
+        form = dict(DEFAULT_FORM)
+    return render(request, {**base_context(service, form), "job": job})
+
+
+def job_fragment(request: Request, service: ExperimentService, job: JobRow) -> Response:
+    return render(request, {**base_context(service, dict(DEFAULT_FORM)), "job": job}, blocks=["job"])

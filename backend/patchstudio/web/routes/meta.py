@@ -1,0 +1,41 @@
+"""The server itself: liveness, readiness, and the API docs (from vendored Swagger UI: no CDN)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+from patchstudio.web.deps import ServiceDep
+from patchstudio.web.templating import templates
+
+router = APIRouter()
+
+log = logging.getLogger("patchstudio.web")
+
+
+@router.get("/healthz", summary="Liveness: the process answers", tags=["health"])
+def healthz() -> Any:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Readiness: the database answers and takes writes, and a model is loaded", tags=["health"],
+            responses={503: {"description": "Not ready: `checks` says which part."}})
+def readyz(service: ServiceDep) -> Any:
+    checks: dict[str, Any] = {}
+    try:
+        service.store.check_writable()
+        checks["database"] = "ok"
+    except Exception:  # the reason (URL, path, driver text) goes to the log only
+        log.exception("readiness: the database check failed")
+        checks["database"] = "unavailable"
+    checks["models"] = {name: ("loaded" if m.model is not None else "unavailable") for name, m in service.models.items()}
+    ready = checks["database"] == "ok" and service.ready
+    return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503)
+
+
+@router.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+def api_docs(request: Request) -> Response:
+    return templates.TemplateResponse(request, "docs.html", {})
