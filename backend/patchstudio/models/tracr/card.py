@@ -124,9 +124,9 @@ it does not use.
 
 ## Ground truth
 
-Derived by compile.py from Tracr's craft model, not by hand: each block's read and write
-subspaces (residual variables), and an edge sender -> receiver input wherever the sender writes
-a subspace the receiver reads. {len(truth["edges"])} edges; circuit nodes (on a path from the input to the
+Derived by compile.py from Tracr's craft model, not by hand: the residual directions each
+block's maps read and write, and an edge sender -> receiver input wherever the sender writes a
+direction the receiver reads. {len(truth["edges"])} edges; circuit nodes (on a path from the input to the
 logits): {", ".join(f"`{n}`" for n in truth["circuit_nodes"])}. Layout: docs/tracr-models.md.
 
 {edges}

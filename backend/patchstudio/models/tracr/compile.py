@@ -139,7 +139,11 @@ def write_tokenizer(task: TracrTask, out_dir: Path):
     tok.post_processor = processors.TemplateProcessing(
         single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])]
     )
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", unk_token="<unk>", pad_token="<pad>")
+    # eos = <bos> (as GPT-2's <|endoftext|> is both): with no eos, TransformerLens names one that
+    # this vocabulary lacks, so it becomes <unk>, and when its probe word "a" is unknown too it
+    # decides that the tokenizer appends eos and strips every trailing <unk> from to_tokens.
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<bos>", unk_token="<unk>",
+                                   pad_token="<pad>")
     if out_dir.exists():
         shutil.rmtree(out_dir)
     fast.save_pretrained(str(out_dir))
@@ -273,17 +277,22 @@ def check(c: Compiled, model) -> dict:
 # --- ground truth ----------------------------------------------------------------------------------
 
 
-def _labels(space) -> list[str]:
-    return [str(d) for d in space.basis]
+def _used(space, matrix, axis: int) -> list[str]:
+    """The directions of ``space`` whose row (axis 0) or column (axis 1) of ``matrix`` is not all zero:
+    Tracr's declared spaces can hold directions a block's map ignores (frac_prevs's "x" test reads
+    only tokens:x out of its tokens space)."""
+    used = np.abs(np.asarray(matrix)).sum(axis=1 - axis) > 0
+    return [str(d) for d, u in zip(space.basis, used) if u]
 
 
 def ground_truth(c: Compiled) -> dict:
     """Nodes (input, each head, each MLP, logits) with the residual labels they read and write, and
     every edge sender -> receiver input whose subspaces meet (sender earlier in the forward pass).
 
-    Reads and writes are the craft blocks' own spaces: a head reads its query from ``w_qk.left_space``,
-    its key from ``w_qk.right_space``, its value from ``w_ov.input_space`` and writes
-    ``w_ov.output_space``; an MLP reads ``fst.input_space`` and writes ``snd.output_space``. The input
+    Reads and writes are the craft blocks' own maps: a head reads its query from the directions of
+    ``w_qk.left_space`` that its bilinear map uses, its key from those of ``w_qk.right_space``, its value
+    from those of ``w_ov.input_space``, and writes the used directions of ``w_ov.output_space``; an MLP
+    reads the used directions of ``fst.input_space`` and writes those of ``snd.output_space``. The input
     embeddings write the token and position directions and ``one``; the logits read what the
     unembedding reads (the output directions, and ``one`` for a numerical program)."""
     from tracr.craft import transformers
@@ -305,18 +314,18 @@ def ground_truth(c: Compiled) -> dict:
             nodes[f"a{layer}.h{h}"] = {
                 "kind": "head", "layer": layer, "head": h,
                 "reads": {
-                    "q": _labels(head.w_qk.left_space) if head else [],
-                    "k": _labels(head.w_qk.right_space) if head else [],
-                    "v": _labels(head.w_ov.input_space) if head else [],
+                    "q": _used(head.w_qk.left_space, head.w_qk.matrix, 0) if head else [],
+                    "k": _used(head.w_qk.right_space, head.w_qk.matrix, 1) if head else [],
+                    "v": _used(head.w_ov.input_space, head.w_ov.matrix, 0) if head else [],
                 },
-                "writes": _labels(head.w_ov.output_space) if head else [],
+                "writes": _used(head.w_ov.output_space, head.w_ov.matrix, 1) if head else [],
             }
         mlp = blocks.get((layer, "mlp"))
         assert mlp is None or isinstance(mlp, transformers.MLP)
         nodes[f"m{layer}"] = {
             "kind": "mlp", "layer": layer,
-            "reads": {"in": _labels(mlp.fst.input_space) if mlp else []},
-            "writes": _labels(mlp.snd.output_space) if mlp else [],
+            "reads": {"in": _used(mlp.fst.input_space, mlp.fst.matrix, 0) if mlp else []},
+            "writes": _used(mlp.snd.output_space, mlp.snd.matrix, 1) if mlp else [],
         }
     read_by_logits = [residual[j] for j in np.flatnonzero(np.abs(unembedding(c)).sum(0))]
     nodes["logits"] = {"kind": "logits", "reads": {"in": read_by_logits}}
@@ -346,7 +355,7 @@ def ground_truth(c: Compiled) -> dict:
         "format": GROUND_TRUTH_FORMAT,
         "model": c.task.name,
         "program": c.task.program,
-        "derived_from": "Tracr's craft model: the residual subspaces each block reads and writes",
+        "derived_from": "Tracr's craft model: the residual directions each block's maps read and write",
         "n_layers": n_layers,
         "n_heads": n_heads,
         "residual": residual,
