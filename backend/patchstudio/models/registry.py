@@ -9,6 +9,7 @@ import os
 import torch
 
 from patchstudio.models.default_model import BUILTIN_MODELS
+from patchstudio.models.tracr import TRACR_MODELS
 
 
 class ModelUnavailableError(RuntimeError):
@@ -20,11 +21,17 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def load_model(name: str = "default", *, device: str = "cpu", dtype: str = "float32"):
     """A TransformerBridge in eval mode, on ``device`` in ``dtype`` (float32, bfloat16 or float16).
-    A built-in name (``BUILTIN_MODELS``: ``"default"``, the shipped IOI/induction model) loads its
-    shipped weights; anything else is a Hugging Face model name (from the cache or the network) or
-    a directory saved with ``save_pretrained``."""
+    A built-in name (``BUILTIN_MODELS``: ``"default"``, the shipped IOI/induction model; or a
+    compiled Tracr model of ``TRACR_MODELS``: ``"tracr-reverse"``, ...) loads its shipped weights;
+    anything else is a Hugging Face model name (from the cache or the network) or a directory
+    saved with ``save_pretrained``."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    if name in TRACR_MODELS:  # compiled by Tracr and shipped, in the built-in models' file layout
+        from patchstudio.models.default_model import load_default_model
+
+        model = load_default_model(TRACR_MODELS[name], device=device)
+        return model if dtype == "float32" else model.to(DTYPES[dtype]).eval()
     if name in BUILTIN_MODELS:
         from patchstudio.models.default_model import WEIGHTS_FILE, load_default_model
 
