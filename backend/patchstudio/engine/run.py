@@ -127,7 +127,7 @@ def run(
     p = checked if checked is not None else plan(model, spec)
     p.check_budget(max_patched_runs)
     spec, method, pairs = p.spec, p.method, p.pairs
-    check_readout(model, pairs[0].clean)
+    check_readout(model)
     if chunk_rows is None:
         longest = max(pair.clean.shape[-1] + max(len(pair.answer_ids), len(pair.wrong_ids)) - 1 for pair in pairs)
         tail = max(max(len(pair.answer_ids), len(pair.wrong_ids)) for pair in pairs)
