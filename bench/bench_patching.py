@@ -42,10 +42,11 @@ from transformers import PreTrainedTokenizerFast
 
 from patchstudio.engine import hooks as H
 from patchstudio.engine.allocator import keep_freed_memory
-from patchstudio.engine.fast import block_stage, kv_names, layer_flops, row_flops, suffix_supported
+from patchstudio.engine.fast import block_stage, layer_flops, row_flops
 from patchstudio.engine.methods.attribution_patching import attribution_sweep
 from patchstudio.engine.metrics import Readout
 from patchstudio.engine.patching import first_difference, site_spans
+from patchstudio.engine.profile import profile as model_profile
 from patchstudio.engine.run import run
 
 D_VOCAB = 50257
@@ -302,11 +303,11 @@ def main() -> None:
     wrong = int(model.to_tokens(" t888", prepend_bos=False)[0, 0])
     # the base run caches its keys and values too (as the app's runs do): the pass covers only the
     # positions from the first difference on
-    names = H.source_hooks("head", cfg.n_layers) + kv_names(model)
+    names = H.source_hooks("head", cfg.n_layers) + model_profile(model).kv_names
     with torch.no_grad():
         _, clean_cache = model.run_with_cache(clean, names_filter=names)
         _, corrupted_cache = model.run_with_cache(corrupted, names_filter=names)
-    kv = {name: corrupted_cache[name] for name in kv_names(model)}
+    kv = {name: corrupted_cache[name] for name in model_profile(model).kv_names}
     same_before = first_difference(clean, corrupted)
     readout = Readout(model, "logit_diff", answer, wrong)
     fwd, attr = [], []
@@ -318,7 +319,7 @@ def main() -> None:
     print(f"attribution, all {cfg.n_layers * cfg.n_heads} heads (random pair, first difference at {same_before}): "
           f"{min(attr):.3f} s = {min(attr) / min(fwd):.2f} forward "
           f"passes (one forward pass {min(fwd):.3f} s; medians {statistics.median(attr):.3f} / {statistics.median(fwd):.3f})")
-    print(f"suffix passes supported on this model: {suffix_supported(model, corrupted)}; load average at the end "
+    print(f"suffix passes supported on this model: {model_profile(model).suffix_supported(corrupted.shape[-1])}; load average at the end "
           f"{os.getloadavg()[0]:.2f}")
 
 

@@ -136,22 +136,22 @@ def test_a_pass_over_the_suffix_gives_the_whole_passes_estimates(perturbed_model
     on (earlier keys and values from the base run) give the full passes' estimates exactly, with 0
     at the earlier positions; and the suffix pass really ran (a wrong prefix changes the answer)."""
     from patchstudio.engine import hooks as H
-    from patchstudio.engine.fast import kv_names
     from patchstudio.engine.methods.attribution_patching import attribution_sweep
     from patchstudio.engine.metrics import Readout
+    from patchstudio.engine.profile import profile
 
     model = perturbed_model
     clean = model.to_tokens("When Mary and John went to the store , John gave a drink to")
     corrupted = model.to_tokens("When Mary and John went to the store , Mary gave a drink to")
     first = int((clean != corrupted).nonzero()[0, 1])
     assert first >= 8
-    names = list(dict.fromkeys(H.source_hooks(component, int(model.cfg.n_layers)) + kv_names(model)))
+    names = list(dict.fromkeys(H.source_hooks(component, int(model.cfg.n_layers)) + profile(model).kv_names))
     with torch.no_grad():
         _, base = model.run_with_cache(corrupted, names_filter=names)
         _, source = model.run_with_cache(clean, names_filter=names)
     tid = model.tokenizer.convert_tokens_to_ids
     readout = Readout(model, "logit_diff", tid("Mary"), tid("John"))
-    kv = {n: base[n] for n in kv_names(model)}
+    kv = {n: base[n] for n in profile(model).kv_names}
     whole = attribution_sweep(model, corrupted, base, source, component, positions, readout)
     cut = attribution_sweep(model, corrupted, base, source, component, positions, readout, same_before=first, kv=kv)
     assert cut.shape == whole.shape

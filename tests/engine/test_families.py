@@ -80,23 +80,23 @@ def test_length_mismatch_shows_both_tokenizations(model):
     assert f"clean has {len(clean)} {clean} and corrupted has {len(corrupted)} {corrupted}" in str(info.value)
 
 
-def test_last_mlp_is_trimmed_only_where_exact(family, model, pairs):
+def test_last_mlp_is_trimmed_only_where_exact(family, model):
     """Parallel blocks (GPT-NeoX) and several final positions (answers of several tokens) keep the
     full last MLP; the values above are exact either way."""
     from patchstudio.engine.forward import last_mlp_trim
 
-    assert bool(last_mlp_trim(model, pairs[0].clean)) == (family != "neox")
-    assert last_mlp_trim(model, pairs[0].clean, tail=2) == {}
+    assert bool(last_mlp_trim(model)) == (family != "neox")
+    assert last_mlp_trim(model, tail=2) == {}
 
 
 def test_a_readout_that_misses_a_step_is_refused_not_silently_wrong(family_models, monkeypatch):
     """Gemma 2 was read without its final soft-capping. Were the engine's readout ever to differ
     from the model's own logits again (here: the cap hidden from it), run refuses."""
-    from patchstudio.engine import metrics
+    from patchstudio.engine import profile
 
     model = family_models("gemma2")
     monkeypatch.setattr(model.cfg, "output_logits_soft_cap", -1.0)
-    monkeypatch.setattr(metrics, "_READOUT_OK", metrics.weakref.WeakKeyDictionary())
+    monkeypatch.setattr(profile, "_PROFILES", profile.weakref.WeakKeyDictionary())
     with pytest.raises(InputError) as info:
         run(model, {"prompts": PAIRS, "component": "resid_pre"})
     assert info.value.field == "model"

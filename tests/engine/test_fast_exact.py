@@ -15,10 +15,11 @@ import transformer_lens.patching as tlp
 from transformer_lens.config import TransformerBridgeConfig
 from transformer_lens.model_bridge import TransformerBridge
 
-import patchstudio.engine.fast as fast
+import patchstudio.engine.patching as patching
 from helpers import build_tiny_model
 from patchstudio.engine import hooks as H
 from patchstudio.engine.patching import first_difference, plan_passes, site_spans
+from patchstudio.engine.profile import profile
 from patchstudio.engine.run import run
 
 TOL = 1e-4
@@ -116,7 +117,7 @@ def test_fast_core_equals_transformer_lens(biased_model, key, direction, pair):
 @pytest.mark.parametrize("key", [("head", "all"), ("head", "each"), ("head_k", "each"), ("resid_pre", "each"),
                                  ("mlp_out", "each")], ids=lambda k: f"{k[0]}-{k[1]}")
 def test_rotary_grouped_query_model_equals_transformer_lens(rotary_model, key, direction):
-    assert fast.suffix_supported(rotary_model, rotary_model.to_tokens(LATE["clean"]))
+    assert profile(rotary_model).suffix_supported(rotary_model.to_tokens(LATE["clean"]).shape[-1])
     ref = _tl(rotary_model, LATE, key, direction)
     got = _engine(rotary_model, LATE, key, direction)
     assert torch.allclose(got, ref, atol=TOL), (got - ref).abs().max()
@@ -127,7 +128,7 @@ def test_small_chunks_and_no_suffix_give_the_same_values(biased_model, monkeypat
     key = ("head", "each")
     ref = _tl(biased_model, EARLY, key, "denoise")
     assert torch.allclose(_engine(biased_model, EARLY, key, "denoise", chunk_rows=5), ref, atol=TOL)
-    monkeypatch.setitem(fast._SUFFIX_OK, biased_model, False)
+    monkeypatch.setitem(profile(biased_model).found, "suffix_ok", False)
     assert torch.allclose(_engine(biased_model, EARLY, key, "denoise"), ref, atol=TOL)
 
 
@@ -154,14 +155,14 @@ class RowCounter:
 
     def __init__(self, monkeypatch):
         self.passes: list[int] = []
-        original = fast.run_to_final_resid
+        original = patching.run_to_final_resid
 
         def counting(model, tokens, hooks, **kw):
             out = original(model, tokens, hooks, **kw)
             self.passes.append(out.shape[0])
             return out
 
-        monkeypatch.setattr(fast, "run_to_final_resid", counting)
+        monkeypatch.setattr(patching, "run_to_final_resid", counting)
 
     @property
     def patched_rows(self) -> int:
@@ -218,10 +219,10 @@ def test_suffix_check_waits_for_a_prompt_it_can_check_on(tiny_tokenizer):
     """A one-token prompt cannot check suffix passes: it answers False without deciding for later prompts."""
     model = build_tiny_model(tiny_tokenizer, n_layers=2, seed=7)
     one = model.to_tokens("Mary", prepend_bos=False)[:, :1]
-    assert not fast.suffix_supported(model, one)
-    assert model not in fast._SUFFIX_OK
-    assert fast.suffix_supported(model, model.to_tokens(LATE["clean"]))
-    assert fast._SUFFIX_OK[model] is True
+    assert not profile(model).suffix_supported(one.shape[-1])
+    assert "suffix_ok" not in profile(model).found
+    assert profile(model).suffix_supported(model.to_tokens(LATE["clean"]).shape[-1])
+    assert profile(model).found["suffix_ok"] is True
 
 
 @pytest.mark.parametrize("key", [("head", "all"), ("head", "each"), ("pattern", "each"), ("resid_pre", "each"),

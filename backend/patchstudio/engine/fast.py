@@ -24,36 +24,46 @@ with the base run's cached prefix and q with zeros, so the attention computes ov
 sequence with the right positions (rotary included) and the causal mask it builds itself; z is cut
 back to the suffix before the output projection. The prefix queries' rows are wasted (they are a
 ``s x seq`` corner of the score matrix, not projections) and dropped. Whether a model's attention
-takes these hooks is checked once per model against a full pass (``suffix_supported``); where it
-does not, passes run the whole sequence, and only the skipped patches are saved.
+takes these hooks is checked once per model against a full pass (``ModelProfile.suffix_ok``);
+where it does not, passes run the whole sequence, and only the skipped patches are saved.
+
+**Only the final position at the end.** The last block's MLP is fed the final position alone
+(``trim_hooks``), where a one-time check (``ModelProfile.trim_ok``) finds that exact.
+
+Nothing here runs the model: these are the hooks and the cost model; ``engine.patching`` runs the
+passes, and ``engine.profile`` checks the shortcuts once per model.
 """
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
 from patchstudio.engine import hooks as H
-from patchstudio.engine.forward import HookFn, Hooks, merge, run_to_final_resid, run_with_cache
+from patchstudio.engine.hooks import HookFn, Hooks, merge
 
 # Where, inside block L, a patch makes its rows differ from the base row; ordered as the block runs.
 RESID_PRE, ATTENTION, Z, ATTN_OUT, MLP_OUT, RESID_POST = range(6)
 
 
+@lru_cache(maxsize=4096)  # a sweep asks once per patch, over a few dozen distinct hooks
 def block_stage(hook: str) -> int:
     """The stage of block L at which a patch at ``hook`` takes effect (unknown hooks: the block's start)."""
-    suffix = hook.split(".", 2)[2] if hook.startswith("blocks.") else hook
-    return {
-        "hook_resid_pre": RESID_PRE,
-        "attn.hook_z": Z,
-        "hook_attn_out": ATTN_OUT,
-        "hook_mlp_out": MLP_OUT,
-        "hook_resid_post": RESID_POST,
-    }.get(suffix, ATTENTION if suffix.startswith("attn.") else RESID_PRE)
+    layer = H.layer_of(hook)
+    if layer is None:
+        return RESID_PRE
+    stages = {
+        H.resid_pre_name(layer): RESID_PRE,
+        H.z_name(layer): Z,
+        H.attn_out_name(layer): ATTN_OUT,
+        H.mlp_out_name(layer): MLP_OUT,
+        H.resid_post_name(layer): RESID_POST,
+    }
+    return stages.get(hook, ATTENTION if H.in_attention(hook) else RESID_PRE)
 
 
 def _cat_copies_of_row0(act: Tensor, n: int) -> Tensor:
@@ -105,27 +115,6 @@ def row_setter(first: int, mask: Tensor, value: Tensor, pos_axis: int) -> HookFn
 # --- the suffix pass -------------------------------------------------------------------------
 
 
-_KV_NAMES: "weakref.WeakKeyDictionary[object, list[str]]" = weakref.WeakKeyDictionary()
-
-
-def kv_names(model) -> list[str]:
-    """Every layer's key and value hooks, or [] if the model lacks any (its passes run whole)."""
-    names = _KV_NAMES.get(model)
-    if names is None:
-        n = int(model.cfg.n_layers)
-        names = [H.k_name(layer) for layer in range(n)] + [H.v_name(layer) for layer in range(n)]
-        known = getattr(model, "hook_dict", {})
-        names = names if all(name in known for name in names) else []
-        _KV_NAMES[model] = names
-    return names
-
-
-def base_kv(model, tokens: Tensor) -> dict[str, Tensor]:
-    """The base run's keys and values at every layer (before rotary), for suffix passes."""
-    _, cache = run_with_cache(model, tokens, kv_names(model))
-    return cache
-
-
 def suffix_hooks(model, start: int, seq_len: int, kv: dict[str, Tensor]) -> tuple[Hooks, Hooks]:
     """(hooks that run before the patches, hooks that run after them) for a pass over positions
     ``start``.. of a ``seq_len``-token prompt, reading positions < ``start`` from ``kv``."""
@@ -164,38 +153,20 @@ def suffix_hooks(model, start: int, seq_len: int, kv: dict[str, Tensor]) -> tupl
     return before, after
 
 
-_SUFFIX_OK: "weakref.WeakKeyDictionary[object, bool]" = weakref.WeakKeyDictionary()
+def _trim_to_final(act: Tensor, hook: object) -> Tensor:
+    return act[:, -1:, :]
 
 
-def is_causal(model) -> bool:
-    return (getattr(model.cfg, "attention_dir", "causal") or "causal") == "causal"
+def trim_hooks(model) -> Hooks:
+    """A hook that feeds only the final position to the last block's MLP.
 
-
-def suffix_supported(model, tokens: Tensor) -> bool:
-    """Whether suffix passes give this model's full-pass values (checked once per model, on the
-    first prompt of two or more tokens; the tolerance scales with the model's precision)."""
-    ok = _SUFFIX_OK.get(model)
-    if ok is not None:
-        return ok
-    seq_len = int(tokens.shape[-1])
-    if seq_len < 2:
-        return False  # nothing to check on (and nothing to cut): ask again with a longer prompt
-    ok = False
-    if is_causal(model) and kv_names(model):
-        try:
-            with torch.no_grad():  # two rows, as a pass has: slices of a batch are not contiguous
-                rows = tokens.expand(2, seq_len)
-                full = run_to_final_resid(model, rows, {})
-                kv = {name: value[:1] for name, value in base_kv(model, tokens).items()}
-                before, after = suffix_hooks(model, seq_len // 2, seq_len, kv)
-                cut = run_to_final_resid(model, rows, merge(before, after))
-            eps = torch.finfo(full.dtype).eps if full.is_floating_point() else 1e-7
-            tol = max(1e-5, 50 * eps) * (float(full.abs().max()) + 1.0)
-            ok = cut.shape == full.shape and float((cut.float() - full.float()).abs().max()) <= tol
-        except Exception:  # an attention that does not take these hooks runs whole sequences
-            ok = False
-    _SUFFIX_OK[model] = ok
-    return ok
+    In a sequential block the MLP reads resid_mid (TL 4: ``ln2``'s input) and its output is added
+    to the residual stream, so one position in gives the final position's output and the addition
+    broadcasts it. Exact only where the profile's check says so (``ModelProfile.trim_ok``: not
+    for parallel attention and MLP, GPT-NeoX and GPT-J, which have no resid_mid hook) and for one
+    final position (an answer of several tokens cannot broadcast): ``forward.last_mlp_trim``.
+    """
+    return {H.resid_mid_name(int(model.cfg.n_layers) - 1): [_trim_to_final]}
 
 
 # --- the cost of a pass, for planning ---------------------------------------------------------
@@ -298,10 +269,3 @@ class Pass:
                 raise ValueError("a suffix pass needs the base run's keys and values")
             before, after = suffix_hooks(model, self.start, seq_len, kv)
         return merge(growth, before, setters, after, trim)
-
-    def run(self, model, tokens: Tensor, sites: Sequence[H.Site], values: dict[str, Tensor],
-            kv: dict[str, Tensor] | None, trim: Hooks, tail: int = 1) -> Tensor:
-        """Final-position residuals [1 + len(rows), d_model]: row 0 the base run, then ``rows``
-        (with ``tail`` > 1 the last ``tail`` positions, [1 + len(rows), tail, d_model])."""
-        hooks = self.hooks(model, sites, values, int(tokens.shape[-1]), kv, trim)
-        return run_to_final_resid(model, tokens, hooks, tail=tail)

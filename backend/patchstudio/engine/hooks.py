@@ -1,17 +1,24 @@
-"""Component names -> TransformerLens hook names, and the patch masks over each activation.
+"""Component names -> TransformerLens hook names, hook sets, and the patch masks over each activation.
 
-This is the one place hook strings live. An activation at a hook has a batch axis followed by
-the axes below; a patch is a boolean mask over those axes (broadcastable), so one generic core
-(``engine.patching``) can apply any patch: ``where(mask, source, activation)``.
+This is the one place hook strings live: every other module builds and reads hook names through
+the functions here. An activation at a hook has a batch axis followed by the axes below; a patch
+is a boolean mask over those axes (broadcastable), so one generic core (``engine.patching``) can
+apply any patch: ``where(mask, source, activation)``.
 """
 
 from __future__ import annotations
 
-import weakref
+from collections import defaultdict
 from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
+
+HookFn = Callable[[Tensor, object], Tensor | None]
+Hooks = dict[str, list[HookFn]]
+
+BLOCKS = "blocks."
 
 # component -> (hook suffix under blocks.L, kind of activation)
 _HOOKS: dict[str, tuple[str, str]] = {
@@ -31,21 +38,38 @@ _HOOKS: dict[str, tuple[str, str]] = {
     "layer": ("hook_resid_post", "stream"),
 }
 
+def _in_block(layer: int, point: str) -> str:
+    return f"{BLOCKS}{layer}.{point}"
+
+
 def hook_name(component: str, layer: int) -> str:
-    return f"blocks.{layer}.{_HOOKS[component][0]}"
+    return _in_block(layer, _HOOKS[component][0])
 
 
 def resid_pre_name(layer: int) -> str:
-    return f"blocks.{layer}.hook_resid_pre"
+    return _in_block(layer, "hook_resid_pre")
 
 
 def resid_post_name(layer: int) -> str:
-    return f"blocks.{layer}.hook_resid_post"
+    return _in_block(layer, "hook_resid_post")
 
 
 def resid_mid_name(layer: int) -> str:
     """TL 4's ``hook_resid_mid``: the last block's MLP input (read, or trimmed, never patched)."""
-    return f"blocks.{layer}.hook_resid_mid"
+    return _in_block(layer, "hook_resid_mid")
+
+
+def layer_of(hook: str) -> int | None:
+    """The block a hook point lies in (``blocks.3.attn.hook_z`` -> 3), or None (embeddings, ln_final)."""
+    if not hook.startswith(BLOCKS):
+        return None
+    return int(hook[len(BLOCKS) :].split(".", 1)[0])
+
+
+def in_attention(hook: str) -> bool:
+    """Whether a hook point lies inside a block's attention module."""
+    layer = layer_of(hook)
+    return layer is not None and hook.startswith(_in_block(layer, "attn."))
 
 
 def z_name(layer: int) -> str:
@@ -80,27 +104,9 @@ class Site:
     mask: Tensor  # bool, over the activation's non-batch axes (broadcastable)
 
 
-_SITES: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
-
-
 def sites(model, component: str, positions: str, seq_len: int) -> tuple[list[Site], list[str], list[int]]:
-    """Every patch of a sweep, in row-major order of its axes (built once per model and shape: a
-    run asks for them to price, to label and to sweep; the masks are shared, never modified)."""
-    per_model = _SITES.get(model)
-    if per_model is None:
-        per_model = _SITES[model] = {}
-    key = (component, positions, int(seq_len))
-    built = per_model.get(key)
-    if built is None:
-        if len(per_model) >= 64:
-            per_model.clear()
-        built = per_model[key] = _build_sites(model, component, positions, seq_len)
-    out, axes, sizes = built
-    return list(out), list(axes), list(sizes)
-
-
-def _build_sites(model, component: str, positions: str, seq_len: int) -> tuple[list[Site], list[str], list[int]]:
-    """Every patch of a sweep, in row-major order of its axes.
+    """Every patch of a sweep, in row-major order of its axes (the engine asks
+    ``profile(model).sites``, which builds them once per model and shape).
 
     Returns (sites, axis names, axis sizes). Axes follow TransformerLens's patching module:
     (layer, head) for heads at all positions, (layer, pos, head) per position, (layer, pos) for
@@ -224,14 +230,44 @@ def attn_out_name(layer: int) -> str:
 
 def attn_in_name(layer: int) -> str:
     """The attention module's input (after ln1)."""
-    return f"blocks.{layer}.attn.hook_in"
+    return _in_block(layer, "attn.hook_in")
 
 
 def qkv_in_names(layer: int) -> list[str]:
     """The inputs of the q, k and v projections."""
-    return [f"blocks.{layer}.attn.{p}.hook_in" for p in ("q", "k", "v")]
+    return [_in_block(layer, f"attn.{p}.hook_in") for p in ("q", "k", "v")]
 
 
 def mlp_in_name(layer: int) -> str:
     """The MLP module's input (after ln2)."""
-    return f"blocks.{layer}.mlp.hook_in"
+    return _in_block(layer, "mlp.hook_in")
+
+
+# --- hook sets: {hook name: [hook functions]} ----------------------------------------------------
+
+
+def compose(fns: Sequence[HookFn]) -> HookFn:
+    """Several hooks at one hook point, run in order; each may return a replacement activation."""
+
+    def hook(act: Tensor, hook: object) -> Tensor:
+        for fn in fns:
+            out = fn(act, hook)
+            if out is not None:
+                act = out
+        return act
+
+    return hook
+
+
+def fwd_hooks(hooks: Hooks | None) -> list[tuple[str, HookFn]]:
+    """A hook set as TransformerLens takes it (``model.hooks(fwd_hooks=...)``): one hook per point."""
+    return [(name, compose(fns)) for name, fns in (hooks or {}).items()]
+
+
+def merge(*hook_sets: Hooks) -> Hooks:
+    """Hook sets combined; at a shared hook point, the earlier set's hooks run first."""
+    out: Hooks = defaultdict(list)
+    for hooks in hook_sets:
+        for name, fns in hooks.items():
+            out[name].extend(fns)
+    return out

@@ -28,7 +28,6 @@ has one leg, the prompt itself.
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -36,7 +35,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from patchstudio.engine.forward import model_lock
+from patchstudio.engine.profile import apply_soft_cap, final_logits, model_lock, profile
 from patchstudio.errors import InputError
 
 NEEDS_FULL_VOCAB = frozenset({"prob", "loss", "kl"})
@@ -58,16 +57,6 @@ def zero_gradient(metric: str, at_clean_run: bool, largest_gradient: float) -> b
     (numerically it is float noise, ~1e-8, not 0); any other gradient counts as zero when its
     largest absolute value is under ``ZERO_GRADIENT``."""
     return (metric == "kl" and at_clean_run) or largest_gradient < ZERO_GRADIENT
-
-
-def soft_cap(model) -> float | None:
-    """The model's final logit soft-cap (Gemma 2: 30.0), or None."""
-    cap = getattr(model.cfg, "output_logits_soft_cap", None)
-    return float(cap) if cap is not None and float(cap) > 0 else None
-
-
-def apply_soft_cap(logits: Tensor, cap: float | None) -> Tensor:
-    return logits if cap is None else cap * torch.tanh(logits / cap)
 
 
 def logits_metric(
@@ -103,7 +92,7 @@ class Readout:
 
     def __post_init__(self) -> None:
         self._cols: tuple[Tensor, Tensor] | None = None
-        self._cap = soft_cap(self.model)
+        self._cap = profile(self.model).soft_cap
         if self.metric not in NEEDS_FULL_VOCAB:
             w_u, b_u = self.model.W_U, getattr(self.model, "b_U", None)
             ids = torch.tensor([self.answer, self.wrong], device=w_u.device)
@@ -116,11 +105,10 @@ class Readout:
         Holds the model's lock: ``ln_final`` fires its hook points, where another thread's hooked
         pass (self-repair caches ``ln_final.hook_scale``) may have hooks attached."""
         with model_lock(self.model):
-            normed = self.model.ln_final(resid)
-            if self._cols is not None:
-                w, b = self._cols
-                return apply_soft_cap(normed @ w + b, self._cap)  # columns: 0 = answer, 1 = wrong
-            return apply_soft_cap(self.model.unembed(normed), self._cap)
+            if self._cols is None:
+                return final_logits(self.model, resid, self._cap)
+            w, b = self._cols
+            return apply_soft_cap(self.model.ln_final(resid) @ w + b, self._cap)  # columns: 0 = answer, 1 = wrong
 
     def __call__(self, resid: Float[Tensor, "rows d_model"]) -> Float[Tensor, "rows"]:
         logits = self.logits(resid).float()  # half-precision logits: the metric itself in float32
@@ -150,7 +138,7 @@ class SequenceLogProb:
         if resid.ndim == 2:  # one position: [rows, d_model]
             resid = resid[:, None, :]
         with model_lock(self.model):
-            logits = apply_soft_cap(self.model.unembed(self.model.ln_final(resid)), soft_cap(self.model))
+            logits = final_logits(self.model, resid, profile(self.model).soft_cap)
         log_probs = logits.float().log_softmax(-1)  # [rows, tail, vocab]
         ids = torch.tensor(self.ids, device=log_probs.device)
         return log_probs[:, torch.arange(len(self.ids), device=log_probs.device), ids].sum(-1)
@@ -214,34 +202,18 @@ def sequence_metric(model, metric: str, prompt: Tensor, answer_ids: Sequence[int
     raise ValueError(f"{metric!r} does not score answers as sequences")
 
 
-_READOUT_OK: "weakref.WeakKeyDictionary[object, float]" = weakref.WeakKeyDictionary()
-
-
-def check_readout(model, tokens: Tensor) -> None:
-    """Once per model: the engine's readout (final norm, unembedding, soft-cap) reproduces the
-    model's own final-position logits from the last block's output on ``tokens``. An architecture
+def check_readout(model) -> None:
+    """The engine's readout (final norm, unembedding, soft cap) reproduces the model's own
+    final-position logits (found once per model: ``ModelProfile.readout_ok``). An architecture
     with another step there (a logit scale, another cap) is refused instead of read silently wrong."""
-    if model in _READOUT_OK:
-        return
-    from patchstudio.engine import hooks as H
-    from patchstudio.engine.forward import run_with_cache
-    from patchstudio.engine.precision import noise_floor
-
-    last = H.resid_post_name(int(model.cfg.n_layers) - 1)
-    logits, cache = run_with_cache(model, tokens, [last])
-    with torch.no_grad():
-        ours = Readout(model, "kl", 0, 0).logits(cache[last][:, -1, :]).float()
-    diff = float((ours - logits).abs().max())
-    if diff > max(1e-4, 8 * noise_floor(model, float(logits.abs().max()))):
-        from patchstudio.errors import InputError
-
+    found = profile(model)
+    if not found.readout_ok:
         raise InputError(
             f"{architecture(model)} is not supported: the engine reads logits as final norm -> unembedding -> "
-            f"soft-cap, which differs from this model's own logits by {diff:.3g}; results would be wrong, so "
-            f"none are computed",
+            f"soft-cap, which differs from this model's own logits by {found.readout_diff:.3g}; results would be "
+            f"wrong, so none are computed",
             field="model",
         )
-    _READOUT_OK[model] = diff
 
 
 def architecture(model) -> str:

@@ -40,9 +40,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from patchstudio.engine.fast import Pass, base_kv, block_stage, is_causal, pass_overhead_flops, row_flops, suffix_supported
-from patchstudio.engine.forward import last_mlp_trim
-from patchstudio.engine.hooks import Site, position_axis
+from patchstudio.engine.fast import Pass, block_stage, pass_overhead_flops, row_flops
+from patchstudio.engine.forward import last_mlp_trim, run_to_final_resid, run_with_cache
+from patchstudio.engine.hooks import Hooks, Site, position_axis
+from patchstudio.engine.profile import profile
 
 Progress = Callable[[int], None]
 
@@ -147,6 +148,14 @@ def _merge_starts(sites, by_start: dict[int, list[int]], seq_len: int, size: int
     return buckets[::-1]
 
 
+def run_pass(model, p: Pass, tokens: Tensor, sites: Sequence[Site], values: dict[str, Tensor],
+             kv: dict[str, Tensor] | None, trim: Hooks, tail: int = 1) -> Tensor:
+    """Final-position residuals [1 + len(rows), d_model] of one pass: row 0 the base run, then
+    ``p.rows`` (with ``tail`` > 1 the last ``tail`` positions, [1 + len(rows), tail, d_model])."""
+    hooks = p.hooks(model, sites, values, int(tokens.shape[-1]), kv, trim)
+    return run_to_final_resid(model, tokens, hooks, tail=tail)
+
+
 def patch_sweep(
     model,
     base_tokens: Int[Tensor, "1 pos"],
@@ -168,7 +177,7 @@ def patch_sweep(
     [rows, tail, d_model]. ``same_before``: the base and source runs agree at every position before
     it (activation patching between two prompts that first differ there); patches confined to
     those positions are not run. It must be 0 when ``values`` do not come from such a source run
-    (ablation). ``kv``: the base run's keys and values at every layer (``fast.kv_names``) for
+    (ablation). ``kv``: the base run's keys and values at every layer (``ModelProfile.kv_names``) for
     ``base_tokens`` if the caller has them cached; else, where a pass needs them, one more forward
     pass computes them.
     """
@@ -176,26 +185,26 @@ def patch_sweep(
         raise ValueError("patch_sweep runs one prompt at a time (batch size 1)")
     seq_len = int(base_tokens.shape[-1])
     out = torch.empty(len(sites))
-    if not is_causal(model):
+    known = profile(model)
+    if not known.causal:
         same_before = 0  # the argument needs causal attention
     same_before = max(0, min(int(same_before), seq_len))
-    suffix = suffix_supported(model, base_tokens)
-    passes, skipped = plan_passes(sites, seq_len, same_before=same_before, suffix=suffix, chunk_rows=chunk_rows,
-                                  cfg=model.cfg)
+    passes, skipped = plan_passes(sites, seq_len, same_before=same_before, suffix=known.suffix_supported(seq_len),
+                                  chunk_rows=chunk_rows, cfg=model.cfg)
     if kv is None and any(p.start > 0 for p in passes):
-        kv = base_kv(model, base_tokens)
-    trim = last_mlp_trim(model, base_tokens, tail)
+        kv = run_with_cache(model, base_tokens, known.kv_names)[1]
+    trim = last_mlp_trim(model, tail=tail)
     base_metric: float | None = None
     with torch.no_grad():
         for p in passes:
-            metric = readout(p.run(model, base_tokens, sites, values, kv, trim, tail=tail)).float().cpu()
+            metric = readout(run_pass(model, p, base_tokens, sites, values, kv, trim, tail=tail)).float().cpu()
             base_metric = float(metric[0])
             out[p.rows] = metric[1:]
             if progress is not None:
                 progress(len(p.rows))
         if skipped:
             if base_metric is None:  # every patch was skipped: one pass for the base run alone
-                base_metric = float(readout(Pass(0).run(model, base_tokens, sites, values, None, trim, tail=tail))[0])
+                base_metric = float(readout(run_pass(model, Pass(0), base_tokens, sites, values, None, trim, tail=tail))[0])
             out[skipped] = base_metric
             if progress is not None:
                 progress(len(skipped))

@@ -33,7 +33,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from patchstudio.engine.forward import model_lock
+from patchstudio.engine.profile import model_lock
 from patchstudio.engine.inputs import PreparedPair, tokenize
 from patchstudio.errors import InputError
 from patchstudio.models import prompts as P

@@ -1,11 +1,11 @@
 """run(model, spec) -> result: a loop over the spec's prompt pairs that asks the method registry.
 
 ``plan`` checks and tokenizes the prompts (and a mean/resample ablation's reference set) and
-prices the experiment (patched runs); ``run`` then caches each pair's clean and corrupted
-activations and the reference set's (once), runs the method on each pair, and reports the mean
-over the pairs with each pair's values, their spread (``engine.stats``) and plain-sentence
-warnings about inputs that cannot show what the numbers claim. Everything method-specific comes
-from ``engine.methods``.
+prices the experiment (patched runs); ``run`` then takes three steps: ``baselines`` caches each
+pair's clean and corrupted activations and metric, and the reference set's activations (once);
+``run_pairs`` runs the method on each pair; ``assemble`` reports the mean over the pairs with
+each pair's values, their spread (``engine.stats``) and plain-sentence warnings about inputs that
+cannot show what the numbers claim. Everything method-specific comes from ``engine.methods``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from patchstudio.engine.metrics import (
     sequence_metric,
 )
 from patchstudio.engine.precision import (
-    CPU_CHUNK_ROWS,
     auto_chunk_rows,
     dtype_name,
     metric_noise,
@@ -41,15 +40,13 @@ from patchstudio.engine.precision import (
     model_dtype,
     precision_warnings,
 )
-from patchstudio.engine.reference import ReferencePlan, cache_reference, plan_reference
+from patchstudio.engine.reference import ReferencePlan, ReferenceSet, cache_reference, plan_reference
 from patchstudio.engine.stats import spread
 from patchstudio.errors import InputError
 from patchstudio.results import ModelInfo, PatchResult, PromptTokens, to_nested
 from patchstudio.specs import SpecBase, parse_spec
 
 ProgressFn = Callable[[int, int], None]
-
-DEFAULT_CHUNK_ROWS = CPU_CHUNK_ROWS  # on CPU; on CUDA the default adapts to free memory (precision.auto_chunk_rows)
 
 
 def versions() -> dict[str, str]:
@@ -119,28 +116,76 @@ def run(
 
     ``max_patched_runs`` bounds the sweep's cost (prompts x patches); ``progress(done, total)`` is
     called after each batch, and may raise to cancel. ``chunk_rows`` bounds the rows of one forward
-    pass; None: ``DEFAULT_CHUNK_ROWS`` on CPU, what fits in free memory on CUDA.
+    pass; None: ``precision.CPU_CHUNK_ROWS`` on CPU, what fits in free memory on CUDA
+    (``precision.auto_chunk_rows``). The steps: ``baselines``, ``run_pairs``, ``assemble``.
     """
     start = time.perf_counter()
     if model.training:
         model.eval()  # patching compares deterministic passes; dropout would break that
     p = checked if checked is not None else plan(model, spec)
     p.check_budget(max_patched_runs)
-    spec, method, pairs = p.spec, p.method, p.pairs
-    check_readout(model, pairs[0].clean)
+    check_readout(model)
     if chunk_rows is None:
-        longest = max(pair.clean.shape[-1] + max(len(pair.answer_ids), len(pair.wrong_ids)) - 1 for pair in pairs)
-        tail = max(max(len(pair.answer_ids), len(pair.wrong_ids)) for pair in pairs)
-        chunk_rows = auto_chunk_rows(model, longest, spec.metric in NEEDS_FULL_VOCAB or tail > 1, tail)
+        chunk_rows = _auto_chunk_rows(model, p)
+    base = baselines(model, p)
+    sweeps = run_pairs(model, p, base, chunk_rows, progress)
+    return assemble(model, p, base, sweeps, model_name=model_name, started=start)
 
-    names = method.cache_names(model, spec)
+
+def _auto_chunk_rows(model, p: Plan) -> int:
+    longest = max(pair.clean.shape[-1] + max(len(pair.answer_ids), len(pair.wrong_ids)) - 1 for pair in p.pairs)
+    tail = max(max(len(pair.answer_ids), len(pair.wrong_ids)) for pair in p.pairs)
+    return auto_chunk_rows(model, longest, p.spec.metric in NEEDS_FULL_VOCAB or tail > 1, tail)
+
+
+@dataclass(frozen=True)
+class Baselines:
+    """What every pair's run starts from: its cached clean and corrupted runs ((final-position
+    logits, {hook: activation}) at the method's ``cache_names``), their metric (raw, per pair), the
+    clean run's final log-probabilities (for KL), and the reference set's activations (once per spec)."""
+
+    clean_runs: list[tuple[torch.Tensor, dict[str, torch.Tensor]]]
+    corrupted_runs: list[tuple[torch.Tensor, dict[str, torch.Tensor]]]
+    clean: list[float]
+    corrupted: list[float]
+    clean_log_probs: list[torch.Tensor]
+    reference: ReferenceSet | None
+
+
+def baselines(model, p: Plan) -> Baselines:
+    """Each pair's clean and corrupted cached runs (one batch of two where they have one length)
+    and metric; an answer of several tokens is scored by teacher forcing, from the model's own passes."""
+    spec, names = p.spec, p.method.cache_names(model, p.spec)
     clean_runs, corrupted_runs = map(list, zip(*(run_with_cache_pair(model, pair.clean, pair.corrupted, names)
-                                                  for pair in pairs)))
+                                                  for pair in p.pairs)))
     reference = None
     if p.reference is not None:  # once per spec: every pair ablates against the same set
         own = ([cache for _, cache in clean_runs], [cache for _, cache in corrupted_runs])
         reference = cache_reference(model, p.reference, names, own)
+    clean, corrupted, log_probs = [], [], []
+    for pair, (clean_logits, _), (corrupted_logits, _) in zip(p.pairs, clean_runs, corrupted_runs):
+        clean_lp = clean_logits.log_softmax(-1)[0]
+        log_probs.append(clean_lp)
+        if scores_sequences(spec.metric, pair):
+            clean.append(sequence_metric(model, spec.metric, pair.clean, pair.answer_ids, pair.wrong_ids))
+            corrupted.append(sequence_metric(model, spec.metric, pair.corrupted, pair.answer_ids, pair.wrong_ids))
+        else:
+            clean.append(float(logits_metric(spec.metric, clean_logits, pair.answer, pair.wrong, clean_lp)[0]))
+            corrupted.append(float(logits_metric(spec.metric, corrupted_logits, pair.answer, pair.wrong, clean_lp)[0]))
+    return Baselines(clean_runs, corrupted_runs, clean, corrupted, log_probs, reference)
 
+
+@dataclass(frozen=True)
+class Sweeps:
+    """The method's output over the pairs: values [prompt, cells], per-pair extras, warnings."""
+
+    per_prompt: torch.Tensor
+    extras: list[dict]
+    warnings: list[str]
+
+
+def run_pairs(model, p: Plan, base: Baselines, chunk_rows: int, progress: ProgressFn | None = None) -> Sweeps:
+    """The method's ``run_pair`` on each prompt pair, reporting ``progress(done, total)`` as rows finish."""
     done = 0
 
     def step(rows: int) -> None:
@@ -149,31 +194,31 @@ def run(
         if progress is not None:
             progress(done, p.total)
 
-    clean_vals, corrupted_vals, sweeps, extras, method_warnings = [], [], [], [], []
-    for i, pair in enumerate(pairs):
-        (clean_logits, clean_cache), (corrupted_logits, corrupted_cache) = clean_runs[i], corrupted_runs[i]
-        clean_lp = clean_logits.log_softmax(-1)[0]
-        if scores_sequences(spec.metric, pair):  # teacher-forced, from the model's own full passes
-            clean_vals.append(sequence_metric(model, spec.metric, pair.clean, pair.answer_ids, pair.wrong_ids))
-            corrupted_vals.append(sequence_metric(model, spec.metric, pair.corrupted, pair.answer_ids, pair.wrong_ids))
-        else:
-            clean_vals.append(float(logits_metric(spec.metric, clean_logits, pair.answer, pair.wrong, clean_lp)[0]))
-            corrupted_vals.append(float(logits_metric(spec.metric, corrupted_logits, pair.answer, pair.wrong, clean_lp)[0]))
-        ctx = PairContext(model, spec, pair, i, clean_cache, corrupted_cache, reference, clean_lp, chunk_rows, step)
-        out = method.run_pair(ctx)
-        sweeps.append(out.values)
-        method_warnings.extend(out.warnings)
+    values, extras, warnings = [], [], []
+    for i, pair in enumerate(p.pairs):
+        ctx = PairContext(model, p.spec, pair, i, base.clean_runs[i][1], base.corrupted_runs[i][1], base.reference,
+                          base.clean_log_probs[i], chunk_rows, step)
+        out = p.method.run_pair(ctx)
+        values.append(out.values)
+        warnings.extend(out.warnings)
         if out.extras is not None:
             extras.append(out.extras)
+    return Sweeps(torch.stack(values), extras, warnings)
 
+
+def assemble(model, p: Plan, base: Baselines, sweeps: Sweeps, *, model_name: str | None, started: float) -> PatchResult:
+    """The result: the mean over the pairs with each pair's values and their spread, the clean and
+    corrupted means, the warnings, all normalised under ``normalized_logit_diff``."""
+    spec, method, pairs = p.spec, p.method, p.pairs
     axes, sizes = method.axes(model, spec, pairs[0].clean.shape[-1])
-    per_prompt = torch.stack(sweeps)  # [prompt, cells]
+    per_prompt, clean_vals, corrupted_vals = sweeps.per_prompt, list(base.clean), list(base.corrupted)
     clean_mean = sum(clean_vals) / len(clean_vals)
     corrupted_mean = sum(corrupted_vals) / len(corrupted_vals)
-    if method.warn is not None and extras:
-        method_warnings.extend(method.warn(extras, spec))
+    method_warnings = list(sweeps.warnings)
+    if method.warn is not None and sweeps.extras:
+        method_warnings.extend(method.warn(sweeps.extras, spec))
     method_warnings.extend(
-        _precision_warnings(model, spec, method, per_prompt.mean(dim=0), clean_mean, corrupted_mean, clean_runs)
+        _precision_warnings(model, spec, method, per_prompt.mean(dim=0), clean_mean, corrupted_mean, base.clean_runs)
     )
     warnings = _warnings(p, clean_mean - corrupted_mean, method_warnings)
     if spec.metric == "normalized_logit_diff":
@@ -188,7 +233,6 @@ def run(
         clean_mean, corrupted_mean = 1.0, 0.0
     mean = per_prompt.mean(dim=0)
     std, ci_low, ci_high = spread(per_prompt)
-
     return PatchResult(
         id=spec.id,
         spec=spec,
@@ -200,26 +244,30 @@ def run(
         per_prompt_clean=clean_vals,
         per_prompt_corrupted=corrupted_vals,
         prompts=[_prompt_tokens(pair) for pair in pairs],
-        model=ModelInfo(
-            name=model_name or spec.model,
-            n_layers=int(model.cfg.n_layers),
-            n_heads=int(model.cfg.n_heads),
-            d_model=int(model.cfg.d_model),
-            n_ctx=int(model.cfg.n_ctx),
-            d_vocab=int(model.cfg.d_vocab),
-            architecture=architecture(model) if getattr(model.cfg, "architecture", None) else None,
-            device=str(model_device(model)),
-            dtype=dtype_name(model_dtype(model)),
-        ),
+        model=_model_info(model, model_name or spec.model),
         versions=versions(),
-        seconds=round(time.perf_counter() - start, 4),
-        extras=method.summarize(extras, spec, clean_mean) if method.summarize and extras else None,
+        seconds=round(time.perf_counter() - started, 4),  # started: time.perf_counter() when the run began
+        extras=method.summarize(sweeps.extras, spec, clean_mean) if method.summarize and sweeps.extras else None,
         per_prompt=[to_nested(row, sizes) for row in per_prompt],
         std=to_nested(std, sizes),
         ci_low=to_nested(ci_low, sizes),
         ci_high=to_nested(ci_high, sizes),
         reference=p.reference.info() if p.reference is not None else None,
         warnings=warnings,
+    )
+
+
+def _model_info(model, name: str) -> ModelInfo:
+    return ModelInfo(
+        name=name,
+        n_layers=int(model.cfg.n_layers),
+        n_heads=int(model.cfg.n_heads),
+        d_model=int(model.cfg.d_model),
+        n_ctx=int(model.cfg.n_ctx),
+        d_vocab=int(model.cfg.d_vocab),
+        architecture=architecture(model) if getattr(model.cfg, "architecture", None) else None,
+        device=str(model_device(model)),
+        dtype=dtype_name(model_dtype(model)),
     )
 
 

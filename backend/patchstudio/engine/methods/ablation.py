@@ -25,6 +25,7 @@ from torch import Tensor
 from patchstudio.engine import hooks as H
 from patchstudio.engine.inputs import PreparedPair
 from patchstudio.engine.methods.base import Method, PairContext, PairResult, check_component, sweep_cost
+from patchstudio.engine.profile import profile
 from patchstudio.engine.reference import ReferenceSet, resample_index
 from patchstudio.specs import REFERENCE_DESCRIPTION, AblationKind, Reference, SpecBase, check_reference
 
@@ -78,7 +79,7 @@ def needs_one_length(spec) -> bool:
 
 def run_pair(ctx: PairContext) -> PairResult:
     spec, model = ctx.spec, ctx.model
-    sites, _, _ = H.sites(model, spec.component, spec.positions, ctx.pair.clean.shape[-1])
+    sites, _, _ = profile(model).sites(spec.component, spec.positions, ctx.pair.clean.shape[-1])
     source = ablation_values(spec.ablation, ctx.clean_cache, ctx.reference, ctx.pair, ctx.index, spec.seed)
     values = H.patch_values(spec.component, int(model.cfg.n_layers), ctx.clean_cache, source)
     return PairResult(ctx.sweep(ctx.pair.clean, values, sites))

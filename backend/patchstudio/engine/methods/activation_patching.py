@@ -15,9 +15,9 @@ from typing import Literal
 from pydantic import Field
 
 from patchstudio.engine import hooks as H
-from patchstudio.engine.fast import kv_names
 from patchstudio.engine.methods.base import Method, PairContext, PairResult, check_component, sweep_cost
 from patchstudio.engine.patching import first_difference
+from patchstudio.engine.profile import profile
 from patchstudio.specs import Direction, SpecBase
 
 
@@ -34,17 +34,18 @@ class ActivationPatchingSpec(SpecBase):
 def run_pair(ctx: PairContext) -> PairResult:
     spec, model = ctx.spec, ctx.model
     base_tokens, base_cache, source = ctx.runs(spec.direction)
-    sites, _, _ = H.sites(model, spec.component, spec.positions, ctx.pair.clean.shape[-1])
+    known = profile(model)
+    sites, _, _ = known.sites(spec.component, spec.positions, ctx.pair.clean.shape[-1])
     values = H.patch_values(spec.component, int(model.cfg.n_layers), base_cache, source)
     # the two prompts agree before their first difference: patches confined there change nothing
     same_before = first_difference(ctx.pair.clean, ctx.pair.corrupted)
-    kv = {name: base_cache[name] for name in kv_names(model)} or None  # for passes over a suffix
+    kv = {name: base_cache[name] for name in known.kv_names} or None  # for passes over a suffix
     return PairResult(ctx.sweep(base_tokens, values, sites, same_before=same_before, kv=kv))
 
 
 def cache_names(model, spec) -> list[str]:
     """The component's hooks, and every layer's keys and values (a suffix pass reads its prefix's)."""
-    return list(dict.fromkeys(H.source_hooks(spec.component, int(model.cfg.n_layers)) + kv_names(model)))
+    return list(dict.fromkeys(H.source_hooks(spec.component, int(model.cfg.n_layers)) + profile(model).kv_names))
 
 
 METHOD = Method(

@@ -29,9 +29,11 @@ from pydantic import Field, field_validator
 from torch import Tensor
 
 from patchstudio.engine import hooks as H
-from patchstudio.engine.fast import is_causal, kv_names, suffix_hooks, suffix_supported
-from patchstudio.engine.forward import last_mlp_trim, merge, run_to_final_resid
+from patchstudio.engine.fast import suffix_hooks
+from patchstudio.engine.forward import last_mlp_trim, run_to_final_resid
+from patchstudio.engine.hooks import merge
 from patchstudio.engine.patching import first_difference
+from patchstudio.engine.profile import profile
 from patchstudio.engine.methods.base import Method, PairContext, PairResult
 from patchstudio.engine.metrics import zero_gradient
 from patchstudio.specs import Direction, SpecBase
@@ -89,7 +91,7 @@ def attribution_sweep(
     respect to the final residual stream (0: every estimate is the base metric).
 
     ``same_before``: the base and source prompts agree at every position before it; ``kv``: the
-    base run's keys and values (``fast.kv_names``). Given both (and ``steps`` 1), the forward and
+    base run's keys and values (``ModelProfile.kv_names``). Given both (and ``steps`` 1), the forward and
     backward passes cover only the positions from the first difference on, the earlier keys and
     values read from ``kv`` (a suffix pass, as in ``patching``). Exact: source minus base is zero
     at the earlier positions, so their gradients multiply zero, and a later position's gradient
@@ -111,7 +113,7 @@ def attribution_sweep(
     hooks: dict[str, list] = {name: [keeper(name)] for name in names}
     seq_len = int(base_tokens.shape[-1])
     start = 0
-    if steps == 1 and kv is not None and same_before > 0 and is_causal(model) and suffix_supported(model, base_tokens):
+    if steps == 1 and kv is not None and same_before > 0 and profile(model).suffix_supported(seq_len):
         start = min(int(same_before), seq_len - 1)  # the final position is always computed: the readout
     if start > 0:  # the captures come after the suffix hooks (which cut z and the stream to the suffix)
         before, after = suffix_hooks(model, start, seq_len, kv)
@@ -129,7 +131,7 @@ def attribution_sweep(
 
         hooks.setdefault(first, []).insert(0, interpolate)
     if component != "mlp_out":  # the last MLP's other positions reach no readout: final position only
-        hooks = merge(hooks, last_mlp_trim(model, base_tokens))
+        hooks = merge(hooks, last_mlp_trim(model))
     with torch.enable_grad():
         resid = run_to_final_resid(model, base_tokens, hooks, grad=True)
         total = readout(resid).sum()
@@ -158,7 +160,7 @@ def run_pair(ctx: PairContext) -> PairResult:
     base_tokens, base_cache, source_cache = ctx.runs(spec.direction)
     stats: dict[str, float] = {}
     # for a pass over the suffix (integrated gradients run whole: their rows leave the base run)
-    kv = ({name: base_cache[name] for name in kv_names(ctx.model)} or None) if spec.steps == 1 else None
+    kv = ({name: base_cache[name] for name in profile(ctx.model).kv_names} or None) if spec.steps == 1 else None
     values = attribution_sweep(
         ctx.model, base_tokens, base_cache, source_cache, spec.component, spec.positions, ctx.readout(),
         steps=spec.steps, stats=stats, same_before=first_difference(ctx.pair.clean, ctx.pair.corrupted), kv=kv,
@@ -181,7 +183,7 @@ def cache_names(model, spec) -> list[str]:
     names = [H.hook_name(spec.component, layer) for layer in range(int(model.cfg.n_layers))]
     if spec.steps > 1:  # integrated gradients interpolate the input embeddings (and run whole)
         return names + [H.resid_pre_name(0)] if spec.component != "resid_pre" else names
-    return list(dict.fromkeys(names + kv_names(model)))  # keys and values: a pass over the suffix reads its prefix's
+    return list(dict.fromkeys(names + profile(model).kv_names))  # keys and values: a pass over the suffix reads its prefix's
 
 
 METHOD = Method(

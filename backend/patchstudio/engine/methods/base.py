@@ -14,10 +14,10 @@ import torch
 from torch import Tensor
 
 from patchstudio.engine import hooks as H
-from patchstudio.engine.forward import resid_mid_is_stream
 from patchstudio.engine.inputs import PreparedPair
 from patchstudio.engine.metrics import Readout, architecture, n_legs, scores_sequences, sequence_legs
 from patchstudio.engine.patching import patch_sweep
+from patchstudio.engine.profile import profile
 from patchstudio.engine.reference import ReferenceSet
 from patchstudio.errors import InputError
 from patchstudio.specs import SpecBase
@@ -81,11 +81,11 @@ class PairResult:
 
 def sites_cost(model, spec, seq_len: int) -> int:
     """One patched run per site of the sweep."""
-    return len(H.sites(model, spec.component, spec.positions, seq_len)[0])
+    return len(profile(model).sites(spec.component, spec.positions, seq_len)[0])
 
 
 def sites_axes(model, spec, seq_len: int) -> tuple[list[str], list[int]]:
-    _, axes, sizes = H.sites(model, spec.component, spec.positions, seq_len)
+    _, axes, sizes = profile(model).sites(spec.component, spec.positions, seq_len)
     return axes, sizes
 
 
@@ -96,7 +96,7 @@ def sweep_cost(model, spec, pair: PreparedPair) -> int:
 
 def check_component(model, spec) -> None:
     """The component exists in this architecture (an InputError on ``component`` otherwise)."""
-    if spec.component == "resid_mid" and not resid_mid_is_stream(model):
+    if spec.component == "resid_mid" and not profile(model).resid_mid_is_stream:
         raise InputError(
             f"component 'resid_mid' does not exist in {architecture(model)}: its blocks run attention and the "
             f"MLP in parallel on the same input, so there is no residual stream between them to patch; use "

@@ -31,6 +31,7 @@ from patchstudio.engine import hooks as H
 from patchstudio.engine.forward import hooked
 from patchstudio.engine.methods.base import Method, PairContext, PairResult
 from patchstudio.engine.metrics import architecture
+from patchstudio.engine.profile import profile
 from patchstudio.errors import InputError
 from patchstudio.specs import Direction, WholeHeadsSpec
 
@@ -84,9 +85,7 @@ def run_pair(ctx: PairContext) -> PairResult:
 def check(model, spec) -> None:
     """A head's direct effect is its z @ W_O added to the residual stream: refuse an architecture
     where the attention output is not that sum (a norm after attention, as in Gemma 2)."""
-    from patchstudio.engine.methods.self_repair import heads_add_up
-
-    if not heads_add_up(model):
+    if not profile(model).heads_add_up:
         raise InputError(
             f"the direct effect is not available for {architecture(model)}: its attention output is not the sum "
             f"of the heads' outputs (a norm after attention rescales it), so a head's own contribution to the "

@@ -28,7 +28,8 @@ from pydantic import Field, field_validator
 from torch import Tensor
 
 from patchstudio.engine import hooks as H
-from patchstudio.engine.forward import HookFn, Hooks, StopForward, run_hooked, run_to_final_resid, setter, widen
+from patchstudio.engine.forward import StopForward, run_hooked, run_to_final_resid, setter, widen
+from patchstudio.engine.hooks import HookFn, Hooks
 from patchstudio.engine.methods.base import Method, PairContext, PairResult, check_heads
 from patchstudio.specs import Direction, ReceiverSpec, WholeHeadsSpec, no_duplicates
 

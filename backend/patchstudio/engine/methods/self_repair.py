@@ -29,7 +29,6 @@ effect equals the model's own change of the logit difference.
 
 from __future__ import annotations
 
-import weakref
 from typing import ClassVar, Literal, Sequence
 
 import torch
@@ -40,8 +39,9 @@ from patchstudio.engine import hooks as H
 from patchstudio.engine.forward import run_with_cache
 from patchstudio.engine.methods.ablation import ablation_values
 from patchstudio.engine.methods.base import Method, PairContext, PairResult, check_heads
-from patchstudio.engine.metrics import architecture, soft_cap
+from patchstudio.engine.metrics import architecture
 from patchstudio.engine.precision import noise_floor
+from patchstudio.engine.profile import profile
 from patchstudio.errors import InputError
 from patchstudio.specs import (
     REFERENCE_DESCRIPTION,
@@ -207,39 +207,14 @@ def _verify_total(model, total: float, clean_logits: Tensor, ablated_logits: Ten
         )
 
 
-_HEADS_ADD_UP: "weakref.WeakKeyDictionary[object, bool]" = weakref.WeakKeyDictionary()
-
-
-def heads_add_up(model) -> bool:
-    """Whether attn_out is the sum of the heads' z @ W_O (plus b_O): no norm between the heads and
-    the residual stream (checked once per model on a few tokens)."""
-    ok = _HEADS_ADD_UP.get(model)
-    if ok is None:
-        n = min(8, int(model.cfg.n_ctx))
-        tokens = (torch.arange(n) % int(model.cfg.d_vocab)).reshape(1, n).to(model.cfg.device)
-        layers = range(int(model.cfg.n_layers))
-        names = [H.z_name(l) for l in layers] + [H.hook_name("attn_out", l) for l in layers]
-        _, cache = run_with_cache(model, tokens, names)
-        b_o = getattr(model, "b_O", None)
-        eps = torch.finfo(model.W_O.dtype).eps
-        ok = True
-        for layer in layers:
-            out = cache[H.hook_name("attn_out", layer)][0].float()
-            summed = torch.einsum("phd,hdm->pm", cache[H.z_name(layer)][0], model.W_O[layer].detach()).float()
-            if b_o is not None:
-                summed = summed + b_o[layer].detach().float()
-            ok = ok and bool((summed - out).abs().max() <= max(1e-4, 8 * eps) * max(1.0, float(out.abs().max())))
-        _HEADS_ADD_UP[model] = ok
-    return ok
-
-
 def refusal(model) -> str | None:
     """Why self-repair's split is not exact for this model, or None."""
     reasons = []
-    if not heads_add_up(model):
+    known = profile(model)
+    if not known.heads_add_up:
         reasons.append("the attention output is not the sum of the heads' outputs (a norm after attention, as in "
                        "Gemma 2, rescales it), so one head's direct effect depends on all the others")
-    if soft_cap(model) is not None:
+    if known.soft_cap is not None:
         reasons.append("final logit soft-capping makes the logit difference nonlinear in the residual stream")
     if not reasons:
         return None
