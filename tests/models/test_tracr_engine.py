@@ -15,7 +15,7 @@ import torch
 
 import patchstudio
 import references as R
-from patchstudio.engine.fast import is_causal, suffix_supported
+from patchstudio.engine.profile import profile
 from patchstudio.engine.run import run
 from patchstudio.models.tracr import TASKS
 from patchstudio.models.tracr.prompts import pairs as family_pairs
@@ -37,8 +37,8 @@ def pairs(tracr_model, prompts):
 
 
 def test_causal_shortcuts_only_where_attention_is_causal(tracr_name, tracr_model, pairs):
-    assert is_causal(tracr_model) == TASKS[tracr_name].causal
-    assert suffix_supported(tracr_model, pairs[0].clean) == TASKS[tracr_name].causal
+    assert profile(tracr_model).causal == TASKS[tracr_name].causal
+    assert profile(tracr_model).suffix_supported(pairs[0].clean.shape[-1]) == TASKS[tracr_name].causal
 
 
 @pytest.mark.parametrize("key", [("head", "all"), ("head", "each"), ("mlp_out", "all"), ("resid_pre", "each"),
