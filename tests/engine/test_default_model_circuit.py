@@ -275,6 +275,6 @@ def test_mean_ablation_costs_more_than_each_heads_direct_effect(model, layer, he
     assert result.id == spec_id
     x = result.extras
     assert x["total_effect"] == pytest.approx(te, abs=0.01) and x["direct_effect"] == pytest.approx(de, abs=0.01)
-    assert abs(x["total_effect"]) > abs(x["direct_effect"])  # the response amplifies the drop
+    assert abs(x["total_effect"]) > abs(x["direct_effect"])  # the indirect path (MLP2, MLP3) adds to the drop
     if (layer, head) == (2, 2):
         assert [round(v, 2) for v in x["mlp_delta"]] == [0.0, 0.0, -0.57, -0.69]
