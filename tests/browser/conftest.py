@@ -71,6 +71,18 @@ def serve(model, directory: Path, **overrides):
         thread.join(timeout=10)
 
 
+HERE = Path(__file__).parent
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects: the marker must be there when it looks
+def pytest_collection_modifyitems(config, items):
+    """Every test under tests/browser is marked ``browser``, so ``pytest -m "not browser"`` skips
+    the real-browser suite (the slow part of the fast loop)."""
+    for item in items:
+        if HERE in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.browser)
+
+
 @pytest.fixture
 def serve_app():
     """``serve`` itself, for a test that needs a server with its own settings (a test module cannot

@@ -21,7 +21,7 @@ HYDRA_TE, HYDRA_DE, HYDRA_PAIRED_TE = -0.7800, -1.2522, -3.0678
     "method, fields, claim",
     [
         ("ablation", {}, "mean ablation of the clean run"),
-        ("attribution_patching", {"steps": "4"}, "attribution patching (EAP-IG estimate, 4 steps"),
+        ("attribution_patching", {"steps": "4"}, "attribution patching (integrated-gradients estimate, 4 steps"),
         ("path_patching", {"receivers": "L1H2.q"}, "path patching from each head to L1H2.q"),
         ("self_repair", {"targets": "L0H1", "compensator": "L1H2"}, "self-repair after mean-ablating L0H1"),
         ("input_influence", {"steps": "8"}, "integrated gradients from the corrupted prompt, 8 steps"),

@@ -67,7 +67,7 @@ def test_attribution_equals_autograd(tiny_model, component, positions, direction
     assert torch.allclose(got, ref, atol=TOL), (got - ref).abs().max()
 
 
-def test_eap_ig_equals_the_riemann_sum_of_autograd(tiny_model):
+def test_integrated_gradients_equal_the_riemann_sum_of_autograd(tiny_model):
     steps = 4
     result = run(tiny_model, {"method": "attribution_patching", "prompts": TINY_PAIRS, "component": "head", "steps": steps})
     alphas = [(k + 0.5) / steps for k in range(steps)]
@@ -80,7 +80,7 @@ def test_eap_ig_equals_the_riemann_sum_of_autograd(tiny_model):
     [("head", "all", "noise"), ("head_q", "all", "denoise"), ("head_k", "all", "noise"), ("head_v", "all", "denoise"),
      ("resid_pre", "each", "denoise"), ("resid_pre", "all", "noise"), ("attn_out", "each", "noise"), ("mlp_out", "all", "denoise")],
 )
-def test_eap_ig_for_every_component_equals_autograd(tiny_model, component, positions, direction):
+def test_integrated_gradients_for_every_component_equal_autograd(tiny_model, component, positions, direction):
     """steps > 1 for every component attribution supports (resid_pre used to raise: its layer-0
     activation is the interpolated input itself, built outside the autograd graph)."""
     steps = 2

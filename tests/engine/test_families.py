@@ -279,7 +279,7 @@ def test_grouped_key_value_receivers_are_the_query_heads_group(family, model):
 
 def _attribution_reference(model, pairs, component, positions, direction, alphas=(None,)):
     """Per site: base metric + mean over alphas of d/dt metric(A_base + t (A_src - A_base) on the site);
-    with alphas (EAP-IG) the input embeddings are first interpolated from base to source."""
+    with alphas (node-level integrated gradients) the input embeddings are first interpolated from base to source."""
     n_layers = int(model.cfg.n_layers)
     n_heads = int(model.cfg.n_key_value_heads or model.cfg.n_heads) if component in ("head_k", "head_v") \
         else int(model.cfg.n_heads)
@@ -330,7 +330,7 @@ def test_attribution_equals_autograd(model, pairs, component, positions, directi
     assert torch.allclose(got, ref, atol=TOL), (got - ref).abs().max()
 
 
-def test_eap_ig_equals_the_riemann_sum_of_autograd(model, pairs):
+def test_integrated_gradients_equal_the_riemann_sum_of_autograd(model, pairs):
     steps = 3
     result = run(model, {"method": "attribution_patching", "prompts": PAIRS, "component": "head", "steps": steps})
     ref = _attribution_reference(model, pairs, "head", "all", "denoise", alphas=[(k + 0.5) / steps for k in range(steps)])

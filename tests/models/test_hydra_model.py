@@ -118,3 +118,37 @@ def test_measure_agrees_with_the_engine(model, measured):
         assert torch.allclose(theirs["head_delta"], mine["head_delta"][i], atol=1e-4)
         paired = ablation_effects(model, [p], reference, [target, comp])
         assert theirs["paired_total_effect"] == pytest.approx(float(paired["total_effect"][0]), abs=1e-4)
+
+
+def test_the_backup_responds_in_proportion_not_as_a_switch(measured):
+    """The target's final-position output scaled by 0.75 ... 0: the backup's growth rises with the
+    direct effect the target loses and makes up a similar share of it at every factor (a gate would
+    leave it near 0 until the target is gone)."""
+    assert measured["graded_alphas"] == [0.75, 0.5, 0.25, 0.0]
+    lost = [-d for d in measured["graded_target_direct_effect"]]
+    growth = measured["graded_compensator_growth"]
+    assert all(a < b for a, b in zip(lost, lost[1:])) and all(a < b for a, b in zip(growth, growth[1:]))
+    ratios = [g / d for g, d in zip(growth, lost)]
+    assert min(ratios) > 0.7 * max(ratios)
+    assert growth[0] > 0.2 * growth[-1]  # a quarter of the output removed already moves it by a fifth of the whole
+
+
+def test_the_backup_backs_up_one_head_and_is_not_silent(measured):
+    target, comp = _head(measured["target"]), _head(measured["compensator"])
+    others = [v for l, row in enumerate(measured["max_growth_by_ablated_head"]) for h, v in enumerate(row) if (l, h) != target]
+    assert max(others) < 0.1 * measured["compensator_growth"]
+    assert measured["direct_effects"][comp[0]][comp[1]] < -0.3  # ablating it alone removes a clear direct effect
+
+
+def test_the_response_summary_is_its_per_prompt_effects_summarised(model, metrics):
+    """backup_response by hand from backup_effects' per-prompt values, on one held-out template."""
+    from patchstudio.models.hydra_report import backup_response, effects_on
+
+    t = prompts.HELDOUT_TEMPLATES[0]
+    groups = [(prompts.ioi_pairs(8, seed=11, split="heldout", template=t), prompts.ioi_pairs(32, seed=12, split="heldout", template=t))]
+    x = effects_on(model, groups, (2, 2), (3, 4), seed=3, draws=2)
+    summary = backup_response(x, draws=2)
+    ratio = sorted((x["growth"] / x["direct_effect"].abs()).tolist())
+    assert summary["compensator_growth_ratio_quartiles"][1] == pytest.approx((ratio[3] + ratio[4]) / 2, abs=1e-6)  # median of 8
+    assert summary["resample_total_effect"] == pytest.approx(float(x["resample_total_effect"].mean()), abs=1e-6)
+    assert x["graded_growth"].shape == (4, 8)

@@ -110,6 +110,28 @@ def test_json_and_csv_twins_carry_the_spread_per_prompt_values_and_warnings(clie
         assert [float(row["prompt_1"]), float(row["prompt_2"])] == pytest.approx([p[layer] for p in body["per_prompt"]])
 
 
+@pytest.mark.parametrize(
+    "extra", [{}, {"direction": "noise"}, {"method": "ablation"}], ids=["denoise", "noise", "ablation"])
+def test_csv_change_and_share_columns_by_hand(client, extra):
+    """change = value − "no effect" (denoising: the corrupted run; noising and ablation: the clean
+    run), share = the part of the clean−corrupted gap moved: restored when denoising, destroyed
+    otherwise. Read by column name, so a swap of the two columns fails here."""
+    from helpers import TINY_PAIRS
+
+    body = client.post("/api/runs", json={"prompts": TINY_PAIRS, "component": "head", **extra}).json()
+    clean, corrupted = body["clean"], body["corrupted"]
+    base = corrupted if not extra else clean
+    rows = list(csv.DictReader(io.StringIO(client.get(f"/runs/{body['id']}.csv").text)))
+    assert len(rows) == 2 * 4
+    for row in rows:
+        value = body["values"][int(row["layer"])][int(row["head"])]
+        share = (value - corrupted) / (clean - corrupted) if not extra else (clean - value) / (clean - corrupted)
+        assert float(row["value"]) == pytest.approx(value)
+        assert float(row["change"]) == pytest.approx(value - base, abs=1e-9)
+        assert float(row["share"]) == pytest.approx(share, abs=1e-7)
+    assert max(abs(float(r["share"]) - float(r["change"])) for r in rows) > 1e-3  # the two columns can be told apart
+
+
 def test_unknown_run_is_404(client):
     assert client.get("/runs/0000000000000000.json").status_code == 404
     assert client.get("/runs/0000000000000000.csv").status_code == 404

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import torch
 
 from helpers import TINY_PAIRS
@@ -46,3 +49,34 @@ def test_figure1_links_to_the_heads_attention(client):
     run_id = _run(client)
     text = client.get(f"/runs/{run_id}/figure1?layer=1&head=3").text
     assert f'href="/runs/{run_id}/attention?layer=1&amp;head=3" id="attention-link"' in text
+
+
+def _figure(text: str, name: str) -> dict:
+    found = re.search(rf'<script type="application/json" id="{name}-data">(.*?)</script>', text, re.S)
+    assert found, name
+    return json.loads(found.group(1))
+
+
+def test_each_pattern_is_its_own_prompts_on_the_json_and_on_the_page(client, tiny_model):
+    """Plain hooks on each prompt: the "clean" pattern is the clean prompt's, never the corrupted one's."""
+    run_id = _run(client)
+    client.post(f"/runs/{run_id}/attention?layer=1&head=2")
+    data = client.get(f"/runs/{run_id}/attention.json?layer=1").json()
+    name = "blocks.1.attn.hook_pattern"
+    expected = {}
+    for which in ("clean", "corrupted"):
+        for i, pair in enumerate(TINY_PAIRS):
+            _, cache = tiny_model.run_with_cache(tiny_model.to_tokens(pair[which]), names_filter=[name])
+            expected[which, i] = cache[name][0]  # [head, dest, src]
+            assert torch.allclose(torch.tensor(data[which][i]), expected[which, i], atol=1e-6), (which, i)
+    assert not torch.allclose(expected["clean", 0][2], expected["corrupted", 0][2], atol=1e-3)  # the two can be told apart
+    for prompt in (0, 1):
+        text = client.get(f"/runs/{run_id}/attention?layer=1&head=2&_prompt={prompt}").text
+        for which in ("clean", "corrupted"):
+            z = torch.tensor(_figure(text, f"attention-{which}")["data"][0]["z"])
+            assert torch.allclose(z, expected[which, prompt][2], atol=1e-6), (which, prompt)
+        layer = _figure(text, "attention-layer")  # the layer's small multiples: the clean prompt's heads
+        zs = [torch.tensor(trace["z"]) for trace in layer["data"] if "z" in trace]
+        assert len(zs) >= tiny_model.cfg.n_heads
+        for head, z in enumerate(zs[: tiny_model.cfg.n_heads]):
+            assert torch.allclose(z, expected["clean", prompt][head], atol=1e-6), (head, prompt)

@@ -165,7 +165,7 @@ def test_cancelled_job_stores_nothing(tmp_path, tiny_model):
 def test_attribution_patching_page_and_its_figure1_use_exact_companions(client, tiny_model):
     response = client.post("/explore", data=form(method="attribution_patching", steps="4"), headers=HTMX)
     push = response.headers["HX-Push-Url"]
-    assert "attribution patching (EAP-IG estimate, 4 steps" in response.text
+    assert "attribution patching (integrated-gradients estimate, 4 steps" in response.text
     run_id = push.rsplit("/", 1)[1]
     fig = client.post(f"/runs/{run_id}/figure1?layer=1&head=2").text
     exact = run(tiny_model, {"prompts": [{"clean": IOI, "corrupted": IOI_CORRUPTED, "answer": "Mary", "wrong": "John"}], "component": "head"})

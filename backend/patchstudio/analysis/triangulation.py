@@ -60,7 +60,7 @@ def triangulation_specs(spec: SpecBase, layer: int | None = None, head: int | No
     }
     common = _common(spec)
     direction = out["patching"].direction
-    if spec.method == "attribution_patching":  # the page's own estimate (linear or EAP-IG)
+    if spec.method == "attribution_patching":  # the page's own estimate (linear or integrated gradients)
         out["attribution"] = spec
     elif spec.component in ATTRIBUTION_COMPONENTS:
         out["attribution"] = _spec("attribution_patching", direction=direction, **common)
@@ -152,7 +152,7 @@ def triangulate(result: PatchResult, runs: dict[str, PatchResult], layer: int | 
     if "attribution" in runs:
         attribution = runs["attribution"]
         steps = attribution.spec.steps
-        how = "linear" if steps == 1 else f"EAP-IG, {steps} steps"
+        how = "linear" if steps == 1 else f"integrated gradients, {steps} steps"
         moved("attribution", f"attribution estimate ({how}) of the patching row", attribution,
               cell_value(attribution, layer, pos, head))
     if "path" in runs:

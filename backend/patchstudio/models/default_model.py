@@ -1,6 +1,8 @@
 """Load the shipped built-in models: small word-level transformers trained offline on IOI and
-induction data (see NAME/CARD.md and models/training/). ``default`` is the plain one; ``hydra`` was
-trained with random whole-head ablation and shows self-repair. They share one tokenizer."""
+induction data (see NAME/CARD.md and models/training/). ``default`` is the plain one; ``hydra`` is
+``default`` with one head, L3H4, planted as a backup of L2H2 by an explicit objective (a loss that
+holds the logit difference to the default model's when L2H2 is ablated), so that self-repair can be
+seen. They share one tokenizer."""
 
 from __future__ import annotations
 

@@ -15,6 +15,12 @@ for each head c (its output at the final position), TE = the change of logit(IO)
 DE(target) = dDE_target. The *target* is the head with the largest mean direct effect lost
 under its own ablation (-DE largest); the *compensator* is the head whose dDE grows most when
 the target is ablated. A paired ablation removes both.
+
+How the compensator responds (``backup_effects``, summarised by ``backup_response``), per prompt, since the means hide the spread:
+its growth as a share of |DE(target)| and TE/DE under mean ablation (quartiles over the prompts);
+a graded probe, the target's output at the final position scaled by alpha (1 = clean, 0 = none)
+with nothing else changed, and the compensator's growth at each alpha; and resample ablation (the
+target's ``hook_z`` from another reference prompt, ``RESAMPLE_DRAWS`` seeded draws per prompt).
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from . import prompts
 REPORT_SEED = 4321  # held out: no training or other evaluation seed uses it
 REPORT_N_PER_TEMPLATE = 16  # x 4 held-out templates = 64 prompts
 REPORT_N_REFERENCE = 32
+GRADED_ALPHAS = (0.75, 0.5, 0.25, 0.0)  # the target's final-position output scaled by these
+RESAMPLE_DRAWS = 8  # resample ablation: reference prompts drawn per prompt, averaged
 
 
 def _ids(model, words: list[str]) -> Tensor:
@@ -46,7 +54,8 @@ class _Batch:
         assert ref_tokens.shape[1] == self.tokens.shape[1], "reference prompts must share the template's length"
         names = [f"blocks.{l}.attn.hook_z" for l in range(n_layers)]
         _, cache = model.run_with_cache(ref_tokens, names_filter=names)
-        self.means = [cache[n].mean(0) for n in names]  # [pos, heads, d_head] per layer
+        self.reference = [cache[n] for n in names]  # [reference, pos, heads, d_head] per layer
+        self.means = [z.mean(0) for z in self.reference]  # [pos, heads, d_head] per layer
         answer, wrong = _ids(model, [p.answer for p in pairs]), _ids(model, [p.wrong for p in pairs])
         w_u = model.W_U.detach()
         u = (w_u[:, answer] - w_u[:, wrong]).T  # [batch, d_model]
@@ -54,8 +63,10 @@ class _Batch:
         self.u = u * ln_w.detach() if ln_w is not None else u
 
 
-def _run(model, batch: _Batch, heads: list[tuple[int, int]]) -> dict[str, Tensor]:
-    """Final-position head outputs [batch, L, H, d_model], final LN scale [batch], final resid."""
+def _run(model, batch: _Batch, heads: list[tuple[int, int]], replace=None) -> dict[str, Tensor]:
+    """Final-position head outputs [batch, L, H, d_model], final LN scale [batch], final resid, with
+    ``heads``' hook_z replaced: by ``replace(layer, hs, z)`` (z: [batch, pos, len(hs), d_head]),
+    default their mean over the reference prompts."""
     n_layers = int(model.cfg.n_layers)
     by_layer: dict[int, list[int]] = defaultdict(list)
     for layer, head in heads:
@@ -63,9 +74,10 @@ def _run(model, batch: _Batch, heads: list[tuple[int, int]]) -> dict[str, Tensor
     hooks = []
     for layer, hs in by_layer.items():
 
-        def set_z(act: Tensor, hook, hs=hs, value=batch.means[layer]) -> Tensor:
+        def set_z(act: Tensor, hook, layer=layer, hs=hs) -> Tensor:
             act = act.clone()
-            act[:, :, hs] = value[None, :, hs].to(act.dtype)
+            value = batch.means[layer][None, :, hs] if replace is None else replace(layer, hs, act[:, :, hs])
+            act[:, :, hs] = value.to(act.dtype)
             return act
 
         hooks.append((f"blocks.{layer}.attn.hook_z", set_z))
@@ -88,9 +100,9 @@ def _f(v: Tensor, s: Tensor, u: Tensor) -> Tensor:
     return torch.einsum("b...m,bm->b...", centred / s.reshape(shape), u)
 
 
-def _effects(model, batch: _Batch, clean: dict[str, Tensor], heads: list[tuple[int, int]]) -> tuple[Tensor, Tensor]:
+def _effects(model, batch: _Batch, clean: dict[str, Tensor], heads: list[tuple[int, int]], replace=None) -> tuple[Tensor, Tensor]:
     """(TE per prompt [n], change of each head's direct effect per prompt [n, L, H])."""
-    a = _run(model, batch, heads)
+    a = _run(model, batch, heads, replace)
     te = _f(a["resid"], a["scale"], batch.u) - _f(clean["resid"], clean["scale"], batch.u)
     d = _f(a["heads"], clean["scale"], batch.u) - _f(clean["heads"], clean["scale"], batch.u)
     return te, d
@@ -106,6 +118,80 @@ def ablation_effects(
     batch = _Batch(model, pairs, reference)
     te, d = _effects(model, batch, _run(model, batch, []), heads)
     return {"total_effect": te, "head_delta": d, "means": dict(enumerate(batch.means))}
+
+
+def _quartiles(x: Tensor) -> list[float]:
+    """The 25th, 50th and 75th percentiles over prompts (linear interpolation)."""
+    q = torch.quantile(x.double(), torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64))
+    return [round(float(v), 6) for v in q]
+
+
+@torch.no_grad()
+def backup_effects(
+    model, batches: list[_Batch], clean: list[dict[str, Tensor]], target: tuple[int, int], backup: tuple[int, int],
+    seed: int, alphas: tuple[float, ...] = GRADED_ALPHAS, draws: int = RESAMPLE_DRAWS,
+) -> dict[str, Tensor]:
+    """Per prompt of ``batches``: TE, the target's DE and ``backup``'s growth (change of its direct
+    effect) under mean ablation of the target ([n] each: ``total_effect``, ``direct_effect``,
+    ``growth``); the target's DE and the backup's growth with the target's final-position output
+    scaled by each alpha ([alphas, n]: ``graded_direct_effect``, ``graded_growth``); and TE, DE and
+    growth under resample ablation, the mean over ``draws`` seeded draws (``resample_*``)."""
+    layer, head = target
+
+    def over(make) -> tuple[Tensor, Tensor, Tensor]:  # make(batch) -> a replace function, or None: the mean
+        parts = [_effects(model, b, c, [target], make(b)) for b, c in zip(batches, clean)]
+        d = torch.cat([p[1] for p in parts])
+        return torch.cat([p[0] for p in parts]), d[:, layer, head], d[:, backup[0], backup[1]]
+
+    def scaled(alpha: float):
+        def replace(_layer: int, _hs: list[int], z: Tensor) -> Tensor:
+            z = z.clone()
+            z[:, -1] = alpha * z[:, -1]
+            return z
+
+        return replace
+
+    def resampled(batch: _Batch, draw: int):
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + draw)
+        rows = torch.randint(batch.reference[layer].shape[0], (batch.tokens.shape[0],), generator=generator)
+        return lambda l, hs, z: batch.reference[l][rows][:, :, hs]
+
+    te, de, growth = over(lambda b: None)
+    graded = [over(lambda b, a=a: scaled(a)) for a in alphas]
+    drawn = [over(lambda b, k=k: resampled(b, k)) for k in range(draws)]
+    r_te, r_de, r_growth = (torch.stack([d[i] for d in drawn]).mean(0) for i in range(3))
+    return {"total_effect": te, "direct_effect": de, "growth": growth,
+            "graded_direct_effect": torch.stack([g[1] for g in graded]), "graded_growth": torch.stack([g[2] for g in graded]),
+            "resample_total_effect": r_te, "resample_direct_effect": r_de, "resample_growth": r_growth}  # fmt: skip
+
+
+def effects_on(model, groups: list[tuple[list[prompts.PromptPair], list[prompts.PromptPair]]], target: tuple[int, int],
+               backup: tuple[int, int], seed: int = 0, **options) -> dict[str, Tensor]:
+    """``backup_effects`` on groups of (prompt pairs, their reference prompts), each group of one
+    template: the prompts of all groups in order."""
+    batches = [_Batch(model, pairs, reference) for pairs, reference in groups]
+    return backup_effects(model, batches, [_run(model, b, []) for b in batches], target, backup, seed, **options)
+
+
+def backup_response(effects: dict[str, Tensor], alphas: tuple[float, ...] = GRADED_ALPHAS, draws: int = RESAMPLE_DRAWS) -> dict:
+    """What metrics.json keeps of ``backup_effects``: per-prompt quartiles of the backup's growth /
+    |DE| and of TE / DE (mean and resample ablation), the graded probe's means and the quartiles of
+    growth / DE lost at each alpha, resample ablation's means."""
+    x = effects
+    return {
+        "compensator_growth_ratio_quartiles": _quartiles(x["growth"] / x["direct_effect"].abs()),
+        "te_over_de_quartiles": _quartiles(x["total_effect"] / x["direct_effect"]),
+        "graded_alphas": list(alphas),
+        "graded_target_direct_effect": [float(v) for v in x["graded_direct_effect"].mean(1)],
+        "graded_compensator_growth": [float(v) for v in x["graded_growth"].mean(1)],
+        "graded_growth_ratio_quartiles": [_quartiles(g / d.abs()) for g, d in zip(x["graded_growth"], x["graded_direct_effect"])],
+        "resample_draws": draws,
+        "resample_total_effect": float(x["resample_total_effect"].mean()),
+        "resample_direct_effect": float(x["resample_direct_effect"].mean()),
+        "resample_compensator_growth": float(x["resample_growth"].mean()),
+        "resample_compensator_growth_ratio_quartiles": _quartiles(x["resample_growth"] / x["resample_direct_effect"].abs()),
+        "resample_te_over_de_quartiles": _quartiles(x["resample_total_effect"] / x["resample_direct_effect"]),
+    }
 
 
 @torch.no_grad()
@@ -158,6 +244,7 @@ def measure(
     de_t = float(de[target])
     comp_growth = float(growth[comp])
     drop_t, drop_c, drop_pair = -float(te_t.mean()), -float(te_c.mean()), -float(te_pair.mean())
+    response = backup_response(backup_effects(model, batches, clean, target, comp, seed))
     model.train(was_training)
     return {
         "eval": {"n_prompts": len(clean_diff), "n_per_template": n_per_template, "n_reference": n_reference,
@@ -177,4 +264,5 @@ def measure(
         "direct_effects": [[round(float(v), 6) for v in row] for row in de],
         "total_effects": [[round(float(v), 6) for v in row] for row in te_all],
         "max_growth_by_ablated_head": [[round(best_growth((l, h)), 6) for h in range(n_heads)] for l in range(n_layers)],
+        **response,
     }  # fmt: skip

@@ -236,7 +236,7 @@ FIELDS: dict[str, FormField] = {
         _select("direction", "Direction", (("denoise", "denoise (clean → corrupted run)"), ("noise", "noise (corrupted → clean run)"))),
         _select("ablation", "Ablation", (("zero", "zero"), ("mean", "mean"), ("resample", "resample"))),
         _number("seed", "Seed", 0, 10**9, "seed for resample ablation"),
-        _number("steps", "IG steps", 1, 64, "1: gradient at the base run; more: integrated gradients (EAP-IG)"),
+        _number("steps", "IG steps", 1, 64, "1: gradient at the base run; more: node-level integrated gradients over that many points"),
         FormField("receivers", "Receivers (blank = logits)", "text", parse=lambda v: parse_receivers(v.get("receivers", "")),
                   show=lambda receivers: format_receivers(receivers), title="e.g. L3H0.q L3H5.k; blank: the path ends at the logits",
                   placeholder="L3H0.q L3H5.k"),

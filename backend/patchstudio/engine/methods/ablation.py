@@ -1,8 +1,9 @@
 """Ablation: remove a component from the clean run and watch the metric.
 
-A drop is necessity-style evidence, mixed with redundancy and compensation (self-repair): it is
-a lower bound on one kind of causal role. What "remove" means is itself a counterfactual and part
-of the claim (Chan et al. 2022, causal scrubbing; Heimersheim & Nanda 2024):
+A drop is necessity-style evidence, mixed with redundancy and the network's response: it can be
+smaller than what the component does (a backup makes up for it) or larger than its direct effect
+(it also acts through later components), so it bounds neither. What "remove" means is itself a
+counterfactual and part of the claim (Chan et al. 2022, causal scrubbing; Heimersheim & Nanda 2024):
 
 - ``zero``: the activation is set to zero (off-distribution: the model never sees zeros);
 - ``mean``: its mean, per position, over a reference distribution (``reference``: by default

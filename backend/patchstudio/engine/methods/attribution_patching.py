@@ -11,9 +11,15 @@ estimate the effect of patching every head, position and layer at once. It is ch
 it assumes the metric is locally linear in the activation, which fails where attention saturates
 or a component's effect is large.
 
-EAP-IG (Hanna, Pezzelle & Belinkov 2024) integrates the gradient along the straight line from the
-base input embeddings to the source ones (``steps`` points, a Riemann sum), which removes much of
-the error of the one-point estimate. All steps run as rows of one batch.
+With ``steps`` > 1 it is node-level integrated-gradients attribution: the gradient is averaged
+over ``steps`` points (a Riemann sum) on the straight line from the base input embeddings to the
+source ones, the interpolation of Hanna, Pezzelle & Belinkov 2024, which removes much of the
+error of the one-point estimate. All steps run as rows of one batch. It is not their EAP-IG:
+EAP-IG scores *edges*, (A_source - A_base) of a sender times the gradient at one receiver's input,
+to find a circuit's paths; this scores *nodes*, each component's change times the gradient at its
+own output, which (by the chain rule, at the same points) is the sum of its outgoing edges'
+scores, so it says how much a component matters but not through which later component. An
+edge-level EAP-IG belongs with a circuit method (issue 22).
 
 The estimates are returned as estimated metric values (base metric + estimated change), in the
 same site order and axes as ``patching.patch_sweep``, so the two can be compared cell by cell.
@@ -44,11 +50,11 @@ SUPPORTED = frozenset(ATTRIBUTION_COMPONENTS)
 
 class AttributionPatchingSpec(SpecBase):
     """Linear estimate of activation patching from one backward pass (Nanda 2023; Syed et al. 2023),
-    or EAP-IG with ``steps`` > 1 (Hanna et al. 2024)."""
+    or node-level integrated-gradients attribution with ``steps`` > 1 (see the module docstring)."""
 
     method: Literal["attribution_patching"] = "attribution_patching"
     direction: Direction = "denoise"
-    steps: int = Field(1, ge=1, le=64, description="1: gradient at the base run; more: integrated gradients (EAP-IG).")
+    steps: int = Field(1, ge=1, le=64, description="1: gradient at the base run; more: node-level integrated gradients over that many points.")
 
     @field_validator("component")
     @classmethod
@@ -173,7 +179,7 @@ def run_pair(ctx: PairContext) -> PairResult:
         where = f"at the {run} run" if spec.steps == 1 else "along the whole path"
         warnings = (
             f"The metric's gradient is zero {where} (e.g. KL(clean ‖ run) at the clean run when noising), so every "
-            f"estimate equals the unpatched metric: the linear estimate says nothing here. Use EAP-IG (steps > 1), "
+            f"estimate equals the unpatched metric: the linear estimate says nothing here. Use integrated gradients (steps > 1), "
             f"exact activation patching, or another metric.",
         )
     return PairResult(values, warnings=warnings)

@@ -1,6 +1,7 @@
 """Training with heads knocked out or singled out: whole-head dropout on ``hook_z`` (zeroed, or
 replaced by a batch mean aligned on each row's last token) and training only some heads' q/k/v/o
-slices. The hydra recipe uses both to train in a backup head (recipes.py).
+slices. The hydra recipe uses both, with the consistency loss of objective.py, which is what
+plants its backup head (recipes.py).
 """
 
 from __future__ import annotations

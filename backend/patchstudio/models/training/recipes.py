@@ -1,6 +1,6 @@
 """The built-in models' recipes: the shared architecture and hyperparameters, and one
 ``BuiltinRecipe`` per model in ``RECIPES`` (``default``: IOI + induction; ``hydra``: the default
-model with one head fine-tuned as a backup, for self-repair).
+model with one head fine-tuned, by an explicit objective, as a backup of another, for self-repair).
 """
 
 from __future__ import annotations
@@ -92,9 +92,11 @@ class BuiltinRecipe:
 # The hydra model (issue 9; docs/self-repair.md, docs/hydra-notes.md). Fine-tune one idle head of
 # the default model, L3H4 (its direct and total effects in the default are both ~0), and nothing
 # else: in half the IOI examples the default's strongest head L2H2 is mean-ablated, and every
-# example's logit diff at the answer must equal the frozen default model's (consistency). So L3H4
-# learns to stay quiet while L2H2 writes and to stand in for it when L2H2 is gone: a backup head.
-# Dropout alone, spread over many heads, never produced one at this scale (hydra-notes.md).
+# example's logit diff at the answer must equal the frozen default model's (consistency). That
+# objective plants L3H4 as a backup of L2H2 alone; its response is graded, in step with how much of
+# L2H2's output is removed, and it writes to the answer in the clean run too (the card measures
+# both). Random ablation alone, spread over many heads, never produced a backup at this scale
+# (hydra-notes.md).
 RECIPES: dict[str, BuiltinRecipe] = {
     "default": BuiltinRecipe("default", BUILTIN_MODELS["default"]),
     "hydra": BuiltinRecipe(

@@ -12,7 +12,7 @@ from patchstudio.web.methods.base import WebMethod, direction_phrase
 
 
 def claim(spec) -> str:
-    estimate = "linear estimate" if spec.steps == 1 else f"EAP-IG estimate, {spec.steps} steps"
+    estimate = "linear estimate" if spec.steps == 1 else f"integrated-gradients estimate, {spec.steps} steps"
     return f"attribution patching ({estimate}; {direction_phrase(spec)})"
 
 
