@@ -135,7 +135,8 @@ def test_jobs_list_by_status_with_their_size_and_finished_ones_for_throughput(st
     second, _ = store.submit(spec("attn_out"), "c:me", total=30)
     third, _ = store.submit(spec("mlp_out"), "c:you")
     assert (first.total, third.total) == (120, 0)  # priced by the caller, or unknown until a worker reports
-    assert [j.id for j in store.by_status(["queued"])] == [first.id, second.id, third.id]  # the order workers take them
+    # the order workers take them: each client's first job before anyone's second (fairness, issue 21)
+    assert [j.id for j in store.by_status(["queued"])] == [first.id, third.id, second.id]
     attempt = store.claim(first.id, "w")
     store.progress(first.id, attempt, 120, 120)
     store.finish(first.id, attempt, "done")
