@@ -221,3 +221,13 @@ def test_a_job_thread_survives_any_job_and_a_dead_one_is_started_again(tmp_path)
         assert all(t.is_alive() for t in queue._workers)
     finally:
         queue.shutdown()
+
+
+def test_a_running_job_that_beats_is_never_claimed_again(store):
+    """Only a silent running job may be claimed by another ticket (a duplicate, or a stalled
+    retry): one that beats keeps its attempt."""
+    job, _ = store.submit(spec(), "c:me")
+    assert store.claim(job.id, "w1") == 1
+    assert store.claim(job.id, "w2", statuses=("queued", "running")) is None
+    silence(store, job.id)
+    assert store.claim(job.id, "w2", statuses=("queued", "running")) == 2

@@ -33,7 +33,7 @@ import time
 from typing import Any
 
 import procrastinate
-from procrastinate.exceptions import AlreadyEnqueued
+from procrastinate.exceptions import AlreadyEnqueued, NoResult
 from procrastinate.jobs import Status
 from procrastinate.schema import SchemaManager
 from procrastinate.worker import Worker
@@ -50,10 +50,11 @@ TASK = "patchstudio.run_job"
 SCHEMA_LOCK = 74280002  # pg advisory lock id: one process applies Procrastinate's schema
 EXIT_LOST = 1  # the worker's exit status when it stopped because it lost the database or its registration
 
-# queued rows with no ticket waiting or running for them
+# queued rows with no ticket waiting or running for them (but for those just queued: their
+# submitter is deferring one now)
 UNTICKETED = text("""
     SELECT j.id, j.model_name, COALESCE(j.priority, 0) AS priority FROM jobs j
-     WHERE j.status = 'queued' AND NOT EXISTS (
+     WHERE j.status = 'queued' AND j.created_at < :settled AND NOT EXISTS (
            SELECT 1 FROM procrastinate_jobs p WHERE p.queueing_lock = j.id AND p.status IN ('todo', 'doing'))
 """)
 
@@ -130,19 +131,27 @@ class ProcrastinateQueue:
             except Exception:
                 log.exception("reconciling jobs with the queue failed; trying again shortly")
 
+    def _unticketed(self) -> list[tuple[str, str, int]]:
+        """Silent running rows go back to the queue; then the queued rows with no ticket."""
+        self.store.requeue_stale()
+        settled = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=max(self.heartbeat_seconds, 1.0))
+        with self.store.engine.connect() as conn:
+            rows = [tuple(r) for r in conn.execute(UNTICKETED, {"settled": settled}).all()]
+        for job_id, _, _ in rows:
+            log.warning("job %s was queued without a ticket (its ticket failed or was lost); queueing one", job_id)
+        return rows  # type: ignore[return-value]
+
     def reconcile(self) -> None:
         """Silent running rows back to the queue; a ticket for every queued row that has none."""
-        self.store.requeue_stale()
-        with self.store.engine.connect() as conn:
-            rows = conn.execute(UNTICKETED).all()
-        for job_id, model, priority in rows:
-            log.warning("job %s was queued without a ticket (its ticket failed or was lost); queueing one", job_id)
+        for job_id, model, priority in self._unticketed():
             self._defer(job_id, model, priority)
 
+    def _deferrer(self, job_id: str, model: str, priority: int) -> Any:
+        return self.app.configure_task(TASK, queue=queue_name(model), queueing_lock=job_id, priority=priority)
+
     def _defer(self, job_id: str, model: str, priority: int) -> None:
-        deferrer = self.app.configure_task(TASK, queue=queue_name(model), queueing_lock=job_id, priority=priority)
         try:
-            self.store.set_queue_job_id(job_id, deferrer.defer(job_id=job_id))
+            self.store.set_queue_job_id(job_id, self._deferrer(job_id, model, priority).defer(job_id=job_id))
         except AlreadyEnqueued:  # a twin request (or the reconciler) queued it a moment ago
             pass
 
@@ -221,44 +230,57 @@ class ProcrastinateQueue:
         return outcome["code"]
 
     async def _reconcile_async(self) -> None:
+        """``reconcile`` on the worker's event loop (its app is open there, for async calls only)."""
         while True:
             await asyncio.sleep(max(self.stale_seconds / 3, 0.5))
             try:
-                await asyncio.to_thread(self.reconcile)
-            except Exception:
-                log.exception("reconciling jobs with the queue failed; trying again shortly")
+                for job_id, model, priority in await asyncio.to_thread(self._unticketed):
+                    try:
+                        await self._deferrer(job_id, model, priority).defer_async(job_id=job_id)
+                    except AlreadyEnqueued:
+                        pass
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("reconciling jobs with the queue failed (%s); trying again shortly", type(exc).__name__)
 
     async def _watch(self, worker: Worker, runtime: "WorkerRuntime", asked: asyncio.Event) -> None:
         """Beat for the rows this worker runs, and stop the worker (exit status 1) when the database
-        has been unreachable for ``stale_seconds`` or its Procrastinate registration is gone or silent."""
+        has been unreachable for ``stale_seconds`` or its Procrastinate registration is gone or has
+        been silent for twice that. It goes on beating while the stopped worker finishes its job."""
         failing_since: float | None = None
+        stopping = False
         while True:
             await asyncio.sleep(self.heartbeat_seconds)
             problem = None
             try:
                 await asyncio.to_thread(self.store.heartbeat, runtime.running())
                 if worker.worker_id is not None:
-                    row = await self.app.connector.execute_query_one_async(
-                        "SELECT EXTRACT(EPOCH FROM (NOW() - last_heartbeat)) AS age FROM procrastinate_workers "
-                        "WHERE id = %(worker_id)s", worker_id=worker.worker_id)
-                    if row is None:
+                    try:
+                        row = await asyncio.wait_for(self.app.connector.execute_query_one_async(
+                            "SELECT EXTRACT(EPOCH FROM (NOW() - last_heartbeat)) AS age FROM procrastinate_workers "
+                            "WHERE id = %(worker_id)s", worker_id=worker.worker_id), timeout=max(self.stale_seconds / 2, 1.0))
+                    except NoResult:
                         problem = "its registration in the queue is gone (pruned while it could not send heartbeats)"
-                    elif float(row["age"]) > self.stale_seconds:
-                        problem = f"its queue heartbeat stopped {float(row['age']):.0f} s ago"
+                    else:
+                        if float(row["age"]) > 2 * self.stale_seconds:
+                            problem = f"its queue heartbeat stopped {float(row['age']):.0f} s ago"
                 failing_since = None
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if not unavailable(exc):
+                if unavailable(exc) or isinstance(exc, TimeoutError):
+                    log.warning("worker self-check: the database is unavailable (%s)", type(exc).__name__)
+                else:
                     log.exception("worker self-check failed")
                 failing_since = failing_since or time.monotonic()
                 if time.monotonic() - failing_since >= self.stale_seconds:
                     problem = f"it has not reached the database for {time.monotonic() - failing_since:.0f} s"
-            if problem is not None and not asked.is_set():
+            if problem is not None and not stopping and not asked.is_set():
                 log.error("this worker stops taking jobs: %s. It finishes its running job, then exits with status %d "
                           "for its supervisor to restart it", problem, EXIT_LOST)
+                stopping = True
                 worker.stop()
-                return
 
 
 class WorkerRuntime:

@@ -33,7 +33,7 @@ import logging
 from typing import Any, Iterable
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import BigInteger, Boolean, Column, DateTime, Index, Integer, String, Table, Text, func, literal, or_, select, update
+from sqlalchemy import BigInteger, Boolean, Column, DateTime, Index, Integer, String, Table, Text, and_, func, literal, or_, select, update
 
 from patchstudio.store import Store, metadata, usable_key, utcnow
 
@@ -313,7 +313,7 @@ class JobStore:
         now = utcnow()
         claimable = jobs.c.status == "queued"
         if "running" in statuses:
-            claimable = or_(claimable, *self._silent())
+            claimable = or_(claimable, and_(*self._silent()))
         with self.engine.begin() as conn:
             conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.status == "queued", jobs.c.cancel_requested.is_(True))
                          .values(status="cancelled", finished_at=now))
