@@ -9,6 +9,7 @@ submitted then runs once: no half-dead worker has its work rerun elsewhere."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -20,8 +21,9 @@ from helpers import TINY_PAIRS
 from procs import Server, private_postgres, process_env, wait_for, worker
 
 PAIR = TINY_PAIRS[0]
-STALE = 4
-OUTAGE = 3 * STALE
+# PATCHSTUDIO_TEST_STALE_SECONDS / PATCHSTUDIO_TEST_OUTAGE_SECONDS: an operator's run by hand (30 and 20)
+STALE = float(os.environ.get("PATCHSTUDIO_TEST_STALE_SECONDS", "4"))
+OUTAGE = float(os.environ.get("PATCHSTUDIO_TEST_OUTAGE_SECONDS", str(3 * STALE)))
 LONG = [{"method": "ablation", "ablation": "zero", "prompts": [PAIR] * n, "component": "head", "positions": "each"}
         for n in (4, 5, 6)]
 SHORT = [{"prompts": [PAIR], "component": c, "positions": "each"} for c in ("resid_pre", "attn_out", "mlp_out")]
@@ -102,6 +104,8 @@ def test_a_postgres_outage_leaves_no_job_stuck_and_every_worker_healthy(tmp_path
             print(f"{time.monotonic() - t0:.0f} s: every job ended")
             assert [_job(server, i)["status"] for i in ids] == ["done"] * len(ids)
             assert all(code == 1 for code in workers.exits), workers.exits  # lost the database: exit 1, restarted
+            if OUTAGE > STALE:
+                assert workers.exits  # they did lose it
 
             # after the outage: every worker heart-beats, and a new job runs once (no rerun by another worker)
             after = httpx.post(f"{server.url}/api/jobs", json=AFTER, timeout=30).json()["id"]
@@ -111,7 +115,7 @@ def test_a_postgres_outage_leaves_no_job_stuck_and_every_worker_healthy(tmp_path
             engine = create_engine(pg.url)
             with engine.connect() as conn:
                 fresh = conn.execute(text("SELECT count(*) FROM procrastinate_workers "
-                                          f"WHERE last_heartbeat > NOW() - INTERVAL '{2 * STALE} seconds'")).scalar_one()
+                                          f"WHERE last_heartbeat > NOW() - INTERVAL '{int(2 * STALE)} seconds'")).scalar_one()
                 active = conn.execute(text("SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')")).scalar_one()
             engine.dispose()
             assert fresh == len([p for p in workers.procs if p.popen.poll() is None]) == 2

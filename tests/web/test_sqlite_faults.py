@@ -118,3 +118,50 @@ def test_a_full_disk_under_a_job_leaves_nothing_stuck_and_readiness_tells_the_tr
         assert client.post("/api/runs", json=SMALL).status_code == 202  # every run is a job here (background_patched_runs=0)
         after = client.post("/api/jobs", json={**LONG, "metric": "prob"}).json()["id"]
         wait_for(lambda: client.get(f"/jobs/{after}.json").json()["status"] == "done", 180, "a job after the episode")
+
+
+@contextlib.contextmanager
+def immutable(*files: Path):
+    """chattr +i: not even root may write the files (skips where the filesystem has no such flag)."""
+    present = [f for f in files if f.exists()]
+    done = []
+    try:
+        for f in present:
+            if subprocess.run(["chattr", "+i", str(f)], capture_output=True).returncode != 0:
+                pytest.skip("chattr +i is not supported here")
+            done.append(f)
+        yield
+    finally:
+        for f in done:
+            subprocess.run(["chattr", "-i", str(f)], check=False)
+
+
+def _files(db: Path) -> list[Path]:
+    """The database and its write-ahead log. (Not its -shm, which SQLite maps into memory: a write to
+    an immutable mapping is a SIGBUS, which would end the test process, not the server's readiness.)"""
+    return [db, db.with_name(db.name + "-wal")]
+
+
+def test_readiness_follows_a_read_only_database_both_ways(tmp_path, tiny_model):
+    """Finding 4: with the database and its -wal (and -shm) immutable, readiness said 200 while every
+    fresh run failed; opened read-only at start it said 503 and stayed so after the files were
+    writable again."""
+    import shutil
+
+    if shutil.which("chattr") is None:
+        pytest.skip("no chattr")
+    db = tmp_path / "runs.sqlite3"
+    with make_client(tmp_path, tiny_model) as client:
+        assert client.get("/readyz").status_code == 200
+        with immutable(*_files(db)):
+            assert client.get("/readyz").status_code == 503
+            fresh = client.post("/api/runs", json=SMALL)
+            assert fresh.status_code == 503 and fresh.headers["retry-after"], fresh.text
+        assert client.get("/readyz").status_code == 200
+        assert client.post("/api/runs", json=SMALL).status_code == 200
+    with immutable(*_files(db)):  # read-only from the start
+        with make_client(tmp_path, tiny_model) as client:
+            assert client.get("/readyz").status_code == 503
+            for f in _files(db):
+                subprocess.run(["chattr", "-i", str(f)], check=False)
+            assert client.get("/readyz").status_code == 200
