@@ -101,6 +101,21 @@ def worker(env: dict[str, str], log: Path, models: str = "default") -> Proc:
     return Proc(["worker", "--models", models, "--model-loader", "model_loaders:tiny"], env, log)
 
 
+@contextlib.contextmanager
+def stopped_after(procs: list[Proc], lines: int = 60) -> Iterator[list[Proc]]:
+    """Stop every process of ``procs`` (a list the block may add to, or replace items of) at the end;
+    if the block failed, print each one's last log lines first."""
+    try:
+        yield procs
+    except BaseException:
+        for proc in procs:
+            print(f"--- {proc.log.name}\n{proc.tail(lines)}")
+        raise
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from helpers import TINY_PAIRS
-from procs import POSTGRES_URL, Server, postgres_schema, process_env, wait_for, worker
+from procs import POSTGRES_URL, Server, postgres_schema, process_env, stopped_after, wait_for, worker
 from web_helpers import make_client
 
 FLOOD = [{"prompts": [TINY_PAIRS[0]] * k, "component": "resid_pre", "positions": "each"} for k in range(1, 31)]
@@ -57,8 +57,7 @@ def test_a_flood_does_not_starve_another_clients_job_on_postgres(tmp_path):
     with postgres_schema() as url:
         env = process_env(database_url=url, chunk_rows=1, max_jobs_per_client=40, max_jobs_per_address=40)
         server = Server(env, tmp_path / "web.log").start()
-        procs = [server]
-        try:
+        with stopped_after([server]) as procs:
             server.wait_ready()
             flood = [httpx.post(f"{server.url}/api/jobs", json=spec, cookies={"patchstudio_client": "flooder0001"},
                                 timeout=30).json()["id"] for spec in FLOOD]
@@ -75,10 +74,3 @@ def test_a_flood_does_not_starve_another_clients_job_on_postgres(tmp_path):
                 rows = conn.execute(text("SELECT id, created_at, started_at FROM jobs")).all()
             engine.dispose()
             check_bound(flood, small_id, rows, workers=1)
-        except Exception:
-            for proc in procs:
-                print(f"--- {proc.log.name}\n{proc.tail(60)}")
-            raise
-        finally:
-            for proc in procs:
-                proc.stop()
