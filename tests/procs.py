@@ -83,7 +83,7 @@ class Server(Proc):
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def wait_ready(self, timeout: float = 90) -> "Server":
+    def wait_ready(self, timeout: float = 240) -> "Server":  # generous: three processes may import torch at once on 2 busy cores
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.popen is not None and self.popen.poll() is not None:

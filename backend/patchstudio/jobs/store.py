@@ -399,11 +399,3 @@ class JobStore:
         if ended:
             log.warning("ended %d job(s) whose worker stopped sending heartbeats: %s", len(ended), ", ".join(ended))
         return requeued
-
-    def queued_ids(self, models: Iterable[str] | None = None) -> list[tuple[str, str, int]]:
-        """Every queued job: (id, model, priority), in the order workers take them."""
-        query = select(jobs.c.id, jobs.c.model_name, func.coalesce(jobs.c.priority, 0)).where(jobs.c.status == "queued")
-        if models is not None:
-            query = query.where(jobs.c.model_name.in_(list(models)))
-        with self.engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(query.order_by(func.coalesce(jobs.c.priority, 0).desc(), jobs.c.created_at))]

@@ -172,8 +172,8 @@ class RequestContext:
             await self.app(scope, receive, tracking_send)
         except Exception as exc:
             if unavailable(exc):  # a condition that passes (PostgreSQL restarting, a full disk): say so, and when to retry
-                log.error("request %s: %s %s: the database is unavailable: %s", request_id, scope.get("method"), scope.get("path"),
-                          type(exc).__name__)
+                log.error("request %s: %s %s: the database is unavailable: %s: %s", request_id, scope.get("method"),
+                          scope.get("path"), type(exc).__name__, (str(exc).splitlines() or [""])[0][:300])
                 if not started:
                     await refuse(scope, send_with_headers, 503,
                                  f"The database is unavailable right now (down, restarting, or unable to take writes); try "
