@@ -83,7 +83,7 @@ class Server(Proc):
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def wait_ready(self, timeout: float = 90) -> "Server":
+    def wait_ready(self, timeout: float = 240) -> "Server":  # generous: three processes may import torch at once on 2 busy cores
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.popen is not None and self.popen.poll() is not None:
@@ -99,6 +99,21 @@ class Server(Proc):
 
 def worker(env: dict[str, str], log: Path, models: str = "default") -> Proc:
     return Proc(["worker", "--models", models, "--model-loader", "model_loaders:tiny"], env, log)
+
+
+@contextlib.contextmanager
+def stopped_after(procs: list[Proc], lines: int = 60) -> Iterator[list[Proc]]:
+    """Stop every process of ``procs`` (a list the block may add to, or replace items of) at the end;
+    if the block failed, print each one's last log lines first."""
+    try:
+        yield procs
+    except BaseException:
+        for proc in procs:
+            print(f"--- {proc.log.name}\n{proc.tail(lines)}")
+        raise
+    finally:
+        for proc in procs:
+            proc.stop()
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
@@ -128,3 +143,82 @@ def postgres_schema() -> Iterator[str]:
         with admin.begin() as conn:
             conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
         admin.dispose()
+
+
+class PrivatePostgres:
+    """A PostgreSQL cluster of this test's own (initdb into a temporary directory, a free port), so
+    a test can stop and restart it without touching the shared server other tests use."""
+
+    def __init__(self, bindir: Path, data: Path, run_as: list[str]):
+        self.bindir, self.data, self.run_as = bindir, data, run_as
+        self.port = free_port()
+        self.url = f"postgresql+psycopg://patchstudio@127.0.0.1:{self.port}/patchstudio"
+
+    def _run(self, tool: str, *args: str, timeout: float = 120) -> None:
+        subprocess.run([*self.run_as, str(self.bindir / tool), *args], check=True, timeout=timeout,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+    def init(self) -> "PrivatePostgres":
+        self._run("initdb", "-D", str(self.data), "-U", "patchstudio", "--auth=trust", "-E", "UTF8", "--no-sync")
+        self.start()
+        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "patchstudio", "patchstudio")
+        return self
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=60"
+        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.data / "server.log"), "-w", "-t", "60", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop")
+
+
+def postgres_bindir() -> Path | None:
+    """The newest PostgreSQL's binaries (Debian's /usr/lib/postgresql/N/bin, else pg_ctl on PATH)."""
+    import shutil
+
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name)
+                   if p.parent.parent.name.isdigit() else 0)
+    if found:
+        return found[-1].parent
+    pg_ctl = shutil.which("pg_ctl")
+    return Path(pg_ctl).parent if pg_ctl and shutil.which("initdb") else None
+
+
+@contextlib.contextmanager
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """A private PostgreSQL cluster, removed afterwards; skips the test where none can be made (no
+    binaries; root without a ``postgres`` user to run them as, since initdb refuses root)."""
+    import pwd
+    import shutil
+    import tempfile
+
+    import pytest
+
+    bindir = postgres_bindir()
+    if bindir is None:
+        pytest.skip("no PostgreSQL binaries (initdb, pg_ctl) to start a private cluster")
+    run_as: list[str] = []
+    owner = None
+    if os.geteuid() == 0:
+        try:
+            owner = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no postgres user to run initdb as")
+        runuser = shutil.which("runuser")
+        if not runuser:
+            pytest.skip("running as root without runuser to run initdb as postgres")
+        run_as = [runuser, "-u", "postgres", "--"]
+    base = Path(tempfile.mkdtemp(prefix="patchstudio-pg-"))
+    data = base / "data"
+    data.mkdir()
+    if owner is not None:
+        os.chmod(base, 0o755)
+        os.chown(data, owner.pw_uid, owner.pw_gid)
+    cluster = PrivatePostgres(bindir, data, run_as)
+    try:
+        cluster.init()
+        yield cluster
+    finally:
+        with contextlib.suppress(Exception):
+            cluster.stop("immediate")
+        shutil.rmtree(base, ignore_errors=True)

@@ -135,8 +135,12 @@ def serve_command(
     port = port or settings.port
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     typer.echo(f"Patch Studio: loading {', '.join(settings.models)}; then open http://{shown}:{port}/", err=True)
+    # Proxy headers only from the configured proxies: uvicorn's own default trusts 127.0.0.1, so a
+    # local client could pick its own address (and dodge per-address caps) with X-Forwarded-For.
+    proxies = settings.forwarded_allow_ips
     try:
-        uvicorn.run(create_app(settings, model_loader=_loader(model_loader)), host=host, port=port, log_level="info")
+        uvicorn.run(create_app(settings, model_loader=_loader(model_loader)), host=host, port=port, log_level="info",
+                    proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None)
     except DatabaseMissing as exc:
         _fail(str(exc))
 
@@ -171,12 +175,11 @@ def worker_command(
     if not loaded:
         _fail(f"none of {', '.join(names)} could be loaded (see the log above)")
 
-    def run_spec(spec, progress):
-        return service.get_or_run(spec, progress)
-
-    queue = open_queue(settings, store, run_spec, loaded)
+    queue = open_queue(settings, store, service.get_or_run, loaded)
     typer.echo(f"Patch Studio worker: {', '.join(loaded)} ({queue.kind} queue)", err=True)
-    queue.run_worker(concurrency)
+    code = queue.run_worker(concurrency)
+    if code:  # it lost the database or its place in the queue: its supervisor restarts it
+        raise typer.Exit(code=code)
 
 
 @app.command("train-default")

@@ -6,6 +6,12 @@ companion runs) follows: the stored run if there is one, else the spec is parsed
 the limits once, priced once (``engine.run.plan``) and computed now with that plan when it is small, or
 queued as a background job when it is not. Limits are checked on the raw request data, before parsing
 or tokenizing, so an oversized request is refused in constant time and memory.
+
+One id, one computation: a stored run records the weights (their sha256) and the dtype that
+computed it. A server whose model differs never answers a submit with that record as if it were
+its own, nor stores a different one under the same id: it refuses (``OtherComputation``, 409)
+and the run's page says so. A job carries its server's computation, and a worker whose model
+differs refuses it. Only the client that started a job may cancel it (``NotYourJob``).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from patchstudio.engine.attention import layer_patterns
+from patchstudio.engine.precision import dtype_name, model_dtype
 from patchstudio.engine.run import Plan, plan, run
 from patchstudio.errors import InputError
 from patchstudio.jobs import JobQueue
@@ -43,6 +50,12 @@ class LoadedModel:
     error: str | None = None  # for the log only: it may hold paths
     vocabulary: dict[str, list[str]] | None = None  # small (word-level) vocabularies, grouped, for help
     info: dict[str, Any] = field(default_factory=dict)  # registry.describe_model: architecture, size
+    dtype: str = "float32"
+
+    @property
+    def computation(self) -> str:
+        """What this model computes, as a job records it: "<dtype>:<weights sha256>"."""
+        return f"{self.dtype}:{self.fingerprint}"
 
     @property
     def label(self) -> str:
@@ -52,6 +65,15 @@ class LoadedModel:
         arch, n = self.info.get("architecture"), self.info.get("n_params")
         size = f", {format_params(n)} params" if n else ""
         return f"{self.name} ({arch}{size})" if arch else self.name
+
+
+class OtherComputation(InputError):
+    """A stored run or a job for this id comes from another computation (other weights or another
+    dtype) than this server's (or this worker's) model: 409, never its numbers as this server's."""
+
+
+class NotYourJob(PermissionError):
+    """Only the client that started a job may cancel it: 403."""
 
 
 SMALL_VOCABULARY = 2_000  # a vocabulary up to this size is listed in the page as help
@@ -99,6 +121,14 @@ def check_strings(data: Any, path: str = "") -> None:
             check_strings(value, f"{path}.{i}" if path else str(i))
 
 
+def owns(job: JobRow, client: str) -> bool:
+    """Whether ``client`` started ``job``: the same key, or the job was keyed by the address the
+    request comes from (a client's first request carries no cookie yet, so its first job is keyed by
+    its address; the cookie the answer sets must not lock it out of its own job)."""
+    address = getattr(client, "address", None)
+    return job.client == client or (address is not None and job.client == f"a:{address}")
+
+
 @dataclass
 class ExperimentService:
     settings: Settings
@@ -114,7 +144,8 @@ class ExperimentService:
                 settings = self.settings
                 model = (loader or (lambda n: load_model(n, device=settings.device, dtype=settings.dtype)))(name)
                 self.models[name] = LoadedModel(
-                    name, model, model_fingerprint(model), vocabulary=vocabulary_groups(model), info=describe_model(model)
+                    name, model, model_fingerprint(model), vocabulary=vocabulary_groups(model), info=describe_model(model),
+                    dtype=dtype_name(model_dtype(model)),
                 )
                 log.info("loaded model %s", name)
             except (ModelUnavailableError, FileNotFoundError, OSError) as exc:
@@ -177,7 +208,7 @@ class ExperimentService:
         parsed = self.parse(spec)
         stored = self.store.get(parsed.id)
         if stored is not None:
-            return stored
+            return self._own(stored)
         return self.submit_priced({parsed.id: self.price(parsed)}, client)[parsed.id]
 
     def submit_priced(self, plans: Mapping[str, Plan], client: str) -> dict[str, StoredRun | JobRow]:
@@ -191,27 +222,76 @@ class ExperimentService:
         """A background job for the spec, whatever its size (``POST /api/jobs``): new, or the one
         already queued, running or done for it."""
         parsed = self.parse(spec) if priced is None else priced.spec
-        return self._queue().submit(parsed, client, (priced or self.price(parsed)).total)
+        total = (priced or self.price(parsed)).total
+        loaded = self.model(parsed.model)
+        job = self._queue().submit(parsed, client, total, loaded.computation)
+        if job.computation not in (None, loaded.computation):
+            raise OtherComputation(self._differs(parsed.id, parsed.model, job.computation, loaded.computation, "queued"),
+                                   field="model")
+        return job
 
-    def cancel(self, job_id: str) -> JobRow | None:
+    def cancel(self, job_id: str, client: str) -> JobRow | None:
+        """Cancel a job (None: no such job); NotYourJob unless ``client`` started it."""
+        job = self._queue().get(job_id)
+        if job is None:
+            return None
+        if not owns(job, client):
+            raise NotYourJob(f"job {job_id} was started by another client: only the client that started a job may cancel it")
         return self._queue().cancel(job_id)
+
+    # --- one id, one computation ---
+
+    @staticmethod
+    def _differs(run_id: str, model: str, theirs: str, ours: str, what: str) -> str:
+        (their_dtype, their_hash), (our_dtype, our_hash) = theirs.split(":", 1), ours.split(":", 1)
+        parts = []
+        if their_hash != our_hash:
+            parts.append(f"other weights (sha256 {their_hash[:12]}; this server's are {our_hash[:12]})")
+        if their_dtype != our_dtype:
+            parts.append(f"{their_dtype} (this server computes in {our_dtype})")
+        return (f"experiment {run_id} is {what} for another copy of model {model!r}: {' and '.join(parts)}. This server "
+                f"will not show or store its own numbers under the same id; use a server whose model matches")
+
+    def computation_note(self, stored: StoredRun) -> str | None:
+        """Why ``stored`` is not what this server's model computes (other weights, another dtype), or
+        None when it is (or the model is not loaded here, so nothing can be compared)."""
+        loaded = self.models.get(stored.model_name)
+        if loaded is None or loaded.model is None:
+            return None
+        theirs = f"{stored.result.model.dtype}:{stored.model_fingerprint}"
+        if theirs == loaded.computation:
+            return None
+        return self._differs(stored.id, stored.model_name, theirs, loaded.computation, "stored")
+
+    def _own(self, stored: StoredRun) -> StoredRun:
+        """``stored``, if this server's model computed it (else OtherComputation)."""
+        note = self.computation_note(stored)
+        if note is not None:
+            raise OtherComputation(note, field="model")
+        return stored
 
     def _queue(self) -> JobQueue:
         if self.jobs is None:  # a worker's service runs jobs; it never queues them
             raise RuntimeError("this service has no job queue")
         return self.jobs
 
-    def get_or_run(self, spec: Any, progress: Callable[[int, int], None] | None = None) -> StoredRun:
-        """The stored result for this spec, computing and storing it first if needed (a job's worker)."""
+    def get_or_run(self, spec: Any, progress: Callable[[int, int], None] | None = None,
+                   computation: str | None = None) -> StoredRun:
+        """The stored result for this spec, computing and storing it first if needed (a job's
+        worker). ``computation``: what the job's server asked for; OtherComputation if this
+        worker's model differs, or if the stored run came from another computation."""
         spec = parse_spec(spec)
+        loaded = self.model(spec.model)
+        if computation is not None and computation != loaded.computation:
+            raise OtherComputation(self._differs(spec.id, spec.model, computation, loaded.computation, "queued"), field="model")
         stored = self.store.get(spec.id)
-        return stored if stored is not None else self._compute(plan(self.model(spec.model).model, spec), progress)
+        return self._own(stored) if stored is not None else self._compute(plan(loaded.model, spec), progress)
 
     def _compute(self, checked: Plan, progress: Callable[[int, int], None] | None = None) -> StoredRun:
         loaded = self.model(checked.spec.model)
         result = run(loaded.model, checked.spec, model_name=loaded.name, chunk_rows=self.settings.chunk_rows,
                      max_patched_runs=self.settings.max_patched_runs, progress=progress, checked=checked)
-        return self.store.put(result, loaded.fingerprint)
+        return self._own(self.store.put(result, loaded.fingerprint))  # a concurrent writer of the same id may have won
 
     # --- attention patterns of a stored run, one layer at a time ---
 

@@ -58,10 +58,24 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(2_000, ge=1, description="Longest prompt, answer or wrong answer, in characters.")
     max_prompts: int = Field(256, ge=1, description="Most prompt pairs in one spec.")
     max_jobs_per_client: int = Field(8, ge=1, description="Most queued or running background jobs per client (then 429).")
+    max_jobs_per_address: int = Field(
+        16, ge=1,
+        description="Most queued or running background jobs from one address, whatever cookies it sends (then 429): "
+        "a script that makes up a new cookie per request is held here. Behind a proxy, set forwarded_allow_ips, "
+        "or everyone shares the proxy's address.",
+    )
+    max_queued_jobs: int = Field(
+        500, ge=1, description="Most background jobs waiting in the whole queue; past it a new job is refused (503) until it drains."
+    )
     client_key: Literal["cookie", "address"] = Field(
         "cookie",
-        description="Who a client is, for the job cap: 'cookie' (a random session cookie the server sets; "
-        "clients without one, such as scripts, count by address) or 'address' (the peer address only).",
+        description="Who a client is, for the job cap and who may cancel a job: 'cookie' (a random session cookie the "
+        "server sets; clients without one, such as scripts, count by address) or 'address' (the peer address only).",
+    )
+    forwarded_allow_ips: list[str] = Field(
+        default=[],
+        description="Addresses of reverse proxies whose X-Forwarded-For / X-Forwarded-Proto headers are trusted "
+        "(JSON list; '*' for any). Empty (the default): no one's, so a client cannot pick its own address.",
     )
 
     # --- jobs ---
@@ -70,7 +84,11 @@ class Settings(BaseSettings):
     )
     job_heartbeat_seconds: float = Field(2.0, gt=0, description="How often a running job's worker refreshes its heartbeat.")
     job_stale_seconds: float = Field(
-        30.0, gt=0, description="A running job whose heartbeat is older than this is requeued (its worker died)."
+        30.0, gt=0, description="A running job whose heartbeat is older than this is requeued (its worker died); "
+        "a PostgreSQL worker that cannot reach the database for this long stops and exits 1."
+    )
+    job_max_attempts: int = Field(
+        3, ge=1, description="A job whose worker died (or lost the database) this many times ends as an error."
     )
 
     # --- the shared server ---

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
+import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -27,11 +29,13 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     select,
     text,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.schema import CreateColumn
 
 from patchstudio.results import PatchResult
 
@@ -83,7 +87,7 @@ patterns = Table(
     Column("data_json", Text, nullable=False),
 )
 
-# Small facts about the database itself (and a table readiness can write to and roll back).
+# Small facts about the database itself (and a table readiness writes a row to, and deletes it from).
 meta = Table("meta", metadata, Column("key", String(64), primary_key=True), Column("value", Text, nullable=False))
 
 RUN_TABLES = (runs, run_origins, run_companions, patterns, meta)
@@ -91,6 +95,48 @@ RUN_TABLES = (runs, run_origins, run_companions, patterns, meta)
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
+
+
+RUN_ID = re.compile(r"[0-9a-f]{16}")
+
+
+def is_run_id(value: object) -> bool:
+    """Run (and job) ids are spec hashes, 16 hex digits: routes look up nothing else."""
+    return isinstance(value, str) and RUN_ID.fullmatch(value) is not None
+
+
+def usable_key(value: object) -> bool:
+    """A key any database can compare: PostgreSQL refuses a NUL in text (a server error where a
+    lookup should simply find nothing), so a key holding one is never looked up."""
+    return isinstance(value, str) and "\x00" not in value
+
+
+# SQLite's messages for a database that cannot take writes right now: the disk is full, the file
+# (or its -wal/-shm) is read-only, or the file cannot be opened. SQLAlchemy treats none of them as a
+# lost connection, so a connection opened read-only would stay in the pool after the cause is gone.
+SQLITE_UNAVAILABLE = ("disk is full", "readonly database", "unable to open database", "disk i/o error")
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database is unreachable or cannot take writes right now (PostgreSQL
+    down or restarting, a lost connection, SQLite read-only, locked too long or out of disk): a
+    condition that passes, for a 503 with Retry-After rather than a 500."""
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    try:  # the queue library talks to PostgreSQL through psycopg directly
+        import psycopg
+        from procrastinate.exceptions import ConnectorException
+    except ImportError:
+        return False
+    return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError, ConnectorException))
+
+
+def _sqlite_unavailable(context) -> None:
+    message = str(context.original_exception).lower()
+    if any(marker in message for marker in SQLITE_UNAVAILABLE):
+        context.is_disconnect = True  # drop the pooled connections: the next use opens the file afresh
 
 
 class DatabaseMissing(RuntimeError):
@@ -184,6 +230,7 @@ class Store:
             check_sqlite_file(db_file, create)
             self.engine: Engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 15})
             event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "handle_error", _sqlite_unavailable)
         else:
             self.engine = create_engine(url, pool_pre_ping=True)
         self.url = url
@@ -191,11 +238,20 @@ class Store:
         self.create_tables(RUN_TABLES)
 
     def create_tables(self, tables: Iterable[Table]) -> None:
-        """Create those of ``tables`` that are missing (the job store creates its own the same way)."""
+        """Create those of ``tables`` that are missing, and add the columns a table of an older
+        version lacks (create_all never adds columns; every added column is nullable or has a
+        server default). The job store creates its own the same way."""
+        tables = list(tables)
         with self.engine.begin() as conn:
             if self.postgresql:  # a web server and N workers may start at once: one creates, the others wait
                 conn.execute(text("SELECT pg_advisory_xact_lock(74280001)"))
-            metadata.create_all(conn, tables=list(tables))
+            metadata.create_all(conn, tables=tables)
+            for table in tables:
+                present = {c["name"] for c in inspect(conn).get_columns(table.name)}
+                for column in table.columns:
+                    if column.name not in present:
+                        ddl = CreateColumn(column).compile(dialect=conn.dialect)
+                        conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {ddl}"))
 
     def insert_once(self, table: Table, **values: Any) -> bool:
         """Insert a row unless its key is taken (first write wins: an earlier or concurrent writer of
@@ -208,6 +264,8 @@ class Store:
         return True
 
     def get(self, run_id: str) -> StoredRun | None:
+        if not usable_key(run_id):
+            return None
         with self.engine.connect() as conn:
             row = conn.execute(select(runs).where(runs.c.id == run_id)).mappings().first()
         if row is None:
@@ -249,6 +307,8 @@ class Store:
         self.insert_once(run_origins, id=run_id, form_json=json.dumps(form, sort_keys=True))
 
     def get_origin(self, run_id: str) -> dict[str, str] | None:
+        if not usable_key(run_id):
+            return None
         with self.engine.connect() as conn:
             row = conn.execute(select(run_origins.c.form_json).where(run_origins.c.id == run_id)).first()
         return json.loads(row[0]) if row else None
@@ -257,6 +317,8 @@ class Store:
         self.insert_once(patterns, id=f"{run_id}:{layer}", data_json=json.dumps(data))  # a concurrent one: the same values
 
     def get_patterns(self, run_id: str, layer: int) -> dict | None:
+        if not usable_key(run_id):
+            return None
         with self.engine.connect() as conn:
             row = conn.execute(select(patterns.c.data_json).where(patterns.c.id == f"{run_id}:{layer}")).first()
         return json.loads(row[0]) if row else None
@@ -289,12 +351,14 @@ class Store:
 
     def get_companion(self, run_id: str) -> Companion | None:
         """Whose companion this run (or job) is, if it is one."""
+        if not usable_key(run_id):
+            return None
         with self.engine.connect() as conn:
             row = conn.execute(select(run_companions).where(run_companions.c.id == run_id)).mappings().first()
         return Companion(**row) if row is not None else None
 
     def get_companions(self, ids: Iterable[str]) -> dict[str, Companion]:
-        ids = list(ids)
+        ids = [i for i in ids if usable_key(i)]
         if not ids:
             return {}
         with self.engine.connect() as conn:
@@ -322,13 +386,19 @@ class Store:
             return conn.execute(select(func.count()).select_from(runs)).scalar_one()
 
     def check_writable(self) -> None:
-        """Raise unless the database answers and takes a write (rolled back: nothing is stored)."""
-        with self.engine.connect() as conn:
-            transaction = conn.begin()
-            try:
-                conn.execute(meta.insert().values(key=f"readyz-{utcnow().timestamp()}", value="probe"))
-            finally:
-                transaction.rollback()
+        """Raise unless the database answers and commits a write: a probe row is committed, then
+        deleted in a second commit. A rolled-back write proves nothing on SQLite (it never reaches
+        the file, so a full disk or a read-only file passed); a commit has to. On failure the pool is
+        emptied, so the next probe opens fresh connections and readiness comes back with the database."""
+        key = f"readyz-{uuid.uuid4().hex}"
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(meta.insert().values(key=key, value=utcnow().isoformat()))
+            with self.engine.begin() as conn:
+                conn.execute(meta.delete().where(meta.c.key == key))
+        except Exception:
+            self.engine.dispose()
+            raise
 
     def table_snapshot(self) -> dict[str, list[tuple]]:
         """Every row of every table (tests compare snapshots to prove a request stored nothing)."""

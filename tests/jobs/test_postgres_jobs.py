@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, text
 
 from helpers import TINY_PAIRS
 from patchstudio.engine.run import run
-from procs import POSTGRES_URL, Server, postgres_schema, process_env, wait_for, worker
+from procs import POSTGRES_URL, Server, postgres_schema, process_env, stopped_after, wait_for, worker
 
 pytestmark = pytest.mark.skipif(not POSTGRES_URL, reason="PATCHSTUDIO_TEST_POSTGRES_URL is not set (CI sets it and starts PostgreSQL)")
 
@@ -46,8 +46,7 @@ def test_two_workers_a_sigkill_a_cancel_and_a_web_restart(tmp_path, tiny_model):
         env = process_env(database_url=url, chunk_rows=1, job_heartbeat_seconds=1, job_stale_seconds=3, max_jobs_per_client=100)
         server = Server(env, tmp_path / "web.log").start()
         workers = [worker(env, tmp_path / f"worker{i}.log").start() for i in range(2)]
-        procs = [server, *workers]
-        try:
+        with stopped_after([server, *workers]) as procs:
             server.wait_ready()
             jobs = []
             for spec in [LONG, *SHORT]:
@@ -105,10 +104,3 @@ def test_two_workers_a_sigkill_a_cancel_and_a_web_restart(tmp_path, tiny_model):
                 expected = run(tiny_model, spec)
                 assert stored["id"] == expected.id
                 assert torch.allclose(torch.tensor(stored["values"]), torch.tensor(expected.values), atol=1e-4), job_id
-        except Exception:
-            for proc in procs:
-                print(f"--- {proc.log.name}\n{proc.tail(60)}")
-            raise
-        finally:
-            for proc in procs:
-                proc.stop()

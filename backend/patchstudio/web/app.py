@@ -21,18 +21,17 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from patchstudio import __version__
 from patchstudio.engine.allocator import keep_freed_memory
 from patchstudio.errors import InputError, describe, field_errors
 from patchstudio.jobs import open_queue
-from patchstudio.service import ExperimentService
+from patchstudio.service import ExperimentService, NotYourJob, OtherComputation
 from patchstudio.settings import Settings
 from patchstudio.specs import spec_json_schema
 from patchstudio.jobs import TooManyJobs
 from patchstudio.store import Store
-from patchstudio.web.guard import BodyLimit, OriginCheck, RequestContext, is_api_path, request_id
+from patchstudio.web.guard import BodyLimit, HostCheck, OriginCheck, RequestContext, is_api_path, request_id
 from patchstudio.web.routes import attention, companions, compare, explore, jobs, meta, runs
 from patchstudio.web.templating import FRONTEND
 from patchstudio.web.watchers import Watchers
@@ -65,7 +64,7 @@ def create_app(settings: Settings | None = None, *, model_loader: Callable[[str]
         service = ExperimentService(settings, store)
         service.load_models(model_loader)
         loaded = [name for name, m in service.models.items() if m.model is not None]
-        queue = open_queue(settings, store, lambda spec, progress: service.get_or_run(spec, progress), loaded)
+        queue = open_queue(settings, store, service.get_or_run, loaded)
         service.jobs = queue  # the service's submit rule queues large experiments here
         queue.start()
         app.state.service = service
@@ -120,7 +119,17 @@ def create_app(settings: Settings | None = None, *, model_loader: Callable[[str]
 
     @app.exception_handler(TooManyJobs)
     async def too_many_jobs(request: Request, exc: TooManyJobs) -> Response:
-        return refusal(request, 429, str(exc), field="jobs", headers={"Retry-After": "30"})
+        """429 over a client's (or its address's) cap; 503 when the whole queue is full (QueueFull)."""
+        return refusal(request, exc.status, str(exc), field="jobs", headers={"Retry-After": "30"})
+
+    @app.exception_handler(OtherComputation)
+    async def other_computation(request: Request, exc: OtherComputation) -> Response:
+        """The id is stored (or queued) from other weights or another dtype than this server's model."""
+        return refusal(request, 409, str(exc), field=exc.field)
+
+    @app.exception_handler(NotYourJob)
+    async def not_your_job(request: Request, exc: NotYourJob) -> Response:
+        return refusal(request, 403, str(exc), field="job")
 
     def openapi() -> dict[str, Any]:
         """FastAPI's schema, with the spec's own JSON schema as the body of POST /api/runs and /api/jobs
@@ -146,7 +155,7 @@ def create_app(settings: Settings | None = None, *, model_loader: Callable[[str]
     app.add_middleware(OriginCheck, public_url=settings.public_url, allowed_origins=settings.allowed_origins)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if "*" not in settings.allowed_hosts:
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.trusted_hosts(), www_redirect=False)
+        app.add_middleware(HostCheck, allowed_hosts=settings.trusted_hosts())
     secure = bool(settings.public_url and settings.public_url.startswith("https://"))
     app.add_middleware(RequestContext, client_key=settings.client_key, secure_cookie=secure)
     return app

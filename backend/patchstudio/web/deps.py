@@ -4,23 +4,19 @@ missing run, and ids that are not spec hashes are never looked up."""
 
 from __future__ import annotations
 
-import re
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Request
 
 from patchstudio.service import ExperimentService
 from patchstudio.jobs.store import JobRow
-from patchstudio.store import StoredRun
+from patchstudio.store import StoredRun, is_run_id
 from patchstudio.web.guard import client_key
 from patchstudio.web.watchers import PAGE_HEADER, Watchers, page_token
 
-RUN_ID = re.compile(r"^[0-9a-f]{16}$")
-
-
 def known_id(run_id: str) -> bool:
     """Ids are spec hashes: anything else is not looked up at all."""
-    return bool(RUN_ID.match(run_id))
+    return is_run_id(run_id)
 
 
 # The dependencies that only read the request are async: FastAPI runs a sync one in the thread pool,
@@ -32,7 +28,8 @@ async def get_service(request: Request) -> ExperimentService:
 
 
 async def get_client(request: Request) -> str:
-    """Who is asking, for per-client caps: the session cookie's key, or the address (see guard.py)."""
+    """Who is asking, for per-client caps and job ownership: the session cookie's key, or the
+    address, carrying the address (a ``jobs.store.Client``; see guard.py)."""
     return client_key(request)
 
 

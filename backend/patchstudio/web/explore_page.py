@@ -155,7 +155,8 @@ def result_context(request: Request, service: ExperimentService, stored: StoredR
         "caption": f"Metric: {reading.metric_label}; {analysis.corruption_summary(result)}",
         "selected": selected,
         "share_url": share_url(request, service, stored.id),
-        "warnings": list(result.warnings or []),
+        # a record from other weights or another dtype than this server's model says so first (service.py)
+        "warnings": [n for n in [service.computation_note(stored)] if n] + list(result.warnings or []),
         "reference": result.reference,
         "method_partial": web.partial,
         **(web.context(service, reading) if web.partial else {}),

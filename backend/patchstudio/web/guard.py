@@ -2,8 +2,12 @@
 included, before any route parses a byte of the body):
 
 - ``RequestContext``: a request id for every request (``X-Request-ID``; errors show it, the log
-  keeps the details), the client key for per-client caps (a random session cookie, or the address),
-  the security headers on every response, and the catch-all 500: it shows the request id only.
+  keeps the details), the client key for per-client caps and job ownership (a random session
+  cookie, or the address) with the address it came from, the security headers on every response,
+  and the catch-all: a database that is down, full or read-only answers 503 with ``Retry-After``
+  and a plain sentence; anything else 500 with the request id only.
+- ``HostCheck``: requests for a host name this server does not answer to are refused (400); the
+  ``Host`` header is parsed as a URL authority (``[::1]:8000`` is the host ``::1``).
 - ``OriginCheck``: state-changing requests (POST, PUT, PATCH, DELETE) from another site are refused
   (403). The rule: a request whose ``Origin`` header names this server (its ``Host``, the public
   URL, or an allowed origin) passes; one naming anything else, or ``null``, is refused; one without
@@ -19,12 +23,16 @@ from __future__ import annotations
 import html
 import json
 import logging
+import re
 import secrets
 from typing import Any
 from urllib.parse import urlsplit
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
+
+from patchstudio.jobs.store import Client
+from patchstudio.store import unavailable
 
 log = logging.getLogger("patchstudio.web")
 
@@ -87,7 +95,8 @@ def wants_json(scope: dict[str, Any]) -> bool:
     return is_api_path(scope.get("path", ""))
 
 
-async def refuse(scope: dict[str, Any], send: Any, status: int, message: str, **extra: Any) -> None:
+async def refuse(scope: dict[str, Any], send: Any, status: int, message: str, *, headers: list[tuple[bytes, bytes]] | None = None,
+                 **extra: Any) -> None:
     # (the JSON carries the request id; the header X-Request-ID carries it for HTML)
     """A refusal in the shape the client reads: JSON ``{"detail", ...}`` or a line of HTML."""
     request_id = scope.get("state", {}).get("request_id")
@@ -98,7 +107,7 @@ async def refuse(scope: dict[str, Any], send: Any, status: int, message: str, **
         body = f'<p class="error" role="alert">{html.escape(message)}</p>'.encode()
         content_type = b"text/html; charset=utf-8"
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *(headers or [])]})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -107,9 +116,17 @@ def request_id(request: Request) -> str:
     return getattr(request.state, "request_id", "-")
 
 
-def client_key(request: Request) -> str:
-    """Who is asking, for per-client caps: the session cookie's key, or the address."""
-    return getattr(request.state, "client_key", None) or f"a:{request.client.host if request.client else 'unknown'}"
+def client_key(request: Request) -> Client:
+    """Who is asking, for per-client caps and job ownership: the session cookie's key, or the
+    address; it carries the address (``Client.address``) for the per-address cap."""
+    found = getattr(request.state, "client_key", None)
+    if isinstance(found, Client):
+        return found
+    address = request.client.host if request.client else "unknown"
+    return Client(found or f"a:{address}", address)
+
+
+STORE_RETRY_SECONDS = 10
 
 
 class RequestContext:
@@ -128,7 +145,7 @@ class RequestContext:
         cookie = _cookie(scope, CLIENT_COOKIE) if self.client_key == "cookie" else None
         if cookie is not None and not (8 <= len(cookie) <= 64 and cookie.isalnum()):
             cookie = None  # not one of ours
-        state["client_key"] = f"c:{cookie}" if cookie else f"a:{address}"
+        state["client_key"] = Client(f"c:{cookie}" if cookie else f"a:{address}", address)
         new_cookie = secrets.token_hex(16) if self.client_key == "cookie" and cookie is None else None
 
         async def send_with_headers(message: dict[str, Any]) -> None:
@@ -153,7 +170,16 @@ class RequestContext:
 
         try:
             await self.app(scope, receive, tracking_send)
-        except Exception:
+        except Exception as exc:
+            if unavailable(exc):  # a condition that passes (PostgreSQL restarting, a full disk): say so, and when to retry
+                log.error("request %s: %s %s: the database is unavailable: %s: %s", request_id, scope.get("method"),
+                          scope.get("path"), type(exc).__name__, (str(exc).splitlines() or [""])[0][:300])
+                if not started:
+                    await refuse(scope, send_with_headers, 503,
+                                 f"The database is unavailable right now (down, restarting, or unable to take writes); try "
+                                 f"again in a few seconds. Request id {request_id}.",
+                                 headers=[(b"retry-after", str(STORE_RETRY_SECONDS).encode())])
+                return
             # Anything unexpected: the details go to the log under the request id; the user sees the id.
             log.exception("request %s: %s %s failed", request_id, scope.get("method"), scope.get("path"))
             if not started:
@@ -161,38 +187,96 @@ class RequestContext:
                              f"Something went wrong on the server. Request id {request_id}: the server's log has the details.")
 
 
+class Malformed(ValueError):
+    """A header that is not what its name says (an Origin whose port is not a number, say)."""
+
+
 def _netloc(url: str) -> str | None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return None
-    port = parts.port
+    """``host[:port]`` of an http(s) URL (the port only when not the scheme's default); None for
+    other schemes and ``null``; Malformed when it cannot be parsed (a bad port, a broken IPv6 literal)."""
+    try:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return None
+        port = parts.port  # raises ValueError on 'abc', '99999'
+    except ValueError:
+        raise Malformed(url) from None
     default = {"http": 80, "https": 443}[parts.scheme]
-    return parts.hostname.lower() + (f":{port}" if port and port != default else "")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return host.lower() + (f":{port}" if port and port != default else "")
+
+
+AUTHORITY = re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+)(?::([0-9]{1,5}))?")
+
+
+def host_name(authority: str) -> str | None:
+    """The host of a ``Host`` header (``[::1]:8000`` -> ``::1``, ``Example.org:80`` -> ``example.org``);
+    None when it is not a plain ``host[:port]`` (userinfo, paths and bad ports are malformed)."""
+    found = AUTHORITY.fullmatch(authority)
+    if found is None or (found.group(2) is not None and int(found.group(2)) > 65535):
+        return None
+    return found.group(1).strip("[]").lower()
+
+
+class HostCheck:
+    """Only requests for the allowed host names pass (Starlette's TrustedHostMiddleware cut the
+    header at its first colon, so ``[::1]:8000`` was refused though ``::1`` was allowed).
+    ``*.example.org`` allows the subdomains of example.org; ``*`` any host."""
+
+    def __init__(self, app: Any, *, allowed_hosts: list[str]):
+        self.app = app
+        self.any = "*" in allowed_hosts
+        self.exact = {h.lower().strip("[]") for h in allowed_hosts if not h.startswith("*")}
+        self.suffixes = tuple(h[1:].lower() for h in allowed_hosts if h.startswith("*."))
+
+    def allowed(self, host: str | None) -> bool:
+        if host is None:
+            return False
+        return self.any or host in self.exact or any(host.endswith(suffix) for suffix in self.suffixes)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket") and not self.allowed(host_name(_header(scope, b"host") or "")):
+            return await refuse(scope, send, 400, "Invalid host header", field="host")
+        await self.app(scope, receive, send)
 
 
 class OriginCheck:
     def __init__(self, app: Any, *, public_url: str | None = None, allowed_origins: list[str] | None = None):
         self.app = app
-        self.allowed = {n for n in (_netloc(u) for u in [*(allowed_origins or []), *([public_url] if public_url else [])]) if n}
+        self.allowed = set()
+        for url in [*(allowed_origins or []), *([public_url] if public_url else [])]:
+            try:
+                self.allowed.add(_netloc(url))
+            except Malformed:
+                log.warning("ignoring the allowed origin %r: it is not scheme://host[:port]", url)
+        self.allowed.discard(None)
 
     def _same_site(self, scope: dict[str, Any], origin: str) -> bool:
-        netloc = _netloc(origin)
+        netloc = _netloc(origin)  # Malformed: the caller answers 400
         if netloc is None:
             return False  # "null" (sandboxed frames, file: pages) and anything malformed
         if netloc in self.allowed:
             return True
         host = (_header(scope, b"host") or "").lower()
         scheme = "https" if scope.get("scheme") == "https" else "http"
-        own = _netloc(f"{scheme}://{host}") if host else None
-        # compare host and port, not the scheme: behind a TLS proxy the app sees http, the browser https
-        other_scheme = _netloc(f"{'http' if scheme == 'https' else 'https'}://{host}") if host else None
+        try:
+            own = _netloc(f"{scheme}://{host}") if host else None
+            # compare host and port, not the scheme: behind a TLS proxy the app sees http, the browser https
+            other_scheme = _netloc(f"{'http' if scheme == 'https' else 'https'}://{host}") if host else None
+        except Malformed:
+            return False
         return netloc in {own, other_scheme}
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] in UNSAFE_METHODS:
             origin = _header(scope, b"origin")
             if origin is not None:
-                if not self._same_site(scope, origin):
+                try:
+                    same = self._same_site(scope, origin)
+                except Malformed:
+                    return await refuse(scope, send, 400, f"the Origin header {origin[:100]!r} is not a valid origin "
+                                        "(scheme://host[:port])", field="origin")
+                if not same:
                     return await refuse(scope, send, 403, f"cross-site request refused: origin {origin[:100]!r} is not this server",
                                         field="origin")
             elif (_header(scope, b"sec-fetch-site") or "") == "cross-site":

@@ -13,7 +13,9 @@ from patchstudio.web import url_builder as urls
 REFUSALS = {
     413: {"description": "The body is over the server's size limit (PATCHSTUDIO_MAX_BODY_BYTES)."},
     422: {"description": "Bad input: `field` names it, `detail` says why."},
-    429: {"description": "This client already has its cap of queued and running jobs."},
+    409: {"description": "This id is stored (or queued) from another computation: other weights or another dtype than this server's model."},
+    429: {"description": "This client (or its address) already has its cap of queued and running jobs."},
+    503: {"description": "The database is unavailable, or the job queue is full: try again after `Retry-After` seconds."},
 }
 
 SPEC_EXAMPLE = {

@@ -107,7 +107,7 @@ def _replace(service: ExperimentService, watchers: Watchers, replaces: str, new_
         return {"id": replaces, "cancelled": False, "why": "someone else asked for it too"}
     if watchers.others(replaces, page):
         return {"id": replaces, "cancelled": False, "why": "another page is watching it"}
-    service.cancel(replaces)
+    service.cancel(replaces, client)
     return {"id": replaces, "cancelled": True}
 
 

@@ -102,10 +102,10 @@ def job_json(job: JobDep, watchers: WatchersDep, client: ClientDep, page: PageDe
     return job_payload(job)
 
 
-@router.post("/api/jobs/{job_id}/cancel", summary="Cancel a queued or running job", tags=["jobs"],
-             responses={404: {"description": "No such job."}})
-def cancel_job_api(service: ServiceDep, job: JobDep) -> Any:
-    return job_payload(_cancel(service, job))
+@router.post("/api/jobs/{job_id}/cancel", summary="Cancel a queued or running job (only the client that started it may)",
+             tags=["jobs"], responses={403: {"description": "Another client started this job."}, 404: {"description": "No such job."}})
+def cancel_job_api(service: ServiceDep, client: ClientDep, job: JobDep) -> Any:
+    return job_payload(_cancel(service, job, client))
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse, include_in_schema=False)
@@ -128,12 +128,12 @@ def job_page(request: Request, service: ServiceDep, watchers: WatchersDep, page:
 
 
 @router.post("/jobs/{job_id}/cancel", response_class=HTMLResponse, include_in_schema=False)
-def cancel_job(request: Request, service: ServiceDep, job: JobDep) -> Response:
-    return explore.job_fragment(request, service, _cancel(service, job))
+def cancel_job(request: Request, service: ServiceDep, client: ClientDep, job: JobDep) -> Response:
+    return explore.job_fragment(request, service, _cancel(service, job, client))
 
 
-def _cancel(service: ExperimentService, job: JobRow) -> JobRow:
-    cancelled = service.cancel(job.id)
+def _cancel(service: ExperimentService, job: JobRow, client: str) -> JobRow:
+    cancelled = service.cancel(job.id, client)  # NotYourJob (403) unless this client started it
     if cancelled is None:  # gone since it was read
         raise HTTPException(404, f"no job with id {job.id!r}")
     return cancelled

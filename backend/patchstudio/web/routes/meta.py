@@ -21,9 +21,12 @@ def healthz() -> Any:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: the database answers and takes writes, and a model is loaded", tags=["health"],
-            responses={503: {"description": "Not ready: `checks` says which part."}})
+@router.get("/readyz", summary="Readiness: the database commits a write, and a model is loaded", tags=["health"],
+            responses={503: {"description": "Not ready: `checks` says which part; `Retry-After` says when to ask again."}})
 def readyz(service: ServiceDep) -> Any:
+    """A probe row is committed and deleted (``Store.check_writable``): a database that answers
+    reads but cannot write (a full disk, a read-only file) is not ready, and readiness comes back
+    by itself once it can. The probe is the one write a GET makes, and it leaves nothing behind."""
     checks: dict[str, Any] = {}
     try:
         service.store.check_writable()
@@ -33,7 +36,8 @@ def readyz(service: ServiceDep) -> Any:
         checks["database"] = "unavailable"
     checks["models"] = {name: ("loaded" if m.model is not None else "unavailable") for name, m in service.models.items()}
     ready = checks["database"] == "ok" and service.ready
-    return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503)
+    return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503,
+                        headers=None if ready else {"Retry-After": "10"})
 
 
 @router.get("/docs", response_class=HTMLResponse, include_in_schema=False)
