@@ -182,7 +182,8 @@ def heatmap(result: PatchResult | Reading, pos: int | None = None, view: str | N
         "colorscale": colorscale,
         "zmin": zmin,
         "zmax": zmax,
-        "colorbar": {"title": {"text": _wrap(shown.title, 22), "side": "top"}, "thickness": 14},
+        # no SI prefixes: "−200μ" on a share of the gap reads as a unit, not as 0.0002
+        "colorbar": {"title": {"text": _wrap(shown.title, 22), "side": "top"}, "thickness": 14, "exponentformat": "none"},
         "xgap": 1,
         "ygap": 1,
     }
@@ -249,7 +250,7 @@ def _bars(reading: Reading, shown: analysis.View, scale: str | None, labels: lis
                             "arrayminus": [v - lo for v, (lo, _) in zip(values, ends)], "color": "#333",
                             "thickness": 1.5, "width": 4}
     layout = _layout(_titled(title, drawn), x_title, "")
-    layout["yaxis"] = {"title": {"text": _wrap(shown.title, 60)}, "automargin": True}
+    layout["yaxis"] = {"title": {"text": _wrap(shown.title, 60)}, "automargin": True, "exponentformat": "none"}
     if drawn.title:
         layout["margin"]["t"] = 70
     if drawn.name == "gap":  # the whole gap either way, and every interval
@@ -290,6 +291,9 @@ def figure1(
     layout = {
         "title": {"text": f"{analysis.metric_label(result)}: restoration vs ablation of {name}", "font": {"size": 14}},
         "yaxis": {"title": {"text": safe(analysis.metric_label(result))}, "zeroline": True, "automargin": True},
+        # each label on short lines, level: tilted, the last one ran off a narrow column's edge
+        "xaxis": {"tickangle": 0, "automargin": True, "tickmode": "array", "tickvals": labels,
+                  "ticktext": [_wrap(label, 12) for label in labels]},
         "margin": {"l": 60, "r": 20, "t": 50, "b": 60},
         "height": 360,
     }
@@ -409,14 +413,14 @@ def grid(result: PatchResult | Reading, values: Any, title: str, colorbar: str, 
     colorscale, zmin, zmax = diverging(lo, hi, mid)
     trace = {"type": "heatmap", "z": z, "x": x, "y": y, "colorscale": colorscale, "zmin": zmin, "zmax": zmax,
              "hovertemplate": "%{y} %{x}: %{z:+.3f}<extra></extra>", "xgap": 1, "ygap": 1,
-             "colorbar": {"title": {"text": _wrap(colorbar, 22), "side": "top"}, "thickness": 14}}
+             "colorbar": {"title": {"text": _wrap(colorbar, 14), "side": "top"}, "thickness": 12}}
     layout = _layout(safe(title), x_title, "layer" if axes != ["pos"] else "")
     layout["height"] = 360
     return {"data": [trace], "layout": layout}
 
 
 ATTENTION_SCALE = [[0.0, "#ffffff"], [0.25, "#c6dbef"], [0.6, "#4292c6"], [1.0, "#08306b"]]
-ATTENTION_TITLE = "attention weight (0 to 1; each row sums to 1)"
+ATTENTION_TITLE = "weight"  # the caption says the rest: 0 to 1, each row sums to 1
 
 
 def attention_heatmap(tokens: list[str], pattern: list[list[float]], title: str) -> dict[str, Any]:
@@ -426,7 +430,7 @@ def attention_heatmap(tokens: list[str], pattern: list[list[float]], title: str)
     text = [[f"{labels[d]} → {labels[s]}: {pattern[d][s]:.3f}" if s <= d else "" for s in range(n)] for d in range(n)]
     trace = {"type": "heatmap", "z": pattern, "x": labels, "y": labels, "zmin": 0.0, "zmax": 1.0,
              "colorscale": ATTENTION_SCALE, "text": text, "hovertemplate": "%{text}<extra></extra>", "xgap": 1, "ygap": 1,
-             "colorbar": {"title": {"text": _wrap(ATTENTION_TITLE, 22), "side": "top"}, "thickness": 14}}
+             "colorbar": {"title": {"text": ATTENTION_TITLE, "side": "top"}, "thickness": 12}}
     layout = _layout(safe(title), "source position (attended to)", "destination position (attending)")
     layout["height"] = max(360, 22 * n + 160)
     layout["shapes"] = [highlight_row(n - 1, n)]
@@ -454,7 +458,7 @@ def attention_layer(tokens: list[str], heads: list[list[list[float]]], layer: in
                      "colorscale": ATTENTION_SCALE, "showscale": h == 0, "xaxis": f"x{axis}", "yaxis": f"y{axis}",
                      "customdata": [[h] * len(labels) for _ in labels],
                      "hovertemplate": f"H{h}: %{{y}} → %{{x}}: %{{z:.3f}}<extra></extra>",
-                     "colorbar": {"title": {"text": _wrap(ATTENTION_TITLE, 22), "side": "top"}, "thickness": 12}})
+                     "colorbar": {"title": {"text": ATTENTION_TITLE, "side": "top"}, "thickness": 12}})
         layout[f"xaxis{axis}"] = {"domain": [x0, x1], "showticklabels": False, "type": "category", "anchor": f"y{axis}"}
         layout[f"yaxis{axis}"] = {"domain": [y0, y1], "showticklabels": False, "type": "category", "autorange": "reversed",
                                   "anchor": f"x{axis}", "title": {"text": f"H{h}", "standoff": 2}}
