@@ -18,7 +18,8 @@ from patchstudio.models.prompts import FAMILIES
 from patchstudio.results import PatchResult
 from patchstudio.service import ExperimentService
 from patchstudio.specs import METRIC_LABELS, parse_spec
-from patchstudio.jobs.store import JobRow
+from patchstudio.jobs import eta
+from patchstudio.jobs.store import JobRow, utcnow
 from patchstudio.store import StoredRun
 from patchstudio.web import companions as comp
 from patchstudio.web import export, figures
@@ -262,6 +263,28 @@ def recent(service: ExperimentService) -> list[dict[str, Any]]:
 
 # --- a job ---------------------------------------------------------------------------------------------
 
+JOB_LIST_LIMIT = 50  # active jobs read per status (the jobs list shows as many)
+
+
+def active_jobs(request: Request, service: ExperimentService) -> tuple[list[JobRow], list[JobRow], dict[str, eta.Estimate]]:
+    """Running and queued jobs, with each one's time left (``jobs/eta.py``; a running job timed
+    from where this process first saw its progress, ``web/progress.py``), read once."""
+    jobs = service.jobs.store
+    running, queued = jobs.by_status(["running"], JOB_LIST_LIMIT), jobs.by_status(["queued"], JOB_LIST_LIMIT)
+    now = utcnow()
+    since = request.app.state.progress.observe(running, now)
+    return running, queued, eta.estimates(running + queued, jobs.finished(service.settings.models), now, since=since)
+
+
+def job_context(request: Request, service: ExperimentService, job: JobRow) -> dict[str, Any]:
+    """A job's box: the job and, while it is active, its time left in words (from the first second)."""
+    if not job.active or service.jobs is None:
+        return {"job": job, "job_eta": None}
+    estimate = active_jobs(request, service)[2].get(job.id)
+    words = eta.words(estimate.seconds_left) if estimate is not None else ""
+    basis = eta.BASIS_WORDS.get(estimate.basis or "", "") if estimate is not None else ""
+    return {"job": job, "job_eta": {"words": words, "basis": basis}}
+
 
 def job_page(request: Request, service: ExperimentService, job: JobRow) -> Response:
     """A job's page from its row: progress while it runs, the message when it failed (htmx: the
@@ -272,8 +295,8 @@ def job_page(request: Request, service: ExperimentService, job: JobRow) -> Respo
         form = form_from_spec(parse_spec(json.loads(job.spec_json)))
     except (ValueError, InputError):
         form = dict(DEFAULT_FORM)
-    return render(request, {**base_context(service, form), "job": job})
+    return render(request, {**base_context(service, form), **job_context(request, service, job)})
 
 
 def job_fragment(request: Request, service: ExperimentService, job: JobRow) -> Response:
-    return render(request, {**base_context(service, dict(DEFAULT_FORM)), "job": job}, blocks=["job"])
+    return render(request, {**base_context(service, dict(DEFAULT_FORM)), **job_context(request, service, job)}, blocks=["job"])

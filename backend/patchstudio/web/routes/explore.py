@@ -63,7 +63,7 @@ def _experiment_context(request: Request, service: ExperimentService, state: For
     except TooManyJobs as exc:
         return explore.error_context(str(exc), "spec")
     if isinstance(outcome, JobRow):
-        return {"job": outcome}
+        return explore.job_context(request, service, outcome)
     try:
         return explore.result_context(request, service, outcome, analysis.read(outcome.result))
     except InputError as exc:
