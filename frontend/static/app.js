@@ -258,6 +258,20 @@
     }
   });
 
+  // A refused request (4xx, 5xx) that would replace the result shows its message above it instead:
+  // the last result stays on screen, dimmed (app.css), on every error.
+  document.addEventListener("htmx:beforeSwap", function (ev) {
+    var d = ev.detail;
+    if (!d.xhr || d.xhr.status < 400) return;
+    var results = document.getElementById("results");
+    var status = document.getElementById("result-status");
+    if (!results || !status || !results.querySelector(".result")) return;
+    if (d.target !== results && !results.contains(d.target)) return;
+    d.target = status;
+    d.swapOverride = "innerHTML";
+    d.serverResponse += '<p class="muted if-result">The result below is the last one that ran.</p>';
+  });
+
   htmx.onLoad(function (root) {
     drawPlots(root.querySelectorAll ? root : document);
     var form = document.getElementById("spec-form");

@@ -261,6 +261,11 @@ def recent(service: ExperimentService) -> list[dict[str, Any]]:
                                             for c, role in companions.get(r.id, [])]} for r in asked]
 
 
+def your_runs(service: ExperimentService, client: str) -> list[dict[str, Any]]:
+    """The stored runs this browser (its client key) asked for from the form, most recent first."""
+    return [_run_line(r) for r in service.store.requested_by(client, 12)]
+
+
 # --- a job ---------------------------------------------------------------------------------------------
 
 JOB_LIST_LIMIT = 50  # active jobs read per status (the jobs list shows as many)

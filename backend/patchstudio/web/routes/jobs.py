@@ -119,7 +119,7 @@ def job_page(request: Request, service: ServiceDep, watchers: WatchersDep, page:
             return RedirectResponse(urls.run_page(stored.id), status_code=303)
         context = {**explore.base_context(service, form_from_spec(stored.result.spec)),
                    **explore.result_context(request, service, stored, analysis.read(stored.result))}
-        return explore.render(request, context, blocks=["results"], push=urls.run_page(stored.id))
+        return explore.render(request, context, blocks=["results", "status"], push=urls.run_page(stored.id))
     if job is None:
         raise HTTPException(404, f"no job with id {job_id[:64]!r}")
     return explore.job_page(request, service, job)
