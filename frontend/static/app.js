@@ -222,8 +222,10 @@
     var layout = JSON.parse(JSON.stringify(plot.layout));
     var claim = wrapLines(esc(caption.claim), 120);
     var own = (layout.title && layout.title.text) || "";
+    var share = document.getElementById("share-link");  // the link as it is now (a click on a cell changes it)
     var lines = [];
-    caption.lines.forEach(function (line) { lines = lines.concat(wrapLines(esc(line), 150)); });
+    caption.lines.concat([caption.run + " · " + (share && share.value ? share.value : caption.link)])
+      .forEach(function (line) { lines = lines.concat(wrapLines(esc(line), 150)); });
     var text = claim.join("<br>") + "<br>" + own + "<br>" +
       lines.map(function (l) { return "<span style='font-size:11px'>" + l + "</span>"; }).join("<br>");
     var ownLines = own ? own.split("<br>").length : 0;

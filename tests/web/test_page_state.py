@@ -76,7 +76,7 @@ def test_the_png_carries_the_whole_claim_and_the_run_id(client, tiny_model):
     assert lines[0] == f"Evidence: {analysis.read(result).evidence}."
     assert lines[1] == f"Ablation reference: {result.reference['description']}."
     assert lines[2].startswith("2 prompt pairs, each cell their mean.")
-    assert lines[-1].startswith(f"Run {run_id} on default · http://testserver/runs/{run_id}?_view=")
+    assert words["run"] == f"Run {run_id} on default" and words["link"] == share_link(client.get(f"/runs/{run_id}").text)
     # activation patching uses no reference: no such line
     plain = png_words(client.get(f"/runs/{client.post('/api/runs', json=HEADS).json()['id']}").text)
     assert not any(line.startswith("Ablation reference") for line in plain["lines"])

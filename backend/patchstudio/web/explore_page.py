@@ -138,8 +138,8 @@ def covered_legend(reading: Reading) -> str:
 def png_caption(reading: Reading, run_id: str, claim: str, link: str, notes: list[str]) -> dict[str, Any]:
     """The PNG's words, so a figure sent alone still carries the whole claim: the claim line (method,
     direction, component, metric, corruption) as its title; below it the evidence, the ablation
-    reference where one was used, the prompt count, ``notes`` (the floor, the marked cells) and the
-    run's id and link."""
+    reference where one was used, the prompt count, ``notes`` (the floor, the marked cells), then
+    the run's id and its link."""
     result = reading.result
     n = len(result.prompts)
     lines = [f"Evidence: {reading.evidence}."]
@@ -148,8 +148,8 @@ def png_caption(reading: Reading, run_id: str, claim: str, link: str, notes: lis
     lines.append(f"{n} prompt pair{'s' if n != 1 else ''}" + (", each cell their mean." if n > 1 else ".")
                  + f" Clean {result.clean:.4g}, corrupted {result.corrupted:.4g} ({reading.unit}).")
     lines += [note for note in notes if note]
-    lines.append(f"Run {run_id} on {result.model.name} · {link}")
-    return {"claim": claim, "lines": lines}
+    # the run's line last; the page puts its current link in (a click on a cell changes it)
+    return {"claim": claim, "lines": lines, "run": f"Run {run_id} on {result.model.name}", "link": link}
 
 
 def _selected(reading: Reading, pos: int | None, cell: dict[str, int | None] | None) -> dict[str, int | None]:
