@@ -45,9 +45,14 @@ def test_share_is_drawn_on_the_whole_gap_by_default(denoised):
     reading = analysis.read(with_shares(denoised, shares, denoised.corrupted, gap))
     s = analysis.scale(reading, "share")
     assert (s.name, s.lo, s.hi, s.mid, s.zoom, s.title) == ("gap", -1.0, 1.0, 0.0, None, "")
-    # the change view: the same scale in metric units, the gap either way of 0
-    c = analysis.scale(reading, "change")
+    # the change view, fixed to the gap when asked: the same scale in metric units, the gap either way of 0
+    c = analysis.scale(reading, "change", "gap")
     assert (c.lo, c.hi, c.mid) == (pytest.approx(-abs(gap)), pytest.approx(abs(gap)), 0.0)
+    # by default the views in metric units are drawn on their data range, zoom stated
+    d = analysis.scale(reading, "change")
+    ends = sorted((-0.005 * gap, 0.02 * gap))  # the cells' changes, either side of 0
+    assert (d.name, d.lo, d.hi) == ("data", pytest.approx(ends[0]), pytest.approx(ends[1]))
+    assert d.title == "data range ×50: largest effect 2% of the gap"
 
 
 def test_data_range_states_its_zoom(denoised):

@@ -128,14 +128,14 @@ def test_marked_cells_take_a_click_and_the_link_and_png_carry_the_view(browser, 
         expect(page.locator("#heatmap .hoverlayer .hovertext")).to_contain_text(f"L{layer} H{head}")
         page.mouse.click(x, y)
         page.wait_for_url(re.compile(rf"_layer={layer}&_head={head}"))
-        expected = f"{base_url}/runs/{run_id}?_view=change&_scale=gap&_layer={layer}&_head={head}"
+        expected = f"{base_url}/runs/{run_id}?_view=change&_scale=data&_layer={layer}&_head={head}"
         expect(page.locator("#share-link")).to_have_value(expected)
         page.locator(".copy-link").click()
         expect(page.locator(".copy-link")).to_have_text("Copied!")
         assert page.evaluate("navigator.clipboard.readText()") == expected
         # the view links keep the selection too
         assert page.locator("#views a.view", has_text="raw metric").get_attribute("href") == (
-            f"/runs/{run_id}?_view=raw&_scale=gap&_layer={layer}&_head={head}")
+            f"/runs/{run_id}?_view=raw&_layer={layer}&_head={head}")
         # the PNG: the whole claim and the run id, in a top margin sized to its lines
         page.evaluate("() => { const draw = Plotly.toImage; window.__drawn = null;"
                       " Plotly.toImage = (fig, opts) => { window.__drawn = {title: fig.layout.title.text, top: fig.layout.margin.t,"

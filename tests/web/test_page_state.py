@@ -39,9 +39,11 @@ def test_the_share_link_carries_the_view_scale_and_selected_cell(client, tiny_mo
     layer, head = strongest(run(tiny_model, HEADS))
     assert share_link(client.get(f"/runs/{run_id}").text) == (
         f"http://testserver/runs/{run_id}?_view=share&_scale=gap&_layer={layer}&_head={head}")
-    # the view and scale links keep the selected cell
-    assert f'href="/runs/{run_id}?_view=raw&amp;_scale=data&amp;_layer=1&amp;_head=2"' in page
+    # the view and scale links keep the selected cell (another view opens on its own default scale)
+    assert f'href="/runs/{run_id}?_view=raw&amp;_layer=1&amp;_head=2"' in page
     assert f'href="/runs/{run_id}?_view=change&amp;_scale=gap&amp;_layer=1&amp;_head=2"' in page
+    # the change view's default: its data range
+    assert share_link(client.get(f"/runs/{run_id}?_view=change&_layer=1&_head=2").text).endswith("?_view=change&_scale=data&_layer=1&_head=2")
 
 
 def test_a_per_position_link_keeps_its_position(client):

@@ -1,10 +1,11 @@
 """How big a result's effects are, and which of them the prompts support. Pure; read from a ``Reading``.
 
-- ``scale``: the range a view is drawn on. By default it is fixed to the gap: the share view spans
-  −1..1 (the whole clean−corrupted gap either way), the change view ± the gap in metric units, so an
-  effect of 0.02% of the gap stays pale instead of filling the colour bar. The data-range scale
-  (``"data"``) is a choice; it magnifies, and its title says by how much ("×50: largest effect 2% of
-  the gap"). The raw view's values are the metric itself, drawn on their data range, zoom stated.
+- ``scale``: the range a view is drawn on. The share view is fixed to the gap by default: −1..1,
+  the whole clean−corrupted gap either way, so an effect of 0.02% of the gap stays pale instead of
+  filling the colour bar. A data range (``"data"``) magnifies, and its title says by how much
+  ("×50: largest effect 2% of the gap"): a choice in the share view, the default in the change and
+  raw views, whose units are the metric's (a self-repair run's changes in direct effect, 5% of the
+  gap, would be all but white on the gap). The change view can be fixed to ± the gap too.
 - ``floor_notice``: a result whose largest |effect| is under ``EFFECT_FLOOR`` of the gap says so.
 - ``covers_no_effect``: the cells whose 95% interval of the mean includes "no effect": at this many
   prompts they cannot be told apart from no effect (a page marks them).
@@ -21,7 +22,7 @@ from patchstudio.analysis.views import Reading, flat_cells
 
 EFFECT_FLOOR = 0.01  # under 1% of the gap, the largest effect is too small to read as a finding
 SCALES = ("gap", "data")
-DEFAULT_SCALE = "gap"
+DEFAULT_SCALE = "gap"  # the share view's
 SCALE_LABELS = {"gap": "fixed to the gap", "data": "data range"}
 
 
@@ -76,6 +77,12 @@ def largest_share(reading: Reading) -> float | None:
     return largest_effect(reading) / abs(reading.span) if reading.share_defined and reading.span else None
 
 
+def default_scale(view_name: str) -> str:
+    """The scale a view is drawn on unless another is asked for: the gap for the share view, the
+    data range (zoom stated) for the views in metric units."""
+    return DEFAULT_SCALE if view_name == "share" else "data"
+
+
 def offered_scales(reading: Reading, view_name: str | None = None) -> list[str]:
     """The scales a page offers for a view: both where the gap gives one (share, change), else none."""
     shown = reading.view(view_name)
@@ -84,12 +91,12 @@ def offered_scales(reading: Reading, view_name: str | None = None) -> list[str]:
 
 def scale(reading: Reading, view_name: str | None = None, name: str | None = None,
           cells: list[float] | None = None) -> Scale:
-    """The range view ``view_name`` is drawn on (``name``: "gap", the default, or "data"). ``cells``:
-    the values drawn, in the view's units (default every cell of the view)."""
-    name = name or DEFAULT_SCALE
+    """The range view ``view_name`` is drawn on (``name``: "gap" or "data"; default ``default_scale``).
+    ``cells``: the values drawn, in the view's units (default every cell of the view)."""
+    shown = reading.view(view_name)
+    name = name or default_scale(shown.name)
     if name not in SCALES:
         raise ValueError(f"unknown scale {name!r}: use one of {', '.join(SCALES)}")
-    shown = reading.view(view_name)
     values = cells if cells is not None else [v for _, v in flat_cells(reading.result, shown.values)]
     mid = shown.no_effect
     lo, hi = min(values + [mid]), max(values + [mid])
@@ -103,7 +110,7 @@ def scale(reading: Reading, view_name: str | None = None, name: str | None = Non
         title = "" if reach <= unit else f"scale widened: a cell moves {fine_percent(reach / unit)} of the gap"
         return Scale("gap", min(lo, mid - unit), max(hi, mid + unit), mid, None, title)
     if name == "gap":
-        note = "the raw metric is drawn on its data range"
+        note = "the raw metric is drawn on its data range; its colours are not fixed to the gap"
     reach = max(mid - lo, hi - mid)
     if reach <= 0:
         return Scale("data", lo, hi, mid, None, "every cell shows no effect", note)

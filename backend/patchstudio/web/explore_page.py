@@ -187,7 +187,7 @@ def result_context(request: Request, service: ExperimentService, stored: StoredR
     else:
         pos = None  # a layer x position result: _pos names the selected cell, not a slice
     selected = _selected(reading, pos, cell)
-    scale = scale or analysis.DEFAULT_SCALE
+    scale = scale or analysis.default_scale(shown.name)
     heatmap = figures.heatmap(reading, pos, shown.name, selected=selected, scale=scale)
     state = view_state(shown.name, scale, selected)
     link = share_url(request, service, stored.id, **state)
