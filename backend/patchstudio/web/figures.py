@@ -337,7 +337,7 @@ def token_bars(result: PatchResult | Reading, shown: analysis.View | None = None
 
 def prompt_strip(cell: analysis.CellPrompts) -> dict[str, Any]:
     """The selected cell on each prompt: one point per prompt (spread vertically so equal values stay
-    visible), the mean with its 95% bootstrap interval below them, and a dotted line at "no effect".
+    visible), the mean with its 95% interval below them, and a dotted line at "no effect".
     The value axis carries the view's title: its unit and baseline."""
     n = len(cell.values)
     golden = 0.6180339887
@@ -351,7 +351,7 @@ def prompt_strip(cell: analysis.CellPrompts) -> dict[str, Any]:
         "marker": {"color": "#4c78a8", "size": 8, "opacity": 0.8},
     }
     if cell.ci_low is not None and cell.ci_high is not None and n > 1:
-        interval = f"95% bootstrap interval {cell.ci_low:+.3f} to {cell.ci_high:+.3f}"
+        interval = f"95% interval {cell.ci_low:+.3f} to {cell.ci_high:+.3f}"
         error = {"type": "data", "symmetric": False, "array": [cell.ci_high - cell.mean],
                  "arrayminus": [cell.mean - cell.ci_low], "thickness": 2, "width": 8, "color": "#111"}
     else:
