@@ -79,6 +79,17 @@ run_companions = Table(
 )
 
 
+# Who asked for a run from the explore form (a browser's client key; the run may still be a job),
+# so a page can list "your runs" beside everyone's. First request wins, like every row here.
+run_requests = Table(
+    "run_requests",
+    metadata,
+    Column("run_id", String(32), primary_key=True),
+    Column("client", String(128), primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, index=True),
+)
+
+
 # Attention patterns of a run's prompts at one layer (computed on request, then served as stored).
 patterns = Table(
     "patterns",
@@ -90,7 +101,7 @@ patterns = Table(
 # Small facts about the database itself (and a table readiness writes a row to, and deletes it from).
 meta = Table("meta", metadata, Column("key", String(64), primary_key=True), Column("value", Text, nullable=False))
 
-RUN_TABLES = (runs, run_origins, run_companions, patterns, meta)
+RUN_TABLES = (runs, run_origins, run_companions, run_requests, patterns, meta)
 
 
 def utcnow() -> dt.datetime:
@@ -331,6 +342,18 @@ class Store:
         with self.engine.connect() as conn:
             rows = conn.execute(query.order_by(runs.c.created_at.desc(), runs.c.id).limit(limit)).mappings().all()
         return [RunSummary(**row) for row in rows]
+
+    def put_request(self, run_id: str, client: str) -> None:
+        """Remember that ``client`` asked for this run (its first request is kept)."""
+        self.insert_once(run_requests, run_id=run_id, client=client, created_at=utcnow())
+
+    def requested_by(self, client: str, limit: int = 12) -> list[RunSummary]:
+        """The stored runs ``client`` asked for, most recently asked first."""
+        query = (select(runs.c.id, runs.c.method, runs.c.model_name, runs.c.created_at, runs.c.spec_json)
+                 .join(run_requests, run_requests.c.run_id == runs.c.id).where(run_requests.c.client == client)
+                 .order_by(run_requests.c.created_at.desc(), runs.c.id).limit(limit))
+        with self.engine.connect() as conn:
+            return [RunSummary(**row) for row in conn.execute(query).mappings().all()]
 
     # --- companion runs ------------------------------------------------------------------------
 

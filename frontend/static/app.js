@@ -8,10 +8,42 @@
     return node ? JSON.parse(node.textContent) : null;
   }
 
+  // Rewrap a title (plotly takes <br>) to lines of at most ``width`` characters.
+  function rewrap(text, width) {
+    return wrapLines(text.replace(/<br>/g, " "), Math.max(width, 12)).join("<br>");
+  }
+
+  // The server's figures are drawn for a wide column; in a narrow one (the 800 px layout) the
+  // colour bar lies under the plot instead of beside it, and long axis titles are rewrapped to the
+  // width there is, so the cells keep the room and no title is cut at the edge.
+  function fitToWidth(el, fig) {
+    var width = el.clientWidth || 600;
+    var layout = fig.layout;
+    ["xaxis", "yaxis"].forEach(function (name) {
+      var axis = layout[name];
+      if (axis && axis.title && axis.title.text) {
+        var room = name === "xaxis" ? width - 120 : (layout.height || 400) - 80;
+        axis.title.text = rewrap(axis.title.text, Math.floor(room / 7));
+      }
+    });
+    if (width >= 560) return fig;
+    fig.data.forEach(function (trace) {
+      if (!trace.colorbar || trace.showscale === false) return;
+      var title = trace.colorbar.title || {};
+      trace.colorbar = Object.assign({}, trace.colorbar, { orientation: "h", x: 0.5, xanchor: "center", y: -0.18,
+        yanchor: "top", len: 0.95, thickness: 10,
+        title: { text: rewrap(title.text || "", Math.floor((width - 40) / 7)), side: "top" } });
+      layout.height = (layout.height || 420) + 90;
+      layout.margin = Object.assign({}, layout.margin, { r: 10, b: ((layout.margin || {}).b || 40) + 90 });
+    });
+    return fig;
+  }
+
   function drawPlots(root) {
     root.querySelectorAll("[data-figure]").forEach(function (el) {
       var fig = readFigure(el.dataset.figure);
       if (!fig) return;
+      fig = fitToWidth(el, fig);
       Plotly.react(el, fig.data, fig.layout, { responsive: true, displaylogo: false });
       if (el.id === "attention-layer" && !el.dataset.wired) {
         el.dataset.wired = "1";
@@ -51,12 +83,38 @@
     }
     var url = new URL(window.location.href);
     if (/^\/runs\/[0-9a-f]{16}$/.test(url.pathname)) {
-      ["_layer", "_head", "_pos"].forEach(function (k) { url.searchParams.delete(k); });
-      url.searchParams.set("_layer", cell[0]);
-      if (cell[2] !== null && cell[2] !== undefined) url.searchParams.set("_head", cell[2]);
-      if (cell[1] !== null && cell[1] !== undefined) url.searchParams.set("_pos", cell[1]);
+      withCell(url, cell, true);
       history.replaceState(history.state, "", url.pathname + "?" + url.searchParams.toString());
     }
+    keepSelection(cell);
+  }
+
+  // The selected cell is view state (_layer, _head, _pos): set it on a URL (``withPos`` false: keep
+  // the URL's own _pos, a position link's).
+  function withCell(url, cell, withPos) {
+    ["_layer", "_head"].concat(withPos ? ["_pos"] : []).forEach(function (k) { url.searchParams.delete(k); });
+    url.searchParams.set("_layer", cell[0]);
+    if (cell[2] !== null && cell[2] !== undefined) url.searchParams.set("_head", cell[2]);
+    if (withPos && cell[1] !== null && cell[1] !== undefined) url.searchParams.set("_pos", cell[1]);
+    return url;
+  }
+
+  // After a click on a cell: the share link, and the links to other views, scales and positions,
+  // carry the new selection (the server drew them with the one before).
+  function keepSelection(cell) {
+    var share = document.getElementById("share-link");
+    var copy = document.querySelector(".copy-link");
+    if (share && share.value) {
+      share.value = withCell(new URL(share.value), cell, true).toString();
+      if (copy) copy.dataset.link = share.value;
+    }
+    document.querySelectorAll("#views a.view, #scales a.view, .positions a.pos").forEach(function (a) {
+      var own = new URL(a.getAttribute("href"), window.location.href);
+      var link = withCell(own, cell, !a.classList.contains("pos"));
+      var path = link.pathname + link.search;
+      a.setAttribute("href", path);
+      if (a.hasAttribute("hx-get")) { a.setAttribute("hx-get", path); htmx.process(a); }
+    });
   }
 
   function syncFormMode(form) {
@@ -146,24 +204,39 @@
     }
   });
 
-  function wrap(text, width) {
+  function wrapLines(text, width) {
     var words = text.split(" "), lines = [], line = "";
     words.forEach(function (w) {
       if (line && (line + " " + w).length > width) { lines.push(line); line = w; } else { line = line ? line + " " + w : w; }
     });
-    return lines.concat([line]).join("<br>");
+    return lines.concat([line]);
   }
 
-  // A PNG carries the claim: method, direction, component, metric and corruption as its title,
-  // the evidence and caption below the plot.
+  // A PNG carries the whole claim (web/explore_page.png_caption): the claim line (method, direction,
+  // component, metric, corruption) as its title, then the figure's own title, the evidence, the
+  // ablation reference, the prompt count, the floor and the marked cells, and the run's id and link.
+  // All of it sits in the top margin, sized to its lines, so nothing is cut by the axes below.
   function downloadWithClaim(plot, meta) {
     var esc = function (t) { return t.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;"); };
+    var caption = JSON.parse(meta.caption);
     var layout = JSON.parse(JSON.stringify(plot.layout));
-    layout.title = { text: wrap(esc(meta.claim), 110) + "<br><span style='font-size:12px'>" + (layout.title && layout.title.text || "") + "</span>", font: { size: 13 } };
-    layout.margin = Object.assign({}, layout.margin, { t: 130, b: 150 });
-    layout.annotations = (layout.annotations || []).concat([{ text: wrap(esc(meta.caption), 140), xref: "paper", yref: "paper",
-      x: 0, y: -0.32, xanchor: "left", yanchor: "top", showarrow: false, align: "left", font: { size: 11, color: "#444" } }]);
-    Plotly.toImage({ data: plot.data, layout: layout }, { format: "png", width: 1100, height: 720 }).then(function (url) {
+    var claim = wrapLines(esc(caption.claim), 120);
+    var own = (layout.title && layout.title.text) || "";
+    var share = document.getElementById("share-link");  // the link as it is now (a click on a cell changes it)
+    var lines = [];
+    caption.lines.concat([caption.run + " · " + (share && share.value ? share.value : caption.link)])
+      .forEach(function (line) { lines = lines.concat(wrapLines(esc(line), 150)); });
+    var text = claim.join("<br>") + "<br>" + own + "<br>" +
+      lines.map(function (l) { return "<span style='font-size:11px'>" + l + "</span>"; }).join("<br>");
+    var ownLines = own ? own.split("<br>").length : 0;
+    var top = 30 + 18 * claim.length + 17 * ownLines + 15 * lines.length;
+    layout.title = { text: text, x: 0.01, xanchor: "left", y: 1, yref: "container", yanchor: "top", pad: { t: 10 },
+      font: { size: 13 } };
+    layout.margin = Object.assign({}, layout.margin, { t: top });
+    layout.width = 1100;
+    layout.height = top + (layout.height || 420);
+    var figure = { data: plot.data, layout: layout };
+    Plotly.toImage(figure, { format: "png", width: layout.width, height: layout.height }).then(function (url) {
       var a = document.createElement("a"); a.href = url; a.download = meta.filename + ".png";
       document.body.appendChild(a); a.click(); a.remove();
     });
@@ -185,6 +258,20 @@
         ev.detail.parameters["replaces"] = job.dataset.jobId;
       }
     }
+  });
+
+  // A refused request (4xx, 5xx) that would replace the result shows its message above it instead:
+  // the last result stays on screen, dimmed (app.css), on every error.
+  document.addEventListener("htmx:beforeSwap", function (ev) {
+    var d = ev.detail;
+    if (!d.xhr || d.xhr.status < 400) return;
+    var results = document.getElementById("results");
+    var status = document.getElementById("result-status");
+    if (!results || !status || !results.querySelector(".result")) return;
+    if (d.target !== results && !results.contains(d.target)) return;
+    d.target = status;
+    d.swapOverride = "innerHTML";
+    d.serverResponse += '<p class="muted if-result">The result below is the last one that ran.</p>';
   });
 
   htmx.onLoad(function (root) {

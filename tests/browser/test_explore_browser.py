@@ -141,7 +141,8 @@ def test_share_link_opens_the_same_result_in_a_fresh_browser(page, context, brow
     clean = page.locator("#clean-value").inner_text()
     corrupted = page.locator("#corrupted-value").inner_text()
     shown = page.locator("input#share-link").input_value()
-    assert RUN_URL.search(shown) and shown.startswith(base_url)
+    # the link carries the view it shows (issue 20): the view, the scale, the selected cell
+    assert re.search(r"/runs/[0-9a-f]{16}\?_view=share&_scale=gap&_layer=\d+&_head=\d+$", shown) and shown.startswith(base_url)
 
     button = page.locator(".copy-link")
     button.click()

@@ -49,7 +49,8 @@ def test_configured_origins_and_public_url(tmp_path, tiny_model):
         assert c.post("/api/runs", json=SPEC, headers={"Origin": "https://evil.example"}).status_code == 403
         run_id = c.post("/api/runs", json=SPEC).json()["id"]
         page = c.get(f"/runs/{run_id}").text
-        assert f'value="https://patch.lab.example/runs/{run_id}"' in page  # share links from the public URL
+        # share links from the public URL (with the view they show: issue 20)
+        assert re.search(rf'value="https://patch\.lab\.example/runs/{run_id}\?_view=share&amp;_scale=gap&amp;_layer=\d', page)
 
 
 def test_untrusted_host_is_refused(client):

@@ -11,13 +11,32 @@ Importable from a notebook with no web code::
 
 ``views`` (cells, views, baselines, shares, two runs compared, agreement), ``triangulation`` (the
 companion runs, their table and its flags; the verdict is built from those flags) and
-``self_repair`` (the readings of a self-repair run). Every threshold a reading uses is a named
+``self_repair`` (the readings of a self-repair run) and ``significance`` (the scale a view is drawn on,
+the floor under which a result says its effects are too small, the cells whose interval covers "no
+effect", a cell's spread in a view's units). Every threshold a reading uses is a named
 constant, so a page and a notebook read a result the same way.
 """
 
 from __future__ import annotations
 
 from patchstudio.analysis.self_repair import Compensator, repair_reading, top_compensators
+from patchstudio.analysis.significance import (
+    DEFAULT_SCALE,
+    EFFECT_FLOOR,
+    SCALE_LABELS,
+    SCALES,
+    Scale,
+    Spread,
+    covers_no_effect,
+    default_scale,
+    fine_percent,
+    floor_notice,
+    largest_effect,
+    largest_share,
+    offered_scales,
+    scale,
+    spread,
+)
 from patchstudio.analysis.triangulation import (
     ATTRIBUTION_OFF,
     COMPENSATED,
@@ -73,6 +92,8 @@ from patchstudio.analysis.views import (
 )
 
 __all__ = [
+    "DEFAULT_SCALE", "EFFECT_FLOOR", "SCALES", "SCALE_LABELS", "Scale", "Spread", "covers_no_effect", "default_scale", "fine_percent",
+    "floor_notice", "largest_effect", "largest_share", "offered_scales", "scale", "spread",
     "ATTRIBUTION_OFF", "COMPENSATED", "DIRECT_MIN", "LARGE_SHARE", "METRIC_UNITS", "PATH_MIN_PATCHING",
     "PATH_MOSTLY_INDIRECT", "SEQUENCE_METRIC_UNITS", "SMALL_SHARE", "VIEWS", "VIEW_LABELS", "ZERO_GAP",
     "CellPrompts", "Compensator", "Reading", "Triangulation", "View",

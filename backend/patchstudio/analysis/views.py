@@ -185,6 +185,7 @@ class Reading:
     evidence: str  # what kind of evidence the cells are (from the method and its direction)
     default_view: str
     views: Mapping[str, View]  # every name in VIEWS; an undefined one holds its replacement (``note`` says why)
+    span: float = 0.0  # the change (metric units) that is the whole gap in the intervention's direction: share 1
 
     @property
     def gap(self) -> float:
@@ -296,6 +297,7 @@ def read(result: PatchResult | Reading) -> Reading:
         return View(name, _map(result.values, fn), no_effect_value, title, note, fn)
 
     views: dict[str, View] = {}
+    span = g if method.values == "change" else (result.clean if base_run == "corrupted" else result.corrupted) - base
     if method.values == "change":
         what = "change in direct effect" if spec.method == "self_repair" else "contribution"
         views["raw"] = made("raw", lambda v: v, 0.0, f"{what} ({unit}); 0 = none")
@@ -307,7 +309,6 @@ def read(result: PatchResult | Reading) -> Reading:
         views["raw"] = made("raw", lambda v: v, base, f"{unit}; no effect = {base:.3g} (the {base_run} run)")
         views["change"] = made("change", lambda v: v - base, 0.0, f"change in {unit} from the {base_run} run; 0 = no effect")
         if share_defined:
-            span = (result.clean if base_run == "corrupted" else result.corrupted) - base
             if base_run == "corrupted":
                 title = "share of the clean−corrupted gap restored; 0 = corrupted run, 1 = clean run"
             elif spec.method == "ablation":
@@ -320,7 +321,7 @@ def read(result: PatchResult | Reading) -> Reading:
         views["share"] = View(change.name, change.values, change.no_effect, change.title,
                               "share of the gap is undefined: the clean and corrupted runs have the same metric", change.of)
     return Reading(result, method, base, base_run, metric_label(result), unit, method.evidence(spec), default_view,
-                   {name: views[name] for name in VIEWS})
+                   {name: views[name] for name in VIEWS}, span)
 
 
 # --- one thing at a time, for a notebook (a page uses one Reading) ----------------------------------------

@@ -31,6 +31,7 @@ from patchstudio.settings import Settings
 from patchstudio.specs import spec_json_schema
 from patchstudio.jobs import TooManyJobs
 from patchstudio.store import Store
+from patchstudio.web.progress import ProgressLog
 from patchstudio.web.guard import BodyLimit, HostCheck, OriginCheck, RequestContext, is_api_path, request_id
 from patchstudio.web.routes import attention, companions, compare, explore, jobs, meta, runs
 from patchstudio.web.templating import FRONTEND
@@ -83,6 +84,7 @@ def create_app(settings: Settings | None = None, *, model_loader: Callable[[str]
         redoc_url=None,
     )
     app.state.watchers = Watchers()
+    app.state.progress = ProgressLog()
 
     def refusal(request: Request, status: int, message: str, *, errors: list[dict[str, str]] | None = None,
                 field: str | None = None, headers: dict[str, str] | None = None, **extra: Any) -> Response:

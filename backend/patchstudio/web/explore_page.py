@@ -18,7 +18,8 @@ from patchstudio.models.prompts import FAMILIES
 from patchstudio.results import PatchResult
 from patchstudio.service import ExperimentService
 from patchstudio.specs import METRIC_LABELS, parse_spec
-from patchstudio.jobs.store import JobRow
+from patchstudio.jobs import eta
+from patchstudio.jobs.store import JobRow, utcnow
 from patchstudio.store import StoredRun
 from patchstudio.web import companions as comp
 from patchstudio.web import export, figures
@@ -73,10 +74,19 @@ def render(request: Request, context: dict[str, Any], *, blocks: list[str] | Non
 # --- a stored run --------------------------------------------------------------------------------------
 
 
-def share_url(request: Request, service: ExperimentService, run_id: str) -> str:
-    """The link to send a colleague: from the configured public URL when there is one."""
+def share_url(request: Request, service: ExperimentService, run_id: str, **state: object) -> str:
+    """The link to send a colleague, with the view it shows (``state``: view, scale, layer, head,
+    pos; see ``view_state``): from the configured public URL when there is one."""
     base = service.settings.public_url or str(request.base_url).rstrip("/")
-    return base + urls.run_page(run_id)
+    return base + urls.run_page(run_id, **state)
+
+
+def view_state(view: str, scale: str, selected: dict[str, int | None]) -> dict[str, object]:
+    """What a run's page shows beyond the run, as its link carries it (``_view``, ``_scale``, the
+    selected cell's ``_layer``, ``_head``, ``_pos``; a per-position head sweep's ``_pos`` is also the
+    position shown)."""
+    return {"view": view, "scale": scale, "layer": selected.get("layer"), "head": selected.get("head"),
+            "pos": selected.get("pos")}
 
 
 def form_for(service: ExperimentService, stored: StoredRun) -> dict[str, str]:
@@ -106,6 +116,42 @@ def check_view(view: str | None) -> None:
         raise InputError(f"_view must be one of {', '.join(analysis.VIEWS)}, got {view[:40]!r}", field="_view")
 
 
+def check_scale(scale: str | None) -> None:
+    if scale is not None and scale not in analysis.SCALES:
+        raise InputError(f"_scale must be one of {', '.join(analysis.SCALES)}, got {scale[:40]!r}", field="_scale")
+
+
+def covered_legend(reading: Reading) -> str:
+    """What the faded, struck cells mean, with how many there are ('' when none)."""
+    covered = analysis.covers_no_effect(reading)
+    if covered is None:
+        return ""
+    marks = [m for _, m in analysis.flat_cells(reading.result, covered)]
+    k = int(sum(marks))
+    if not k:
+        return ""
+    n = len(reading.result.per_prompt or reading.result.prompts)
+    return (f"Faded, struck cells ({k} of {len(marks)}): the 95% interval of their mean over {n} prompts covers no "
+            "effect, so these prompts cannot tell them from no effect.")
+
+
+def png_caption(reading: Reading, run_id: str, claim: str, link: str, notes: list[str]) -> dict[str, Any]:
+    """The PNG's words, so a figure sent alone still carries the whole claim: the claim line (method,
+    direction, component, metric, corruption) as its title; below it the evidence, the ablation
+    reference where one was used, the prompt count, ``notes`` (the floor, the marked cells), then
+    the run's id and its link."""
+    result = reading.result
+    n = len(result.prompts)
+    lines = [f"Evidence: {reading.evidence}."]
+    if result.reference:
+        lines.append(f"Ablation reference: {result.reference.get('description', '')}.")
+    lines.append(f"{n} prompt pair{'s' if n != 1 else ''}" + (", each cell their mean." if n > 1 else ".")
+                 + f" Clean {result.clean:.4g}, corrupted {result.corrupted:.4g} ({reading.unit}).")
+    lines += [note for note in notes if note]
+    # the run's line last; the page puts its current link in (a click on a cell changes it)
+    return {"claim": claim, "lines": lines, "run": f"Run {run_id} on {result.model.name}", "link": link}
+
+
 def _selected(reading: Reading, pos: int | None, cell: dict[str, int | None] | None) -> dict[str, int | None]:
     """The cell the URL names (``_layer``, ``_head``, ``_pos``) if it exists, else the strongest."""
     result = reading.result
@@ -123,11 +169,13 @@ def _selected(reading: Reading, pos: int | None, cell: dict[str, int | None] | N
 
 
 def result_context(request: Request, service: ExperimentService, stored: StoredRun, reading: Reading, pos: int | None = None,
-                   view: str | None = None, cell: dict[str, int | None] | None = None) -> dict[str, Any]:
-    """A run's result section, from its one Reading: heatmap, views, cell prompts, method section."""
+                   view: str | None = None, cell: dict[str, int | None] | None = None,
+                   scale: str | None = None) -> dict[str, Any]:
+    """A run's result section, from its one Reading: heatmap, views, scale, cell prompts, method section."""
     result = stored.result
     web = WEB_METHODS[result.spec.method]
     check_view(view)
+    check_scale(scale)
     shown = reading.view(view)
     if result.axes == ["layer", "pos", "head"]:
         n = len(result.labels["pos"])
@@ -139,22 +187,36 @@ def result_context(request: Request, service: ExperimentService, stored: StoredR
     else:
         pos = None  # a layer x position result: _pos names the selected cell, not a slice
     selected = _selected(reading, pos, cell)
+    scale = scale or analysis.default_scale(shown.name)
+    heatmap = figures.heatmap(reading, pos, shown.name, selected=selected, scale=scale)
+    state = view_state(shown.name, scale, selected)
+    link = share_url(request, service, stored.id, **state)
+    description = describe(result)
+    floor = analysis.floor_notice(reading)
+    legend = covered_legend(reading)
     return {
         **cell_prompts_context(stored, reading, shown.name, selected),
         "stored": stored,
         "result": result,
         "reading": reading,
         "pos": pos,
-        "heatmap": figures.heatmap(reading, pos, shown.name, selected=selected),
+        "heatmap": heatmap,
         "python_code": export.python_snippet(result.spec),
         "spec_json": export.spec_json(result.spec),
         "view": shown,
         "view_labels": [(n, analysis.VIEW_LABELS[n]) for n in reading.offered],
+        "state": state,
+        "scale": analysis.scale(reading, shown.name, scale),
+        "scale_labels": [(n, analysis.SCALE_LABELS[n]) for n in analysis.offered_scales(reading, shown.name)],
+        "page_link": lambda **changes: urls.run_page(stored.id, **{**state, **changes}),
+        "floor_notice": floor,
+        "covered_legend": legend,
         "evidence": reading.evidence,
-        "description": describe(result),
+        "description": description,
         "caption": f"Metric: {reading.metric_label}; {analysis.corruption_summary(result)}",
+        "png_caption": png_caption(reading, stored.id, description, link, [floor, legend]),
         "selected": selected,
-        "share_url": share_url(request, service, stored.id),
+        "share_url": link,
         # a record from other weights or another dtype than this server's model says so first (service.py)
         "warnings": [n for n in [service.computation_note(stored)] if n] + list(result.warnings or []),
         "reference": result.reference,
@@ -200,7 +262,34 @@ def recent(service: ExperimentService) -> list[dict[str, Any]]:
                                             for c, role in companions.get(r.id, [])]} for r in asked]
 
 
+def your_runs(service: ExperimentService, client: str) -> list[dict[str, Any]]:
+    """The stored runs this browser (its client key) asked for from the form, most recent first."""
+    return [_run_line(r) for r in service.store.requested_by(client, 12)]
+
+
 # --- a job ---------------------------------------------------------------------------------------------
+
+JOB_LIST_LIMIT = 50  # active jobs read per status (the jobs list shows as many)
+
+
+def active_jobs(request: Request, service: ExperimentService) -> tuple[list[JobRow], list[JobRow], dict[str, eta.Estimate]]:
+    """Running and queued jobs, with each one's time left (``jobs/eta.py``; a running job timed
+    from where this process first saw its progress, ``web/progress.py``), read once."""
+    jobs = service.jobs.store
+    running, queued = jobs.by_status(["running"], JOB_LIST_LIMIT), jobs.by_status(["queued"], JOB_LIST_LIMIT)
+    now = utcnow()
+    since = request.app.state.progress.observe(running, now)
+    return running, queued, eta.estimates(running + queued, jobs.finished(service.settings.models), now, since=since)
+
+
+def job_context(request: Request, service: ExperimentService, job: JobRow) -> dict[str, Any]:
+    """A job's box: the job and, while it is active, its time left in words (from the first second)."""
+    if not job.active or service.jobs is None:
+        return {"job": job, "job_eta": None}
+    estimate = active_jobs(request, service)[2].get(job.id)
+    words = eta.words(estimate.seconds_left) if estimate is not None else ""
+    basis = eta.BASIS_WORDS.get(estimate.basis or "", "") if estimate is not None else ""
+    return {"job": job, "job_eta": {"words": words, "basis": basis}}
 
 
 def job_page(request: Request, service: ExperimentService, job: JobRow) -> Response:
@@ -212,8 +301,8 @@ def job_page(request: Request, service: ExperimentService, job: JobRow) -> Respo
         form = form_from_spec(parse_spec(json.loads(job.spec_json)))
     except (ValueError, InputError):
         form = dict(DEFAULT_FORM)
-    return render(request, {**base_context(service, form), "job": job})
+    return render(request, {**base_context(service, form), **job_context(request, service, job)})
 
 
 def job_fragment(request: Request, service: ExperimentService, job: JobRow) -> Response:
-    return render(request, {**base_context(service, dict(DEFAULT_FORM)), "job": job}, blocks=["job"])
+    return render(request, {**base_context(service, dict(DEFAULT_FORM)), **job_context(request, service, job)}, blocks=["job"])

@@ -70,22 +70,32 @@ def diverging(lo: float, hi: float, mid: float, steps: int = 8) -> tuple[list[li
     return scale, lo, hi
 
 
-def _spread_at(result: PatchResult, path: list[int]) -> str:
-    """'<br>over 8 prompts: sd 0.31, 95% CI 4.52 to 5.07 (raw units)', or '' without a spread."""
+def num(v: float, signed: bool = True) -> str:
+    """3 decimals; a tiny non-zero value keeps two significant digits instead of reading '+0.000'."""
+    if v != 0 and abs(v) < 0.0005:
+        return f"{v:+.2g}" if signed else f"{v:.2g}"
+    return f"{v:+.3f}" if signed else f"{v:.3f}"
+
+
+def _spread_at(reading: Reading, shown: str, path: list[int]) -> str:
+    """'<br>over 8 prompts: sd 0.031, 95% CI +0.452 to +0.507 (share of the gap)': the interval of the
+    shown view's number, in its units; '' for a result stored without a spread."""
+    result = reading.result
     if not result.std or result.ci_low is None or result.ci_high is None:
         return ""
-    sd, lo, hi = result.std, result.ci_low, result.ci_high
-    for i in path:
-        sd, lo, hi = sd[i], lo[i], hi[i]
-    n = len(result.prompts)
-    if n < 2:
+    s = analysis.spread(reading, shown, path)
+    if s.n < 2 or s.ci_low is None or s.ci_high is None:
         return "<br>one prompt pair: no spread"
-    return f"<br>over {n} prompts: sd {sd:.3f}, 95% CI {lo:.3f} to {hi:.3f} (raw units)"
+    raw = shown == "raw"
+    units = {"raw": "raw units", "share": "share of the gap", "change": f"change, {reading.unit}"}[shown]
+    sd = num(s.sd, signed=False) if s.sd is not None else "?"
+    return f"<br>over {s.n} prompts: sd {sd}, 95% CI {num(s.ci_low, not raw)} to {num(s.ci_high, not raw)} ({units})"
 
 
 def _hover(reading: Reading, shown: str) -> Any:
-    """Per cell: every view's number, the shown one first (nested like result.values)."""
-    result, views = reading.result, reading.views
+    """Per cell: every view's number, the shown one first, then the shown one's spread over the
+    prompts in its units (nested like result.values)."""
+    views = reading.views
     names = [shown] + [n for n in reading.offered if n != shown]
     if reading.changes:
         names = [n for n in names if n != "raw"]  # raw is the change itself
@@ -101,9 +111,8 @@ def _hover(reading: Reading, shown: str) -> Any:
             v: Any = views[n].values
             for i in path:
                 v = v[i]
-            parts.append(f"{n} {v:+.3f}" if n != "raw" else f"raw {v:.3f}")
-        spread = _spread_at(result, path)
-        return " · ".join(parts) + spread
+            parts.append(f"{n} {num(v)}" if n != "raw" else f"raw {num(v, signed=False)}")
+        return " · ".join(parts) + _spread_at(reading, shown, path)
 
     return build([])
 
@@ -114,24 +123,31 @@ def highlight(column: int, row: int) -> dict[str, Any]:
             "y1": row + 0.5, "line": {"color": "#111", "width": 3}, "name": "selected"}
 
 
+FADE = "rgba(255,255,255,0.62)"  # laid over a cell whose interval covers no effect
+STROKE = "rgba(40,40,40,0.6)"
+
+
 def heatmap(result: PatchResult | Reading, pos: int | None = None, view: str | None = None,
-            selected: dict[str, int | None] | None = None) -> dict[str, Any]:
+            selected: dict[str, int | None] | None = None, scale: str | None = None) -> dict[str, Any]:
     """Layer x head, layer x position, or (for per-position head sweeps) layer x head at ``pos``,
-    in ``view`` (analysis.VIEWS; default: the method's); ``selected`` cell outlined."""
+    in ``view`` (analysis.VIEWS; default: the method's) on ``scale`` (analysis.SCALES; default: the
+    gap); ``selected`` cell outlined. Cells whose interval covers no effect are faded and struck."""
     reading = analysis.read(result)
     result, axes = reading.result, reading.result.axes
     shown = reading.view(view)
     if axes == ["layer"]:
-        return layer_bars(reading, shown)
+        return layer_bars(reading, shown, scale)
     if axes == ["pos"]:
-        return token_bars(reading, shown)
+        return token_bars(reading, shown, scale)
     hover = _hover(reading, shown.name)
+    covered = analysis.covers_no_effect(reading)
     what = reading.evidence.split(":")[0]
     layers = [f"L{i}" for i in range(len(result.values))]
     if axes == ["layer", "pos", "head"]:
         pos = reading.default_pos if pos is None else pos
         z = [row[pos] for row in shown.values]
         hover = [row[pos] for row in hover]
+        covered = [row[pos] for row in covered] if covered is not None else None
         title = f"{what}, by layer and head at position {pos_labels(result)[pos]}"
         columns = [f"H{h}" for h in range(len(z[0]))]
         custom = [[[layer, pos, h] for h in range(len(z[0]))] for layer in range(len(z))]
@@ -153,8 +169,8 @@ def heatmap(result: PatchResult | Reading, pos: int | None = None, view: str | N
         x_title = "position"
     else:  # pragma: no cover - every engine result has one of the shapes above
         raise ValueError(f"no heatmap for axes {axes}")
-    flat = [v for row in z for v in row]
-    colorscale, zmin, zmax = diverging(min(flat), max(flat), shown.no_effect)
+    drawn = analysis.scale(reading, shown.name, scale, [v for row in z for v in row])
+    colorscale, zmin, zmax = diverging(drawn.lo, drawn.hi, drawn.mid)
     trace = {
         "type": "heatmap",
         "z": z,
@@ -166,16 +182,39 @@ def heatmap(result: PatchResult | Reading, pos: int | None = None, view: str | N
         "colorscale": colorscale,
         "zmin": zmin,
         "zmax": zmax,
-        "colorbar": {"title": {"text": _wrap(shown.title, 22), "side": "top"}, "thickness": 14},
+        # no SI prefixes: "−200μ" on a share of the gap reads as a unit, not as 0.0002
+        "colorbar": {"title": {"text": _wrap(shown.title, 22), "side": "top"}, "thickness": 14, "exponentformat": "none"},
         "xgap": 1,
         "ygap": 1,
     }
-    layout = _layout(title, x_title, "layer")
+    layout = _layout(_titled(title, drawn), x_title, "layer")
+    if drawn.title:
+        layout["margin"]["t"] = 70
     if selected and selected.get("layer") is not None:
         column = selected.get("head") if x_title == "head" else selected.get("pos")
         if column is not None:
             layout["shapes"] = [highlight(column, selected["layer"])]
-    return {"data": [trace], "layout": layout}
+    return {"data": [trace, *_marks(covered, columns, layers)], "layout": layout}
+
+
+def _titled(title: str, drawn: analysis.Scale) -> str:
+    """The figure's title, with what its scale says (a data range's zoom) on a line of its own."""
+    return title + (f"<br><span style='font-size:12px'>{safe(drawn.title)}</span>" if drawn.title else "")
+
+
+def _marks(covered: Any, columns: list[str], rows: list[str]) -> list[dict[str, Any]]:
+    """Traces over a heatmap that fade and strike each cell whose interval covers no effect (they
+    take no hover or click: those go to the cell below)."""
+    if not covered or not any(any(row) for row in covered):
+        return []
+    fade = {"type": "heatmap", "z": [[1 if c else None for c in row] for row in covered], "x": columns, "y": rows,
+            "zmin": 0, "zmax": 1, "colorscale": [[0, FADE], [1, FADE]], "showscale": False, "hoverinfo": "skip",
+            "xgap": 1, "ygap": 1, "name": "interval covers no effect"}
+    cells = [(columns[c], rows[r]) for r, row in enumerate(covered) for c, mark in enumerate(row) if mark]
+    strokes = {"type": "scatter", "mode": "markers", "x": [x for x, _ in cells], "y": [y for _, y in cells],
+               "marker": {"symbol": "line-ne", "size": 11, "line": {"width": 1.5, "color": STROKE}},
+               "hoverinfo": "skip", "showlegend": False, "name": "interval covers no effect"}
+    return [fade, strokes]
 
 
 def _wrap(text: str, width: int = 28) -> str:
@@ -190,29 +229,48 @@ def _wrap(text: str, width: int = 28) -> str:
     return "<br>".join(lines + [line])
 
 
-def layer_bars(result: PatchResult | Reading, shown: analysis.View | None = None) -> dict[str, Any]:
-    """A whole block per bar, drawn from "no effect" (not from 0), so a restoring layer points up."""
-    reading = analysis.read(result)
-    shown = shown or reading.view()
-    values = shown.values
-    hover = _hover(reading, shown.name)
-    base = shown.no_effect
-    trace = {
-        "type": "bar",
-        "x": [f"L{i}" for i in range(len(values))],
-        "y": [v - base for v in values],
-        "base": [base] * len(values),
-        "text": [f"L{i}: {hover[i]}" for i in range(len(values))],
-        "customdata": [[i, None, None] for i in range(len(values))],
-        "hovertemplate": "%{text}<extra></extra>",
-        "marker": {"color": ["#2166ac" if v >= base else "#b2182b" for v in values]},
+def _bars(reading: Reading, shown: analysis.View, scale: str | None, labels: list[str], hover: list[str],
+          title: str, x_title: str, color: Any) -> dict[str, Any]:
+    """One bar per cell, drawn from "no effect" (not from 0), each with its 95% interval as an error
+    bar; a bar whose interval covers no effect is faded. The numbers are in the hover, not on the bars."""
+    values, base = shown.values, shown.no_effect
+    spreads = [analysis.spread(reading, shown.name, [i]) for i in range(len(values))]
+    drawn = analysis.scale(reading, shown.name, scale)
+    trace: dict[str, Any] = {
+        "type": "bar", "x": labels, "y": [v - base for v in values], "base": [base] * len(values),
+        "hovertext": hover, "hovertemplate": "%{hovertext}<extra></extra>", "textposition": "none",
+        "customdata": [[i, None, None] for i in range(len(values))] if x_title == "layer" else None,
+        "marker": {"color": color, "opacity": [0.35 if s.covers_no_effect else 1.0 for s in spreads]},
     }
-    layout = _layout(f"{reading.evidence.split(':')[0]}, by layer (every position)", "layer", "")
-    layout["yaxis"] = {"title": {"text": _wrap(shown.title, 60)}}
+    if trace["customdata"] is None:
+        del trace["customdata"]
+    ends = [(s.ci_low, s.ci_high) for s in spreads if s.ci_low is not None and s.ci_high is not None]
+    if len(ends) == len(values):
+        trace["error_y"] = {"type": "data", "symmetric": False, "array": [hi - v for v, (_, hi) in zip(values, ends)],
+                            "arrayminus": [v - lo for v, (lo, _) in zip(values, ends)], "color": "#333",
+                            "thickness": 1.5, "width": 4}
+    layout = _layout(_titled(title, drawn), x_title, "")
+    layout["yaxis"] = {"title": {"text": _wrap(shown.title, 60)}, "automargin": True, "exponentformat": "none"}
+    if drawn.title:
+        layout["margin"]["t"] = 70
+    if drawn.name == "gap":  # the whole gap either way, and every interval
+        layout["yaxis"]["range"] = [min([drawn.lo] + [lo for lo, _ in ends]), max([drawn.hi] + [hi for _, hi in ends])]
     layout["shapes"] = [
         {"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": base, "y1": base, "line": {"dash": "dot", "color": "#888"}}
     ]
     return {"data": [trace], "layout": layout}
+
+
+def layer_bars(result: PatchResult | Reading, shown: analysis.View | None = None, scale: str | None = None) -> dict[str, Any]:
+    """A whole block per bar, drawn from "no effect" (not from 0), so a restoring layer points up."""
+    reading = analysis.read(result)
+    shown = shown or reading.view()
+    hover = _hover(reading, shown.name)
+    base = shown.no_effect
+    labels = [f"L{i}" for i in range(len(shown.values))]
+    colors = ["#2166ac" if v >= base else "#b2182b" for v in shown.values]
+    return _bars(reading, shown, scale, labels, [f"L{i}: {h}" for i, h in enumerate(hover)],
+                 f"{reading.evidence.split(':')[0]}, by layer (every position)", "layer", colors)
 
 
 def figure1(
@@ -233,6 +291,9 @@ def figure1(
     layout = {
         "title": {"text": f"{analysis.metric_label(result)}: restoration vs ablation of {name}", "font": {"size": 14}},
         "yaxis": {"title": {"text": safe(analysis.metric_label(result))}, "zeroline": True, "automargin": True},
+        # each label on short lines, level: tilted, the last one ran off a narrow column's edge
+        "xaxis": {"tickangle": 0, "automargin": True, "tickmode": "array", "tickvals": labels,
+                  "ticktext": [_wrap(label, 12) for label in labels]},
         "margin": {"l": 60, "r": 20, "t": 50, "b": 60},
         "height": 360,
     }
@@ -264,22 +325,19 @@ def repair_figure(result: PatchResult) -> dict[str, Any]:
     return {"data": [trace], "layout": layout}
 
 
-def token_bars(result: PatchResult | Reading, shown: analysis.View | None = None) -> dict[str, Any]:
+def token_bars(result: PatchResult | Reading, shown: analysis.View | None = None, scale: str | None = None) -> dict[str, Any]:
     """Input influence: each clean token's contribution to the metric, in metric units (or as a share of the gap)."""
     reading = analysis.read(result)
     shown = shown or reading.view()
     labels = pos_labels(reading.result)
-    trace = {"type": "bar", "x": labels, "y": shown.values,
-             "text": [f"{labels[i]}: {v:+.3f}" for i, v in enumerate(shown.values)],
-             "hovertemplate": "%{text}<extra></extra>", "marker": {"color": "#4c78a8"}}
-    layout = _layout(f"{reading.metric_label}: contribution of each clean token", "clean token", "")
-    layout["yaxis"] = {"title": {"text": _wrap(shown.title, 60)}}
-    return {"data": [trace], "layout": layout}
+    hover = [f"{labels[i]}: {h}" for i, h in enumerate(_hover(reading, shown.name))]
+    return _bars(reading, shown, scale, labels, hover, f"{reading.metric_label}: contribution of each clean token",
+                 "clean token", "#4c78a8")
 
 
 def prompt_strip(cell: analysis.CellPrompts) -> dict[str, Any]:
     """The selected cell on each prompt: one point per prompt (spread vertically so equal values stay
-    visible), the mean with its 95% bootstrap interval below them, and a dotted line at "no effect".
+    visible), the mean with its 95% interval below them, and a dotted line at "no effect".
     The value axis carries the view's title: its unit and baseline."""
     n = len(cell.values)
     golden = 0.6180339887
@@ -293,7 +351,7 @@ def prompt_strip(cell: analysis.CellPrompts) -> dict[str, Any]:
         "marker": {"color": "#4c78a8", "size": 8, "opacity": 0.8},
     }
     if cell.ci_low is not None and cell.ci_high is not None and n > 1:
-        interval = f"95% bootstrap interval {cell.ci_low:+.3f} to {cell.ci_high:+.3f}"
+        interval = f"95% interval {cell.ci_low:+.3f} to {cell.ci_high:+.3f}"
         error = {"type": "data", "symmetric": False, "array": [cell.ci_high - cell.mean],
                  "arrayminus": [cell.mean - cell.ci_low], "thickness": 2, "width": 8, "color": "#111"}
     else:
@@ -355,14 +413,14 @@ def grid(result: PatchResult | Reading, values: Any, title: str, colorbar: str, 
     colorscale, zmin, zmax = diverging(lo, hi, mid)
     trace = {"type": "heatmap", "z": z, "x": x, "y": y, "colorscale": colorscale, "zmin": zmin, "zmax": zmax,
              "hovertemplate": "%{y} %{x}: %{z:+.3f}<extra></extra>", "xgap": 1, "ygap": 1,
-             "colorbar": {"title": {"text": _wrap(colorbar, 22), "side": "top"}, "thickness": 14}}
+             "colorbar": {"title": {"text": _wrap(colorbar, 14), "side": "top"}, "thickness": 12}}
     layout = _layout(safe(title), x_title, "layer" if axes != ["pos"] else "")
     layout["height"] = 360
     return {"data": [trace], "layout": layout}
 
 
 ATTENTION_SCALE = [[0.0, "#ffffff"], [0.25, "#c6dbef"], [0.6, "#4292c6"], [1.0, "#08306b"]]
-ATTENTION_TITLE = "attention weight (0 to 1; each row sums to 1)"
+ATTENTION_TITLE = "weight"  # the caption says the rest: 0 to 1, each row sums to 1
 
 
 def attention_heatmap(tokens: list[str], pattern: list[list[float]], title: str) -> dict[str, Any]:
@@ -372,7 +430,7 @@ def attention_heatmap(tokens: list[str], pattern: list[list[float]], title: str)
     text = [[f"{labels[d]} → {labels[s]}: {pattern[d][s]:.3f}" if s <= d else "" for s in range(n)] for d in range(n)]
     trace = {"type": "heatmap", "z": pattern, "x": labels, "y": labels, "zmin": 0.0, "zmax": 1.0,
              "colorscale": ATTENTION_SCALE, "text": text, "hovertemplate": "%{text}<extra></extra>", "xgap": 1, "ygap": 1,
-             "colorbar": {"title": {"text": _wrap(ATTENTION_TITLE, 22), "side": "top"}, "thickness": 14}}
+             "colorbar": {"title": {"text": ATTENTION_TITLE, "side": "top"}, "thickness": 12}}
     layout = _layout(safe(title), "source position (attended to)", "destination position (attending)")
     layout["height"] = max(360, 22 * n + 160)
     layout["shapes"] = [highlight_row(n - 1, n)]
@@ -400,7 +458,7 @@ def attention_layer(tokens: list[str], heads: list[list[list[float]]], layer: in
                      "colorscale": ATTENTION_SCALE, "showscale": h == 0, "xaxis": f"x{axis}", "yaxis": f"y{axis}",
                      "customdata": [[h] * len(labels) for _ in labels],
                      "hovertemplate": f"H{h}: %{{y}} → %{{x}}: %{{z:.3f}}<extra></extra>",
-                     "colorbar": {"title": {"text": _wrap(ATTENTION_TITLE, 22), "side": "top"}, "thickness": 12}})
+                     "colorbar": {"title": {"text": ATTENTION_TITLE, "side": "top"}, "thickness": 12}})
         layout[f"xaxis{axis}"] = {"domain": [x0, x1], "showticklabels": False, "type": "category", "anchor": f"y{axis}"}
         layout[f"yaxis{axis}"] = {"domain": [y0, y1], "showticklabels": False, "type": "category", "autorange": "reversed",
                                   "anchor": f"x{axis}", "title": {"text": f"H{h}", "standoff": 2}}

@@ -71,8 +71,9 @@ def compare_page(request: Request, service: ServiceDep, a: str = "", b: str = ""
             cmp=data, ra=ra.result, rb=rb.result, a=ra.result.id, b=rb.result.id,
             describe_a=describe(ra.result), describe_b=describe(rb.result),
             views=[n for n in analysis.VIEWS if n == data["view"] or ra.views[n].name == n],
-            fig_a=figures.grid(ra, data["a"], "A", data["title"], lo, hi, data["no_effect"]),
-            fig_b=figures.grid(rb, data["b"], "B", data["title"], lo, hi, data["no_effect"]),
-            fig_diff=figures.grid(ra, data["diff"], "A − B", f"difference, {data['view']} (A − B); 0 = same", -reach, reach, 0.0),
+            # short colour-bar titles (the caption gives the whole one): long ones outgrew the heatmaps
+            fig_a=figures.grid(ra, data["a"], "A", analysis.VIEW_LABELS[data["view"]], lo, hi, data["no_effect"]),
+            fig_b=figures.grid(rb, data["b"], "B", analysis.VIEW_LABELS[data["view"]], lo, hi, data["no_effect"]),
+            fig_diff=figures.grid(ra, data["diff"], "A − B", "A − B; 0 = same", -reach, reach, 0.0),
         )
     return templates.TemplateResponse(request, "compare.html", context, status_code=found.status)

@@ -28,7 +28,7 @@ router = APIRouter(include_in_schema=False)
 
 
 @router.get("/", response_class=HTMLResponse)
-def home(request: Request, service: ServiceDep, preset: str | None = None) -> Response:
+def home(request: Request, service: ServiceDep, client: ClientDep, preset: str | None = None) -> Response:
     """The explore form with the default experiment, or a worked example's (``?preset=``), shown if
     it is stored (a GET never computes: else one click on Run)."""
     chosen = PRESETS.get(preset) if preset is not None else None
@@ -36,10 +36,12 @@ def home(request: Request, service: ServiceDep, preset: str | None = None) -> Re
         names = ", ".join(p.name for p in offered(list(service.settings.models)))
         state = spec_from_form({})
         context = {**explore.base_context(service, state.values), "recent": explore.recent(service),
+                   "your_runs": explore.your_runs(service, client),
                    **explore.error_context(f"no example {preset!r} on this server; the examples are: {names}", "spec")}
         return explore.render(request, context, status=404)
     state = spec_from_form({**DEFAULT_FORM, **chosen.form} if chosen else {})
-    context = {**explore.base_context(service, state.values), "recent": explore.recent(service), "preset": chosen}
+    context = {**explore.base_context(service, state.values), "recent": explore.recent(service),
+               "your_runs": explore.your_runs(service, client), "preset": chosen}
     stored = service.store.get(state.spec.id) if state.spec is not None else None
     if stored is not None:
         context.update(explore.result_context(request, service, stored, analysis.read(stored.result)))
@@ -63,16 +65,20 @@ def _experiment_context(request: Request, service: ExperimentService, state: For
     except TooManyJobs as exc:
         return explore.error_context(str(exc), "spec")
     if isinstance(outcome, JobRow):
-        return {"job": outcome}
+        return explore.job_context(request, service, outcome)
     try:
         return explore.result_context(request, service, outcome, analysis.read(outcome.result))
     except InputError as exc:
         return explore.error_context(str(exc), exc.field, exc.detail)
 
 
-def _remember_origin(service: ExperimentService, stored: StoredRun | None, state: FormState) -> None:
-    """A run made from a built-in prompt family remembers it, so its link reopens the form as it was."""
+def _remember_origin(service: ExperimentService, context: dict[str, Any], state: FormState, client: str) -> None:
+    """A run made from a built-in prompt family remembers it, so its link reopens the form as it was;
+    and who asked for it (a job's id is its run's), for "your runs"."""
     values = state.values
+    stored, job = context.get("stored"), context.get("job")
+    if stored is not None or job is not None:
+        service.store.put_request(stored.id if stored is not None else job.id, client)
     if state.spec is not None:  # asked for from the form: listed as its own run, not only as a companion
         service.store.unlink_companion(state.spec.id)
     if stored is not None and values.get("source") == "family" and values.get("family") != "custom":
@@ -111,6 +117,14 @@ def _replace(service: ExperimentService, watchers: Watchers, replaces: str, new_
     return {"id": replaces, "cancelled": True}
 
 
+def _refused_in_place(request: Request, context: dict[str, Any]) -> Response:
+    """An htmx refusal: the message beside its field (out of band) and nothing swapped, so the last
+    result stays on screen, dimmed (app.css), whatever the page showed."""
+    response = explore.render(request, context, blocks=["oob"])
+    response.headers["HX-Reswap"] = "none"
+    return response
+
+
 @router.post("/explore", response_class=HTMLResponse)
 async def explore_form(request: Request, service: ServiceDep, client: ClientDep, watchers: WatchersDep,
                        page: PageDep) -> Response:
@@ -122,24 +136,25 @@ async def explore_form(request: Request, service: ServiceDep, client: ClientDep,
     except InputError as exc:
         form = {k: (v if len(v) <= service.settings.max_prompt_chars else "") for k, v in form.items()}
         context = {**explore.base_context(service, {**DEFAULT_FORM, **form}), **explore.error_context(str(exc), exc.field)}
-        return explore.render(request, context, blocks=["results", "oob"] if is_htmx(request) else None,
-                              status=200 if is_htmx(request) else 422)
+        if is_htmx(request):  # like every other refusal: beside its field, the last result kept
+            return _refused_in_place(request, context)
+        return explore.render(request, context, status=422)
     state = spec_from_form(form)
     context = explore.base_context(service, state.values)
     # The engine runs in a worker thread so the server keeps answering while it computes.
     context.update(await run_in_threadpool(_experiment_context, request, service, state, client))
     stored = context.get("stored")
     if is_htmx(request):
-        if context.get("error"):  # keep the last result on screen (marked stale); the error goes beside its field
-            response = explore.render(request, {**context, "stale": True}, blocks=["oob"])
-            response.headers["HX-Reswap"] = "none"
-            return response
+        if context.get("error"):
+            return _refused_in_place(request, context)
         push = urls.run_page(stored.id) if stored is not None else None
-        _remember_origin(service, stored, state)
+        _remember_origin(service, context, state, client)
         new = stored.id if stored is not None else context["job"].id if context.get("job") else None
         if replaces:
             context["replaced"] = _replace(service, watchers, replaces, new, client, page)
-        return explore.render(request, context, blocks=["results", "oob"], push=push)
-    _remember_origin(service, stored, state)
+        context["your_runs"] = explore.your_runs(service, client)
+        return explore.render(request, context, blocks=["results", "oob", "your_runs"], push=push)
+    _remember_origin(service, context, state, client)
     context["recent"] = explore.recent(service)
+    context["your_runs"] = explore.your_runs(service, client)
     return explore.render(request, context)

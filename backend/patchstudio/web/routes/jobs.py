@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from patchstudio import analysis
 from patchstudio.jobs import eta
 from patchstudio.service import ExperimentService
-from patchstudio.jobs.store import ACTIVE, JobRow, utcnow
+from patchstudio.jobs.store import ACTIVE, JobRow
 from patchstudio.web import companions as comp
 from patchstudio.web import explore_page as explore
 from patchstudio.web import url_builder as urls
@@ -31,7 +31,6 @@ from patchstudio.web.templating import is_htmx, templates
 router = APIRouter()
 
 FINISHED = ("done", "error", "cancelled")
-LIST_LIMIT = 50
 RECENT_LIMIT = 20
 
 # --- the list --------------------------------------------------------------------------------------------
@@ -50,18 +49,17 @@ def _line(job: JobRow, estimate: eta.Estimate | None, parent: Any) -> dict[str, 
         "summary": asked,
         "estimate": {**(estimate or eta.Estimate(None, None, None)).as_dict(),
                      "words": eta.words(estimate.seconds_left) if estimate else ""},
+        "basis_words": eta.BASIS_WORDS.get(estimate.basis or "", "") if estimate else "",
         "companion_of": {"id": parent.parent_id, "role": comp.ROLE_LABELS.get(parent.role, parent.role),
                          "page": urls.run_page(parent.parent_id)} if parent is not None else None,
     }
 
 
-def overview(service: ExperimentService) -> dict[str, Any]:
+def overview(request: Request, service: ExperimentService) -> dict[str, Any]:
     """The data of ``/jobs`` and ``/jobs.json``: running, queued and recently finished jobs."""
     store, jobs = service.store, service.jobs.store
-    running = jobs.by_status(["running"], LIST_LIMIT)
-    queued = jobs.by_status(["queued"], LIST_LIMIT)
+    running, queued, estimates = explore.active_jobs(request, service)
     finished = jobs.by_status(FINISHED, RECENT_LIMIT)
-    estimates = eta.estimates(running + queued, jobs.finished(service.settings.models), utcnow())
     parents = store.get_companions(j.id for j in running + queued + finished)
 
     def lines(rows: list[JobRow]) -> list[dict[str, Any]]:
@@ -72,16 +70,16 @@ def overview(service: ExperimentService) -> dict[str, Any]:
 
 
 @router.get("/jobs.json", summary="Background jobs: running, queued and recently finished", tags=["jobs"])
-def jobs_json(service: ServiceDep) -> Any:
+def jobs_json(request: Request, service: ServiceDep) -> Any:
     """Each job with what it computes, its progress and, while active, an estimate of the time left
-    (`estimate.seconds_left`, from its own throughput so far or the model's recent jobs; null when
-    nothing has been measured yet)."""
-    return overview(service)
+    (`estimate.seconds_left`, from the model's recent jobs of its kind, then its own throughput;
+    null when nothing has been measured yet)."""
+    return overview(request, service)
 
 
 @router.get("/jobs", response_class=HTMLResponse, include_in_schema=False)
 def jobs_page(request: Request, service: ServiceDep) -> Response:
-    context = {"jobs": overview(service), "active_statuses": ACTIVE}
+    context = {"jobs": overview(request, service), "active_statuses": ACTIVE}
     if is_htmx(request):
         return templates.TemplateResponse(request, "jobs.html", context, block_name="jobs")
     return templates.TemplateResponse(request, "jobs.html", context)
@@ -121,7 +119,7 @@ def job_page(request: Request, service: ServiceDep, watchers: WatchersDep, page:
             return RedirectResponse(urls.run_page(stored.id), status_code=303)
         context = {**explore.base_context(service, form_from_spec(stored.result.spec)),
                    **explore.result_context(request, service, stored, analysis.read(stored.result))}
-        return explore.render(request, context, blocks=["results"], push=urls.run_page(stored.id))
+        return explore.render(request, context, blocks=["results", "status"], push=urls.run_page(stored.id))
     if job is None:
         raise HTTPException(404, f"no job with id {job_id[:64]!r}")
     return explore.job_page(request, service, job)

@@ -154,9 +154,9 @@ def run_csv(data: RunDataDep) -> Response:
 
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse, include_in_schema=False)
-def run_page(request: Request, service: ServiceDep, watchers: WatchersDep, page_token: PageDep,
+def run_page(request: Request, service: ServiceDep, watchers: WatchersDep, page_token: PageDep, client: ClientDep,
              run_id: RunId, _pos: int | None = None, _view: str | None = None,
-             _layer: int | None = None, _head: int | None = None) -> Response:
+             _layer: int | None = None, _head: int | None = None, _scale: str | None = None) -> Response:
     """A stored run's page; a run still computing shows its job; anything else is a 404 page."""
     stored = find_run(service, run_id)
     if stored is None:
@@ -171,10 +171,11 @@ def run_page(request: Request, service: ServiceDep, watchers: WatchersDep, page_
     context = explore.base_context(service, explore.form_for(service, stored))
     data = RunData.of(stored)
     context.update(explore.result_context(request, service, data.stored, data.reading, _pos, _view,
-                                          {"layer": _layer, "head": _head, "pos": _pos}))
-    if is_htmx(request):
-        return explore.render(request, context, blocks=["results"])
+                                          {"layer": _layer, "head": _head, "pos": _pos}, _scale))
+    if is_htmx(request):  # the status too: an error shown over the last result is cleared by the next one
+        return explore.render(request, context, blocks=["results", "status"])
     context["recent"] = explore.recent(service)
+    context["your_runs"] = explore.your_runs(service, client)
     return explore.render(request, context)
 
 
