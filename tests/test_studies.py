@@ -64,6 +64,8 @@ def test_an_edit_is_a_new_study_and_the_old_one_keeps_its_content(store, run_ids
     ({"title": "a\nb", "runs": ["0" * 16]}, "title", "one line"),
     ({"title": "x" * (studies.TITLE_MAX_CHARS + 1), "runs": ["0" * 16]}, "title", f"at most {studies.TITLE_MAX_CHARS}"),
     ({"title": "t", "notes": "x" * (studies.NOTES_MAX_CHARS + 1), "runs": ["0" * 16]}, "notes", "at most 20,000"),
+    ({"title": "a\x00b", "runs": ["0" * 16]}, "title", "NUL character in the title"),
+    ({"title": "t", "notes": "\ud800", "runs": ["0" * 16]}, "notes", "lone surrogate in the notes"),
     ({"title": "t", "runs": []}, "runs", "at least one run"),
     ({"title": "t", "runs": [f"{i:016x}" for i in range(studies.RUNS_MAX + 1)]}, "runs", f"at most {studies.RUNS_MAX} runs"),
     ({"title": "t", "runs": ["0" * 16, "/runs/abc"]}, "runs.1", "not a run id"),

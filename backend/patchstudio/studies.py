@@ -35,6 +35,17 @@ def _run_id(value: str) -> str:
     return value
 
 
+def _plain_text(value: str, what: str) -> str:
+    # hashed as UTF-8 and stored as text: a lone surrogate cannot be encoded, and PostgreSQL refuses NUL
+    if "\x00" in value:
+        raise ValueError(f"a NUL character in the {what} (text cannot hold one)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"a lone surrogate in the {what} (not valid Unicode text)") from None
+    return value
+
+
 def _study_id(value: str) -> str:
     if not STUDY_ID.match(value):
         raise ValueError(f"{value[:40]!r} is not a study id (16 hex digits, as in /studies/<id>)")
@@ -54,7 +65,7 @@ class StudyContent(BaseModel):
     @field_validator("title")
     @classmethod
     def _title(cls, value: str) -> str:
-        value = value.strip()
+        value = _plain_text(value, "title").strip()
         if not value:
             raise ValueError("a study needs a title")
         if "\n" in value or "\r" in value:
@@ -67,7 +78,7 @@ class StudyContent(BaseModel):
     @classmethod
     def _notes(cls, value: str) -> str:
         # a form sends CRLF, the API usually LF: the same notes must make the same id either way
-        value = value.replace("\r\n", "\n").replace("\r", "\n").strip()
+        value = _plain_text(value, "notes").replace("\r\n", "\n").replace("\r", "\n").strip()
         if len(value) > NOTES_MAX_CHARS:
             raise ValueError(f"the notes are {len(value):,} characters; at most {NOTES_MAX_CHARS:,} (NOTES_MAX_CHARS)")
         return value
@@ -100,7 +111,7 @@ class StoredStudy(BaseModel):
 def parse(data: Any) -> StudyContent:
     """The study ``data`` describes, or an ``InputError`` naming the first bad field (``runs.2``)."""
     if not isinstance(data, dict):
-        raise InputError("a study is a JSON object: {title, notes, runs, parent}", field="body")
+        raise InputError("body: a study is a JSON object, {title, notes, runs, parent}", field="body")
     try:
         content = StudyContent.model_validate(data)
     except ValidationError as exc:
