@@ -17,7 +17,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("engine",),
     ("analysis",),
     ("models",),  # registry, training, default_model, hydra_report
-    ("store",),
+    ("store", "studies"),  # studies: the studies table's rows, on the run store
     ("jobs",),
     ("service",),
     ("web",),

@@ -98,10 +98,21 @@ patterns = Table(
     Column("data_json", Text, nullable=False),
 )
 
+# Studies: an ordered list of runs with a title and notes (patchstudio/studies.py reads and writes
+# them). Content-addressed like runs: the id hashes the content, an edit is a new row naming its parent.
+studies = Table(
+    "studies",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("parent_id", String(32), nullable=True, index=True),
+    Column("content_json", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
 # Small facts about the database itself (and a table readiness writes a row to, and deletes it from).
 meta = Table("meta", metadata, Column("key", String(64), primary_key=True), Column("value", Text, nullable=False))
 
-RUN_TABLES = (runs, run_origins, run_companions, run_requests, patterns, meta)
+RUN_TABLES = (runs, run_origins, run_companions, run_requests, patterns, studies, meta)
 
 
 def utcnow() -> dt.datetime:

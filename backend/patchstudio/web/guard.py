@@ -87,8 +87,8 @@ API_PATHS = ("/healthz", "/readyz", "/openapi.json")
 
 
 def is_api_path(path: str) -> bool:
-    """JSON answers (errors included) for the API and the .json/.csv twins; HTML for pages and fragments."""
-    return path.startswith("/api/") or path.endswith((".json", ".csv")) or path in API_PATHS
+    """JSON answers (errors included) for the API and the .json/.csv/.ipynb twins; HTML for pages and fragments."""
+    return path.startswith("/api/") or path.endswith((".json", ".csv", ".ipynb")) or path in API_PATHS
 
 
 def wants_json(scope: dict[str, Any]) -> bool:

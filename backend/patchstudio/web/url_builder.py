@@ -102,6 +102,42 @@ def api_job_cancel(job_id: str) -> str:
     return f"/api/jobs/{job_id}/cancel"
 
 
+def studies() -> str:
+    """The studies list, and (POST) where the editor saves a study."""
+    return "/studies"
+
+
+def studies_json() -> str:
+    return "/studies.json"
+
+
+def study(study_id: str) -> str:
+    return f"/studies/{study_id}"
+
+
+def study_json(study_id: str) -> str:
+    return f"/studies/{study_id}.json"
+
+
+def study_notebook(study_id: str) -> str:
+    return f"/studies/{study_id}.ipynb"
+
+
+def study_new(runs: list[str] | tuple[str, ...] = ()) -> str:
+    """The editor for a new study, starting from ``runs``."""
+    query = urlencode([("runs", r) for r in runs])
+    return "/studies/new" + (f"?{query}" if query else "")
+
+
+def study_edit(study_id: str) -> str:
+    """The editor for a new version of a study (saving never changes the old one)."""
+    return f"/studies/{study_id}/edit"
+
+
+def api_studies() -> str:
+    return "/api/studies"
+
+
 def docs() -> str:
     return "/docs"
 
