@@ -145,7 +145,8 @@ def test_a_part_the_attribution_misses_is_a_warning(default_model, monkeypatch):
     ({"method": "logit_attribution", "run": "both"}, "run", "Input should be 'clean' or 'corrupted'"),
     ({"method": "logit_lens", "component": "head"}, "component",
      "the logit lens reads the residual stream before each layer (and after the last): component must be 'resid_pre'"),
-    ({"method": "logit_lens", "positions": "each"}, "positions", "the logit lens reads every position: positions must be 'all'"),
+    ({"method": "logit_lens", "positions": "each"}, "positions", "the logit lens reads the residual stream before each layer (and after the last), at every position: "
+     "positions must be 'all'"),
 ])
 def test_specs_refuse_naming_the_field(spec, field, message):
     with pytest.raises(ValidationError) as info:

@@ -24,41 +24,27 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 import torch
-from pydantic import field_validator
 from torch import Tensor
 
 from patchstudio.engine import hooks as H
 from patchstudio.engine.methods.base import Method, PairContext, PairResult
 from patchstudio.engine.metrics import NEEDS_FULL_VOCAB
-from patchstudio.specs import Component, SpecBase
+from patchstudio.specs import Component, OneComponentSpec
 
 # Which run a reading reads.
 ReadRun = Literal["clean", "corrupted"]
 LOGITS_PER_CHUNK = 1 << 24  # full-vocabulary logits (floats) read at once: 64 MB in float32
 
 
-class LogitLensSpec(SpecBase):
+class LogitLensSpec(OneComponentSpec):
     """The metric read through the final norm and the unembedding at every layer's residual stream
     (before each layer, and after the last) and every position of the ``run`` (clean or corrupted)."""
 
     what: ClassVar[str] = "the logit lens reads the residual stream before each layer (and after the last)"
+    only: ClassVar[str] = "resid_pre"
     method: Literal["logit_lens"] = "logit_lens"
     component: Component = "resid_pre"
     run: ReadRun = "clean"
-
-    @field_validator("component")
-    @classmethod
-    def _resid_pre(cls, value: str) -> str:
-        if value != "resid_pre":
-            raise ValueError(f"{cls.what}: component must be 'resid_pre'")
-        return value
-
-    @field_validator("positions")
-    @classmethod
-    def _every_position(cls, value: str) -> str:
-        if value != "all":
-            raise ValueError("the logit lens reads every position: positions must be 'all'")
-        return value
 
 
 def stream_names(n_layers: int) -> list[str]:
