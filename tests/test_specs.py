@@ -305,6 +305,8 @@ def test_json_schema_discriminates_on_method():
         "self_repair": "#/$defs/SelfRepairSpec",
         "input_influence": "#/$defs/InputInfluenceSpec",
         "direct_effect": "#/$defs/DirectEffectSpec",
+        "logit_lens": "#/$defs/LogitLensSpec",
+        "logit_attribution": "#/$defs/LogitAttributionSpec",
     }
     defs = schema["$defs"]
     assert {"ActivationPatchingSpec", "AblationSpec", "PromptPair"} <= set(defs)

@@ -226,16 +226,17 @@ class ReceiverSpec(Frozen):
     input: Literal["q", "k", "v"] = "q"
 
 
-class WholeHeadsSpec(SpecBase):
-    """Methods whose units are whole heads (every position): component 'head', positions 'all'."""
+class OneComponentSpec(SpecBase):
+    """Methods that read one kind of component (``only``) at every position: positions 'all'."""
 
-    what: ClassVar[str] = "this method works on whole heads"
+    what: ClassVar[str] = "this method works on one component"
+    only: ClassVar[str]
 
     @field_validator("component")
     @classmethod
-    def _heads_only(cls, value: str) -> str:
-        if value != "head":
-            raise ValueError(f"{cls.what}: component must be 'head'")
+    def _only(cls, value: str) -> str:
+        if value != cls.only:
+            raise ValueError(f"{cls.what}: component must be {cls.only!r}")
         return value
 
     @field_validator("positions")
@@ -244,6 +245,13 @@ class WholeHeadsSpec(SpecBase):
         if value != "all":
             raise ValueError(f"{cls.what}, at every position: positions must be 'all'")
         return value
+
+
+class WholeHeadsSpec(OneComponentSpec):
+    """Methods whose units are whole heads (every position): component 'head', positions 'all'."""
+
+    what: ClassVar[str] = "this method works on whole heads"
+    only: ClassVar[str] = "head"
 
 
 # --- the registry -----------------------------------------------------------------------------------

@@ -68,7 +68,9 @@
     if (cell[1] !== null && cell[1] !== undefined) params.set("pos", cell[1]);
     if (cell[2] !== null && cell[2] !== undefined) params.set("head", cell[2]);
     el.dataset.selected = cell.join(",");
-    htmx.ajax("GET", el.dataset.figure1 + "?" + params.toString(), { target: "#figure1", swap: "innerHTML" });
+    if (document.getElementById("figure1")) {  // none for a reading of one run (the logit lens)
+      htmx.ajax("GET", el.dataset.figure1 + "?" + params.toString(), { target: "#figure1", swap: "innerHTML" });
+    }
     var strip = document.getElementById("cell-prompts");
     if (strip && strip.dataset.url) {  // the cell on each prompt, in the page's view (the URL carries _view)
       var stripUrl = new URL(strip.dataset.url, window.location.href);

@@ -25,6 +25,8 @@ HYDRA_TE, HYDRA_DE, HYDRA_PAIRED_TE = -0.7800, -1.2522, -3.0678
         ("path_patching", {"receivers": "L1H2.q"}, "path patching from each head to L1H2.q"),
         ("self_repair", {"targets": "L0H1", "compensator": "L1H2"}, "self-repair after mean-ablating L0H1"),
         ("input_influence", {"steps": "8"}, "integrated gradients from the corrupted prompt, 8 steps"),
+        ("logit_lens", {}, "logit lens of the clean run"),
+        ("logit_attribution", {}, "direct logit attribution of the clean run"),
     ],
 )
 def test_each_method_runs_from_the_form_and_gets_a_permalink(page, method, fields, claim):
@@ -43,9 +45,17 @@ def test_each_method_runs_from_the_form_and_gets_a_permalink(page, method, field
     if method == "input_influence":  # a bar per clean token
         bars = page.evaluate("() => document.getElementById('heatmap').data[0].y")
         assert len(bars) == 15
+    elif method == "logit_lens":  # every layer's input and the final stream, by position; no Figure 1
+        z = heatmap_z(page)
+        assert len(z) == 3 and len(z[0]) == 15
+        expect(page.locator("#lens-unit")).to_have_text("logits (logit(answer) − logit(wrong))")
+        assert page.locator("#figure1").count() == 0
     else:
         z = heatmap_z(page)
         assert len(z) == 2 and len(z[0]) == 4
+    if method == "logit_attribution":  # every component as a bar, and the parts add up
+        expect(page.locator("#parts-plot .main-svg").first).to_be_visible()
+        expect(page.locator("#parts-check")).to_contain_text("they agree")
     if method == "self_repair":
         expect(page.locator("#repair-plot .main-svg").first).to_be_visible()
     # the permalink (the address bar, once this result is shown) shows the same result, with the method's fields back in the form

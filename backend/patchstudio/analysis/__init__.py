@@ -10,15 +10,17 @@ Importable from a notebook with no web code::
     table = analysis.triangulate(result, runs, layer=2, head=2)       # rows + plain-language flags
 
 ``views`` (cells, views, baselines, shares, two runs compared, agreement), ``triangulation`` (the
-companion runs, their table and its flags; the verdict is built from those flags) and
-``self_repair`` (the readings of a self-repair run) and ``significance`` (the scale a view is drawn on,
+companion runs, their table and its flags; the verdict is built from those flags),
+``self_repair`` (the readings of a self-repair run), ``significance`` (the scale a view is drawn on,
 the floor under which a result says its effects are too small, the cells whose interval covers "no
-effect", a cell's spread in a view's units). Every threshold a reading uses is a named
+effect", a cell's spread in a view's units) and ``logit_attribution`` (a direct logit
+attribution's parts in one list). Every threshold a reading uses is a named
 constant, so a page and a notebook read a result the same way.
 """
 
 from __future__ import annotations
 
+from patchstudio.analysis.logit_attribution import LogitParts, Part, logit_parts
 from patchstudio.analysis.self_repair import Compensator, repair_reading, top_compensators
 from patchstudio.analysis.significance import (
     DEFAULT_SCALE,
@@ -96,9 +98,9 @@ __all__ = [
     "floor_notice", "largest_effect", "largest_share", "offered_scales", "scale", "spread",
     "ATTRIBUTION_OFF", "COMPENSATED", "DIRECT_MIN", "LARGE_SHARE", "METRIC_UNITS", "PATH_MIN_PATCHING",
     "PATH_MOSTLY_INDIRECT", "SEQUENCE_METRIC_UNITS", "SMALL_SHARE", "VIEWS", "VIEW_LABELS", "ZERO_GAP",
-    "CellPrompts", "Compensator", "Reading", "Triangulation", "View",
+    "CellPrompts", "Compensator", "LogitParts", "Part", "Reading", "Triangulation", "View",
     "agreement", "all_views", "axes_shape", "cell_name", "cell_prompts", "cell_value", "compare", "corruption_summary",
-    "default_pos", "default_view", "evidence", "exact_patching_spec", "flat_cells", "gap", "mean_ablation_spec",
+    "default_pos", "default_view", "evidence", "exact_patching_spec", "flat_cells", "gap", "logit_parts", "mean_ablation_spec",
     "metric_label", "metric_unit", "moved_share", "multi_token", "no_effect", "pearson", "percent", "position_roles",
     "ranks", "read", "removed_share", "repair_reading", "share_defined", "strongest_cell", "top_compensators",
     "triangulate", "triangulation_flags", "triangulation_specs", "verdict", "view",

@@ -196,6 +196,11 @@ class Reading:
         return abs(self.gap) >= ZERO_GAP
 
     @property
+    def intervenes(self) -> bool:
+        """The cells come from interventions (every method but a reading of one run, the logit lens)."""
+        return self.method.reads_run is None
+
+    @property
     def changes(self) -> bool:
         """The cells are changes of the metric (their raw view is the change itself)."""
         return self.method.values == "change"
@@ -295,6 +300,13 @@ def read(result: PatchResult | Reading) -> Reading:
 
     def made(name: str, fn: Callable[[float], float], no_effect_value: float, title: str, note: str = "") -> View:
         return View(name, _map(result.values, fn), no_effect_value, title, note, fn)
+
+    if method.reads_run is not None:  # a reading of one run: its values, and nothing to change from
+        raw = made("raw", lambda v: v, base, method.reads_run(spec, unit))
+        instead = made("raw", lambda v: v, base, raw.title,
+                       f"the {method.title} reads one run and intervenes on nothing: it has no change or share of an effect")
+        return Reading(result, method, base, None, metric_label(result), unit, method.evidence(spec), "raw",
+                       {"share": instead, "change": instead, "raw": raw})
 
     views: dict[str, View] = {}
     span = g if method.values == "change" else (result.clean if base_run == "corrupted" else result.corrupted) - base

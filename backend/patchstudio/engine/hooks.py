@@ -81,6 +81,8 @@ def mlp_out_name(layer: int) -> str:
 
 
 LN_FINAL_SCALE = "ln_final.hook_scale"
+EMBED = "hook_embed"  # the token embedding, before positions are added
+POS_EMBED = "hook_pos_embed"  # the learned position embedding (fires only in models that have one)
 
 
 def activation_kind(component: str) -> str:

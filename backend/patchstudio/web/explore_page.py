@@ -12,6 +12,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from patchstudio import analysis
+from patchstudio.engine.methods import METHODS
 from patchstudio.analysis import Reading
 from patchstudio.errors import InputError
 from patchstudio.models.prompts import FAMILIES
@@ -109,6 +110,16 @@ def check_cell(result: PatchResult, layer: int | None, pos: int | None, head: in
                 raise InputError(f"{axis} {value} is out of range: 0 to {n - 1}", field=axis)
         elif value is not None:
             raise InputError(f"{axis} does not apply: this result's axes are {', '.join(result.axes)}", field=axis)
+
+
+def check_figure1(result: PatchResult, layer: int | None, pos: int | None, head: int | None) -> None:
+    """Figure 1 patches and ablates the cell's component: a method that reads one run (the logit lens)
+    has none to patch (422 on ``method``); otherwise the cell must exist."""
+    method = METHODS[result.spec.method]
+    if method.reads_run is not None:
+        raise InputError(f"Figure 1 patches and ablates a component; the {method.title} reads one run and has none "
+                         f"to patch", field="method")
+    check_cell(result, layer, pos, head)
 
 
 def check_view(view: str | None) -> None:

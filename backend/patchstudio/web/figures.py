@@ -143,6 +143,9 @@ def heatmap(result: PatchResult | Reading, pos: int | None = None, view: str | N
     covered = analysis.covers_no_effect(reading)
     what = reading.evidence.split(":")[0]
     layers = [f"L{i}" for i in range(len(result.values))]
+    y_title = "layer"
+    if reading.method.reads_run is not None:  # the logit lens: each layer's input, then the final stream
+        layers[-1], y_title = "final", "residual stream before layer"
     if axes == ["layer", "pos", "head"]:
         pos = reading.default_pos if pos is None else pos
         z = [row[pos] for row in shown.values]
@@ -187,7 +190,7 @@ def heatmap(result: PatchResult | Reading, pos: int | None = None, view: str | N
         "xgap": 1,
         "ygap": 1,
     }
-    layout = _layout(_titled(title, drawn), x_title, "layer")
+    layout = _layout(_titled(title, drawn), x_title, y_title)
     if drawn.title:
         layout["margin"]["t"] = 70
     if selected and selected.get("layer") is not None:
@@ -322,6 +325,25 @@ def repair_figure(result: PatchResult) -> dict[str, Any]:
               "yaxis": {"title": {"text": "change in logit diff (0 = no change)"}, "zeroline": True, "automargin": True},
               "xaxis": {"tickangle": 0, "automargin": True, "tickfont": {"size": 11}},
               "height": 380, "margin": {"l": 60, "r": 20, "t": 70, "b": 100}}
+    return {"data": [trace], "layout": layout}
+
+
+def logit_parts(parts: analysis.LogitParts) -> dict[str, Any]:
+    """Direct logit attribution per component: one bar per part of the final residual stream, in
+    the stream's order, drawn from 0 (no contribution), in logits."""
+    names = [safe(p.name) for p in parts.parts]
+    values = [p.value for p in parts.parts]
+    trace = {"type": "bar", "x": names, "y": values, "hovertemplate": "%{x}: %{y:+.4f} logits<extra></extra>",
+             "marker": {"color": ["#2166ac" if v >= 0 else "#b2182b" for v in values]}, "cliponaxis": False}
+    frozen = "final norm's scale frozen" if parts.scale is not None else "no final norm"
+    title = f"direct logit attribution of the {parts.run} run, per component ({frozen})"
+    layout = {"title": {"text": _wrap(title, 70), "font": {"size": 14}},
+              "yaxis": {"title": {"text": "logit(answer) − logit(wrong), logits (0 = none)"}, "zeroline": True,
+                        "automargin": True},
+              "xaxis": {"type": "category", "automargin": True, "tickangle": -45},
+              "shapes": [{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": 0, "y1": 0,
+                          "line": {"dash": "dot", "color": "#888"}}],
+              "height": 400, "margin": {"l": 60, "r": 20, "t": 60, "b": 100}}
     return {"data": [trace], "layout": layout}
 
 

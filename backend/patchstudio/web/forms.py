@@ -46,6 +46,7 @@ DEFAULT_FORM: dict[str, str] = {
     "reference": "auto",
     "reference_prompts": "",
     "baseline": "corrupted",
+    "run": "clean",
     "metric": "logit_diff",
 }
 
@@ -253,6 +254,8 @@ FIELDS: dict[str, FormField] = {
                   title="same token length as your prompts", placeholder="When Anna and Tom went to the park , Tom gave a ring to"),
         _select("baseline", "Baseline input", (("corrupted", "the corrupted prompt (default)"), ("zero", "zero input")),
                 "what each token's influence is measured from: the shares add up to metric(clean) − metric(baseline)"),
+        _select("run", "Run read", (("clean", "the clean run"), ("corrupted", "the corrupted run")),
+                "the one run the logit lens or direct logit attribution reads (nothing is patched)"),
     )
 }
 

@@ -14,6 +14,8 @@ from patchstudio.engine.methods import (
     attribution_patching,
     direct_effect,
     input_influence,
+    logit_attribution,
+    logit_lens,
     path_patching,
     self_repair,
 )
@@ -24,7 +26,8 @@ from patchstudio.specs import register
 # The order methods are offered in (the form's method menu).
 METHODS: dict[str, Method] = {
     m.METHOD.name: m.METHOD
-    for m in (activation_patching, ablation, attribution_patching, path_patching, self_repair, input_influence, direct_effect)
+    for m in (activation_patching, ablation, attribution_patching, path_patching, self_repair, input_influence, direct_effect,
+              logit_lens, logit_attribution)
 }
 for _method in METHODS.values():
     register(_method.spec)

@@ -172,6 +172,10 @@ class Method:
     multi_token: bool = False
     pair_cost: Callable[[Any, Any, PreparedPair], int] | None = None
     references: tuple[str, ...] = field(default=())  # papers, for the docs
+    # a method that reads one run instead of intervening on it (the logit lens): (spec, the metric's
+    # unit) -> its cells' title; they have the raw view only (no change from "no effect", no share of
+    # the gap), and no Figure 1
+    reads_run: Callable[[Any, str], str] | None = None
 
     @property
     def name(self) -> str:

@@ -27,6 +27,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from patchstudio.engine import final_norm
 from patchstudio.engine import hooks as H
 from patchstudio.engine.forward import hooked
 from patchstudio.engine.methods.base import Method, PairContext, PairResult
@@ -47,8 +48,9 @@ class DirectEffectSpec(WholeHeadsSpec):
     direction: Direction = "noise"
 
 
-def final_names(n_layers: int) -> list[str]:
-    return [H.z_name(l) for l in range(n_layers)] + [H.resid_post_name(n_layers - 1), H.LN_FINAL_SCALE]
+def final_names(model) -> list[str]:
+    n_layers = int(model.cfg.n_layers)
+    return [H.z_name(l) for l in range(n_layers)] + [H.resid_post_name(n_layers - 1), *final_norm.scale_names(model)]
 
 
 def direct_effect_sweep(
@@ -66,12 +68,8 @@ def direct_effect_sweep(
     delta = torch.einsum("lhd,lhdm->lhm", (z_cf - z_base).to(w_o.dtype), w_o)
     resid = base_cache[H.resid_post_name(n_layers - 1)][0, -1]  # [d_model]
     rows = resid.unsqueeze(0) + delta.reshape(-1, delta.shape[-1])
-    scale = base_cache[H.LN_FINAL_SCALE][0, -1]  # [1]: the base run's, at the final position
-
-    def frozen_scale(act: Tensor, hook) -> Tensor:
-        return scale.to(act.dtype).expand_as(act)
-
-    with torch.no_grad(), hooked(model, {H.LN_FINAL_SCALE: [frozen_scale]}):
+    # the base run's scale at the final position (a model without a final norm has none to freeze)
+    with torch.no_grad(), hooked(model, final_norm.frozen(model, base_cache)):
         return readout(rows).float().cpu()
 
 
@@ -85,6 +83,7 @@ def run_pair(ctx: PairContext) -> PairResult:
 def check(model, spec) -> None:
     """A head's direct effect is its z @ W_O added to the residual stream: refuse an architecture
     where the attention output is not that sum (a norm after attention, as in Gemma 2)."""
+    final_norm.check_freezable(model, "the direct effect")
     if not profile(model).heads_add_up:
         raise InputError(
             f"the direct effect is not available for {architecture(model)}: its attention output is not the sum "
@@ -99,6 +98,6 @@ METHOD = Method(
     check=check,
     run_pair=run_pair,
     cost=lambda model, spec, seq_len: int(model.cfg.n_layers) * int(model.cfg.n_heads),  # rows of one readout
-    cache_names=lambda model, spec: final_names(int(model.cfg.n_layers)),
+    cache_names=lambda model, spec: final_names(model),
     references=("Wang et al. 2022", "McGrath et al. 2023"),
 )

@@ -12,12 +12,15 @@ from patchstudio.web.methods import (
     attribution_patching,
     direct_effect,
     input_influence,
+    logit_attribution,
+    logit_lens,
     path_patching,
     self_repair,
 )
 from patchstudio.web.methods.base import WebMethod
 
-_MODULES = (activation_patching, ablation, attribution_patching, path_patching, self_repair, input_influence, direct_effect)
+_MODULES = (activation_patching, ablation, attribution_patching, path_patching, self_repair, input_influence, direct_effect,
+            logit_lens, logit_attribution)
 _BY_NAME = {m.WEB.name: m.WEB for m in _MODULES}
 _MISSING = [name for name in METHODS if name not in _BY_NAME]
 if _MISSING:

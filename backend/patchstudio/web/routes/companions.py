@@ -20,7 +20,7 @@ from patchstudio.web import companions as comp
 from patchstudio.web import figures
 from patchstudio.web import url_builder as urls
 from patchstudio.web.deps import ClientDep, ServiceDep, StoredRunDep
-from patchstudio.web.explore_page import check_cell
+from patchstudio.web.explore_page import check_figure1
 from patchstudio.web.methods import WEB_METHODS
 from patchstudio.web.templating import templates
 
@@ -29,7 +29,7 @@ router = APIRouter(include_in_schema=False)
 
 def _figure1(request: Request, service: ExperimentService, result: PatchResult, layer: int | None, head: int | None,
              pos: int | None, companions: comp.Companions | None = None) -> Response:
-    check_cell(result, layer, pos, head)
+    check_figure1(result, layer, pos, head)
     url = urls.figure1(result.id, layer=layer, pos=pos, head=head)
     if companions is None:
         companions = comp.gather(service, result, analysis.triangulation_specs(result.spec, layer, head))
@@ -75,7 +75,7 @@ def compute_figure1(request: Request, service: ServiceDep, client: ClientDep, st
                     layer: int | None = None, head: int | None = None, pos: int | None = None) -> Response:
     """Compute Figure 1's missing companion runs: now when small, else as background jobs."""
     result = stored.result
-    check_cell(result, layer, pos, head)
+    check_figure1(result, layer, pos, head)
     companions = comp.compute(service, result, analysis.triangulation_specs(result.spec, layer, head), client)
     return _figure1(request, service, result, layer, head, pos, companions)
 
