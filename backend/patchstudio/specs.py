@@ -4,6 +4,11 @@ The spec is the public contract shared by the CLI, the Python API, the JSON API 
 It is data, never code: frozen pydantic models with extra fields forbidden, discriminated by
 ``method``. Its canonical JSON (defaults filled in, keys sorted, no whitespace) hashes to the
 experiment's ``id``, which is the permalink: the same experiment always gets the same link.
+The canonical form also writes what cannot change the result one way (``SpecBase.canonical_data``):
+answers without surrounding whitespace (the engine strips it, NBSP included), lists whose order
+means nothing sorted (a method's ``unordered`` fields: path patching's receivers, self-repair's
+targets), and fields the spec's settings never read at their defaults (ablation's seed under zero
+ablation, or mean ablation of given prompts). A spec already in that form keeps the id it had.
 
 "The corruption and the metric are part of the claim": both are required parts of every spec,
 and every result carries them.
@@ -22,6 +27,7 @@ import json
 from typing import Annotated, Any, Callable, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic_core import to_jsonable_python
 
 SCHEMA_VERSION = 1
 
@@ -104,7 +110,12 @@ class PromptPair(Frozen):
 
 
 class SpecBase(Frozen):
-    """Fields every method shares. A method's spec adds ``method: Literal["name"]`` and its own."""
+    """Fields every method shares. A method's spec adds ``method: Literal["name"]`` and its own.
+
+    ``unordered``: the method's list fields that are sets (their order cannot change the result):
+    the canonical form, and so the id, lists them sorted."""
+
+    unordered: ClassVar[tuple[str, ...]] = ()
 
     schema_version: Literal[1] = SCHEMA_VERSION
     model: str = Field("default", description="Name of an allowed model ('default' is the shipped one).")
@@ -126,8 +137,26 @@ class SpecBase(Frozen):
     def id(self) -> str:
         return spec_id(self)
 
+    def unused(self) -> tuple[str, ...]:
+        """Fields this spec's own settings never read (the canonical form writes their defaults).
+        A spec with the shared reference fields (ablation, seed, reference) has ``reference_unused``'s."""
+        fields = type(self).model_fields
+        return reference_unused(self) if {"ablation", "seed", "reference"} <= fields.keys() else ()
+
+    def canonical_data(self) -> dict[str, Any]:
+        """The spec as JSON data, with what cannot change its result written one way (module
+        docstring): the same for every equivalent spec, and the spec's own dump when it is normal."""
+        data = self.model_dump(mode="json")
+        for pair in data["prompts"]:
+            pair["answer"], pair["wrong"] = pair["answer"].strip(), pair["wrong"].strip()
+        for name in self.unordered:
+            data[name] = sorted(data[name], key=lambda item: tuple(item.values()) if isinstance(item, dict) else item)
+        for name in self.unused():
+            data[name] = to_jsonable_python(type(self).model_fields[name].get_default(call_default_factory=True))
+        return data
+
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return json.dumps(self.canonical_data(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 class HeadRef(Frozen):
@@ -172,6 +201,14 @@ REFERENCE_DESCRIPTION = (
     "built-in template, else the spec's own clean and corrupted prompts; the result says which) or "
     "{'prompts': [...]} (same token length as the spec's prompts)."
 )
+
+
+def reference_unused(spec: Any) -> tuple[str, ...]:
+    """The seed draws resample's reference prompt and generates an 'auto' reference set: zero
+    ablation reads no reference at all, and mean ablation of given prompts averages every one."""
+    if spec.ablation == "zero" or (spec.ablation == "mean" and spec.reference != "auto"):
+        return ("seed",)
+    return ()
 
 
 def check_reference(value: Any, info: Any) -> Any:

@@ -45,6 +45,7 @@ class PathPatchingSpec(WholeHeadsSpec):
     corrupted sender into the clean run; 'denoise' the reverse."""
 
     what: ClassVar[str] = "path patching sends from heads"
+    unordered: ClassVar[tuple[str, ...]] = ("receivers",)  # patched together: a set
     method: Literal["path_patching"] = "path_patching"
     direction: Direction = "noise"
     receivers: tuple[ReceiverSpec, ...] = Field((), description="Receiver heads' q/k/v inputs; empty = the logits.")

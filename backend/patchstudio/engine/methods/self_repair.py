@@ -64,6 +64,7 @@ class SelfRepairSpec(WholeHeadsSpec):
     ``reference`` set (``engine/reference.py``), as ablation does."""
 
     what: ClassVar[str] = "self-repair ablates heads"
+    unordered: ClassVar[tuple[str, ...]] = ("targets",)  # ablated together: a set
     method: Literal["self_repair"] = "self_repair"
     targets: tuple[HeadRef, ...] = Field(description="The ablated heads.", json_schema_extra={"minItems": 1})
     ablation: AblationKind = "mean"
