@@ -37,8 +37,8 @@ from torch import Tensor
 
 from patchstudio.engine import hooks as H
 from patchstudio.engine.forward import run_with_cache
-from patchstudio.engine.methods.ablation import ablation_values
-from patchstudio.engine.methods.base import Method, PairContext, PairResult, check_heads
+from patchstudio.engine.methods.ablation import ablation_sources, n_draws
+from patchstudio.engine.methods.base import Method, PairContext, PairResult, check_heads, sites_cost
 from patchstudio.engine.metrics import architecture
 from patchstudio.engine.precision import noise_floor
 from patchstudio.engine.profile import profile
@@ -50,6 +50,7 @@ from patchstudio.specs import (
     Reference,
     WholeHeadsSpec,
     check_reference,
+    draws_field,
     no_duplicates,
 )
 
@@ -68,7 +69,8 @@ class SelfRepairSpec(WholeHeadsSpec):
     method: Literal["self_repair"] = "self_repair"
     targets: tuple[HeadRef, ...] = Field(description="The ablated heads.", json_schema_extra={"minItems": 1})
     ablation: AblationKind = "mean"
-    seed: int = Field(0, description="Seed of the generated reference set and of resample's draw.")
+    seed: int = Field(0, description="Seed of the generated reference set and of resample's draws.")
+    draws: int = draws_field()
     reference: Reference = Field("auto", description=REFERENCE_DESCRIPTION)
     compensator: HeadRef | None = None
 
@@ -225,14 +227,18 @@ def refusal(model) -> str | None:
 
 
 def run_pair(ctx: PairContext) -> PairResult:
+    """The split for one pair; under resample ablation, the mean of its splits over the draws
+    (every part is a sum of per-draw terms, so the means still add up)."""
     spec, model = ctx.spec, ctx.model
-    values = ablation_values(spec.ablation, ctx.clean_cache, ctx.reference, ctx.pair, ctx.index, spec.seed)
-    replacements = {layer: values[H.z_name(layer)] for layer in range(int(model.cfg.n_layers))}
     targets = [(t.layer, t.head) for t in spec.targets]
     comp = (spec.compensator.layer, spec.compensator.head) if spec.compensator else None
-    analysis = self_repair(model, ctx.pair.clean, replacements, targets, ctx.pair.answer, ctx.pair.wrong, compensator=comp)
+    draws = []
+    for values in ablation_sources(ctx):
+        replacements = {layer: values[H.z_name(layer)] for layer in range(int(model.cfg.n_layers))}
+        draws.append(self_repair(model, ctx.pair.clean, replacements, targets, ctx.pair.answer, ctx.pair.wrong, compensator=comp))
+    analysis = {key: sum(d[key] for d in draws) / len(draws) for key in draws[0]}
     heads = analysis.pop("head_delta")
-    ctx.progress(heads.numel())
+    ctx.progress(heads.numel() * len(draws))
     return PairResult(heads.reshape(-1).float().cpu(), extras=analysis)
 
 
@@ -265,6 +271,7 @@ METHOD = Method(
     spec=SelfRepairSpec,
     run_pair=run_pair,
     values="change",  # each head's change in direct effect
+    cost=lambda model, spec, seq_len: sites_cost(model, spec, seq_len) * n_draws(spec),
     same_length=lambda spec: spec.ablation != "zero",
     needs_reference=lambda spec: spec.ablation != "zero",
     check=check,
