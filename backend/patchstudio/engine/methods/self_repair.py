@@ -42,6 +42,7 @@ from patchstudio.engine.methods.base import Method, PairContext, PairResult, che
 from patchstudio.engine.metrics import architecture
 from patchstudio.engine.precision import noise_floor
 from patchstudio.engine.profile import profile
+from patchstudio.engine.stats import spread
 from patchstudio.errors import InputError
 from patchstudio.specs import (
     REFERENCE_DESCRIPTION,
@@ -242,21 +243,33 @@ def run_pair(ctx: PairContext) -> PairResult:
     return PairResult(heads.reshape(-1).float().cpu(), extras=analysis)
 
 
+HEADLINE = ("total_effect", "direct_effect", "self_repair", "ln_scale_part")
+PAIRED = ("paired_total_effect", "compensator_total_effect", "paired_excess")
+
+
 def summarize(per_prompt: list[dict], spec, clean_mean: float) -> dict:
-    """Self-repair numbers averaged over the prompts."""
-
-    def mean(key: str) -> float:
-        return sum(float(d[key]) for d in per_prompt) / len(per_prompt)
-
-    mlp = torch.stack([d["mlp_delta"] for d in per_prompt]).mean(0)
-    out = {k: mean(k) for k in ("total_effect", "direct_effect", "self_repair", "ln_scale_part")}
-    out["ablated"] = clean_mean + out["total_effect"]
-    out["mlp_delta"] = [float(v) for v in mlp]
+    """Self-repair numbers averaged over the prompts, each with its 95% interval over the prompts
+    (``engine.stats.spread``; ``ci``: name -> [low, high], ``mlp_delta_ci``: [low, high] per layer),
+    and every prompt's own numbers (``per_prompt``: name -> one value per prompt; ``mlp_delta``:
+    one row of layers per prompt), from which the analysis takes its movers' shares and intervals."""
+    rows = {k: [float(d[k]) for d in per_prompt] for k in HEADLINE}
     if spec.compensator is not None:
-        out["paired_total_effect"] = mean("paired_total_effect")
-        out["compensator_total_effect"] = mean("compensator_total_effect")
+        rows["paired_total_effect"] = [float(d["paired_total_effect"]) for d in per_prompt]
+        rows["compensator_total_effect"] = [float(d["compensator_total_effect"]) for d in per_prompt]
         # what the pair costs beyond the two single ablations together (same sign as TE: a larger drop)
-        out["paired_excess"] = out["paired_total_effect"] - out["total_effect"] - out["compensator_total_effect"]
+        rows["paired_excess"] = [p - t - c for p, t, c in zip(rows["paired_total_effect"], rows["total_effect"],
+                                                               rows["compensator_total_effect"])]
+    mlp = torch.stack([d["mlp_delta"].double().cpu() for d in per_prompt])  # [prompts, layers]
+    names = list(rows)
+    table = torch.tensor([rows[k] for k in names], dtype=torch.float64).T  # [prompts, names]
+    _, low, high = spread(table)
+    _, mlp_low, mlp_high = spread(mlp)
+    out: dict = {k: float(table[:, i].mean()) for i, k in enumerate(names)}
+    out["ablated"] = clean_mean + out["total_effect"]
+    out["mlp_delta"] = [float(v) for v in mlp.mean(0)]
+    out["ci"] = {k: [float(low[i]), float(high[i])] for i, k in enumerate(names)}
+    out["mlp_delta_ci"] = [[float(a), float(b)] for a, b in zip(mlp_low, mlp_high)]
+    out["per_prompt"] = {**rows, "mlp_delta": mlp.tolist()}
     return out
 
 
