@@ -17,7 +17,7 @@ constant, so a page and a notebook read a result the same way.
 
 from __future__ import annotations
 
-from patchstudio.analysis.self_repair import Compensator, repair_reading, top_compensators
+from patchstudio.analysis.self_repair import MOVER_FLOOR, RESPONSE_LABEL, Compensator, Mover, movers, repair_reading, top_compensators
 from patchstudio.analysis.triangulation import (
     ATTRIBUTION_OFF,
     COMPENSATED,
@@ -75,10 +75,10 @@ from patchstudio.analysis.views import (
 __all__ = [
     "ATTRIBUTION_OFF", "COMPENSATED", "DIRECT_MIN", "LARGE_SHARE", "METRIC_UNITS", "PATH_MIN_PATCHING",
     "PATH_MOSTLY_INDIRECT", "SEQUENCE_METRIC_UNITS", "SMALL_SHARE", "VIEWS", "VIEW_LABELS", "ZERO_GAP",
-    "CellPrompts", "Compensator", "Reading", "Triangulation", "View",
+    "CellPrompts", "Compensator", "MOVER_FLOOR", "Mover", "RESPONSE_LABEL", "Reading", "Triangulation", "View",
     "agreement", "all_views", "axes_shape", "cell_name", "cell_prompts", "cell_value", "compare", "corruption_summary",
     "default_pos", "default_view", "evidence", "exact_patching_spec", "flat_cells", "gap", "mean_ablation_spec",
     "metric_label", "metric_unit", "moved_share", "multi_token", "no_effect", "pearson", "percent", "position_roles",
-    "ranks", "read", "removed_share", "repair_reading", "share_defined", "strongest_cell", "top_compensators",
+    "movers", "ranks", "read", "removed_share", "repair_reading", "share_defined", "strongest_cell", "top_compensators",
     "triangulate", "triangulation_flags", "triangulation_specs", "verdict", "view",
 ]

@@ -127,3 +127,16 @@ def spread(per_prompt: Tensor, *, resamples: int = BOOTSTRAP_RESAMPLES, seed: in
     flat = std == 0
     low[flat], high[flat] = mean[flat], mean[flat]
     return std, low, high
+
+
+def ratio_spread(numerator: Tensor, denominator: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(ratio, ci_low, ci_high) per cell of mean(numerator) / mean(denominator), both [n prompts, cells]:
+    ``spread``'s interval of the ratio's linearised per-prompt values r + (x_i − r·y_i) / mean(y)
+    (the delta method; their mean is the ratio itself), so a share's interval carries the spread of
+    both the part and the whole. NaN where the denominator's mean is 0."""
+    x = numerator.detach().double().reshape(numerator.shape[0], -1)
+    y = denominator.detach().double().reshape(denominator.shape[0], -1)
+    y_mean = y.mean(0)
+    ratio = x.mean(0) / y_mean
+    _, low, high = spread(ratio + (x - ratio * y) / y_mean)
+    return ratio, low, high
