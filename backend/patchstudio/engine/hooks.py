@@ -83,6 +83,12 @@ def mlp_out_name(layer: int) -> str:
 LN_FINAL_SCALE = "ln_final.hook_scale"
 
 
+def final_scale_names(model) -> list[str]:
+    """``[LN_FINAL_SCALE]``, or none for a model without a final norm (``normalization_type``
+    None, e.g. the Tracr models: ``ln_final`` is the identity and has no scale to read or freeze)."""
+    return [LN_FINAL_SCALE] if getattr(model.cfg, "normalization_type", "LN") is not None else []
+
+
 def activation_kind(component: str) -> str:
     return _HOOKS[component][1]
 

@@ -47,8 +47,9 @@ class DirectEffectSpec(WholeHeadsSpec):
     direction: Direction = "noise"
 
 
-def final_names(n_layers: int) -> list[str]:
-    return [H.z_name(l) for l in range(n_layers)] + [H.resid_post_name(n_layers - 1), H.LN_FINAL_SCALE]
+def final_names(model) -> list[str]:
+    n_layers = int(model.cfg.n_layers)
+    return [H.z_name(l) for l in range(n_layers)] + [H.resid_post_name(n_layers - 1), *H.final_scale_names(model)]
 
 
 def direct_effect_sweep(
@@ -66,6 +67,9 @@ def direct_effect_sweep(
     delta = torch.einsum("lhd,lhdm->lhm", (z_cf - z_base).to(w_o.dtype), w_o)
     resid = base_cache[H.resid_post_name(n_layers - 1)][0, -1]  # [d_model]
     rows = resid.unsqueeze(0) + delta.reshape(-1, delta.shape[-1])
+    if not H.final_scale_names(model):  # no final norm: nothing to freeze
+        with torch.no_grad():
+            return readout(rows).float().cpu()
     scale = base_cache[H.LN_FINAL_SCALE][0, -1]  # [1]: the base run's, at the final position
 
     def frozen_scale(act: Tensor, hook) -> Tensor:
@@ -99,6 +103,6 @@ METHOD = Method(
     check=check,
     run_pair=run_pair,
     cost=lambda model, spec, seq_len: int(model.cfg.n_layers) * int(model.cfg.n_heads),  # rows of one readout
-    cache_names=lambda model, spec: final_names(int(model.cfg.n_layers)),
+    cache_names=lambda model, spec: final_names(model),
     references=("Wang et al. 2022", "McGrath et al. 2023"),
 )

@@ -112,9 +112,10 @@ def _direction(model, answer: int, wrong: int) -> Tensor:
     return diff * ln_w.detach() if ln_w is not None else diff
 
 
-def _rms_norm(model) -> bool:
-    """The final norm divides by the root mean square without subtracting the mean (RMSNorm)."""
-    return str(getattr(model.cfg, "normalization_type", "LN")).startswith("RMS")
+def _centres(model) -> bool:
+    """The final norm subtracts the mean (LayerNorm); RMSNorm does not, and a model without a
+    final norm (``normalization_type`` None, e.g. Tracr's) neither centres nor scales."""
+    return str(getattr(model.cfg, "normalization_type", "LN")).startswith("LN")
 
 
 def _head_outputs(model, z: Tensor) -> Tensor:
@@ -125,15 +126,18 @@ def _head_outputs(model, z: Tensor) -> Tensor:
 def _run(model, tokens: Tensor, hooks: dict) -> dict[str, Tensor]:
     n_layers = int(model.cfg.n_layers)
     names = [H.z_name(l) for l in range(n_layers)] + [H.mlp_out_name(l) for l in range(n_layers)]
-    names += [H.LN_FINAL_SCALE, H.resid_post_name(n_layers - 1)]
+    scale_names = H.final_scale_names(model)
+    names += [*scale_names, H.resid_post_name(n_layers - 1)]
     logits, cache = run_with_cache(model, tokens, names, hooks)
+    resid = cache[H.resid_post_name(n_layers - 1)][0, -1]
     z = torch.stack([cache[H.z_name(l)][0, -1] for l in range(n_layers)])  # [L, H, d_head]
     return {
         "logits": logits[0],
         "heads": _head_outputs(model, z),
         "mlps": torch.stack([cache[H.mlp_out_name(l)][0, -1] for l in range(n_layers)]),
-        "scale": cache[H.LN_FINAL_SCALE][0, -1, 0],
-        "resid": cache[H.resid_post_name(n_layers - 1)][0, -1],
+        # no final norm: a scale of 1, so the LayerNorm part is 0
+        "scale": cache[H.LN_FINAL_SCALE][0, -1, 0] if scale_names else torch.ones((), dtype=resid.dtype, device=resid.device),
+        "resid": resid,
     }
 
 
@@ -165,7 +169,7 @@ def self_repair(
     """The decomposition above for one prompt. ``replacements[layer]`` is the ablation value of
     that layer's z ([1, pos, heads, d_head]) for the targets (and the compensator)."""
     u = _direction(model, answer, wrong)
-    centre = not _rms_norm(model)
+    centre = _centres(model)
 
     def f(v: Tensor, s: Tensor) -> Tensor:
         return ((v - v.mean(-1, keepdim=True) if centre else v) / s) @ u
