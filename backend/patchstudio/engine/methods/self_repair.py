@@ -1,4 +1,4 @@
-"""Self-repair: how much of an ablated component's direct effect the rest of the network gives back.
+"""Self-repair: an ablated component's direct effect beside the rest of the network's response.
 
 Ablating a component changes the system being measured: downstream components react (the Hydra
 effect, McGrath et al. 2023; Rushing & Nanda 2024, "Explorations of self-repair"). For the logit
@@ -13,9 +13,11 @@ so the total effect of an ablation splits exactly into per-component changes of 
 (at the clean scale) plus the part due to the change of the scale itself:
 
     TE = metric(ablated) - metric(clean) = sum_c dDE_c + LN,   dDE_c = f(out_c^abl, s_clean) - f(out_c^clean, s_clean)
-    DE = sum over the targets of dDE_c;   self-repair = TE - DE = sum over the others of dDE_c + LN
+    DE = sum over the targets of dDE_c;   TE - DE = sum over the others of dDE_c + LN
 
-A drop smaller than the direct effect means the network compensated. Paired ablation removes a
+TE − DE is the rest of the network's response: all of the targets' indirect effects plus any
+reactive repair, which one ablation cannot tell apart (``analysis/self_repair.py``). Without a
+final norm (the Tracr models) s = 1, nothing is centred and LN = 0. Paired ablation removes a
 candidate compensator along with the target: the result then also has the compensator's total
 effect alone, and the paired total effect; a paired drop larger than the two single drops together
 (``paired_excess``) is what ablating the target alone hid.
