@@ -11,6 +11,7 @@ and every metric has its one- and several-token form.
 from __future__ import annotations
 
 import itertools
+import random
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -318,3 +319,14 @@ def path_patching(model, pairs: list[Pair], direction: str, receivers: Sequence[
                 with torch.no_grad():
                     out[L, h] += float(score(model, base, pair, "logit_diff", patch))
     return out / len(pairs)
+
+
+def resample_draws(pool_size: int, index: int, seed: int, draws: int, exclude: set[int]) -> list[int]:
+    """Resample ablation's draws for prompt ``index``, written from engine/reference.py's docstring
+    (not its code): ``random.Random(seed * 1_000_003 + index)``; the first draw is ``choice`` of the
+    allowed prompts, then ``sample`` of the others, cycled to ``draws``."""
+    allowed = [j for j in range(pool_size) if j not in exclude]
+    rng = random.Random(seed * 1_000_003 + index)
+    first = rng.choice(allowed)
+    order = [first] + rng.sample([j for j in allowed if j != first], len(allowed) - 1)
+    return [order[k % len(order)] for k in range(draws)]

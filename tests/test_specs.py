@@ -47,6 +47,7 @@ ABLATE_FULL = {
     "metric": "logit_diff",
     "ablation": "mean",
     "seed": 0,
+    "draws": 8,
     "reference": "auto",
 }
 
@@ -139,9 +140,11 @@ def test_id_is_16_hex_digits(data):
         (ABLATE, ABLATE_FULL),
         (ABLATE, dict(reversed(list(ABLATE_FULL.items())))),
         (ABLATE, json.dumps(ABLATE_FULL, indent=4)),  # whitespace in the JSON does not matter
+        (ABLATE, {**ABLATE, "draws": 3}),  # draws are resample's: mean ablation never reads them
+        ({**ABLATE, "ablation": "zero"}, {**ABLATE, "ablation": "zero", "draws": 1}),
     ],
     ids=["same", "patch-defaults-explicit", "patch-key-order", "pair-key-order",
-         "ablate-defaults-explicit", "ablate-key-order", "ablate-json-indent"],
+         "ablate-defaults-explicit", "ablate-key-order", "ablate-json-indent", "mean-draws", "zero-draws"],
 )
 def test_id_equal_for_equal_specs(a, b):
     assert parse_spec(a).id == parse_spec(b).id
@@ -161,12 +164,20 @@ def test_id_equal_for_equal_specs(a, b):
         (ABLATE, {"ablation": "zero"}),
         (ABLATE, {"ablation": "resample"}),
         (ABLATE, {"seed": 1}),
+        ({**ABLATE, "ablation": "resample"}, {"draws": 3}),
         (ABLATE, {"component": "attn_out"}),
     ],
     ids=lambda v: "-".join(v) if isinstance(v, dict) else None,
 )
 def test_id_changes_when_any_field_changes(base, change):
     assert parse_spec(base).id != parse_spec({**base, **change}).id
+
+
+def test_draws_are_written_only_for_resample():
+    """Specs that do not resample keep the ids they had before the field existed (no 'draws' key)."""
+    assert "draws" not in json.loads(parse_spec(ABLATE).canonical_json())
+    assert "draws" not in json.loads(parse_spec({**ABLATE, "method": "self_repair", "targets": [{"layer": 2, "head": 2}]}).canonical_json())
+    assert json.loads(parse_spec({**ABLATE, "ablation": "resample"}).canonical_json())["draws"] == 8
 
 
 def test_patching_and_ablation_ids_differ_for_the_same_prompts():

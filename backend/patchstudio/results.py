@@ -50,9 +50,10 @@ class PatchResult(BaseModel):
     Spread over the prompts, each in ``values``' nested shape: ``per_prompt`` (one more axis in
     front, the prompt: ``per_prompt[i]`` is prompt i's sweep), ``std`` (the sample standard
     deviation over the prompts, n - 1 in the denominator; 0 for a single prompt) and
-    ``ci_low``/``ci_high``, a 95% percentile bootstrap interval of the mean (``engine.stats``:
-    1,000 resamples of the prompts with replacement, fixed seed; for a single prompt every resample
-    is that prompt, so the interval collapses to the value). Under ``normalized_logit_diff`` the
+    ``ci_low``/``ci_high``, a 95% interval of the mean over the prompts, of the kind ``ci_method``
+    names (``engine.stats``: a studentised bootstrap, 1,000 resamples of the prompts with a fixed
+    seed, never narrower than the Student t interval; for a single prompt it collapses to the
+    value). Under ``normalized_logit_diff`` the
     per-prompt values are normalised with the same set-level clean and corrupted means as
     ``values``, so ``values`` is exactly their mean. Results stored before these fields existed
     have them as None.
@@ -76,8 +77,13 @@ class PatchResult(BaseModel):
     extras: dict[str, Any] | None = Field(None, description="Method-specific summaries (self-repair: TE, DE, ...).")
     per_prompt: Any = Field(None, description="Each prompt's values: [prompt][...axes].")
     std: Any = Field(None, description="Per cell: sample standard deviation over the prompts (0 for one prompt).")
-    ci_low: Any = Field(None, description="Per cell: lower end of a 95% bootstrap interval of the mean.")
-    ci_high: Any = Field(None, description="Per cell: upper end of a 95% bootstrap interval of the mean.")
+    ci_low: Any = Field(None, description="Per cell: lower end of a 95% interval of the mean over the prompts.")
+    ci_high: Any = Field(None, description="Per cell: upper end of a 95% interval of the mean over the prompts.")
+    ci_method: str | None = Field(
+        None,
+        description="Which interval ci_low/ci_high are (engine.stats.CI_METHOD); None: stored before this field, "
+        "when the interval was a percentile bootstrap.",
+    )
     reference: dict[str, Any] | None = Field(
         None,
         description="Mean/resample ablation's reference set: {kind: generated | given | own, n, description}.",

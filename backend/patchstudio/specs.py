@@ -8,7 +8,9 @@ The canonical form also writes what cannot change the result one way (``SpecBase
 answers without surrounding whitespace (the engine strips it, NBSP included), lists whose order
 means nothing sorted (a method's ``unordered`` fields: path patching's receivers, self-repair's
 targets), and fields the spec's settings never read at their defaults (ablation's seed under zero
-ablation, or mean ablation of given prompts). A spec already in that form keeps the id it had.
+ablation, or mean ablation of given prompts). Resample's ``draws`` is left out altogether where the
+ablation is not resample (``omitted``), so specs written before the field existed keep their ids.
+A spec already in that form keeps the id it had.
 
 "The corruption and the metric are part of the claim": both are required parts of every spec,
 and every result carries them.
@@ -143,6 +145,12 @@ class SpecBase(Frozen):
         fields = type(self).model_fields
         return reference_unused(self) if {"ablation", "seed", "reference"} <= fields.keys() else ()
 
+    def omitted(self) -> tuple[str, ...]:
+        """Fields newer than the ids pinned before them, left out of the canonical form where this
+        spec's settings never read them (``draws`` unless the ablation is resample)."""
+        fields = type(self).model_fields
+        return ("draws",) if "draws" in fields and getattr(self, "ablation", None) != "resample" else ()
+
     def canonical_data(self) -> dict[str, Any]:
         """The spec as JSON data, with what cannot change its result written one way (module
         docstring): the same for every equivalent spec, and the spec's own dump when it is normal."""
@@ -153,6 +161,8 @@ class SpecBase(Frozen):
             data[name] = sorted(data[name], key=lambda item: tuple(item.values()) if isinstance(item, dict) else item)
         for name in self.unused():
             data[name] = to_jsonable_python(type(self).model_fields[name].get_default(call_default_factory=True))
+        for name in self.omitted():
+            del data[name]
         return data
 
     def canonical_json(self) -> str:
@@ -201,6 +211,16 @@ REFERENCE_DESCRIPTION = (
     "built-in template, else the spec's own clean and corrupted prompts; the result says which) or "
     "{'prompts': [...]} (same token length as the spec's prompts)."
 )
+
+
+DEFAULT_DRAWS = 8  # resample ablation's draws per prompt: one draw's result moved with the seed
+MAX_DRAWS = 64
+
+
+def draws_field() -> Any:
+    return Field(DEFAULT_DRAWS, ge=1, le=MAX_DRAWS, description=(
+        "Resample ablation: reference prompts drawn per prompt pair; the pair's value is the mean over "
+        "them (other ablations ignore it)."))
 
 
 def reference_unused(spec: Any) -> tuple[str, ...]:

@@ -11,6 +11,7 @@ import torch
 
 from helpers import TINY_PAIRS
 from patchstudio.engine.methods.ablation import resample_index
+from references import resample_draws
 from patchstudio.engine.run import run
 from patchstudio.errors import InputError
 
@@ -25,8 +26,9 @@ def _tokens(model):
     return clean, corrupted, ans, wrong
 
 
-def _reference(model, kind, hook_of, edit, n_units):
-    """Mean over prompts of logit(answer) - logit(wrong) with unit u ablated by ``edit``.
+def _reference(model, kind, hook_of, edit, n_units, draws=8):
+    """Mean over prompts of logit(answer) - logit(wrong) with unit u ablated by ``edit``; under
+    resample, each prompt's value is the mean over its ``draws`` draws, averaged here by hand.
 
     ``hook_of(u)`` names the hook; ``edit(act, u, replacement)`` writes the replacement in place."""
     clean, corrupted, ans, wrong = _tokens(model)
@@ -38,20 +40,20 @@ def _reference(model, kind, hook_of, edit, n_units):
         total = 0.0
         for i, toks in enumerate(clean):
             if kind == "zero":
-                repl = torch.zeros_like(caches[i])
+                repls = [torch.zeros_like(caches[i])]
             elif kind == "mean":
-                repl = torch.stack(caches).mean(0)
+                repls = [torch.stack(caches).mean(0)]
             else:  # never the pair's own clean (i) or corrupted (n + i) prompt
-                repl = caches[resample_index(len(pool), i, seed=7, exclude={i, len(clean) + i})]
+                repls = [caches[j] for j in resample_draws(len(pool), i, 7, draws, exclude={i, len(clean) + i})]
+            for repl in repls:
+                def hook(act, hook, repl=repl):
+                    act = act.clone()
+                    edit(act, u, repl)
+                    return act
 
-            def hook(act, hook, repl=repl):
-                act = act.clone()
-                edit(act, u, repl)
-                return act
-
-            with torch.no_grad():
-                logits = model.run_with_hooks(toks, fwd_hooks=[(name, hook)])
-            total += float(logits[0, -1, ans[i]] - logits[0, -1, wrong[i]])
+                with torch.no_grad():
+                    logits = model.run_with_hooks(toks, fwd_hooks=[(name, hook)])
+                total += float(logits[0, -1, ans[i]] - logits[0, -1, wrong[i]]) / len(repls)
         out[u] = total / len(clean)
     return out
 
@@ -114,6 +116,20 @@ def test_resample_with_one_pair_and_only_its_own_prompts_is_refused(tiny_model):
     with pytest.raises(InputError, match="nothing to draw from") as info:
         run(tiny_model, {"method": "ablation", "ablation": "resample", "prompts": TINY_PAIRS[:1], "component": "head"})
     assert info.value.field == "reference"
+
+
+@pytest.mark.parametrize("draws", [1, 3])
+def test_resample_draws_average_by_hand(tiny_model, draws):
+    """One draw and three: each prompt's value is the mean of its own draws, not one draw's."""
+    n_heads = tiny_model.cfg.n_heads
+
+    def edit(act, u, repl):
+        act[:, :, u % n_heads] = repl[:, :, u % n_heads]
+
+    ref = _reference(tiny_model, "resample", lambda u: f"blocks.{u // n_heads}.attn.hook_z", edit, 2 * n_heads, draws)
+    result = run(tiny_model, {"method": "ablation", "ablation": "resample", "seed": 7, "draws": draws,
+                              "prompts": TINY_PAIRS, "component": "head"})
+    assert torch.allclose(torch.tensor(result.values).reshape(-1), ref, atol=TOL)
 
 
 def test_resample_index_is_seeded_and_never_the_prompt_itself():

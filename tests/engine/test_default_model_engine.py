@@ -67,7 +67,8 @@ def test_normalized_logit_diff_is_zero_and_one_at_the_baselines(model):
 @pytest.mark.parametrize("layer, head", [(0, 3), (3, 5)])
 def test_head_ablation_equals_a_plain_hook(model, kind, layer, head):
     """The reference set is generated from the prompts' template ('auto': 64 IOI prompts of template 0)."""
-    from patchstudio.engine.reference import REFERENCE_SIZE, resample_index
+    from patchstudio.engine.reference import REFERENCE_SIZE
+    from references import resample_draws
     from patchstudio.models.prompts import reference_prompts
 
     name = f"blocks.{layer}.attn.hook_z"
@@ -79,20 +80,22 @@ def test_head_ablation_equals_a_plain_hook(model, kind, layer, head):
     expected = []
     for i, (clean, corrupted, ans, wrong) in enumerate(tokens):
         if kind == "zero":
-            repl = torch.zeros_like(acts[0])
+            repls = [torch.zeros_like(acts[0])]
         elif kind == "mean":
-            repl = torch.stack(acts).mean(0)
-        else:  # never the pair's own clean or corrupted prompt
+            repls = [torch.stack(acts).mean(0)]
+        else:  # never the pair's own clean or corrupted prompt; the mean over the default 8 draws
             own = {j for j, t in enumerate(pool) if torch.equal(t, clean) or torch.equal(t, corrupted)}
-            repl = acts[resample_index(len(pool), i, seed=0, exclude=own)]
+            repls = [acts[j] for j in resample_draws(len(pool), i, 0, 8, exclude=own)]
+        value = 0.0
+        for repl in repls:
+            def hook(act, hook, repl=repl):
+                act = act.clone()
+                act[:, :, head] = repl[:, :, head]
+                return act
 
-        def hook(act, hook, repl=repl):
-            act = act.clone()
-            act[:, :, head] = repl[:, :, head]
-            return act
-
-        with torch.no_grad():
-            logits = model.run_with_hooks(clean, fwd_hooks=[(name, hook)])
-        expected.append(float(logits[0, -1, ans] - logits[0, -1, wrong]))
+            with torch.no_grad():
+                logits = model.run_with_hooks(clean, fwd_hooks=[(name, hook)])
+            value += float(logits[0, -1, ans] - logits[0, -1, wrong]) / len(repls)
+        expected.append(value)
     result = run(model, {"method": "ablation", "ablation": kind, "prompts": PAIRS, "component": "head"})
     assert result.values[layer][head] == pytest.approx(sum(expected) / len(expected), abs=1e-4)

@@ -8,6 +8,7 @@ import torch
 from pydantic import ValidationError
 
 from helpers import TINY_PAIRS
+from references import resample_draws
 from patchstudio.engine import reference as R
 from patchstudio.engine.run import run
 from patchstudio.errors import InputError
@@ -73,7 +74,8 @@ def test_resample_with_one_pair_differs_from_noising_and_follows_its_seed(tiny_m
     noised = torch.tensor(run(tiny_model, {"prompts": pair, "direction": "noise"}).values)
     by_seed = {}
     for seed in range(6):
-        spec = {"method": "ablation", "ablation": "resample", "seed": seed, "prompts": pair, "reference": {"prompts": GIVEN}}
+        spec = {"method": "ablation", "ablation": "resample", "seed": seed, "draws": 1, "prompts": pair,
+                "reference": {"prompts": GIVEN}}
         by_seed[seed] = torch.tensor(run(tiny_model, spec).values)
         assert (by_seed[seed] - noised).abs().max() > 1e-3  # not noising under another name
     distinct = {tuple(v.reshape(-1).tolist()) for v in by_seed.values()}
@@ -84,6 +86,25 @@ def test_resample_with_one_pair_differs_from_noising_and_follows_its_seed(tiny_m
         assert j != 0
         z = _z(tiny_model, [GIVEN[j]], 1)[0]
         assert by_seed[seed][1, 2] == pytest.approx(_ablate_head(tiny_model, pair, 1, 2, lambda i: z), abs=TOL)
+
+
+@pytest.mark.parametrize("draws", [3, 8])
+def test_resample_averages_its_draws_over_given_prompts(tiny_model, draws):
+    """Each pair's value is the mean of plain-hook ablations with each drawn prompt's z, the draws
+    taken by the documented rule (3: distinct; 8 from 7 or 8 allowed prompts: cycled where 7, so one prompt counts twice)."""
+    pool = GIVEN + [p["corrupted"] for p in TINY_PAIRS]
+    result = run(tiny_model, {"method": "ablation", "ablation": "resample", "seed": 4, "draws": draws,
+                              "prompts": TINY_PAIRS, "reference": {"prompts": pool}})
+    if draws == 8:
+        assert result.spec.draws == 8  # the default
+    for layer, head in [(0, 1), (1, 2)]:
+        zs = _z(tiny_model, pool, layer)
+        expected = 0.0
+        for i, pair in enumerate(TINY_PAIRS):
+            own = {j for j, text in enumerate(pool) if text in (pair["clean"], pair["corrupted"])}
+            js = resample_draws(len(pool), i, 4, draws, exclude=own)
+            expected += sum(_ablate_head(tiny_model, [pair], layer, head, lambda _: zs[j]) for j in js) / draws
+        assert result.values[layer][head] == pytest.approx(expected / len(TINY_PAIRS), abs=TOL)
 
 
 def test_resample_never_draws_the_pairs_own_prompts(tiny_model):

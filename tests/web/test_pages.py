@@ -215,6 +215,20 @@ def test_self_repair_from_the_form(client, tiny_model):
         if c.head is not None and c.name != "L1H2":
             assert f'data-compensator="{c.name}">Pair-ablate {c.name} with the targets<' in response.text
     assert 'data-compensator="L1H2"' not in response.text
+    # TE - DE named for what it is, never "the network's response"; movers both ways, MLPs included
+    assert "the rest of the network&#39;s response: all the targets&#39; indirect effects plus any reactive repair" in response.text
+    assert "the network's response" not in response.text and "understates" not in response.text
+    de = x["direct_effect"]
+    listed = {m.name for m in analysis.movers(expected, n=100)}
+    for l, v in enumerate(x["mlp_delta"]):
+        share = (1 if de < 0 else -1) * v / abs(de)
+        table = "compensators" if share > 0 else "amplifiers"
+        section = re.search(rf'id="{table}">(.*?)</table>', response.text, re.S).group(1)
+        assert (f"<td>MLP{l}</td>" in section) == (abs(share) >= analysis.MOVER_FLOOR and f"MLP{l}" in listed)
+    for l, row in enumerate(expected.values):  # heads under the floor get no button
+        for h, v in enumerate(row):
+            if abs(v) < analysis.MOVER_FLOOR * abs(de):
+                assert f'data-compensator="L{l}H{h}"' not in response.text
     bad = client.post("/explore", data=form(method="self_repair", targets="two heads"), headers=HTMX)
     assert re.search(r'id="err-targets"[^>]*>targets: &#39;two&#39; is not a head', bad.text)
 

@@ -21,7 +21,7 @@ constant, so a page and a notebook read a result the same way.
 from __future__ import annotations
 
 from patchstudio.analysis.logit_attribution import LogitParts, Part, logit_parts
-from patchstudio.analysis.self_repair import Compensator, repair_reading, top_compensators
+from patchstudio.analysis.self_repair import MOVER_FLOOR, RESPONSE_LABEL, Compensator, Mover, movers, repair_reading, top_compensators
 from patchstudio.analysis.significance import (
     DEFAULT_SCALE,
     EFFECT_FLOOR,
@@ -98,10 +98,10 @@ __all__ = [
     "floor_notice", "largest_effect", "largest_share", "offered_scales", "scale", "spread",
     "ATTRIBUTION_OFF", "COMPENSATED", "DIRECT_MIN", "LARGE_SHARE", "METRIC_UNITS", "PATH_MIN_PATCHING",
     "PATH_MOSTLY_INDIRECT", "SEQUENCE_METRIC_UNITS", "SMALL_SHARE", "VIEWS", "VIEW_LABELS", "ZERO_GAP",
-    "CellPrompts", "Compensator", "LogitParts", "Part", "Reading", "Triangulation", "View",
+    "CellPrompts", "Compensator", "MOVER_FLOOR", "Mover", "RESPONSE_LABEL", "LogitParts", "Part", "Reading", "Triangulation", "View",
     "agreement", "all_views", "axes_shape", "cell_name", "cell_prompts", "cell_value", "compare", "corruption_summary",
     "default_pos", "default_view", "evidence", "exact_patching_spec", "flat_cells", "gap", "logit_parts", "mean_ablation_spec",
     "metric_label", "metric_unit", "moved_share", "multi_token", "no_effect", "pearson", "percent", "position_roles",
-    "ranks", "read", "removed_share", "repair_reading", "share_defined", "strongest_cell", "top_compensators",
+    "movers", "ranks", "read", "removed_share", "repair_reading", "share_defined", "strongest_cell", "top_compensators",
     "triangulate", "triangulation_flags", "triangulation_specs", "verdict", "view",
 ]

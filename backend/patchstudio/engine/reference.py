@@ -14,9 +14,12 @@ the result says which was used (``PatchResult.reference``):
   corrupted, and resample ablation has nothing to draw from.
 - ``{"prompts": [...]}``: the prompts given ("given"), each of the spec's token length.
 
-Resample ablation of pair i draws, with ``random.Random(seed * 1_000_003 + i)``, one reference
-prompt whose tokens are neither pair i's clean nor its corrupted prompt: it never resamples a
-prompt from itself or from its own counterfactual (that would be activation patching). Mean
+Resample ablation of pair i draws, with ``random.Random(seed * 1_000_003 + i)``, ``draws`` reference
+prompts whose tokens are neither pair i's clean nor its corrupted prompt: it never resamples a
+prompt from itself or from its own counterfactual (that would be activation patching). The first
+draw is ``rng.choice`` of those prompts, the rest follow it in the order of ``rng.sample`` of the
+others, cycling when there are fewer prompts than draws; the pair's value is the mean over its
+draws, so one draw's luck (the result moved with the seed) is averaged out (``resample_indices``). Mean
 ablation averages over the whole reference set, position by position (so the reference prompts
 must have the spec's token length).
 
@@ -74,22 +77,34 @@ class ReferenceSet:
     acts: dict[str, Tensor]  # [n, ...] per hook
     mean: dict[str, Tensor] = field(default_factory=dict)  # [1, ...] per hook
 
-    def draw(self, pair: PreparedPair, index: int, seed: int) -> dict[str, Tensor]:
-        """Resample ablation's values for pair ``index`` (batch axis of size 1)."""
-        j = resample_index(self.plan.n, index, seed, exclude=set(range(self.plan.n)) - set(self.plan.choices(pair)))
-        return {name: act[j : j + 1] for name, act in self.acts.items()}
+    def draw(self, pair: PreparedPair, index: int, seed: int, draws: int = 1) -> list[dict[str, Tensor]]:
+        """Resample ablation's values for pair ``index``, one dict per draw (batch axis of size 1)."""
+        exclude = set(range(self.plan.n)) - set(self.plan.choices(pair))
+        return [{name: act[j : j + 1] for name, act in self.acts.items()}
+                for j in resample_indices(self.plan.n, index, seed, draws, exclude=exclude)]
 
 
-def resample_index(pool_size: int, base_index: int, seed: int, exclude: set[int] | None = None) -> int:
-    """A seeded choice from ``range(pool_size)`` minus ``exclude`` (default: the base prompt itself).
+def resample_indices(pool_size: int, base_index: int, seed: int, draws: int, exclude: set[int] | None = None) -> list[int]:
+    """``draws`` seeded choices from ``range(pool_size)`` minus ``exclude`` (default: the base prompt
+    itself), distinct while there are enough (module docstring).
 
-    The draw depends on the seed and the base prompt's index: ``random.Random(seed * 1_000_003 +
-    base_index)``."""
+    The draws depend on the seed and the base prompt's index: ``random.Random(seed * 1_000_003 +
+    base_index)``; the first is the one a single draw makes."""
     excluded = {base_index} if exclude is None else set(exclude)
     choices = [j for j in range(pool_size) if j not in excluded]
     if not choices:
         raise ValueError("resample ablation needs at least two prompts to draw from (one that is not the prompt itself)")
-    return random.Random(seed * 1_000_003 + base_index).choice(choices)
+    rng = random.Random(seed * 1_000_003 + base_index)
+    first = rng.choice(choices)
+    if draws == 1:
+        return [first]
+    order = [first, *rng.sample([j for j in choices if j != first], len(choices) - 1)]
+    return [order[k % len(order)] for k in range(draws)]
+
+
+def resample_index(pool_size: int, base_index: int, seed: int, exclude: set[int] | None = None) -> int:
+    """The single draw of ``resample_indices``."""
+    return resample_indices(pool_size, base_index, seed, 1, exclude)[0]
 
 
 def _tokens_ok(model, tokens: Tensor, length: int) -> bool:

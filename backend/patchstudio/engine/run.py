@@ -41,7 +41,7 @@ from patchstudio.engine.precision import (
     precision_warnings,
 )
 from patchstudio.engine.reference import ReferencePlan, ReferenceSet, cache_reference, plan_reference
-from patchstudio.engine.stats import spread
+from patchstudio.engine.stats import CI_METHOD, spread
 from patchstudio.errors import InputError
 from patchstudio.results import ModelInfo, PatchResult, PromptTokens, to_nested
 from patchstudio.specs import SpecBase, parse_spec
@@ -252,6 +252,7 @@ def assemble(model, p: Plan, base: Baselines, sweeps: Sweeps, *, model_name: str
         std=to_nested(std, sizes),
         ci_low=to_nested(ci_low, sizes),
         ci_high=to_nested(ci_high, sizes),
+        ci_method=CI_METHOD,
         reference=p.reference.info() if p.reference is not None else None,
         warnings=warnings,
     )

@@ -304,23 +304,29 @@ def figure1(
 
 
 def repair_figure(result: PatchResult) -> dict[str, Any]:
-    """Self-repair as bars, in logit-difference units: the total effect of the ablation, the
-    targets' direct effect, how the rest of the network responded (other heads' and MLPs' changes
-    in direct effect) and, as its own bar, the change due to the final LayerNorm's scale."""
+    """Self-repair as bars, in logit-difference units, each with its 95% interval over the prompts
+    as an error bar (none on results stored before intervals): the total effect of the ablation,
+    the targets' direct effect, the other heads' change in direct effect, each MLP's as its own bar,
+    and the change due to the final LayerNorm's scale; no text on the bars (the hover has it)."""
     r = analysis.repair_reading(result)
-    # short lines: six bars must stay apart in a 400-pixel-wide column
-    labels = ["total<br>effect<br>(TE)", "targets'<br>direct<br>effect (DE)", f"other<br>heads +<br>MLPs<br>({r['components_word']})",
-              "final<br>LayerNorm<br>scale<br>change"]
-    values = [r["total_effect"], r["direct_effect"], r["components"], r["ln_scale_part"]]
-    colors = ["#4c78a8", "#e45756", "#54a24b" if r["components_compensate"] else "#b279a2", "#9d755d"]
+    # short lines: the bars must stay apart in a 400-pixel-wide column
+    bars = [("total<br>effect<br>(TE)", r["total_effect"], r["total_effect_ci"], "#4c78a8"),
+            ("targets'<br>direct<br>effect (DE)", r["direct_effect"], r["direct_effect_ci"], "#e45756"),
+            ("other<br>heads", r["other_heads"], r["other_heads_ci"], "#54a24b" if (r["other_heads"] > 0) != (r["direct_effect"] > 0) else "#b279a2")]
+    bars += [(name, v, ci, "#54a24b" if (v > 0) != (r["direct_effect"] > 0) else "#b279a2") for name, v, ci in r["mlps"]]
+    bars.append(("final<br>LayerNorm<br>scale", r["ln_scale_part"], r["ln_scale_part_ci"], "#9d755d"))
     if r.get("paired_total_effect") is not None:
         c = result.spec.compensator
-        labels += [f"L{c.layer}H{c.head}<br>alone<br>(TE)", "paired<br>ablation<br>(TE)"]
-        values += [r["compensator_total_effect"], r["paired_total_effect"]]
-        colors += ["#bab0ac", "#72b7b2"]
-    trace = {"type": "bar", "x": labels, "y": values, "text": [f"{v:+.3f}" for v in values], "textposition": "auto",
-             "hovertemplate": "%{x}: %{y:+.3f} logit diff<extra></extra>", "marker": {"color": colors}, "cliponaxis": False}
-    title = _wrap("change in logit(answer) − logit(wrong) when the targets are ablated (0 = no change)", 56)
+        bars += [(f"L{c.layer}H{c.head}<br>alone<br>(TE)", r["compensator_total_effect"], r["compensator_total_effect_ci"], "#bab0ac"),
+                 ("paired<br>ablation<br>(TE)", r["paired_total_effect"], r["paired_total_effect_ci"], "#72b7b2")]
+    labels, values, cis, colors = (list(col) for col in zip(*bars))
+    trace = {"type": "bar", "x": labels, "y": values, "marker": {"color": colors}, "cliponaxis": False,
+             "hovertemplate": f"%{{x}}: %{{y:+.3f}} logit diff, mean over n = {r['n']}<extra></extra>"}
+    if all(ci is not None for ci in cis):
+        trace["error_y"] = {"type": "data", "symmetric": False, "array": [ci[1] - v for v, ci in zip(values, cis)],
+                            "arrayminus": [v - ci[0] for v, ci in zip(values, cis)], "color": "#333"}
+    title = _wrap(f"change in logit(answer) − logit(wrong) when the targets are ablated (0 = no change; "
+                  f"bars: 95% CI over n = {r['n']})", 56)
     layout = {"title": {"text": title, "font": {"size": 14}},
               "yaxis": {"title": {"text": "change in logit diff (0 = no change)"}, "zeroline": True, "automargin": True},
               "xaxis": {"tickangle": 0, "automargin": True, "tickfont": {"size": 11}},

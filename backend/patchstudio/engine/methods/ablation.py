@@ -9,8 +9,9 @@ counterfactual and part of the claim (Chan et al. 2022, causal scrubbing; Heimer
 - ``mean``: its mean, per position, over a reference distribution (``reference``: by default
   prompts generated from the spec's own template, see ``engine/reference.py``), which keeps what
   is common to the distribution and removes what varies;
-- ``resample``: its value on one prompt drawn from that distribution with ``seed`` (never the
-  prompt's own clean or corrupted version; Chan et al. 2022).
+- ``resample``: its value on a prompt drawn from that distribution with ``seed`` (never the
+  prompt's own clean or corrupted version; Chan et al. 2022), averaged over ``draws`` such
+  prompts per pair (one draw's result moves with the seed).
 
 The replacement values are built here and applied by the same core as activation patching.
 """
@@ -27,22 +28,24 @@ from patchstudio.engine import hooks as H
 from patchstudio.engine.inputs import PreparedPair
 from patchstudio.engine.methods.base import Method, PairContext, PairResult, check_component, sweep_cost
 from patchstudio.engine.profile import profile
-from patchstudio.engine.reference import ReferenceSet, resample_index
-from patchstudio.specs import REFERENCE_DESCRIPTION, AblationKind, Reference, SpecBase, check_reference
+from patchstudio.engine.reference import ReferenceSet, resample_index, resample_indices
+from patchstudio.specs import REFERENCE_DESCRIPTION, AblationKind, Reference, SpecBase, check_reference, draws_field
 
-__all__ = ["AblationSpec", "ablation_values", "resample_index", "METHOD"]
+__all__ = ["AblationSpec", "ablation_sources", "ablation_values", "n_draws", "resample_index", "resample_indices", "METHOD"]
 
 
 class AblationSpec(SpecBase):
     """Replace a component's activation on the clean run by zero, its mean over a reference
-    distribution, or its value on one prompt resampled from it."""
+    distribution, or its value on prompts resampled from it (the mean over ``draws`` of them)."""
 
     method: Literal["ablation"] = "ablation"
     ablation: AblationKind = Field(
         "mean",
-        description="'zero'; 'mean' over the reference prompts (per position); 'resample': the value on one reference prompt.",
+        description="'zero'; 'mean' over the reference prompts (per position); 'resample': the value on a reference "
+        "prompt, averaged over 'draws' of them.",
     )
-    seed: int = Field(0, description="Seed of the generated reference set and of resample's draw.")
+    seed: int = Field(0, description="Seed of the generated reference set and of resample's draws.")
+    draws: int = draws_field()
     reference: Reference = Field("auto", description=REFERENCE_DESCRIPTION)
 
     @field_validator("reference")
@@ -58,19 +61,30 @@ def ablation_values(
     pair: PreparedPair,
     index: int,
     seed: int,
-) -> dict[str, Tensor]:
+    draws: int = 1,
+) -> list[dict[str, Tensor]]:
     """Per-hook replacement activations (batch axis of size 1) for prompt pair ``index`` of a
-    spec, whose clean run cached ``base_cache``."""
+    spec, whose clean run cached ``base_cache``: one dict, or one per draw for resample."""
     if kind == "zero":
-        return {name: torch.zeros_like(act) for name, act in base_cache.items()}
+        return [{name: torch.zeros_like(act) for name, act in base_cache.items()}]
     if reference is None:
         raise ValueError(f"{kind} ablation needs a reference set")
     if kind == "mean":
-        return {name: reference.mean[name] for name in base_cache}
+        return [{name: reference.mean[name] for name in base_cache}]
     if kind == "resample":
-        drawn = reference.draw(pair, index, seed)
-        return {name: drawn[name] for name in base_cache}
+        return [{name: drawn[name] for name in base_cache} for drawn in reference.draw(pair, index, seed, draws)]
     raise ValueError(f"unknown ablation {kind!r}: use zero, mean or resample")
+
+
+def ablation_sources(ctx: PairContext) -> list[dict[str, Tensor]]:
+    """``ablation_values`` for a spec with ablation, seed and draws fields."""
+    spec = ctx.spec
+    return ablation_values(spec.ablation, ctx.clean_cache, ctx.reference, ctx.pair, ctx.index, spec.seed, spec.draws)
+
+
+def n_draws(spec) -> int:
+    """Ablated runs per pair and unit: resample's draws, else one."""
+    return spec.draws if spec.ablation == "resample" else 1
 
 
 def needs_one_length(spec) -> bool:
@@ -81,9 +95,10 @@ def needs_one_length(spec) -> bool:
 def run_pair(ctx: PairContext) -> PairResult:
     spec, model = ctx.spec, ctx.model
     sites, _, _ = profile(model).sites(spec.component, spec.positions, ctx.pair.clean.shape[-1])
-    source = ablation_values(spec.ablation, ctx.clean_cache, ctx.reference, ctx.pair, ctx.index, spec.seed)
-    values = H.patch_values(spec.component, int(model.cfg.n_layers), ctx.clean_cache, source)
-    return PairResult(ctx.sweep(ctx.pair.clean, values, sites))
+    n_layers = int(model.cfg.n_layers)
+    outs = [ctx.sweep(ctx.pair.clean, H.patch_values(spec.component, n_layers, ctx.clean_cache, source), sites)
+            for source in ablation_sources(ctx)]
+    return PairResult(torch.stack(outs).mean(0))
 
 
 METHOD = Method(
@@ -91,7 +106,7 @@ METHOD = Method(
     run_pair=run_pair,
     check=check_component,
     multi_token=True,
-    pair_cost=sweep_cost,
+    pair_cost=lambda model, spec, pair: sweep_cost(model, spec, pair) * n_draws(spec),
     baseline=lambda spec, clean, corrupted: clean,  # the clean run is the one ablated
     same_length=needs_one_length,
     evidence=lambda spec: f"necessity-style: the component {spec.ablation}-ablated on the clean run",

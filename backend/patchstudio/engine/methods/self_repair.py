@@ -1,4 +1,4 @@
-"""Self-repair: how much of an ablated component's direct effect the rest of the network gives back.
+"""Self-repair: an ablated component's direct effect beside the rest of the network's response.
 
 Ablating a component changes the system being measured: downstream components react (the Hydra
 effect, McGrath et al. 2023; Rushing & Nanda 2024, "Explorations of self-repair"). For the logit
@@ -13,9 +13,11 @@ so the total effect of an ablation splits exactly into per-component changes of 
 (at the clean scale) plus the part due to the change of the scale itself:
 
     TE = metric(ablated) - metric(clean) = sum_c dDE_c + LN,   dDE_c = f(out_c^abl, s_clean) - f(out_c^clean, s_clean)
-    DE = sum over the targets of dDE_c;   self-repair = TE - DE = sum over the others of dDE_c + LN
+    DE = sum over the targets of dDE_c;   TE - DE = sum over the others of dDE_c + LN
 
-A drop smaller than the direct effect means the network compensated. Paired ablation removes a
+TE − DE is the rest of the network's response: all of the targets' indirect effects plus any
+reactive repair, which one ablation cannot tell apart (``analysis/self_repair.py``). Without a
+final norm (the Tracr models) s = 1, nothing is centred and LN = 0. Paired ablation removes a
 candidate compensator along with the target: the result then also has the compensator's total
 effect alone, and the paired total effect; a paired drop larger than the two single drops together
 (``paired_excess``) is what ablating the target alone hid.
@@ -35,13 +37,14 @@ import torch
 from pydantic import Field, field_validator
 from torch import Tensor
 
-from patchstudio.engine import hooks as H
+from patchstudio.engine import final_norm, hooks as H
 from patchstudio.engine.forward import run_with_cache
-from patchstudio.engine.methods.ablation import ablation_values
-from patchstudio.engine.methods.base import Method, PairContext, PairResult, check_heads
+from patchstudio.engine.methods.ablation import ablation_sources, n_draws
+from patchstudio.engine.methods.base import Method, PairContext, PairResult, check_heads, sites_cost
 from patchstudio.engine.metrics import architecture
 from patchstudio.engine.precision import noise_floor
 from patchstudio.engine.profile import profile
+from patchstudio.engine.stats import spread
 from patchstudio.errors import InputError
 from patchstudio.specs import (
     REFERENCE_DESCRIPTION,
@@ -50,6 +53,7 @@ from patchstudio.specs import (
     Reference,
     WholeHeadsSpec,
     check_reference,
+    draws_field,
     no_duplicates,
 )
 
@@ -68,7 +72,8 @@ class SelfRepairSpec(WholeHeadsSpec):
     method: Literal["self_repair"] = "self_repair"
     targets: tuple[HeadRef, ...] = Field(description="The ablated heads.", json_schema_extra={"minItems": 1})
     ablation: AblationKind = "mean"
-    seed: int = Field(0, description="Seed of the generated reference set and of resample's draw.")
+    seed: int = Field(0, description="Seed of the generated reference set and of resample's draws.")
+    draws: int = draws_field()
     reference: Reference = Field("auto", description=REFERENCE_DESCRIPTION)
     compensator: HeadRef | None = None
 
@@ -109,9 +114,10 @@ def _direction(model, answer: int, wrong: int) -> Tensor:
     return diff * ln_w.detach() if ln_w is not None else diff
 
 
-def _rms_norm(model) -> bool:
-    """The final norm divides by the root mean square without subtracting the mean (RMSNorm)."""
-    return str(getattr(model.cfg, "normalization_type", "LN")).startswith("RMS")
+def _centres(model) -> bool:
+    """The final norm subtracts the mean (LayerNorm); RMSNorm does not, and a model without a
+    final norm (``normalization_type`` None, e.g. Tracr's) neither centres nor scales."""
+    return str(getattr(model.cfg, "normalization_type", "LN")).startswith("LN")
 
 
 def _head_outputs(model, z: Tensor) -> Tensor:
@@ -122,15 +128,18 @@ def _head_outputs(model, z: Tensor) -> Tensor:
 def _run(model, tokens: Tensor, hooks: dict) -> dict[str, Tensor]:
     n_layers = int(model.cfg.n_layers)
     names = [H.z_name(l) for l in range(n_layers)] + [H.mlp_out_name(l) for l in range(n_layers)]
-    names += [H.LN_FINAL_SCALE, H.resid_post_name(n_layers - 1)]
+    scale_names = final_norm.scale_names(model)
+    names += [*scale_names, H.resid_post_name(n_layers - 1)]
     logits, cache = run_with_cache(model, tokens, names, hooks)
+    resid = cache[H.resid_post_name(n_layers - 1)][0, -1]
     z = torch.stack([cache[H.z_name(l)][0, -1] for l in range(n_layers)])  # [L, H, d_head]
     return {
         "logits": logits[0],
         "heads": _head_outputs(model, z),
         "mlps": torch.stack([cache[H.mlp_out_name(l)][0, -1] for l in range(n_layers)]),
-        "scale": cache[H.LN_FINAL_SCALE][0, -1, 0],
-        "resid": cache[H.resid_post_name(n_layers - 1)][0, -1],
+        # no final norm: a scale of 1, so the LayerNorm part is 0
+        "scale": cache[H.LN_FINAL_SCALE][0, -1, 0] if scale_names else torch.ones((), dtype=resid.dtype, device=resid.device),
+        "resid": resid,
     }
 
 
@@ -162,7 +171,7 @@ def self_repair(
     """The decomposition above for one prompt. ``replacements[layer]`` is the ablation value of
     that layer's z ([1, pos, heads, d_head]) for the targets (and the compensator)."""
     u = _direction(model, answer, wrong)
-    centre = not _rms_norm(model)
+    centre = _centres(model)
 
     def f(v: Tensor, s: Tensor) -> Tensor:
         return ((v - v.mean(-1, keepdim=True) if centre else v) / s) @ u
@@ -225,32 +234,48 @@ def refusal(model) -> str | None:
 
 
 def run_pair(ctx: PairContext) -> PairResult:
+    """The split for one pair; under resample ablation, the mean of its splits over the draws
+    (every part is a sum of per-draw terms, so the means still add up)."""
     spec, model = ctx.spec, ctx.model
-    values = ablation_values(spec.ablation, ctx.clean_cache, ctx.reference, ctx.pair, ctx.index, spec.seed)
-    replacements = {layer: values[H.z_name(layer)] for layer in range(int(model.cfg.n_layers))}
     targets = [(t.layer, t.head) for t in spec.targets]
     comp = (spec.compensator.layer, spec.compensator.head) if spec.compensator else None
-    analysis = self_repair(model, ctx.pair.clean, replacements, targets, ctx.pair.answer, ctx.pair.wrong, compensator=comp)
+    draws = []
+    for values in ablation_sources(ctx):
+        replacements = {layer: values[H.z_name(layer)] for layer in range(int(model.cfg.n_layers))}
+        draws.append(self_repair(model, ctx.pair.clean, replacements, targets, ctx.pair.answer, ctx.pair.wrong, compensator=comp))
+    analysis = {key: sum(d[key] for d in draws) / len(draws) for key in draws[0]}
     heads = analysis.pop("head_delta")
-    ctx.progress(heads.numel())
+    ctx.progress(heads.numel() * len(draws))
     return PairResult(heads.reshape(-1).float().cpu(), extras=analysis)
 
 
+HEADLINE = ("total_effect", "direct_effect", "self_repair", "ln_scale_part")
+PAIRED = ("paired_total_effect", "compensator_total_effect", "paired_excess")
+
+
 def summarize(per_prompt: list[dict], spec, clean_mean: float) -> dict:
-    """Self-repair numbers averaged over the prompts."""
-
-    def mean(key: str) -> float:
-        return sum(float(d[key]) for d in per_prompt) / len(per_prompt)
-
-    mlp = torch.stack([d["mlp_delta"] for d in per_prompt]).mean(0)
-    out = {k: mean(k) for k in ("total_effect", "direct_effect", "self_repair", "ln_scale_part")}
-    out["ablated"] = clean_mean + out["total_effect"]
-    out["mlp_delta"] = [float(v) for v in mlp]
+    """Self-repair numbers averaged over the prompts, each with its 95% interval over the prompts
+    (``engine.stats.spread``; ``ci``: name -> [low, high], ``mlp_delta_ci``: [low, high] per layer),
+    and every prompt's own numbers (``per_prompt``: name -> one value per prompt; ``mlp_delta``:
+    one row of layers per prompt), from which the analysis takes its movers' shares and intervals."""
+    rows = {k: [float(d[k]) for d in per_prompt] for k in HEADLINE}
     if spec.compensator is not None:
-        out["paired_total_effect"] = mean("paired_total_effect")
-        out["compensator_total_effect"] = mean("compensator_total_effect")
+        rows["paired_total_effect"] = [float(d["paired_total_effect"]) for d in per_prompt]
+        rows["compensator_total_effect"] = [float(d["compensator_total_effect"]) for d in per_prompt]
         # what the pair costs beyond the two single ablations together (same sign as TE: a larger drop)
-        out["paired_excess"] = out["paired_total_effect"] - out["total_effect"] - out["compensator_total_effect"]
+        rows["paired_excess"] = [p - t - c for p, t, c in zip(rows["paired_total_effect"], rows["total_effect"],
+                                                               rows["compensator_total_effect"])]
+    mlp = torch.stack([d["mlp_delta"].double().cpu() for d in per_prompt])  # [prompts, layers]
+    names = list(rows)
+    table = torch.tensor([rows[k] for k in names], dtype=torch.float64).T  # [prompts, names]
+    _, low, high = spread(table)
+    _, mlp_low, mlp_high = spread(mlp)
+    out: dict = {k: float(table[:, i].mean()) for i, k in enumerate(names)}
+    out["ablated"] = clean_mean + out["total_effect"]
+    out["mlp_delta"] = [float(v) for v in mlp.mean(0)]
+    out["ci"] = {k: [float(low[i]), float(high[i])] for i, k in enumerate(names)}
+    out["mlp_delta_ci"] = [[float(a), float(b)] for a, b in zip(mlp_low, mlp_high)]
+    out["per_prompt"] = {**rows, "mlp_delta": mlp.tolist()}
     return out
 
 
@@ -265,6 +290,7 @@ METHOD = Method(
     spec=SelfRepairSpec,
     run_pair=run_pair,
     values="change",  # each head's change in direct effect
+    cost=lambda model, spec, seq_len: sites_cost(model, spec, seq_len) * n_draws(spec),
     same_length=lambda spec: spec.ablation != "zero",
     needs_reference=lambda spec: spec.ablation != "zero",
     check=check,

@@ -1,4 +1,5 @@
-"""Self-repair's page adds total vs direct effect, the LayerNorm part and the top compensators."""
+"""Self-repair's page adds total vs direct effect and TE − DE with their intervals, the LayerNorm part,
+and the components that moved both ways (compensators and amplifiers, MLPs included)."""
 
 from __future__ import annotations
 
@@ -17,17 +18,20 @@ def claim(spec) -> str:
 
 def context(service, reading: Reading) -> dict[str, Any]:
     result = reading.result
+    movers = analysis.movers(result)
     return {
         "repair_figure": figures.repair_figure(result),
         "repair": analysis.repair_reading(result),
-        "compensators": analysis.top_compensators(result),
+        "compensators": [m for m in movers if m.share > 0],
+        "amplifiers": [m for m in movers if m.share < 0],
+        "mover_floor": analysis.MOVER_FLOOR,
     }
 
 
 WEB = WebMethod(
     name="self_repair",
     label="self-repair (ablate heads)",
-    fields=("targets", "compensator", "ablation", "seed", "reference", "reference_prompts"),
+    fields=("targets", "compensator", "ablation", "seed", "draws", "reference", "reference_prompts"),
     claim=claim,
     partial="methods/self_repair.html",
     context=context,
