@@ -138,14 +138,14 @@ def result_context(request: Request, service: ExperimentService, stored: StoredR
         raise InputError("_pos does not apply: this result has no position axis", field="_pos")
     else:
         pos = None  # a layer x position result: _pos names the selected cell, not a slice
-    selected = _selected(reading, pos, cell)
+    selected = _selected(reading, pos, cell) if web.heatmap else {"layer": None, "pos": None, "head": None}
     return {
         **cell_prompts_context(stored, reading, shown.name, selected),
         "stored": stored,
         "result": result,
         "reading": reading,
         "pos": pos,
-        "heatmap": figures.heatmap(reading, pos, shown.name, selected=selected),
+        "heatmap": figures.heatmap(reading, pos, shown.name, selected=selected) if web.heatmap else None,
         "python_code": export.python_snippet(result.spec),
         "spec_json": export.spec_json(result.spec),
         "view": shown,

@@ -46,6 +46,9 @@ DEFAULT_FORM: dict[str, str] = {
     "reference": "auto",
     "reference_prompts": "",
     "baseline": "corrupted",
+    "top_k": "20",
+    "faithfulness": "patching",
+    "edges": "",
     "metric": "logit_diff",
 }
 
@@ -156,6 +159,11 @@ def parse_heads(text: str, field: str) -> list[dict[str, int]]:
     return out
 
 
+def parse_edges(text: str) -> list[str]:
+    """'a0.h1->a1.h2<q> input->m0' (comma, space or line separated) -> edge names (checked by the spec)."""
+    return [item for item in re.split(r"[,\s]+", text.strip()) if item]
+
+
 def format_receivers(receivers) -> str:
     return " ".join(f"L{r.layer}H{r.head}.{r.input}" for r in receivers)
 
@@ -253,6 +261,12 @@ FIELDS: dict[str, FormField] = {
                   title="same token length as your prompts", placeholder="When Anna and Tom went to the park , Tom gave a ring to"),
         _select("baseline", "Baseline input", (("corrupted", "the corrupted prompt (default)"), ("zero", "zero input")),
                 "what each token's influence is measured from: the shares add up to metric(clean) − metric(baseline)"),
+        _number("top_k", "Edges verified exactly", 0, 1000, "the edges with the largest estimates, each patched alone"),
+        _select("faithfulness", "Edges outside a circuit", (("patching", "patched from the corrupted run"),
+                                                             ("mean", "mean-ablated over the reference prompts")),
+                "what the faithfulness curve replaces every edge outside each circuit with"),
+        FormField("edges", "Edges", "textarea", parse=lambda v: parse_edges(v.get("edges", "")), show=lambda edges: "\n".join(edges),
+                  title="one per line, as the circuit graph names them", placeholder="a0.h1->a1.h2<q>\ninput->m0\nm1->logits"),
     )
 }
 

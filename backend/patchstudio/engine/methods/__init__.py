@@ -12,7 +12,9 @@ from patchstudio.engine.methods import (
     ablation,
     activation_patching,
     attribution_patching,
+    circuit,
     direct_effect,
+    edge_patching,
     input_influence,
     path_patching,
     self_repair,
@@ -24,7 +26,8 @@ from patchstudio.specs import register
 # The order methods are offered in (the form's method menu).
 METHODS: dict[str, Method] = {
     m.METHOD.name: m.METHOD
-    for m in (activation_patching, ablation, attribution_patching, path_patching, self_repair, input_influence, direct_effect)
+    for m in (activation_patching, ablation, attribution_patching, path_patching, self_repair, input_influence, direct_effect,
+              circuit, edge_patching)
 }
 for _method in METHODS.values():
     register(_method.spec)

@@ -10,14 +10,17 @@ from patchstudio.web.methods import (
     ablation,
     activation_patching,
     attribution_patching,
+    circuit,
     direct_effect,
+    edge_patching,
     input_influence,
     path_patching,
     self_repair,
 )
 from patchstudio.web.methods.base import WebMethod
 
-_MODULES = (activation_patching, ablation, attribution_patching, path_patching, self_repair, input_influence, direct_effect)
+_MODULES = (activation_patching, ablation, attribution_patching, path_patching, self_repair, input_influence, direct_effect,
+            circuit, edge_patching)
 _BY_NAME = {m.WEB.name: m.WEB for m in _MODULES}
 _MISSING = [name for name in METHODS if name not in _BY_NAME]
 if _MISSING:
