@@ -23,7 +23,7 @@
   // Rows from the bottom: the input, then each layer's heads and its MLP, the logits on top.
   function place(data, width) {
     var nL = data.n_layers, nH = data.n_heads, rows = 2 * nL + 2;
-    var rowH = width < 600 ? 34 : 46, top = 34, left = 34;
+    var rowH = width < 600 ? 34 : 46, top = 44, left = 34;
     var height = top + (rows - 1) * rowH + 28;
     var span = width - 2 * left, step = span / nH;
     var at = {};
@@ -34,7 +34,7 @@
       else at[s.name] = { x: width / 2, y: y(2 + 2 * s.layer), kind: "mlp" };
     });
     at.logits = { x: width / 2, y: y(rows - 1), kind: "logits" };
-    return { at: at, height: height, r: Math.max(3, Math.min(8, step / 4)), labels: step >= 42 };
+    return { at: at, height: height, r: Math.max(3, Math.min(8, step / 4)), labels: step >= 42, rowH: rowH, width: width };
   }
 
   function receiverPoint(data, pos, rec) {
@@ -63,9 +63,10 @@
     var root = svg("svg", { xmlns: SVGNS, width: width, height: pos.height, viewBox: "0 0 " + width + " " + pos.height,
       role: "img", "aria-label": "circuit graph: the top " + k + " of " + data.n_edges + " edges", "font-family": "sans-serif" }, box);
     root.id = "circuit-svg";
-    var legend = svg("text", { x: 6, y: 14, "font-size": 11, fill: "#555" }, root);
-    legend.textContent = "top " + k + " of " + data.n_edges + " edges · estimated change in " + data.unit +
-      ": blue raises, red lowers · width: |change| · into a head: q solid, k dashed, v dotted";
+    [["top " + k + " of " + data.n_edges + " edges · estimated change in " + data.unit + ": blue raises, red lowers"],
+     ["width: |change| · into a head: q solid, k dashed, v dotted"]].forEach(function (line, i) {
+      svg("text", { x: 6, y: 13 + 13 * i, "font-size": 11, fill: "#555" }, root).textContent = line[0];
+    });
 
     var nodes = svg("g", { "class": "nodes" });
     Object.keys(pos.at).forEach(function (name) {
@@ -95,7 +96,13 @@
       var sender = pos.at[data.senders[e[0]].name], rec = data.receivers[e[1]];
       var to = receiverPoint(data, pos, rec);
       var y0 = sender.y - (sender.kind === "head" ? pos.r : 8), mid = (y0 + to.y) / 2;
-      var d = "M" + sender.x + " " + y0 + " C" + sender.x + " " + mid + " " + to.x + " " + mid + " " + to.x + " " + to.y;
+      // an edge up the middle column (input, MLPs, logits) bows out to one side, further the more rows it
+      // spans, so it does not run through the nodes between its ends
+      var bow = 0;
+      if (Math.abs(to.x - sender.x) < 12 && y0 - to.y > pos.rowH * 1.5) {
+        bow = (e[0] % 2 ? 1 : -1) * Math.min(pos.width * 0.3, 0.28 * (y0 - to.y));
+      }
+      var d = "M" + sender.x + " " + y0 + " C" + (sender.x + bow) + " " + mid + " " + (to.x + bow) + " " + mid + " " + to.x + " " + to.y;
       var link = svg("a", { href: withName(data.edge_url, e[4]), "class": "edge", "data-name": e[4] }, edges);
       var exact = e[3] === null ? "" : ", exact " + e[3].toFixed(4);
       svg("title", {}, link).textContent = e[4] + ": estimated change " + e[2].toFixed(4) + " " + data.unit + exact +

@@ -64,7 +64,7 @@ def faithfulness_figure(result) -> dict[str, Any] | None:
         "title": {"text": f"Faithfulness of the top-n edge circuits<br><sup>every edge outside the circuit {what}</sup>",
                   "font": {"size": 14}},
         "xaxis": {"title": {"text": "circuit size: fraction of the graph's edges (log scale)"}, "type": "log",
-                  "tickformat": ".1%", "automargin": True},
+                  "tickvals": [0.001, 0.01, 0.1, 1.0], "ticktext": ["0.1%", "1%", "10%", "100%"], "automargin": True},
         "yaxis": {"title": {"text": "faithfulness (0 = every edge patched, 1 = full model)"}, "automargin": True,
                   "zeroline": True},
         "shapes": [{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": level, "y1": level,
@@ -76,10 +76,12 @@ def faithfulness_figure(result) -> dict[str, Any] | None:
     return {"data": [band, curve], "layout": layout}
 
 
-def agreement_figure(stats: C.Agreement) -> dict[str, Any]:
+def agreement_figure(stats: C.Agreement, unit: str) -> dict[str, Any]:
     """Estimate against exact edge patching, one point per verified edge (``figures.agreement_scatter``)."""
     fig = figures.agreement_scatter(stats.as_dict())
-    fig["layout"]["title"]["text"] = "EAP estimate vs exact edge patching (change from no effect)"
+    fig["layout"]["title"]["text"] = "EAP estimate vs exact edge patching"
+    fig["layout"]["xaxis"]["title"]["text"] = f"exact edge patching: change in {unit} (0 = no effect)"
+    fig["layout"]["yaxis"]["title"]["text"] = f"estimate: change in {unit}"
     return fig
 
 

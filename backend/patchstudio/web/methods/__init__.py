@@ -34,10 +34,9 @@ __all__ = ["WEB_METHODS", "WebMethod", "describe"]
 def describe(result) -> str:
     """One line: what was done, to which component, under which metric and corruption."""
     spec = result.spec
-    return (
-        f"{WEB_METHODS[spec.method].claim(spec)} · {COMPONENT_LABELS[spec.component]} · "
-        f"metric: {metric_label(result)} · {corruption_summary(result)}"
-    )
+    web = WEB_METHODS[spec.method]
+    component = f"{COMPONENT_LABELS[spec.component]} · " if web.heatmap else ""  # edges' claims name their nodes
+    return f"{web.claim(spec)} · {component}metric: {metric_label(result)} · {corruption_summary(result)}"
 
 
 def summary(spec: dict) -> dict[str, str]:

@@ -32,7 +32,7 @@ def context(service, reading: Reading) -> dict[str, Any]:
         "faithfulness_figure": circuit_view.faithfulness_figure(result),
         "faithfulness_words": circuit_view.describe_faithfulness(result),
         "agreement": stats,
-        "agreement_figure": circuit_view.agreement_figure(stats) if stats and len(stats.names) > 1 else None,
+        "agreement_figure": circuit_view.agreement_figure(stats, reading.unit) if stats and len(stats.names) > 1 else None,
         "auc": C.ground_truth_auc(reading, truth) if truth else None,
         "export_url": urls.circuit_export(result.id, result.spec.top_k or circuit_view.DEFAULT_K),
         "unit": reading.unit,
