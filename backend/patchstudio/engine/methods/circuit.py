@@ -152,7 +152,7 @@ def finish(done: Finish) -> dict[str, Any]:
     estimate = done.per_prompt.double() - base[:, None]  # each pair's estimated change per edge
     order = sorted(range(n_edges), key=lambda e: -abs(float(estimate[:, e].mean())))  # ties: graph order
     top = order[: top_k(spec, n_edges)]
-    exact = [_exact(ctx, graph, top) for ctx in done.pairs] if top else []
+    exact = [exact_edges(ctx, graph, top).tolist() for ctx in done.pairs] if top else []
     sizes, run_sizes = ladder(n_edges)
     curves, full = zip(*(_circuits(ctx, graph, order, run_sizes) for ctx in done.pairs))
     return {
@@ -164,7 +164,8 @@ def finish(done: Finish) -> dict[str, Any]:
     }
 
 
-def _exact(ctx: PairContext, graph: Graph, edges: list[int]) -> list[float]:
+def exact_edges(ctx: PairContext, graph: Graph, edges: list[int]) -> Tensor:
+    """The pair's metric with each of ``edges`` patched alone, exactly (``edge_patching``'s cells too)."""
     spec, model = ctx.spec, ctx.model
     tokens, base_cache, source_cache = ctx.runs(spec.direction)
     start = pass_start(ctx, spec)
@@ -172,7 +173,7 @@ def _exact(ctx: PairContext, graph: Graph, edges: list[int]) -> list[float]:
     values = edge_sweep(model, graph, tokens, deltas, final_resid(model, base_cache), edges, ctx.readout(),
                         chunk_rows=ctx.chunk_rows, start=start, kv=base_kv(ctx, base_cache) if start else None,
                         progress=ctx.progress)
-    return values.tolist()
+    return values
 
 
 def _circuits(ctx: PairContext, graph: Graph, order: list[int], sizes: list[int]) -> tuple[list[float], float]:

@@ -16,10 +16,9 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from patchstudio.engine.edge_graph import Graph, check as check_graph, sender_outputs
-from patchstudio.engine.edge_sweeps import edge_sweep
+from patchstudio.engine.edge_graph import Graph, check as check_graph
 from patchstudio.engine.methods.base import Method, PairContext, PairResult, patching_evidence
-from patchstudio.engine.methods.circuit import base_kv, cache_names, final_resid, pass_start
+from patchstudio.engine.methods.circuit import cache_names, exact_edges
 from patchstudio.specs import Direction, WholeHeadsSpec, no_duplicates
 
 MAX_EDGES = 5000
@@ -53,15 +52,8 @@ class EdgePatchingSpec(WholeHeadsSpec):
 
 
 def run_pair(ctx: PairContext) -> PairResult:
-    spec, model = ctx.spec, ctx.model
-    graph = Graph.of(model)
-    tokens, base_cache, source_cache = ctx.runs(spec.direction)
-    start = pass_start(ctx, spec)
-    deltas = sender_outputs(model, graph, source_cache) - sender_outputs(model, graph, base_cache)
-    edges = [graph.index[name] for name in spec.edges]
-    return PairResult(edge_sweep(model, graph, tokens, deltas, final_resid(model, base_cache), edges, ctx.readout(),
-                                 chunk_rows=ctx.chunk_rows, start=start, kv=base_kv(ctx, base_cache) if start else None,
-                                 progress=ctx.progress))
+    graph = Graph.of(ctx.model)
+    return PairResult(exact_edges(ctx, graph, [graph.index[name] for name in ctx.spec.edges]))
 
 
 def check(model, spec) -> None:
