@@ -92,11 +92,14 @@ def main() -> None:
     heads, _ = best(lambda: run(model, {"prompts": [pair], "component": "head", "positions": "all"}), args.repeat)
     print(f"one sweep (activation patching, 144 heads, all positions): {heads:.3f} s = {heads / fwd:.1f} passes")
     for steps, top_k in ((1, 0), (args.ig_steps, 0), (1, args.top_k)):
+        with torch.no_grad():  # the unit again beside each run: the shared machine's load moves
+            fwd, _ = best(lambda: model(tokens), 3)
         runs = [circuit(steps, top_k) for _ in range(args.repeat)]
         total, seconds, result = min(runs, key=lambda r: r[0])
         setup = total - sum(seconds.values())
         what = "EAP" if steps == 1 else f"EAP-IG ({steps} steps)"
-        print(f"\n{what}, top_k {top_k}: total {total:.3f} s ({total / fwd:.1f} passes, load {os.getloadavg()[0]:.1f})")
+        print(f"\n{what}, top_k {top_k}: total {total:.3f} s ({total / fwd:.1f} passes of {fwd * 1e3:.0f} ms, "
+              f"load {os.getloadavg()[0]:.1f})")
         print(f"  setup (cached runs, sender outputs, scores) {setup:.3f} s = {setup / fwd:.1f} passes")
         for name, label in PHASES.items():
             print(f"  {label}: {seconds[name]:.3f} s = {seconds[name] / fwd:.1f} passes = {seconds[name] / heads:.2f} sweeps")
