@@ -15,7 +15,7 @@ from patchstudio.web.methods import WEB_METHODS
 from web_helpers import HTMX, form
 
 # Valid values for fields a method requires (a new required field needs a line here).
-REQUIRED = {"targets": [{"layer": 0, "head": 1}]}
+REQUIRED = {"targets": [{"layer": 0, "head": 1}], "edges": ["input->a0.h0<q>"]}
 WRONG = {"not": "a valid value"}  # no spec field accepts a JSON object of this shape
 
 
@@ -67,7 +67,7 @@ def test_nested_errors_name_their_field(client, method, spec_field, bad):
 
 # In the form: a bad value for each field a method shows lands in that field's error slot.
 BAD_FORM_VALUE = {"select": "bogus", "number": "many", "text": "L?H?", "textarea": "When Mary went"}
-FORM_CONTEXT = {"reference_prompts": {"reference": "own"}}  # the box is read only for one's own reference prompts
+FORM_CONTEXT = {"reference_prompts": {"reference": "own", "faithfulness": "mean"}}  # the box is read only for one's own reference prompts (a circuit reads them for mean-ablated faithfulness)
 FORM_CASES = [(m, f) for m, web in WEB_METHODS.items() for f in web.fields]
 
 

@@ -45,12 +45,12 @@ def test_an_unknown_preset_is_a_404_naming_the_examples(tmp_path, tiny_model):
     with make_client(tmp_path, tiny_model) as client:
         response = client.get("/?preset=nope")
         assert response.status_code == 404
-        assert "no example &#39;nope&#39; on this server; the examples are: ioi-heads, no-self-repair" in response.text
+        assert "no example &#39;nope&#39; on this server; the examples are: ioi-heads, ioi-circuit, no-self-repair" in response.text
 
 
 def test_presets_are_offered_by_model():
-    assert [p.name for p in offered(["default"])] == ["ioi-heads", "no-self-repair"]
-    assert [p.name for p in offered(["default", "hydra"])] == ["ioi-heads", "self-repair", "no-self-repair"]
+    assert [p.name for p in offered(["default"])] == ["ioi-heads", "ioi-circuit", "no-self-repair"]
+    assert [p.name for p in offered(["default", "hydra"])] == ["ioi-heads", "ioi-circuit", "self-repair", "no-self-repair"]
     assert [p.name for p in offered(["hydra"])] == ["self-repair"]
     assert offered(["gpt2"]) == []  # a server without the model its examples need offers none
 

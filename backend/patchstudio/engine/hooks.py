@@ -245,6 +245,12 @@ def mlp_in_name(layer: int) -> str:
     return _in_block(layer, "mlp.hook_in")
 
 
+def mlp_branch_in_name(layer: int) -> str:
+    """The MLP branch's input before its norm (ln2's input: resid_mid in a sequential block, resid_pre
+    in a parallel one). An out-of-place edit there reaches the MLP alone, not the residual stream."""
+    return _in_block(layer, "ln2.hook_in")
+
+
 # --- hook sets: {hook name: [hook functions]} ----------------------------------------------------
 
 

@@ -20,6 +20,7 @@ import torch
 from patchstudio.engine.forward import run_with_cache_pair
 from patchstudio.engine.inputs import PreparedPair, prepare_pairs, refuse_multi_token
 from patchstudio.engine.methods import Method, PairContext, get_method
+from patchstudio.engine.methods.base import Finish
 from patchstudio.engine.metrics import (
     GAP_UNITS,
     NEEDS_FULL_VOCAB,
@@ -177,11 +178,13 @@ def baselines(model, p: Plan) -> Baselines:
 
 @dataclass(frozen=True)
 class Sweeps:
-    """The method's output over the pairs: values [prompt, cells], per-pair extras, warnings."""
+    """The method's output over the pairs: values [prompt, cells], per-pair extras, warnings, and
+    its second step's extras (``Method.finish``)."""
 
     per_prompt: torch.Tensor
     extras: list[dict]
     warnings: list[str]
+    finished: dict[str, Any] | None = None
 
 
 def run_pairs(model, p: Plan, base: Baselines, chunk_rows: int, progress: ProgressFn | None = None) -> Sweeps:
@@ -194,16 +197,21 @@ def run_pairs(model, p: Plan, base: Baselines, chunk_rows: int, progress: Progre
         if progress is not None:
             progress(done, p.total)
 
-    values, extras, warnings = [], [], []
+    values, extras, warnings, contexts = [], [], [], []
     for i, pair in enumerate(p.pairs):
         ctx = PairContext(model, p.spec, pair, i, base.clean_runs[i][1], base.corrupted_runs[i][1], base.reference,
                           base.clean_log_probs[i], chunk_rows, step)
+        contexts.append(ctx)
         out = p.method.run_pair(ctx)
         values.append(out.values)
         warnings.extend(out.warnings)
         if out.extras is not None:
             extras.append(out.extras)
-    return Sweeps(torch.stack(values), extras, warnings)
+    per_prompt = torch.stack(values)
+    finished = None
+    if p.method.finish is not None:
+        finished = p.method.finish(Finish(contexts, per_prompt, list(base.clean), list(base.corrupted)))
+    return Sweeps(per_prompt, extras, warnings, finished)
 
 
 def assemble(model, p: Plan, base: Baselines, sweeps: Sweeps, *, model_name: str | None, started: float) -> PatchResult:
@@ -237,7 +245,7 @@ def assemble(model, p: Plan, base: Baselines, sweeps: Sweeps, *, model_name: str
         id=spec.id,
         spec=spec,
         axes=axes,
-        labels=_labels(axes, sizes, pairs[0]),
+        labels={**_labels(axes, sizes, pairs[0]), **(method.labels(model, spec) if method.labels else {})},
         values=to_nested(mean, sizes),
         clean=clean_mean,
         corrupted=corrupted_mean,
@@ -247,7 +255,7 @@ def assemble(model, p: Plan, base: Baselines, sweeps: Sweeps, *, model_name: str
         model=_model_info(model, model_name or spec.model),
         versions=versions(),
         seconds=round(time.perf_counter() - started, 4),  # started: time.perf_counter() when the run began
-        extras=method.summarize(sweeps.extras, spec, clean_mean) if method.summarize and sweeps.extras else None,
+        extras=_extras(method, spec, sweeps, clean_mean),
         per_prompt=[to_nested(row, sizes) for row in per_prompt],
         std=to_nested(std, sizes),
         ci_low=to_nested(ci_low, sizes),
@@ -256,6 +264,14 @@ def assemble(model, p: Plan, base: Baselines, sweeps: Sweeps, *, model_name: str
         reference=p.reference.info() if p.reference is not None else None,
         warnings=warnings,
     )
+
+
+def _extras(method: Method, spec: SpecBase, sweeps: Sweeps, clean_mean: float) -> dict[str, Any] | None:
+    """The method's per-pair summary and its second step's extras, together (None: neither)."""
+    summary = method.summarize(sweeps.extras, spec, clean_mean) if method.summarize and sweeps.extras else None
+    if sweeps.finished is None:
+        return summary
+    return {**(summary or {}), **sweeps.finished}
 
 
 def _model_info(model, name: str) -> ModelInfo:

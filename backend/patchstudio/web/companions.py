@@ -29,6 +29,8 @@ ROLE_LABELS = {
     "repair": "self-repair (TE and DE)",
     "direct": "direct effect",
     "exact": "exact activation patching",
+    "edge": "exact edge patching",
+    "node": "activation patching (node heatmap)",
 }
 
 # Companions a page cannot do without; the others are left out (``Companions.unavailable``) where

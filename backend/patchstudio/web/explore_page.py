@@ -197,14 +197,14 @@ def result_context(request: Request, service: ExperimentService, stored: StoredR
         raise InputError("_pos does not apply: this result has no position axis", field="_pos")
     else:
         pos = None  # a layer x position result: _pos names the selected cell, not a slice
-    selected = _selected(reading, pos, cell)
+    selected = _selected(reading, pos, cell) if web.heatmap else {"layer": None, "pos": None, "head": None}
     scale = scale or analysis.default_scale(shown.name)
-    heatmap = figures.heatmap(reading, pos, shown.name, selected=selected, scale=scale)
+    heatmap = figures.heatmap(reading, pos, shown.name, selected=selected, scale=scale) if web.heatmap else None
     state = view_state(shown.name, scale, selected)
     link = share_url(request, service, stored.id, **state)
     description = describe(result)
-    floor = analysis.floor_notice(reading)
-    legend = covered_legend(reading)
+    floor = analysis.floor_notice(reading) if web.heatmap else None
+    legend = covered_legend(reading) if web.heatmap else None
     return {
         **cell_prompts_context(stored, reading, shown.name, selected),
         "stored": stored,

@@ -48,6 +48,9 @@ DEFAULT_FORM: dict[str, str] = {
     "reference_prompts": "",
     "baseline": "corrupted",
     "run": "clean",
+    "top_k": "20",
+    "faithfulness": "patching",
+    "edges": "",
     "metric": "logit_diff",
 }
 
@@ -158,6 +161,11 @@ def parse_heads(text: str, field: str) -> list[dict[str, int]]:
     return out
 
 
+def parse_edges(text: str) -> list[str]:
+    """'a0.h1->a1.h2<q> input->m0' (comma, space or line separated) -> edge names (checked by the spec)."""
+    return [item for item in re.split(r"[,\s]+", text.strip()) if item]
+
+
 def format_receivers(receivers) -> str:
     return " ".join(f"L{r.layer}H{r.head}.{r.input}" for r in receivers)
 
@@ -258,6 +266,12 @@ FIELDS: dict[str, FormField] = {
                 "what each token's influence is measured from: the shares add up to metric(clean) − metric(baseline)"),
         _select("run", "Run read", (("clean", "the clean run"), ("corrupted", "the corrupted run")),
                 "the one run the logit lens or direct logit attribution reads (nothing is patched)"),
+        _number("top_k", "Edges verified exactly", 0, 1000, "the edges with the largest estimates, each patched alone"),
+        _select("faithfulness", "Edges outside a circuit", (("patching", "patched from the corrupted run"),
+                                                             ("mean", "mean-ablated over the reference prompts")),
+                "what the faithfulness curve replaces every edge outside each circuit with"),
+        FormField("edges", "Edges", "textarea", parse=lambda v: parse_edges(v.get("edges", "")), show=lambda edges: "\n".join(edges),
+                  title="one per line, as the circuit graph names them", placeholder="a0.h1->a1.h2<q>\ninput->m0\nm1->logits"),
     )
 }
 

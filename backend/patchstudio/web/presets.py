@@ -33,6 +33,15 @@ PRESETS: dict[str, Preset] = {
              "component": "head", "positions": "all", "direction": "denoise"},
         ),
         Preset(
+            "ioi-circuit",
+            "IOI circuit",
+            "The IOI circuit's edges on 8 IOI prompts (names swapped): every edge scored by EAP, the top 20 patched "
+            "exactly, and the faithfulness of the top-n circuits with every other edge patched from the corrupted run",
+            "default",
+            {"model": "default", "source": "family", "family": "ioi_swap", "n_pairs": "8", "method": "circuit",
+             "direction": "noise", "steps": "1", "top_k": "20", "faithfulness": "patching"},
+        ),
+        Preset(
             "self-repair",
             "Self-repair view",
             "On the hydra model, mean-ablate L2H2 on 16 IOI prompts: the metric drops by much less than L2H2's "

@@ -81,6 +81,22 @@ def agreement(run_id: str) -> str:
     return f"/runs/{run_id}/agreement"
 
 
+def circuit_edge(run_id: str, name: str | None = None) -> str:
+    """A circuit's edge, patched exactly on the same prompts (GET: its stored run, or a button; POST
+    computes it). Without ``name``: the URL the page's script completes with ``?name=``."""
+    return f"/runs/{run_id}/edges" + (f"?{urlencode({'name': name})}" if name is not None else "")
+
+
+def circuit_node(run_id: str, name: str | None = None) -> str:
+    """A circuit's node in the node heatmap of the same prompts (GET: the stored cell, or a button)."""
+    return f"/runs/{run_id}/nodes" + (f"?{urlencode({'name': name})}" if name is not None else "")
+
+
+def circuit_export(run_id: str, n: int | None = None) -> str:
+    """A circuit in the EAP-IG code's Graph JSON layout (its top ``n`` edges in the graph)."""
+    return f"/runs/{run_id}/eap-ig.json" + (f"?{urlencode({'n': n})}" if n is not None else "")
+
+
 def jobs() -> str:
     """The jobs list: running, queued and recently finished."""
     return "/jobs"

@@ -12,7 +12,9 @@ from patchstudio.engine.methods import (
     ablation,
     activation_patching,
     attribution_patching,
+    circuit,
     direct_effect,
+    edge_patching,
     input_influence,
     logit_attribution,
     logit_lens,
@@ -27,7 +29,7 @@ from patchstudio.specs import register
 METHODS: dict[str, Method] = {
     m.METHOD.name: m.METHOD
     for m in (activation_patching, ablation, attribution_patching, path_patching, self_repair, input_influence, direct_effect,
-              logit_lens, logit_attribution)
+              logit_lens, logit_attribution, circuit, edge_patching)
 }
 for _method in METHODS.values():
     register(_method.spec)

@@ -79,6 +79,19 @@ class PairResult:
     warnings: tuple[str, ...] = ()  # plain sentences for the result's ``warnings``
 
 
+@dataclass(frozen=True)
+class Finish:
+    """What a method's second step (``Method.finish``) sees, once every pair has run: each pair's
+    context, the first step's values [pairs, cells] in raw metric units, and each pair's clean and
+    corrupted metric. A step that needs the whole prompt set (which edges to verify, which
+    circuits to test, chosen from the mean over the pairs) runs here."""
+
+    pairs: list[PairContext]
+    per_prompt: Tensor
+    clean: list[float]
+    corrupted: list[float]
+
+
 def sites_cost(model, spec, seq_len: int) -> int:
     """One patched run per site of the sweep."""
     return len(profile(model).sites(spec.component, spec.positions, seq_len)[0])
@@ -176,6 +189,11 @@ class Method:
     # unit) -> its cells' title; they have the raw view only (no change from "no effect", no share of
     # the gap), and no Figure 1
     reads_run: Callable[[Any, str], str] | None = None
+    # a second step over the whole prompt set, after every pair's ``run_pair``: its dict goes into the
+    # result's ``extras`` (its cost is part of ``cost``, its rows report through each pair's progress)
+    finish: Callable[[Finish], dict[str, Any]] | None = None
+    # axis -> labels where they are not indices (positions are labelled by the tokens regardless)
+    labels: Callable[[Any, Any], dict[str, list[str]]] | None = None
 
     @property
     def name(self) -> str:

@@ -10,7 +10,9 @@ from patchstudio.web.methods import (
     ablation,
     activation_patching,
     attribution_patching,
+    circuit,
     direct_effect,
+    edge_patching,
     input_influence,
     logit_attribution,
     logit_lens,
@@ -20,7 +22,7 @@ from patchstudio.web.methods import (
 from patchstudio.web.methods.base import WebMethod
 
 _MODULES = (activation_patching, ablation, attribution_patching, path_patching, self_repair, input_influence, direct_effect,
-            logit_lens, logit_attribution)
+            logit_lens, logit_attribution, circuit, edge_patching)
 _BY_NAME = {m.WEB.name: m.WEB for m in _MODULES}
 _MISSING = [name for name in METHODS if name not in _BY_NAME]
 if _MISSING:
@@ -34,10 +36,9 @@ __all__ = ["WEB_METHODS", "WebMethod", "describe"]
 def describe(result) -> str:
     """One line: what was done, to which component, under which metric and corruption."""
     spec = result.spec
-    return (
-        f"{WEB_METHODS[spec.method].claim(spec)} · {COMPONENT_LABELS[spec.component]} · "
-        f"metric: {metric_label(result)} · {corruption_summary(result)}"
-    )
+    web = WEB_METHODS[spec.method]
+    component = f"{COMPONENT_LABELS[spec.component]} · " if web.heatmap else ""  # edges' claims name their nodes
+    return f"{web.claim(spec)} · {component}metric: {metric_label(result)} · {corruption_summary(result)}"
 
 
 def summary(spec: dict) -> dict[str, str]:

@@ -25,3 +25,4 @@ class WebMethod:
     claim: Callable[[Any], str]  # spec -> what was done, in words ("activation patching (denoising: ...)")
     partial: str | None = None  # a result section: template path under frontend/templates/
     context: Callable[[Any, Reading], dict[str, Any]] = no_context  # (service, the result's Reading) -> the partial's context
+    heatmap: bool = True  # False: the result has no layer x head grid (edges); its partial draws it instead

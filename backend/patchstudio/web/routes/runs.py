@@ -135,7 +135,7 @@ def values_csv(stored: StoredRun, reading: Reading | None = None) -> str:
 
     per_prompt = result.per_prompt if result.per_prompt is not None else [None] * n_prompts
     for index in itertools.product(*(range(s) for s in sizes)):
-        row: list[Any] = list(index)
+        row: list[Any] = [result.labels[a][i] if a == "edge" else i for a, i in zip(result.axes, index)]  # edges by name
         if "pos" in result.axes:
             pos = index[result.axes.index("pos")]
             row += [result.labels["pos"][pos], roles[pos]]
