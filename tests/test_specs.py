@@ -318,6 +318,8 @@ def test_json_schema_discriminates_on_method():
         "direct_effect": "#/$defs/DirectEffectSpec",
         "logit_lens": "#/$defs/LogitLensSpec",
         "logit_attribution": "#/$defs/LogitAttributionSpec",
+        "circuit": "#/$defs/CircuitSpec",
+        "edge_patching": "#/$defs/EdgePatchingSpec",
     }
     defs = schema["$defs"]
     assert {"ActivationPatchingSpec", "AblationSpec", "PromptPair"} <= set(defs)
