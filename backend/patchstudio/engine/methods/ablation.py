@@ -16,7 +16,7 @@ The replacement values are built here and applied by the same core as activation
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 from pydantic import Field, field_validator
@@ -24,9 +24,9 @@ from torch import Tensor
 
 from patchstudio.engine import hooks as H
 from patchstudio.engine.inputs import PreparedPair
-from patchstudio.engine.methods.base import Method, PairContext, PairResult, check_component, sweep_cost
-from patchstudio.engine.profile import profile
+from patchstudio.engine.methods.base import Method, PairContext, PairResult, check_component, pair_sites, sweep_cost
 from patchstudio.engine.reference import ReferenceSet, resample_index
+from patchstudio.errors import InputError
 from patchstudio.specs import REFERENCE_DESCRIPTION, AblationKind, Reference, SpecBase, check_reference
 
 __all__ = ["AblationSpec", "ablation_values", "resample_index", "METHOD"]
@@ -59,27 +59,62 @@ def ablation_values(
     seed: int,
 ) -> dict[str, Tensor]:
     """Per-hook replacement activations (batch axis of size 1) for prompt pair ``index`` of a
-    spec, whose clean run cached ``base_cache``."""
+    spec, whose clean run cached ``base_cache``. Per position (the pair's ``groups``), mean and
+    resample values are taken role by role (``by_role``)."""
     if kind == "zero":
         return {name: torch.zeros_like(act) for name, act in base_cache.items()}
     if reference is None:
         raise ValueError(f"{kind} ablation needs a reference set")
     if kind == "mean":
+        if pair.groups is not None:
+            return by_role(base_cache, pair.groups, reference.role_mean)
         return {name: reference.mean[name] for name in base_cache}
     if kind == "resample":
+        if pair.groups is not None:
+            j = reference.drawn(pair, index, seed)
+            return by_role(base_cache, pair.groups, lambda hook, cell: reference.at_role(hook, j, cell))
         drawn = reference.draw(pair, index, seed)
         return {name: drawn[name] for name in base_cache}
     raise ValueError(f"unknown ablation {kind!r}: use zero, mean or resample")
 
 
+def by_role(base_cache: dict[str, Tensor], groups: tuple[tuple[int, ...], ...],
+            value_at: Callable[[str, int], Tensor]) -> dict[str, Tensor]:
+    """Per hook, the base activation with each cell's tokens (``groups``) set to ``value_at(hook,
+    cell)``: the reference's activation at the same role (a sweep patches one cell at a time, so
+    the other tokens are never read)."""
+    out = {}
+    for name, act in base_cache.items():
+        value = act.clone()
+        axis = 1 + H.position_axis(name)
+        for cell, where in enumerate(groups):
+            value.index_copy_(axis, torch.tensor(where, device=act.device), value_at(name, cell).to(act.dtype))
+        out[name] = value
+    return out
+
+
+def check(model, spec) -> None:
+    """The component exists; a pattern's mean or resample by role is refused (a pattern row weighs
+    the reference prompt's own positions, which hold other roles where the name order differs)."""
+    check_component(model, spec)
+    if spec.component == "pattern" and spec.positions != "all" and spec.ablation != "zero":
+        raise InputError(
+            f"a {spec.ablation} ablation of the attention pattern by position is not aligned by role: a pattern row "
+            f"weighs the reference prompt's own positions, which hold other roles where the name order differs; "
+            f"ablate a head's output, q, k or v, or use zero ablation, or positions 'all'",
+            field="component",
+        )
+
+
 def needs_one_length(spec) -> bool:
-    """Per-position sweeps, and mean/resample values taken position by position from other prompts."""
-    return spec.positions == "each" or spec.ablation != "zero"
+    """Mean/resample values are taken position by position from other prompts (a per-position
+    sweep's cells are roles, and need no one length)."""
+    return spec.ablation != "zero"
 
 
 def run_pair(ctx: PairContext) -> PairResult:
     spec, model = ctx.spec, ctx.model
-    sites, _, _ = profile(model).sites(spec.component, spec.positions, ctx.pair.clean.shape[-1])
+    sites = pair_sites(model, spec, ctx.pair)
     source = ablation_values(spec.ablation, ctx.clean_cache, ctx.reference, ctx.pair, ctx.index, spec.seed)
     values = H.patch_values(spec.component, int(model.cfg.n_layers), ctx.clean_cache, source)
     return PairResult(ctx.sweep(ctx.pair.clean, values, sites))
@@ -88,7 +123,7 @@ def run_pair(ctx: PairContext) -> PairResult:
 METHOD = Method(
     spec=AblationSpec,
     run_pair=run_pair,
-    check=check_component,
+    check=check,
     multi_token=True,
     pair_cost=sweep_cost,
     baseline=lambda spec, clean, corrupted: clean,  # the clean run is the one ablated
