@@ -237,7 +237,8 @@ def test_prompts_of_different_lengths_are_swept_per_position_by_role(tiny_model,
     assert result.labels["pos"] == ["BOS", "When", "IO", "and", "S1", "went", "to", "the", ",", "S2", "gave", "a", "END"]
     assert [r.at for r in result.roles][-1] == [[14], [14], [13]]  # END: the final token of each
     assert {r.n for r in result.roles} == {3}
-    assert any("PLACE (2 of 3), OBJECT (2 of 3), store (1 of 3) are left off" in w for w in result.warnings)
+    assert any("left off: PLACE (in 2 of 3 prompts), OBJECT (in 2 of 3 prompts), store (in 1 of 3 prompts)." in w
+               for w in result.warnings)
 
 
 # --- spec level ----------------------------------------------------------------------------------------

@@ -347,6 +347,32 @@ def _check_diffs(found: Sequence[PairRoles]) -> None:
             )
 
 
+def _base(role: str) -> str:
+    """A role without its number: 'the#2' -> 'the'."""
+    return role.rsplit("#", 1)[0] if "#" in role[1:] else role
+
+
+def _times(found: Sequence[PairRoles], base: str) -> list[int]:
+    """How many times each prompt has a role of this base name (a word twice: 'the', 'the#2')."""
+    return [sum(1 for name in roles.at if _base(name) == base) for roles in found]
+
+
+def _common(found: Sequence[PairRoles]) -> set[str]:
+    """The roles every prompt has, of a name every prompt has as many times (a word once in one
+    template and twice in another cannot be aligned by its count)."""
+    shared = set(found[0].at).intersection(*(roles.at for roles in found[1:]))
+    return {name for name in shared if len(set(_times(found, _base(name)))) == 1}
+
+
+def _slots(found: Sequence[PairRoles], common: set[str]) -> list[int]:
+    """Template slots: where prompts of one kind and one length each have a role no other prompt has
+    (the object 'drink' in one pair, 'book' in the next). A slot holds no role of the sweep in any
+    prompt, so it is aligned by its index without mixing roles; elsewhere an index is never used."""
+    if len({roles.length for roles in found}) > 1 or len({roles.kind for roles in found}) > 1:
+        return []
+    return [p for p in range(found[0].length) if not any(roles.role_of(p) in common for roles in found)]
+
+
 def _every_role(found: Sequence[PairRoles]) -> RoleAxis:
     first = found[0]
     for j, roles in enumerate(found[1:], start=2):
@@ -359,26 +385,41 @@ def _every_role(found: Sequence[PairRoles]) -> RoleAxis:
             )
     if first.kind == "words":
         _check_diffs(found)
-    names = tuple(name for name in first.at if all(name in roles.at for roles in found))
-    counts: dict[str, int] = {}
+    common = _common(found)
+    slots = _slots(found, common)
+    cells = [(name, tuple(roles.at[name] for roles in found)) for name in first.at if name in common]
+    cells += [(str(p), tuple((p,) for _ in found)) for p in slots]
+    cells.sort(key=lambda cell: cell[1][0])  # in the first prompt's order
+    left: dict[str, str] = {}
     for roles in found:
-        for name in roles.at:
-            if name not in names:
-                counts[name] = counts.get(name, 0) + 1
+        for name, where in roles.at.items():
+            base = _base(name)
+            if name in common or set(where) <= set(slots) or base in left:
+                continue
+            times = _times(found, base)
+            if 0 in times:
+                left[base] = f"{base} (in {sum(t > 0 for t in times)} of {len(found)} prompts)"
+            else:
+                left[base] = f"{base} ({' or '.join(map(str, sorted(set(times))))} times in a prompt)"
     warnings = ()
-    if counts:
-        left = [f"{name} ({n} of {len(found)})" for name, n in counts.items()]
-        shown = ", ".join(left[:MAX_ROLES_SHOWN]) + (", ..." if len(left) > MAX_ROLES_SHOWN else "")
+    if left:
+        shown = ", ".join(list(left.values())[:MAX_ROLES_SHOWN]) + (", ..." if len(left) > MAX_ROLES_SHOWN else "")
         warnings = (
-            f"Positions are swept by role, and only roles every prompt has are on the position axis: {shown} "
-            f"{'is' if len(left) == 1 else 'are'} left off (in how many prompts). Each cell averages all "
-            f"{len(found)} prompts at the same role.",
+            f"Positions are swept by role, and only roles every prompt has (as many times) are on the position axis; "
+            f"left off: {shown}. Each cell averages all {len(found)} prompts at the same role.",
         )
-    return RoleAxis(names, tuple(tuple(roles.at[name] for name in names) for roles in found), warnings)
+    return _axis(found, cells, warnings)
+
+
+def _axis(found: Sequence[PairRoles], cells: list[tuple[str, tuple[tuple[int, ...], ...]]],
+          warnings: tuple[str, ...] = ()) -> RoleAxis:
+    return RoleAxis(tuple(name for name, _ in cells), tuple(tuple(cell[1][i] for cell in cells) for i in range(len(found))),
+                    warnings)
 
 
 def _picked(found: Sequence[PairRoles], picks: Sequence[Any]) -> RoleAxis:
     cells: list[tuple[str, tuple[tuple[int, ...], ...]]] = []
+    common = _common(found)
     for pick in picks:
         if isinstance(pick, int):
             for j, roles in enumerate(found, start=1):
@@ -387,7 +428,7 @@ def _picked(found: Sequence[PairRoles], picks: Sequence[Any]) -> RoleAxis:
                                      f"0 to {roles.length - 1})", field="positions")
             named = [roles.role_of(pick) for roles in found]
             bad = next((j for j, name in enumerate(named) if name != named[0]), None)
-            if bad is not None:
+            if bad is not None and pick not in _slots(found, common):
                 raise InputError(
                     f"position {pick} is {named[0]} in prompt 1 but {named[bad]} in prompt {bad + 1}: an index would "
                     f"average different roles; pick roles by name (e.g. {named[0]}) instead",
@@ -404,6 +445,14 @@ def _picked(found: Sequence[PairRoles], picks: Sequence[Any]) -> RoleAxis:
                 )
         if pick.startswith("diff"):
             _check_diffs(found)
+        if pick not in common:
+            times = _times(found, _base(pick))
+            bad = next(j for j, n in enumerate(times) if n != times[0])
+            raise InputError(
+                f"{_base(pick)[:40]!r} is {times[0]} time(s) in prompt 1 but {times[bad]} in prompt {bad + 1}: which of "
+                f"them {pick[:40]!r} is cannot be aligned by role; pick a role every prompt has as many times",
+                field="positions",
+            )
         cells.append((pick, tuple(roles.at[pick] for roles in found)))
     for a in range(len(cells)):
         for b in range(a + 1, len(cells)):
@@ -411,5 +460,4 @@ def _picked(found: Sequence[PairRoles], picks: Sequence[Any]) -> RoleAxis:
                 raise InputError(f"positions {cells[a][0]} and {cells[b][0]} are the same position(s) in every "
                                  f"prompt: pick each once", field="positions")
     cells.sort(key=lambda cell: cell[1][0])  # in the first prompt's order
-    names = tuple(name for name, _ in cells)
-    return RoleAxis(names, tuple(tuple(cell[1][i] for cell in cells) for i in range(len(found))))
+    return _axis(found, cells)

@@ -397,8 +397,8 @@ class WordRole:
 def word_roles(prompt: str, answer: str | None = None, wrong: str | None = None) -> tuple[str, list[WordRole]]:
     """(kind, every word's role) for a clean prompt, from its words and (when given) its answers.
 
-    - ``"ioi"``: the answer appears once and the wrong answer twice (without answers: two names of
-      the name list, one once and one twice). Wang et al.'s names: IO (the name once), S1 and S2
+    - ``"ioi"``: the answer appears once and the wrong answer twice (else, or without answers: two
+      names of the name list, one once and one twice). Wang et al.'s names: IO (the name once), S1 and S2
       (the repeated subject, first and second time); for a built-in template also PLACE and OBJECT.
     - ``"induction"``: L distinct words and the first L-1 of them again (the answer, when given,
       is the L-th word). After Olsson et al.'s [A][B] ... [A] -> [B]: A is the earlier copy of the
@@ -439,16 +439,14 @@ def numbered(roles: Sequence[str]) -> list[str]:
 
 
 def _ioi_roles(prompt: str, words: list[str], answer: str | None, wrong: str | None) -> dict[int, str] | None:
-    if answer is not None and wrong is not None:
-        io, s = answer.strip(), wrong.strip()
+    found = _ioi_names(prompt)
+    candidates = ([(answer.strip(), wrong.strip())] if answer and wrong else []) + ([found[:2]] if found else [])
+    for io, s in candidates:
+        io_at = [i for i, w in enumerate(words) if w == io]
+        s_at = [i for i, w in enumerate(words) if w == s]
+        if len(io_at) == 1 and len(s_at) == 2:
+            break
     else:
-        found = _ioi_names(prompt)
-        if found is None:
-            return None
-        io, s = found[0], found[1]
-    io_at = [i for i, w in enumerate(words) if w == io]
-    s_at = [i for i, w in enumerate(words) if w == s]
-    if len(io_at) != 1 or len(s_at) != 2:
         return None
     named = {io_at[0]: "IO", s_at[0]: "S1", s_at[1]: "S2"}
     template = ioi_template_of(prompt)
