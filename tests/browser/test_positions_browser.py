@@ -4,6 +4,8 @@ and END on its axis with values equal to a plain-hook reference that patches eac
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -18,7 +20,7 @@ HEATMAP_Z = "() => document.getElementById('heatmap').data[0].z"
 KEY_ROLES = ("IO", "S1", "S2", "END")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def ioi_server(default_model_or_none, serve_app, tmp_path_factory):
     """The shipped default model (its IOI example uses the generator's names), on a server of its own."""
     if default_model_or_none is None:
@@ -47,7 +49,12 @@ def test_mixed_order_ioi_example_per_position_shows_roles_equal_to_plain_hooks(b
     context.set_default_timeout(60_000)  # a loaded CI machine
     page = context.new_page()
     try:
-        open_explore(page, "/?preset=ioi-heads")  # 8 generated IOI pairs, ABBA and BABA alternating
+        page.goto("/?preset=ioi-heads")  # 8 generated IOI pairs, ABBA and BABA alternating; a GET never computes
+        expect(page.locator("#results")).to_contain_text(re.compile(r"results appear here|clean"))
+        if page.locator("#heatmap").count() == 0:
+            page.locator("#spec-form button[type=submit]").click()
+            page.wait_for_url(re.compile(r"/runs/"))
+        expect(page.locator("#heatmap .main-svg").first).to_be_visible()
         first = page.url
         page.select_option("[name=component]", "resid_pre")  # a choice runs at once
         wait_for_new_run(page, first)
@@ -93,4 +100,6 @@ def test_chosen_positions_s2_and_end_give_exactly_those(page):
     x = heatmap_x_once(page, "S2")
     assert [label.split(" ")[0] for label in x] == ["S2", "END"]
     assert all(len(row) == 2 for row in page.evaluate(HEATMAP_Z))
-    expect(page.locator("[name=positions_at]")).to_have_value("END, S2")  # the stored spec, back in the form
+    page.reload()  # the run's own page: its stored spec, back in the form
+    expect(page.locator("[name=positions_at]")).to_have_value("END, S2")
+    expect(page.locator("[name=positions]")).to_have_value("chosen")
