@@ -43,6 +43,16 @@ class ModelInfo(BaseModel):
     dtype: str = Field("float32", description="the model's dtype (float32, bfloat16, float16).")
 
 
+class PositionRole(BaseModel):
+    """A cell of a per-position sweep's position axis: a role across the prompts."""
+
+    model_config = ConfigDict(frozen=True)
+
+    role: str = Field(description="The role (IO, S1, S2, END, a template word, ...) or the token index picked.")
+    n: int = Field(description="How many prompts the cell averages.")
+    at: list[list[int]] = Field(description="Its token positions in each prompt.")
+
+
 class PatchResult(BaseModel):
     """The outcome of one experiment. ``values`` is a nested list in ``axes`` order, averaged over
     the prompt set; ``clean`` and ``corrupted`` are the metric on the unpatched runs.
@@ -92,6 +102,12 @@ class PatchResult(BaseModel):
         default_factory=list,
         description="What limits the reading: degenerate input, a small gap, an own-prompts reference, half "
         "precision (a gap or effects within the dtype's rounding noise).",
+    )
+    roles: list[PositionRole] | None = Field(
+        None,
+        description="A per-position sweep's position axis, cell by cell: the role, how many prompts it averages "
+        "and where it is in each prompt (positions are aligned by role, never by index). None without a "
+        "position axis, and for results stored before roles existed (their axis is by token index).",
     )
 
 

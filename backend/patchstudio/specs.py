@@ -39,6 +39,9 @@ Component = Literal[
 ]
 Metric = Literal["logit_diff", "normalized_logit_diff", "prob", "loss", "kl"]
 Positions = Literal["all", "each"]
+# Positions picked by role name ("S2", "END") or token index; the spec keeps them sorted and each once
+PositionPicks = tuple[Union[int, str], ...]
+MAX_POSITION_PICKS = 64
 Direction = Literal["denoise", "noise"]
 AblationKind = Literal["zero", "mean", "resample"]
 
@@ -125,8 +128,18 @@ class SpecBase(Frozen):
     # pair also gave a false "Tuple should have at least 1 item ... not 0". Checked after instead.
     prompts: tuple[PromptPair, ...] = Field(description="One or more prompt pairs.", json_schema_extra={"minItems": 1})
     component: Component = "head"
-    positions: Positions = Field("all", description="'all': patch every position at once; 'each': one position at a time.")
+    positions: Union[Positions, PositionPicks] = Field(
+        "all",
+        description="'all': patch every position at once; 'each': one position at a time, by role across the "
+        "prompts (IO, S1, S2, END, ...); or a list of roles and token indices to patch one at a time, e.g. "
+        "['S2', 'END'].",
+    )
     metric: Metric = "logit_diff"
+
+    @field_validator("positions", mode="before")
+    @classmethod
+    def _position_picks(cls, value: Any) -> Any:
+        return position_picks(value)
 
     @field_validator("prompts")
     @classmethod
@@ -167,6 +180,36 @@ class SpecBase(Frozen):
 
     def canonical_json(self) -> str:
         return json.dumps(self.canonical_data(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def position_picks(value: Any) -> Any:
+    """'all' and 'each' as they are; a list of picks as the spec keeps it: indices (an int, or a string
+    of digits) and role names (stripped), each once, indices first in order, then names in order. A
+    ValueError names what is wrong."""
+    if isinstance(value, str):
+        if value in ("all", "each"):
+            return value
+        raise ValueError(f"positions must be 'all', 'each' or a list of roles and indices, e.g. ['S2', 'END']; got {value[:40]!r}")
+    if not isinstance(value, (list, tuple)):
+        return value  # the type check says what is wrong
+    if not value:
+        raise ValueError("pick at least one position (a role like 'S2', or an index), or use 'all' or 'each'")
+    if len(value) > MAX_POSITION_PICKS:
+        raise ValueError(f"{len(value)} positions picked: at most {MAX_POSITION_PICKS}; use 'each' for every position")
+    picks: set[int | str] = set()
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, (int, str)):
+            raise ValueError(f"a picked position is a role name or a token index, not {item!r}")
+        if isinstance(item, str):
+            item = item.strip()
+            if item.isdigit():
+                item = int(item)
+            elif not item or len(item) > 64:
+                raise ValueError("a picked role name is empty or longer than 64 characters")
+        if isinstance(item, int) and item < 0:
+            raise ValueError(f"position {item} is negative: indices count from 0 (the final position is the role END)")
+        picks.add(item)
+    return tuple(sorted(picks, key=lambda p: (isinstance(p, str), p)))
 
 
 class HeadRef(Frozen):

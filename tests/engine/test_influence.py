@@ -37,7 +37,7 @@ def _reference(model, alphas, from_corrupted):
 
 def test_gradient_times_input_equals_autograd(tiny_model):
     result = run(tiny_model, {"method": "input_influence", "prompts": TINY_PAIRS, "baseline": "zero"})
-    assert result.axes == ["pos"] and result.labels["pos"][:2] == ["<bos>", "When"]
+    assert result.axes == ["pos"] and result.labels["pos"][:3] == ["BOS", "When", "IO"]  # by role
     assert torch.allclose(torch.tensor(result.values), _reference(tiny_model, [1.0], from_corrupted=False), atol=1e-4)
 
 

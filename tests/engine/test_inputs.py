@@ -197,20 +197,20 @@ def test_exactly_on_budget_runs(tiny_model):
 
 
 SAME_LENGTH_MSG = (
-    "all prompts must have the same number of tokens for this experiment (positions 'each', "
-    "or a mean/resample ablation): prompt 1 has 15, prompt {bad} has 14; use prompts from one template"
+    "all prompts must have the same number of tokens for this experiment (a mean or resample ablation "
+    "takes activations from other prompts position by position): prompt 1 has 15, prompt {bad} has 14; "
+    "use prompts from one template"
 )
 
 
 @pytest.mark.parametrize(
     "extra, prompts, bad",
     [
-        ({"positions": "each"}, [P1, SHORT], 2),
-        ({"positions": "each", "component": "resid_pre"}, [P1, P2, SHORT], 3),
         ({"method": "ablation"}, [P1, SHORT], 2),
         ({"method": "ablation", "ablation": "resample"}, [P1, SHORT], 2),
+        ({"method": "ablation", "positions": "each", "component": "resid_pre"}, [P1, P2, SHORT], 3),
     ],
-    ids=["each-head", "each-resid-third", "ablation-mean", "ablation-resample"],
+    ids=["ablation-mean", "ablation-resample", "ablation-mean-each-third"],
 )
 def test_prompts_of_different_lengths(tiny_model, extra, prompts, bad):
     exc = _error(tiny_model, {"prompts": prompts, **extra})
@@ -226,6 +226,19 @@ def test_prompts_of_different_lengths_fine_when_not_needed(tiny_model, extra):
     result = run(tiny_model, {"prompts": [P1, SHORT], "component": "attn_out", **extra})
     assert result.axes == ["layer"]
     assert [len(p.clean) for p in result.prompts] == [15, 14]
+
+
+@pytest.mark.parametrize("extra", [{}, {"component": "resid_pre"}, {"method": "ablation", "ablation": "zero"}],
+                         ids=["patching-head", "patching-resid", "ablation-zero"])
+def test_prompts_of_different_lengths_are_swept_per_position_by_role(tiny_model, extra):
+    """P1 (a built-in template: PLACE, OBJECT) and SHORT (no template, one word shorter): the axis holds
+    the roles both have, in P1's order, and a warning names the ones left off."""
+    result = run(tiny_model, {"prompts": [P1, P2, SHORT], "component": "head", "positions": "each", **extra})
+    assert result.labels["pos"] == ["BOS", "When", "IO", "and", "S1", "went", "to", "the", ",", "S2", "gave", "a", "END"]
+    assert [r.at for r in result.roles][-1] == [[14], [14], [13]]  # END: the final token of each
+    assert {r.n for r in result.roles} == {3}
+    assert any("left off: PLACE (in 2 of 3 prompts), OBJECT (in 2 of 3 prompts), store (in 1 of 3 prompts)." in w
+               for w in result.warnings)
 
 
 # --- spec level ----------------------------------------------------------------------------------------

@@ -63,7 +63,10 @@ def test_progress_reports_every_patched_run(tiny_model):
 def test_result_labels_and_tokens(tiny_model):
     result = run(tiny_model, {"prompts": TINY_PAIRS, "component": "head", "positions": "each"})
     assert result.axes == ["layer", "pos", "head"]
-    assert result.labels["pos"] == result.prompts[0].clean
+    # the position axis names roles (both pairs are ABBA IOI prompts of one template: every token has one)
+    assert result.labels["pos"] == ["BOS", "When", "IO", "and", "S1", "went", "to", "the", "PLACE", ",", "S2", "gave",
+                                    "a", "OBJECT", "END"]
+    assert [r.at for r in result.roles] == [[[i], [i]] for i in range(15)]
     assert result.prompts[0].clean[:3] == ["<bos>", "When", "Mary"]
     assert (result.prompts[0].answer, result.prompts[0].wrong) == ("Mary", "John")
     assert len(result.values) == 2 and len(result.values[0]) == 15 and len(result.values[0][0]) == 4

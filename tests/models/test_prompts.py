@@ -184,3 +184,59 @@ def test_training_texts():
     assert len(mix) == 40
     stream = prompts.iter_training_texts(seed=0, chunk=16)
     assert [next(stream) for _ in range(40)] == [t for t, _ in zip(prompts.iter_training_texts(seed=0, chunk=16), range(40))]
+
+
+# --- position roles ----------------------------------------------------------------------------------
+
+
+def roles_of(text: str, answer: str | None = None, wrong: str | None = None) -> tuple[str, list[tuple[str, str]]]:
+    kind, words = prompts.word_roles(text, answer, wrong)
+    return kind, [(text[w.start:w.end], w.role) for w in words]
+
+
+@pytest.mark.parametrize("order", ["ABBA", "BABA"])
+@pytest.mark.parametrize("template", range(len(IOI_TEMPLATES)))
+def test_ioi_roles_in_every_template_and_order(template, order):
+    """IO is the name once, S1 and S2 the repeated one, by hand from the template's slots; PLACE and OBJECT
+    are the slots'; every other word is itself."""
+    io, s = "Mary", "John"
+    n1, n2 = (io, s) if order == "ABBA" else (s, io)
+    text = IOI_TEMPLATES[template].format(N1=n1, N2=n2, S=s, PLACE="store", OBJECT="drink")
+    kind, named = roles_of(text, io, s)
+    assert kind == "ioi"
+    slots = [w for w in re.findall(r"\{\w+\}|\w+|[^\w\s{}]", IOI_TEMPLATES[template])]
+    expected = {"{N1}": "IO" if order == "ABBA" else "S1", "{N2}": "S1" if order == "ABBA" else "IO", "{S}": "S2",
+                "{PLACE}": "PLACE", "{OBJECT}": "OBJECT"}
+    assert len(slots) == len(named)
+    seen: dict[str, int] = {}
+    for slot, (word, role) in zip(slots, named):
+        base = expected.get(slot, slot)
+        seen[base] = seen.get(base, 0) + 1
+        assert role == (base if seen[base] == 1 else f"{base}#{seen[base]}"), (slot, word, role)
+
+
+def test_ioi_roles_come_from_the_answers_then_from_the_names():
+    # answers given: IO is the answer, whatever the names
+    assert roles_of("When Xi and Yo went out, Yo waved to", "Xi", "Yo")[1][1:5] == [("Xi", "IO"), ("and", "and"), ("Yo", "S1"), ("went", "went")]
+    # no answers (a reference prompt): two names of the name list, one once
+    kind, named = roles_of("When Mary and John went to the store, John gave a drink to")
+    assert kind == "ioi" and [r for _, r in named if r in ("IO", "S1", "S2")] == ["IO", "S1", "S2"]
+    # answers that do not fit (Alice is not in it): the names decide
+    assert [r for _, r in roles_of("When Mary and John went to the store, John gave a drink to", "Alice", "John")[1]][1:5] == \
+        ["IO", "and", "S1", "went"]
+    # three names, each once: not IOI
+    assert roles_of("When Mary and Alice went to the store, John gave a drink to", "Mary", "John")[0] == "words"
+
+
+def test_induction_roles():
+    kind, named = roles_of("a b c d e a b c d", "e", "x")
+    assert kind == "induction"
+    assert [r for _, r in named] == ["first1", "first2", "first3", "A", "B", "repeat1", "repeat2", "repeat3", "repeat4"]
+    assert roles_of("a b c d e a b c d", "x", "y")[0] == "words"  # the answer is not what induction predicts
+
+
+def test_words_are_named_by_themselves_quoted_where_they_would_read_as_a_role():
+    kind, named = roles_of("The END of the 3 diff2 IO")
+    assert kind == "words"
+    assert [r for _, r in named] == ["The", "'END'", "of", "the", "'3'", "'diff2'", "'IO'"]
+    assert prompts.numbered(["to", "the", "to", "to"]) == ["to", "the", "to#2", "to#3"]

@@ -74,19 +74,40 @@ def test_noising_and_ablation_centre_on_the_clean_run(tiny_model):
     assert analysis.no_effect(noised) == noised.clean and analysis.no_effect(ablated) == ablated.clean
 
 
-def test_position_labels_are_indexed_and_escaped(tiny_model):
+def test_position_labels_are_roles_and_escaped(tiny_model):
+    """By role; a token every prompt has there is shown beside its role (escaped: '<bos>' is markup)."""
     result = run(tiny_model, {"prompts": TINY_PAIRS, "component": "resid_pre", "positions": "each"})
     fig = figures.heatmap(result)
-    assert fig["data"][0]["x"][:3] == ["0 &lt;bos&gt;", "1 When", "2 Mary (IO)"]
+    assert fig["data"][0]["x"][:3] == ["BOS (&lt;bos&gt;)", "When", "IO"]  # IO is Mary in one prompt, Alice in the other
+    assert fig["data"][0]["x"][-1] == "END (to)"
+    assert fig["layout"]["xaxis"]["title"]["text"] == "position (role; n = 2 prompts per cell)"
+    # cells of different n (none the engine makes today) carry their own
+    uneven = result.model_dump(mode="json")
+    uneven["roles"][0]["n"] = 1
+    fig = figures.heatmap(type(result).model_validate(uneven))
+    assert fig["data"][0]["x"][:2] == ["BOS (&lt;bos&gt;), n = 1", "When, n = 2"]
+    assert fig["layout"]["xaxis"]["title"]["text"] == "position (role, n prompts)"
+
+
+def test_position_labels_of_a_result_stored_by_index(tiny_model):
+    """A result stored before roles (labels: prompt 1's tokens, no roles) keeps its index labels."""
+    result = run(tiny_model, {"prompts": TINY_PAIRS, "component": "resid_pre", "positions": "each"})
+    old = result.model_dump(mode="json")
+    old.update(roles=None, labels={**old["labels"], "pos": result.prompts[0].clean})
+    legacy = type(result).model_validate(old)
+    assert figures.heatmap(legacy)["data"][0]["x"][:3] == ["0 &lt;bos&gt;", "1 When", "2 Mary (IO)"]
+    assert figures.heatmap(legacy)["layout"]["xaxis"]["title"]["text"] == "position"
+    assert analysis.cell_name(legacy, 1, 10, None) == "L1 @ 10 John (S2)"
 
 
 def test_per_position_head_sweep_shows_one_position(tiny_model):
     result = run(tiny_model, {"prompts": TINY_PAIRS, "component": "head", "positions": "each"})
     fig = figures.heatmap(result, pos=10, view="raw")
     assert fig["data"][0]["z"] == [row[10] for row in result.values]
-    assert "position 10 John (S2)" in fig["layout"]["title"]["text"]  # IOI roles (Wang et al.)
+    assert "position S2" in fig["layout"]["title"]["text"]  # IOI roles (Wang et al.)
+    assert fig["data"][0]["text"][1][3].startswith("L1 H3 @ S2: ")
     assert analysis.cell_value(result, 1, 10, 3) == result.values[1][10][3]
-    assert analysis.cell_name(result, 1, 10, 3) == "L1 H3 @ 10 John"
+    assert analysis.cell_name(result, 1, 10, 3) == "L1 H3 @ S2"
 
 
 def test_layer_component_is_a_bar_chart(tiny_model):
@@ -176,10 +197,14 @@ def test_colour_intensity_is_the_same_on_both_sides_of_no_effect():
 def test_ioi_positions_are_named_by_role(tiny_model):
     result = run(tiny_model, {"prompts": TINY_PAIRS, "component": "resid_pre", "positions": "each"})
     roles = analysis.position_roles(result)
-    tokens = result.labels["pos"]
-    assert [(i, tokens[i]) for i, r in enumerate(roles) if r] == [(2, "Mary"), (4, "John"), (10, "John"), (14, "to")]
-    assert [r for r in roles if r] == ["IO", "S1", "S2", "END"]
-    assert figures.heatmap(result)["data"][0]["x"][10] == "10 John (S2)"
-    # prompts without the IOI shape get no roles
-    other = run(tiny_model, {"prompts": [{**TINY_PAIRS[0], "answer": "Alice"}], "component": "resid_pre", "positions": "each"})
-    assert set(analysis.position_roles(other)) == {""}
+    tokens = result.prompts[0].clean
+    named = {r: [tokens[i] for i in where[0]] for r, where in ((role.role, role.at) for role in result.roles)}
+    assert [named[r] for r in ("IO", "S1", "S2", "END")] == [["Mary"], ["John"], ["John"], ["to"]]
+    assert [roles.index(r) for r in ("IO", "S1", "S2", "END")] == [2, 4, 10, 14]
+    assert figures.heatmap(result)["data"][0]["x"][10] == "S2"  # John in one prompt, Bob in the other
+    # a prompt without the IOI shape (three names, each once) gets no IOI roles: its words, the changed token, END
+    other = run(tiny_model, {"prompts": [{"clean": "When Mary and Alice went to the store , John gave a drink to",
+                                          "corrupted": "When Mary and Alice went to the store , Bob gave a drink to",
+                                          "answer": "Mary", "wrong": "John"}], "component": "resid_pre", "positions": "each"})
+    assert analysis.position_roles(other)[1:6] == ["When", "Mary", "and", "Alice", "went"]
+    assert analysis.position_roles(other)[10] == "diff1" and "S2" not in analysis.position_roles(other)

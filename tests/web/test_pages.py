@@ -259,7 +259,7 @@ def test_input_influence_shows_a_bar_per_clean_token(client, tiny_model):
     pair = {"clean": IOI, "corrupted": IOI_CORRUPTED, "answer": "Mary", "wrong": "John"}
     expected = run(tiny_model, {"method": "input_influence", "prompts": [pair], "steps": 8})
     assert response.headers["HX-Push-Url"] == f"/runs/{expected.id}"
-    assert '"type": "bar"' in response.text and "10 John (S2): " in response.text
+    assert '"type": "bar"' in response.text and "S2 (John): " in response.text  # the token's role, and the token
     assert 'id="figure1"' not in response.text  # no layer to select
 
 

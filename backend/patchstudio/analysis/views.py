@@ -51,9 +51,13 @@ def gap(result: PatchResult) -> float:
 
 
 def position_roles(result: PatchResult) -> list[str]:
-    """Wang et al.'s names for the positions of an IOI-shaped prompt: IO (the answer name), S1 and
-    S2 (the repeated subject name), END (the final position, where the metric is read); '' for the
-    others. Only when every pair has that shape at the same positions (else all '')."""
+    """The role of each cell of the position axis. A per-position sweep is by role (``result.roles``:
+    IO, S1, S2, END, the template's words, ...). A result stored before roles existed is by token
+    index: there, Wang et al.'s names for an IOI-shaped prompt (IO, the answer name; S1 and S2, the
+    repeated subject; END, the final position) where every pair has that shape at the same positions,
+    '' for the others (all '' else)."""
+    if result.roles is not None:
+        return [r.role for r in result.roles]
     n = len(result.prompts[0].clean)
     found: list[str] | None = None
     for p in result.prompts:
@@ -69,6 +73,42 @@ def position_roles(result: PatchResult) -> list[str]:
             return [""] * n
         found = roles
     return found or [""] * n
+
+
+def position_tokens(result: PatchResult) -> list[str]:
+    """Each cell of the position axis's token text where every prompt has the same one there (a
+    role of one token), else '' (the names differ from prompt to prompt). By index (a result stored
+    before roles): the first prompt's tokens."""
+    if result.roles is None:
+        return list(result.labels.get("pos", []))
+    out = []
+    for role in result.roles:
+        texts = {tuple(p.clean[i] for i in at) for p, at in zip(result.prompts, role.at)}
+        out.append("".join(texts.pop()) if len(texts) == 1 else "")
+    return out
+
+
+def position_labels(result: PatchResult) -> list[str]:
+    """How the position axis reads (plain text: a drawing escapes it). By role: 'S2', with the token
+    where every prompt has the same one ('END (to)'); a role that is a word names itself ('went'). By
+    index (a result stored before roles): '10 John (S2)'."""
+    roles, tokens = position_roles(result), position_tokens(result)
+    if result.roles is None:
+        return [f"{i} {tok}" + (f" ({roles[i]})" if roles[i] else "") for i, tok in enumerate(tokens)]
+    labels = [role if not tok.strip() or tok.strip() == role.split("#")[0] else f"{role} ({tok.strip()})"
+              for role, tok in zip(roles, tokens)]
+    if len({role.n for role in result.roles}) > 1:  # else the axis title says n once
+        labels = [f"{label}, n = {role.n}" for label, role in zip(labels, result.roles)]
+    return labels
+
+
+def position_axis_title(result: PatchResult) -> str:
+    """The position axis's title: by role, with how many prompts each cell averages ('position (role;
+    n = 8 prompts per cell)'; where cells differ in n, each label carries its own). By index: 'position'."""
+    if result.roles is None:
+        return "position"
+    counts = {role.n for role in result.roles}
+    return f"position (role; n = {counts.pop()} prompts per cell)" if len(counts) == 1 else "position (role, n prompts)"
 
 
 def multi_token(result: PatchResult) -> bool:
@@ -109,12 +149,12 @@ def cell_value(result: PatchResult, layer: int | None, pos: int | None, head: in
 
 
 def cell_name(result: PatchResult, layer: int | None, pos: int | None, head: int | None) -> str:
-    """'L1 H3 @ 10 John' (plain text: a drawing escapes it)."""
+    """'L1 H3 @ S2' ('L1 H3 @ 10 John (S2)' by index; plain text: a drawing escapes it)."""
     parts = [f"L{layer}"] if "layer" in result.axes else []
     if "head" in result.axes:
         parts.append(f"H{head}")
     if "pos" in result.axes:
-        parts.append(f"@ {pos} {result.labels['pos'][pos]}")
+        parts.append(f"@ {position_labels(result)[pos]}")
     return " ".join(parts)
 
 

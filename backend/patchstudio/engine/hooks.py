@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -106,26 +106,30 @@ class Site:
     mask: Tensor  # bool, over the activation's non-batch axes (broadcastable)
 
 
-def sites(model, component: str, positions: str, seq_len: int) -> tuple[list[Site], list[str], list[int]]:
+def sites(model, component: str, positions: Any, seq_len: int,
+          groups: Sequence[Sequence[int]] | None = None) -> tuple[list[Site], list[str], list[int]]:
     """Every patch of a sweep, in row-major order of its axes (the engine asks
     ``profile(model).sites``, which builds them once per model and shape).
 
     Returns (sites, axis names, axis sizes). Axes follow TransformerLens's patching module:
     (layer, head) for heads at all positions, (layer, pos, head) per position, (layer, pos) for
     stream components per position, (layer,) for a stream component at every position.
-    For ``pattern`` the ``pos`` axis is the destination (query) position.
+    For ``pattern`` the ``pos`` axis is the destination (query) position. Per position
+    (``positions`` other than "all"), a cell of the ``pos`` axis patches the token positions of
+    one of ``groups`` (a role's, ``inputs.role_axis``); without them, each position on its own.
     """
     n_layers = int(model.cfg.n_layers)
     kind = activation_kind(component)
     out: list[Site] = []
+    per_pos = positions != "all"
+    cells: list[Any] = [list(g) for g in groups] if groups is not None else list(range(seq_len))
     if kind in ("head_vector", "pattern"):
         n_heads = n_heads_for(model, component)
-        per_pos = positions == "each"
         axes = ["layer", "pos", "head"] if per_pos else ["layer", "head"]
-        sizes = [n_layers, seq_len, n_heads] if per_pos else [n_layers, n_heads]
+        sizes = [n_layers, len(cells), n_heads] if per_pos else [n_layers, n_heads]
         for layer in range(n_layers):
             name = hook_name(component, layer)
-            for pos in range(seq_len) if per_pos else [None]:
+            for pos in cells if per_pos else [None]:
                 for head in range(n_heads):
                     if kind == "head_vector":  # [pos, head, d_head]
                         mask = torch.zeros(seq_len, n_heads, 1, dtype=torch.bool)
@@ -136,15 +140,14 @@ def sites(model, component: str, positions: str, seq_len: int) -> tuple[list[Sit
                     out.append(Site(layer, name, mask))
         return out, axes, sizes
     # stream: [pos, d_model]
-    per_pos = positions == "each"
     for layer in range(n_layers):
         name = hook_name(component, layer)
-        for pos in range(seq_len) if per_pos else [None]:
+        for pos in cells if per_pos else [None]:
             mask = torch.zeros(seq_len, 1, dtype=torch.bool)
             mask[slice(None) if pos is None else pos] = True
             out.append(Site(layer, name, mask))
     if per_pos:
-        return out, ["layer", "pos"], [n_layers, seq_len]
+        return out, ["layer", "pos"], [n_layers, len(cells)]
     return out, ["layer"], [n_layers]
 
 

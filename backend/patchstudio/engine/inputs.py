@@ -7,6 +7,13 @@ word-level one "Mary", whichever way the tokenizer marks a leading space; the to
 (prepended by it or by TransformerLens, per model) is part of the prompt, never of the answer.
 An answer of several tokens is allowed: it is scored by teacher-forced sequence log-probability
 (see ``engine.metrics``), by the methods that support it.
+
+Per-position sweeps go by role, not by index (``role_axis``): each pair's tokens are named from its
+words (``models.prompts.word_roles``: IO, S1, S2 of an IOI prompt, the template's words, the
+copies of a repeated sequence) mapped to tokens through the tokenizer's character offsets, plus
+END (the final token), BOS (tokens before the text) and, for other pairs, diff1, diff2, ... (where
+clean and corrupted differ). A cell of the position axis is a role every prompt has; where roles
+cannot be aligned the spec is refused on ``positions``, never averaged by index.
 """
 
 from __future__ import annotations
@@ -17,8 +24,9 @@ from typing import Any, Sequence
 from torch import Tensor
 
 from patchstudio.errors import InputError
+from patchstudio.models import prompts as P
 
-__all__ = ["InputError", "PreparedPair", "prepare_pairs"]
+__all__ = ["InputError", "PreparedPair", "RoleAxis", "prepare_pairs", "role_axis"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,8 @@ class PreparedPair:
     wrong_str: str = ""
     answer_ids: tuple[int, ...] = ()  # every token of the answer as it follows the prompt
     wrong_ids: tuple[int, ...] = ()
+    # a per-position sweep's cells in this pair: each cell's token positions (``role_axis``)
+    groups: tuple[tuple[int, ...], ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.answer_ids:
@@ -193,8 +203,8 @@ def prepare_pairs(model, prompts: Sequence[Any], *, same_length: bool) -> list[P
             first = out[0].clean.shape[-1]
             bad = next(i for i, pp in enumerate(out) if pp.clean.shape[-1] != first)
             raise InputError(
-                f"all prompts must have the same number of tokens for this experiment (positions 'each', "
-                f"or a mean/resample ablation): prompt 1 has {first}, prompt {bad + 1} has "
+                f"all prompts must have the same number of tokens for this experiment (a mean or resample "
+                f"ablation takes activations from other prompts position by position): prompt 1 has {first}, prompt {bad + 1} has "
                 f"{out[bad].clean.shape[-1]}; use prompts from one template",
                 field="prompts",
             )
@@ -213,3 +223,241 @@ def refuse_multi_token(pairs: Sequence[PreparedPair], method_label: str, model) 
                     field=which,
                     detail={"tokens": pieces},
                 )
+
+
+# --- positions by role --------------------------------------------------------------------------------
+
+MAX_ROLES_SHOWN = 12  # roles a message lists
+
+
+@dataclass(frozen=True)
+class PairRoles:
+    """Every token of one prompt named by its role: role -> token positions, in order of occurrence."""
+
+    kind: str  # a key of ``models.prompts.ROLE_KINDS``
+    at: dict[str, tuple[int, ...]]
+    length: int
+    diffs: int = 0  # positions named diff1, diff2, ... (kind "words")
+
+    def role_of(self, position: int) -> str:
+        return next(role for role, where in self.at.items() if position in where)
+
+    def listing(self) -> str:
+        names = list(self.at)
+        return ", ".join(names[:MAX_ROLES_SHOWN]) + (", ..." if len(names) > MAX_ROLES_SHOWN else "")
+
+
+@dataclass(frozen=True)
+class RoleAxis:
+    """The position axis of a per-position sweep: each cell's name (a role, or an index picked as
+    such) and its token positions in each pair, ``groups[pair][cell]``; with warnings about roles
+    left off."""
+
+    names: tuple[str, ...]
+    groups: tuple[tuple[tuple[int, ...], ...], ...]
+    warnings: tuple[str, ...] = ()
+
+
+def token_spans(model, text: str, ids: Sequence[int]) -> list[tuple[int, int] | None]:
+    """Each token's characters [start, end) in ``text``; None for a token before the text (a BOS
+    prepended by the tokenizer or TransformerLens). From the tokenizer's offsets; where they do not
+    describe these tokens, by finding each token's text in turn (a token not found gets an empty span)."""
+    tok = model.tokenizer
+    try:
+        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        own, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    except (NotImplementedError, TypeError, ValueError, KeyError):  # a tokenizer without offsets
+        own, offsets = None, []
+    extra = len(ids) - len(own) if own is not None else -1
+    if own is not None and extra >= 0 and list(ids[extra:]) == own:
+        return [None] * extra + [(int(a), int(b)) for a, b in offsets]
+    special = set(getattr(tok, "all_special_ids", []) or [])
+    spans: list[tuple[int, int] | None] = []
+    cursor = 0
+    for i, t in enumerate(ids):
+        if i == len(spans) and all(s is None for s in spans) and int(t) in special:
+            spans.append(None)
+            continue
+        piece = tok.decode([int(t)]).strip()
+        at = text.find(piece, cursor) if piece else -1
+        spans.append((at, at + len(piece)) if at >= 0 else (cursor, cursor))
+        cursor = at + len(piece) if at >= 0 else cursor
+    return spans
+
+
+def text_roles(model, text: str, tokens: Tensor, answer: str | None = None, wrong: str | None = None,
+               corrupted: Tensor | None = None) -> PairRoles:
+    """The role of every token of ``text`` (tokenized as ``tokens``): its word's role
+    (``models.prompts.word_roles``; a word of several tokens gives its role to all of them), BOS
+    before the text, END at the final token and, for a pair of kind "words" (``corrupted`` given),
+    diff1, diff2, ... where the corrupted tokens differ."""
+    kind, words = P.word_roles(text, answer, wrong)
+    ids = tokens.reshape(-1).tolist()
+    spans = token_spans(model, text, ids)
+    names: list[str] = []
+    loose: list[int] = []  # tokens of no word (before the text, or whitespace): named one by one
+    for pos, span in enumerate(spans):
+        word = None if span is None or span[0] >= span[1] else next(
+            (w for w in words if w.start < span[1] and w.end > span[0]), None)
+        if word is not None:
+            names.append(word.role)
+        else:
+            names.append(P.BOS if span is None else P.literal_role(repr(model.tokenizer.decode([ids[pos]]))))
+            loose.append(pos)
+    for pos, name in zip(loose, P.numbered([names[p] for p in loose])):
+        names[pos] = name
+    diffs = 0
+    if kind == "words" and corrupted is not None:
+        other = corrupted.reshape(-1).tolist()
+        for pos in range(len(ids) - 1):
+            if ids[pos] != other[pos]:
+                diffs += 1
+                names[pos] = f"diff{diffs}"
+    names[-1] = P.END
+    at: dict[str, list[int]] = {}
+    for pos, name in enumerate(names):
+        at.setdefault(name, []).append(pos)
+    return PairRoles(kind, {name: tuple(where) for name, where in at.items()}, len(ids), diffs)
+
+
+def pair_roles(model, prompt: Any, pair: PreparedPair) -> PairRoles:
+    """``text_roles`` of a prompt pair's clean prompt, from its answers and its corruption."""
+    return text_roles(model, prompt.clean, pair.clean, prompt.answer, prompt.wrong, pair.corrupted)
+
+
+def role_axis(model, prompts: Sequence[Any], pairs: Sequence[PreparedPair], positions: Any) -> RoleAxis:
+    """The cells of a per-position sweep: with ``positions`` "each" every role all prompts have (in
+    the order of the first prompt; a warning names the roles some prompts lack), or the roles and
+    indices picked. An InputError on ``positions`` where the prompts' roles cannot be aligned."""
+    found = [pair_roles(model, p, pair) for p, pair in zip(prompts, pairs)]
+    if positions == "each":
+        return _every_role(found)
+    return _picked(found, positions)
+
+
+def _check_diffs(found: Sequence[PairRoles]) -> None:
+    first = found[0]
+    for j, roles in enumerate(found[1:], start=2):
+        if roles.diffs != first.diffs:
+            raise InputError(
+                f"prompt {j} differs from its corruption at {roles.diffs} position(s) and prompt 1 at {first.diffs}: "
+                f"the changed positions (diff1, diff2, ...) cannot be aligned by role; sweep pairs that change as "
+                f"many tokens, or use positions 'all'",
+                field="positions",
+            )
+
+
+def _base(role: str) -> str:
+    """A role without its number: 'the#2' -> 'the'."""
+    return role.rsplit("#", 1)[0] if "#" in role[1:] else role
+
+
+def _times(found: Sequence[PairRoles], base: str) -> list[int]:
+    """How many times each prompt has a role of this base name (a word twice: 'the', 'the#2')."""
+    return [sum(1 for name in roles.at if _base(name) == base) for roles in found]
+
+
+def _common(found: Sequence[PairRoles]) -> set[str]:
+    """The roles every prompt has, of a name every prompt has as many times (a word once in one
+    template and twice in another cannot be aligned by its count)."""
+    shared = set(found[0].at).intersection(*(roles.at for roles in found[1:]))
+    return {name for name in shared if len(set(_times(found, _base(name)))) == 1}
+
+
+def _slots(found: Sequence[PairRoles], common: set[str]) -> list[int]:
+    """Template slots: where prompts of one kind and one length each have a role no other prompt has
+    (the object 'drink' in one pair, 'book' in the next). A slot holds no role of the sweep in any
+    prompt, so it is aligned by its index without mixing roles; elsewhere an index is never used."""
+    if len({roles.length for roles in found}) > 1 or len({roles.kind for roles in found}) > 1:
+        return []
+    return [p for p in range(found[0].length) if not any(roles.role_of(p) in common for roles in found)]
+
+
+def _every_role(found: Sequence[PairRoles]) -> RoleAxis:
+    first = found[0]
+    for j, roles in enumerate(found[1:], start=2):
+        if roles.kind != first.kind:
+            raise InputError(
+                f"positions are swept by role, and prompt {j} is {P.ROLE_KINDS[roles.kind]} while prompt 1 is "
+                f"{P.ROLE_KINDS[first.kind]}: they share no roles but the final position; sweep them separately, "
+                f"pick positions they all have (e.g. END), or use positions 'all'",
+                field="positions",
+            )
+    if first.kind == "words":
+        _check_diffs(found)
+    common = _common(found)
+    slots = _slots(found, common)
+    cells = [(name, tuple(roles.at[name] for roles in found)) for name in first.at if name in common]
+    cells += [(str(p), tuple((p,) for _ in found)) for p in slots]
+    cells.sort(key=lambda cell: cell[1][0])  # in the first prompt's order
+    left: dict[str, str] = {}
+    for roles in found:
+        for name, where in roles.at.items():
+            base = _base(name)
+            if name in common or set(where) <= set(slots) or base in left:
+                continue
+            times = _times(found, base)
+            if 0 in times:
+                left[base] = f"{base} (in {sum(t > 0 for t in times)} of {len(found)} prompts)"
+            else:
+                left[base] = f"{base} ({' or '.join(map(str, sorted(set(times))))} times in a prompt)"
+    warnings = ()
+    if left:
+        shown = ", ".join(list(left.values())[:MAX_ROLES_SHOWN]) + (", ..." if len(left) > MAX_ROLES_SHOWN else "")
+        warnings = (
+            f"Positions are swept by role, and only roles every prompt has (as many times) are on the position axis; "
+            f"left off: {shown}. Each cell averages all {len(found)} prompts at the same role.",
+        )
+    return _axis(found, cells, warnings)
+
+
+def _axis(found: Sequence[PairRoles], cells: list[tuple[str, tuple[tuple[int, ...], ...]]],
+          warnings: tuple[str, ...] = ()) -> RoleAxis:
+    return RoleAxis(tuple(name for name, _ in cells), tuple(tuple(cell[1][i] for cell in cells) for i in range(len(found))),
+                    warnings)
+
+
+def _picked(found: Sequence[PairRoles], picks: Sequence[Any]) -> RoleAxis:
+    cells: list[tuple[str, tuple[tuple[int, ...], ...]]] = []
+    common = _common(found)
+    for pick in picks:
+        if isinstance(pick, int):
+            for j, roles in enumerate(found, start=1):
+                if pick >= roles.length:
+                    raise InputError(f"position {pick} is past the end of prompt {j} ({roles.length} tokens, "
+                                     f"0 to {roles.length - 1})", field="positions")
+            named = [roles.role_of(pick) for roles in found]
+            bad = next((j for j, name in enumerate(named) if name != named[0]), None)
+            if bad is not None and pick not in _slots(found, common):
+                raise InputError(
+                    f"position {pick} is {named[0]} in prompt 1 but {named[bad]} in prompt {bad + 1}: an index would "
+                    f"average different roles; pick roles by name (e.g. {named[0]}) instead",
+                    field="positions",
+                )
+            cells.append((str(pick), tuple((pick,) for _ in found)))
+            continue
+        for j, roles in enumerate(found, start=1):
+            if pick not in roles.at:
+                raise InputError(
+                    f"prompt {j} has no position {pick[:40]!r}: its roles are {roles.listing()}; pick roles every "
+                    f"prompt has, or an index",
+                    field="positions",
+                )
+        if pick.startswith("diff"):
+            _check_diffs(found)
+        if pick not in common:
+            times = _times(found, _base(pick))
+            bad = next(j for j, n in enumerate(times) if n != times[0])
+            raise InputError(
+                f"{_base(pick)[:40]!r} is {times[0]} time(s) in prompt 1 but {times[bad]} in prompt {bad + 1}: which of "
+                f"them {pick[:40]!r} is cannot be aligned by role; pick a role every prompt has as many times",
+                field="positions",
+            )
+        cells.append((pick, tuple(roles.at[pick] for roles in found)))
+    for a in range(len(cells)):
+        for b in range(a + 1, len(cells)):
+            if cells[a][1] == cells[b][1]:
+                raise InputError(f"positions {cells[a][0]} and {cells[b][0]} are the same position(s) in every "
+                                 f"prompt: pick each once", field="positions")
+    cells.sort(key=lambda cell: cell[1][0])  # in the first prompt's order
+    return _axis(found, cells)

@@ -75,7 +75,7 @@ class ModelProfile:
         self.parallel = bool(getattr(cfg, "parallel_attn_mlp", False))
         self.soft_cap = soft_cap(model)
         self.found: dict[str, Any] = {}  # flag -> value, once found (a test may set one beforehand)
-        self._sites: dict[tuple[str, str, int], tuple] = {}
+        self._sites: dict[tuple, tuple] = {}
 
     # --- flags, found once ---------------------------------------------------------------------
 
@@ -182,15 +182,18 @@ class ModelProfile:
 
     # --- the sweeps' sites -------------------------------------------------------------------------
 
-    def sites(self, component: str, positions: str, seq_len: int) -> tuple[list[H.Site], list[str], list[int]]:
+    def sites(self, component: str, positions: Any, seq_len: int,
+              groups: tuple[tuple[int, ...], ...] | None = None) -> tuple[list[H.Site], list[str], list[int]]:
         """``hooks.sites``, built once per shape (a run asks for them to price, to label and to
-        sweep; the masks are shared, never modified)."""
-        key = (component, positions, int(seq_len))
+        sweep; the masks are shared, never modified). Per position, ``groups`` are the cells'
+        token positions (a pair's roles, ``inputs.role_axis``)."""
+        per_pos = positions != "all"
+        key = (component, per_pos, int(seq_len), groups if per_pos else None)
         built = self._sites.get(key)
         if built is None:
             if len(self._sites) >= MAX_SITE_SHAPES:
                 self._sites.clear()
-            built = self._sites[key] = H.sites(self._live(), component, positions, seq_len)
+            built = self._sites[key] = H.sites(self._live(), component, positions, seq_len, groups if per_pos else None)
         out, axes, sizes = built
         return list(out), list(axes), list(sizes)
 

@@ -25,19 +25,27 @@ must have the spec's token length).
 
 The reference prompts' activations are computed once per run (``cache_reference``), in batches,
 not once per prompt pair.
+
+Per position (``positions`` other than "all") the cells are roles (``inputs.role_axis``), and so
+are the replacements: a role's tokens in pair i take the reference prompts' activations at the
+same role's tokens (their mean, or the drawn prompt's), wherever each prompt has it: an IOI set
+mixes both name orders, so the same index is IO in one prompt and S1 in the next. A reference
+prompt without a role of the sweep, or with it on another number of tokens, is refused on
+``reference``.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
+from patchstudio.engine import hooks as H
 from patchstudio.engine.profile import model_lock
-from patchstudio.engine.inputs import PreparedPair, tokenize
+from patchstudio.engine.inputs import PreparedPair, RoleAxis, text_roles, tokenize
 from patchstudio.errors import InputError
 from patchstudio.models import prompts as P
 
@@ -45,6 +53,7 @@ REFERENCE_SIZE = 64  # prompts generated for "auto"
 REFERENCE_MIN = 32  # fewer usable generated prompts than this: fall back to the spec's own
 REFERENCE_BATCH = 32  # reference prompts per forward pass when caching
 MAX_REFERENCE_PROMPTS = 1024  # given reference sets larger than this are refused
+_ABLATION = "mean or resample ablation"
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,9 @@ class ReferencePlan:
     description: str
     tokens: Tensor  # [n, pos]; for "own": every clean prompt, then every corrupted one
     warnings: tuple[str, ...] = ()
+    texts: tuple[str, ...] = ()  # the prompts, for "generated" and "given"
+    # per position: [reference prompt][cell] -> its token positions (the sweep's roles, ``align_reference``)
+    groups: tuple[tuple[tuple[int, ...], ...], ...] | None = None
 
     @property
     def n(self) -> int:
@@ -76,12 +88,28 @@ class ReferenceSet:
     plan: ReferencePlan
     acts: dict[str, Tensor]  # [n, ...] per hook
     mean: dict[str, Tensor] = field(default_factory=dict)  # [1, ...] per hook
+    _role_means: dict[tuple[str, int], Tensor] = field(default_factory=dict)  # filled as asked
+
+    def drawn(self, pair: PreparedPair, index: int, seed: int, draws: int = 1) -> list[int]:
+        """The reference prompts resample ablation draws for pair ``index`` (``resample_indices``)."""
+        exclude = set(range(self.plan.n)) - set(self.plan.choices(pair))
+        return resample_indices(self.plan.n, index, seed, draws, exclude=exclude)
 
     def draw(self, pair: PreparedPair, index: int, seed: int, draws: int = 1) -> list[dict[str, Tensor]]:
         """Resample ablation's values for pair ``index``, one dict per draw (batch axis of size 1)."""
-        exclude = set(range(self.plan.n)) - set(self.plan.choices(pair))
-        return [{name: act[j : j + 1] for name, act in self.acts.items()}
-                for j in resample_indices(self.plan.n, index, seed, draws, exclude=exclude)]
+        return [{name: act[j : j + 1] for name, act in self.acts.items()} for j in self.drawn(pair, index, seed, draws)]
+
+    def at_role(self, hook: str, j: int, cell: int) -> Tensor:
+        """Reference prompt j's activation at the tokens of the sweep's ``cell`` (batch axis of size 1)."""
+        where = torch.tensor(self.plan.groups[j][cell], device=self.acts[hook].device)
+        return self.acts[hook][j : j + 1].index_select(1 + H.position_axis(hook), where)
+
+    def role_mean(self, hook: str, cell: int) -> Tensor:
+        """The mean over the reference prompts of ``at_role`` (computed once per hook and cell)."""
+        key = (hook, cell)
+        if key not in self._role_means:
+            self._role_means[key] = torch.cat([self.at_role(hook, j, cell) for j in range(self.plan.n)]).mean(0, keepdim=True)
+        return self._role_means[key]
 
 
 def resample_indices(pool_size: int, base_index: int, seed: int, draws: int, exclude: set[int] | None = None) -> list[int]:
@@ -112,11 +140,13 @@ def _tokens_ok(model, tokens: Tensor, length: int) -> bool:
     return tokens.shape[-1] == length and not (unk is not None and bool((tokens == unk).any()))
 
 
-def plan_reference(model, spec, pairs: Sequence[PreparedPair]) -> ReferencePlan:
-    """The reference set of a mean or resample ablation spec (see the module docstring).
+def plan_reference(model, spec, pairs: Sequence[PreparedPair], roles: RoleAxis | None = None) -> ReferencePlan:
+    """The reference set of a mean or resample ablation spec (see the module docstring); per
+    position (``roles``), with each reference prompt's tokens at the sweep's roles.
 
     Raises InputError (field ``reference``) for given prompts of the wrong length or with unknown
-    words, and for a resample ablation that leaves a pair nothing to draw."""
+    words, for a resample ablation that leaves a pair nothing to draw, and for reference prompts
+    whose roles do not match the sweep's."""
     length = int(pairs[0].clean.shape[-1])
     ref = spec.reference
     own = torch.cat([p.clean for p in pairs] + [p.corrupted for p in pairs])
@@ -154,7 +184,8 @@ def plan_reference(model, spec, pairs: Sequence[PreparedPair]) -> ReferencePlan:
             if not _tokens_ok(model, tokens, length):
                 raise InputError(f"reference prompt {i + 1} has words the model does not know", field="reference")
             rows.append(tokens)
-        plan = ReferencePlan("given", f"{len(rows)} reference prompt(s) given in the spec", torch.cat(rows))
+        plan = ReferencePlan("given", f"{len(rows)} reference prompt(s) given in the spec", torch.cat(rows),
+                             texts=tuple(ref.prompts))
     if spec.ablation == "resample":
         for i, pair in enumerate(pairs):
             if not plan.choices(pair):
@@ -165,7 +196,42 @@ def plan_reference(model, spec, pairs: Sequence[PreparedPair]) -> ReferencePlan:
                     f"(reference: {{\"prompts\": [...]}}) or more prompt pairs",
                     field="reference",
                 )
-    return plan
+    return align_reference(model, plan, pairs, roles) if roles is not None else plan
+
+
+def align_reference(model, plan: ReferencePlan, pairs: Sequence[PreparedPair], roles: RoleAxis) -> ReferencePlan:
+    """``plan`` with each reference prompt's token positions at the sweep's cells (a picked index
+    is that index). The spec's own prompts have their pairs' (a corrupted prompt its clean one's)."""
+    if plan.kind == "own":
+        groups = tuple(pair.groups for pair in pairs) * 2
+    else:
+        rows = []
+        for j, text in enumerate(plan.texts):
+            found = text_roles(model, text, plan.tokens[j : j + 1])
+            row = []
+            for name in roles.names:
+                if name.isdigit():  # an index picked
+                    row.append((int(name),))
+                    continue
+                if name not in found.at:
+                    raise InputError(
+                        f"reference prompt {j + 1} ({plan.description}) has no position {name!r}: a {_ABLATION} by "
+                        f"position takes each role's activation from the same role of the reference prompts (its roles: "
+                        f"{found.listing()}); give reference prompts of the same shape as the spec's",
+                        field="reference",
+                    )
+                row.append(found.at[name])
+            rows.append(tuple(row))
+        groups = tuple(rows)
+    for cell, name in enumerate(roles.names):
+        sizes = {len(g[cell]) for g in groups} | {len(pair.groups[cell]) for pair in pairs}
+        if len(sizes) > 1:
+            raise InputError(
+                f"position {name!r} covers {' or '.join(str(s) for s in sorted(sizes))} tokens in different prompts "
+                f"and reference prompts: a {_ABLATION} by position replaces a role's tokens one for one",
+                field="reference",
+            )
+    return replace(plan, groups=groups)
 
 
 def _generated(model, spec, length: int) -> ReferencePlan | None:
@@ -174,17 +240,18 @@ def _generated(model, spec, length: int) -> ReferencePlan | None:
     if found is None:
         return None
     candidates = P.reference_prompts(clean, 2 * REFERENCE_SIZE, seed=spec.seed) or []
-    rows = []
+    rows, texts = [], []
     for text in candidates:
         tokens = tokenize(model, text)
         if _tokens_ok(model, tokens, length):
             rows.append(tokens)
+            texts.append(text)
             if len(rows) == REFERENCE_SIZE:
                 break
     if len(rows) < REFERENCE_MIN:
         return None
     description = f"{len(rows)} prompts generated from {P.describe_template(*found)} (seed {spec.seed})"
-    return ReferencePlan("generated", description, torch.cat(rows))
+    return ReferencePlan("generated", description, torch.cat(rows), texts=tuple(texts))
 
 
 def cache_reference(

@@ -11,14 +11,14 @@ cannot show what the numbers claim. Everything method-specific comes from ``engi
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Callable
 
 import torch
 
 from patchstudio.engine.forward import run_with_cache_pair
-from patchstudio.engine.inputs import PreparedPair, prepare_pairs, refuse_multi_token
+from patchstudio.engine.inputs import PreparedPair, RoleAxis, prepare_pairs, refuse_multi_token, role_axis
 from patchstudio.engine.methods import Method, PairContext, get_method
 from patchstudio.engine.methods.base import Finish
 from patchstudio.engine.metrics import (
@@ -44,7 +44,7 @@ from patchstudio.engine.precision import (
 from patchstudio.engine.reference import ReferencePlan, ReferenceSet, cache_reference, plan_reference
 from patchstudio.engine.stats import CI_METHOD, spread
 from patchstudio.errors import InputError
-from patchstudio.results import ModelInfo, PatchResult, PromptTokens, to_nested
+from patchstudio.results import ModelInfo, PatchResult, PositionRole, PromptTokens, to_nested
 from patchstudio.specs import SpecBase, parse_spec
 
 ProgressFn = Callable[[int, int], None]
@@ -69,6 +69,7 @@ class Plan:
     pairs: list[PreparedPair]
     total: int
     reference: ReferencePlan | None = None  # mean/resample ablation's reference set
+    roles: RoleAxis | None = None  # a per-position sweep's cells (each pair's ``groups`` holds its own)
 
     def check_budget(self, max_patched_runs: int | None) -> None:
         """Refuse a sweep over ``max_patched_runs`` patched runs (None: no budget)."""
@@ -90,9 +91,13 @@ def plan(model, spec: Any) -> Plan:
     if not method.multi_token:
         refuse_multi_token(pairs, method.title, model)
     method.check(model, spec)
-    reference = plan_reference(model, spec, pairs) if method.needs_reference(spec) else None
+    roles = None
+    if spec.positions != "all":  # per position: the cells are roles, aligned across the pairs
+        roles = role_axis(model, spec.prompts, pairs, spec.positions)
+        pairs = [replace(pair, groups=groups) for pair, groups in zip(pairs, roles.groups)]
+    reference = plan_reference(model, spec, pairs, roles) if method.needs_reference(spec) else None
     total = sum(method.cost_of(model, spec, p) for p in pairs)
-    return Plan(spec, method, pairs, total, reference)
+    return Plan(spec, method, pairs, total, reference, roles)
 
 
 def count_patched_runs(model, spec: Any) -> int:
@@ -218,7 +223,7 @@ def assemble(model, p: Plan, base: Baselines, sweeps: Sweeps, *, model_name: str
     """The result: the mean over the pairs with each pair's values and their spread, the clean and
     corrupted means, the warnings, all normalised under ``normalized_logit_diff``."""
     spec, method, pairs = p.spec, p.method, p.pairs
-    axes, sizes = method.axes(model, spec, pairs[0].clean.shape[-1])
+    axes, sizes = method.axes(model, spec, len(p.roles.names) if p.roles is not None else pairs[0].clean.shape[-1])
     per_prompt, clean_vals, corrupted_vals = sweeps.per_prompt, list(base.clean), list(base.corrupted)
     clean_mean = sum(clean_vals) / len(clean_vals)
     corrupted_mean = sum(corrupted_vals) / len(corrupted_vals)
@@ -245,7 +250,7 @@ def assemble(model, p: Plan, base: Baselines, sweeps: Sweeps, *, model_name: str
         id=spec.id,
         spec=spec,
         axes=axes,
-        labels={**_labels(axes, sizes, pairs[0]), **(method.labels(model, spec) if method.labels else {})},
+        labels={**_labels(axes, sizes, pairs[0], p.roles), **(method.labels(model, spec) if method.labels else {})},
         values=to_nested(mean, sizes),
         clean=clean_mean,
         corrupted=corrupted_mean,
@@ -263,6 +268,7 @@ def assemble(model, p: Plan, base: Baselines, sweeps: Sweeps, *, model_name: str
         ci_method=CI_METHOD,
         reference=p.reference.info() if p.reference is not None else None,
         warnings=warnings,
+        roles=_roles(p.roles),
     )
 
 
@@ -291,6 +297,7 @@ def _model_info(model, name: str) -> ModelInfo:
 def _warnings(p: Plan, gap: float, from_method: list[str]) -> list[str]:
     """Plain sentences about inputs that cannot show what the numbers claim (none: an empty list)."""
     out = list(p.reference.warnings) if p.reference is not None else []
+    out.extend(p.roles.warnings if p.roles is not None else ())
     for i, pair in enumerate(p.pairs):
         if torch.equal(pair.clean, pair.corrupted):
             out.append(
@@ -318,11 +325,23 @@ def _precision_warnings(model, spec, method, mean, clean_mean, corrupted_mean, c
     return precision_warnings(model, noise, clean_mean - corrupted_mean, effects)
 
 
-def _labels(axes: list[str], sizes: list[int], first: PreparedPair) -> dict[str, list[str]]:
+def _labels(axes: list[str], sizes: list[int], first: PreparedPair, roles: RoleAxis | None) -> dict[str, list[str]]:
+    """Each axis's labels: the roles (or picked indices) of a per-position sweep, the first prompt's
+    tokens for a position axis by index (input influence without roles), else the indices."""
     labels = {}
     for axis, size in zip(axes, sizes):
-        labels[axis] = list(first.clean_str) if axis == "pos" else [str(i) for i in range(size)]
+        if axis == "pos":
+            labels[axis] = list(roles.names) if roles is not None else list(first.clean_str)
+        else:
+            labels[axis] = [str(i) for i in range(size)]
     return labels
+
+
+def _roles(roles: RoleAxis | None) -> list[PositionRole] | None:
+    if roles is None:
+        return None
+    return [PositionRole(role=name, n=len(roles.groups), at=[list(groups[k]) for groups in roles.groups])
+            for k, name in enumerate(roles.names)]
 
 
 def _prompt_tokens(p: PreparedPair) -> PromptTokens:

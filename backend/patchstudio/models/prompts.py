@@ -369,6 +369,111 @@ def reference_prompts(prompts: Sequence[str], n: int, seed: int = 0) -> list[str
 
 
 # --------------------------------------------------------------------------------------------
+# Position roles: what each word of a prompt is, so that prompts of different templates, name
+# orders and lengths can be compared position by position (engine/inputs.py maps words to tokens)
+# --------------------------------------------------------------------------------------------
+
+BOS, END = "BOS", "END"  # the tokens before the text (added by the engine), and the final one
+# Names the taggers give; a literal word spelled like one of them (or like an index, or like a
+# numbered role) is quoted instead ("'END'"), so that a role name always means one thing.
+STRUCTURAL_ROLES = frozenset({BOS, END, "IO", "S1", "S2", "PLACE", "OBJECT", "A", "B"})
+_NUMBERED_ROLE = re.compile(r"(first|repeat|diff)\d+")
+ROLE_KINDS = {
+    "ioi": "an IOI prompt (one name once, the other twice)",
+    "induction": "a repeated sequence",
+    "words": "neither an IOI prompt nor a repeated sequence",
+}
+
+
+@dataclass(frozen=True)
+class WordRole:
+    """A word of a prompt (``split_words``) at characters [start, end), and its role."""
+
+    start: int
+    end: int
+    role: str
+
+
+def word_roles(prompt: str, answer: str | None = None, wrong: str | None = None) -> tuple[str, list[WordRole]]:
+    """(kind, every word's role) for a clean prompt, from its words and (when given) its answers.
+
+    - ``"ioi"``: the answer appears once and the wrong answer twice (else, or without answers: two
+      names of the name list, one once and one twice). Wang et al.'s names: IO (the name once), S1 and S2
+      (the repeated subject, first and second time); for a built-in template also PLACE and OBJECT.
+    - ``"induction"``: L distinct words and the first L-1 of them again (the answer, when given,
+      is the L-th word). After Olsson et al.'s [A][B] ... [A] -> [B]: A is the earlier copy of the
+      final word, B the word after it (the answer's earlier copy); the others ``first1``..
+      ``first{L-2}`` and ``repeat1``..``repeat{L-2}``, counted from the start.
+    - ``"words"``: anything else.
+
+    Every other word is named by its own text, a repeated one numbered from its second time
+    (``the``, ``the#2``). The final token (END), the tokens before the text (BOS) and, for
+    ``"words"``, the positions where clean and corrupted differ are tokens, not words: the engine
+    names those (``engine.inputs.pair_roles``)."""
+    matches = list(_WORD_RE.finditer(prompt))
+    words = [m.group() for m in matches]
+    kind, named = "ioi", _ioi_roles(prompt, words, answer, wrong)
+    if named is None:
+        kind, named = "induction", _induction_roles(words, answer)
+    if named is None:
+        kind, named = "words", {}
+    roles = numbered([named.get(i) or literal_role(w) for i, w in enumerate(words)])
+    return kind, [WordRole(m.start(), m.end(), role) for m, role in zip(matches, roles)]
+
+
+def literal_role(text: str) -> str:
+    """A word (or token) named by its own text, quoted where it would read as another role or an index."""
+    if text in STRUCTURAL_ROLES or text.isdigit() or _NUMBERED_ROLE.fullmatch(text):
+        return f"'{text}'"
+    return text
+
+
+def numbered(roles: Sequence[str]) -> list[str]:
+    """Roles made unique: a name's second and later times get '#2', '#3', ..."""
+    seen: dict[str, int] = {}
+    out = []
+    for role in roles:
+        seen[role] = seen.get(role, 0) + 1
+        out.append(role if seen[role] == 1 else f"{role}#{seen[role]}")
+    return out
+
+
+def _ioi_roles(prompt: str, words: list[str], answer: str | None, wrong: str | None) -> dict[int, str] | None:
+    found = _ioi_names(prompt)
+    candidates = ([(answer.strip(), wrong.strip())] if answer and wrong else []) + ([found[:2]] if found else [])
+    for io, s in candidates:
+        io_at = [i for i, w in enumerate(words) if w == io]
+        s_at = [i for i, w in enumerate(words) if w == s]
+        if len(io_at) == 1 and len(s_at) == 2:
+            break
+    else:
+        return None
+    named = {io_at[0]: "IO", s_at[0]: "S1", s_at[1]: "S2"}
+    template = ioi_template_of(prompt)
+    if template is not None:  # the words are the template's, one for one (ioi_template_of)
+        for i, part in enumerate(_IOI_TEMPLATE_WORDS[template]):
+            if part in ("{PLACE}", "{OBJECT}"):
+                named[i] = part[1:-1]
+    return named
+
+
+def _induction_roles(words: list[str], answer: str | None) -> dict[int, str] | None:
+    n = len(words)
+    if n < 3 or n % 2 == 0:
+        return None
+    length = (n + 1) // 2
+    first = words[:length]
+    if words[length:] != first[:-1] or len(set(first)) != length:
+        return None
+    if answer is not None and answer.strip() != first[-1]:
+        return None
+    named = {length - 2: "A", length - 1: "B", n - 1: f"repeat{length - 1}"}  # the last: END, as a token
+    for k in range(length - 2):
+        named[k], named[length + k] = f"first{k + 1}", f"repeat{k + 1}"
+    return named
+
+
+# --------------------------------------------------------------------------------------------
 # Training data
 # --------------------------------------------------------------------------------------------
 

@@ -22,10 +22,8 @@ def safe(text: str) -> str:
 
 
 def pos_labels(result: PatchResult) -> list[str]:
-    """'10 John (S2)': index, token and, for IOI-shaped prompts, the position's role."""
-    roles = analysis.position_roles(result) if "pos" in result.labels else []
-    return [f"{i} {safe(tok)}" + (f" ({roles[i]})" if roles and roles[i] else "")
-            for i, tok in enumerate(result.labels.get("pos", []))]
+    """The position axis by role ('S2', 'END (to)'; '10 John (S2)' for a result stored by index)."""
+    return [safe(label) for label in analysis.position_labels(result)] if "pos" in result.labels else []
 
 
 def _layout(title: str, x_title: str, y_title: str) -> dict[str, Any]:
@@ -151,10 +149,11 @@ def heatmap(result: PatchResult | Reading, pos: int | None = None, view: str | N
         z = [row[pos] for row in shown.values]
         hover = [row[pos] for row in hover]
         covered = [row[pos] for row in covered] if covered is not None else None
-        title = f"{what}, by layer and head at position {pos_labels(result)[pos]}"
+        at = pos_labels(result)[pos]
+        title = f"{what}, by layer and head at position {at}"
         columns = [f"H{h}" for h in range(len(z[0]))]
         custom = [[[layer, pos, h] for h in range(len(z[0]))] for layer in range(len(z))]
-        text = [[f"L{l} H{h} @ {pos}: {hover[l][h]}" for h in range(len(row))] for l, row in enumerate(z)]
+        text = [[f"L{l} H{h} @ {at}: {hover[l][h]}" for h in range(len(row))] for l, row in enumerate(z)]
         x_title = "head"
     elif axes == ["layer", "head"]:
         z = shown.values
@@ -169,7 +168,7 @@ def heatmap(result: PatchResult | Reading, pos: int | None = None, view: str | N
         columns = pos_labels(result)
         custom = [[[layer, p, None] for p in range(len(z[0]))] for layer in range(len(z))]
         text = [[f"L{l} {columns[p]}: {hover[l][p]}" for p in range(len(row))] for l, row in enumerate(z)]
-        x_title = "position"
+        x_title = analysis.position_axis_title(result)
     else:  # pragma: no cover - every engine result has one of the shapes above
         raise ValueError(f"no heatmap for axes {axes}")
     drawn = analysis.scale(reading, shown.name, scale, [v for row in z for v in row])
@@ -432,7 +431,7 @@ def grid(result: PatchResult | Reading, values: Any, title: str, colorbar: str, 
     elif axes == ["layer", "head"]:
         z, x, x_title = values, [f"H{h}" for h in range(len(values[0]))], "head"
     elif axes == ["layer", "pos"]:
-        z, x, x_title = values, pos_labels(result), "position"
+        z, x, x_title = values, pos_labels(result), analysis.position_axis_title(result)
     elif axes == ["layer"]:
         z, x, x_title = [[v] for v in values], ["block"], ""
     else:  # ["pos"]

@@ -36,6 +36,7 @@ DEFAULT_FORM: dict[str, str] = {
     "method": "activation_patching",
     "component": "head",
     "positions": "all",
+    "positions_at": "",
     "direction": "denoise",
     "ablation": "mean",
     "seed": "0",
@@ -237,12 +238,36 @@ def parse_reference(values: Mapping[str, str]) -> Any:
     return {"prompts": prompts}
 
 
+_PICK_SEPARATORS = re.compile(r"[,;\s]+")
+
+
+def parse_positions(values: Mapping[str, str]) -> Any:
+    """'all', 'each', or ('chosen') the positions typed: roles and indices, 'S2 and END', '2, 10'."""
+    choice = values.get("positions", "all")
+    if choice in ("all", "each"):
+        return choice
+    if choice != "chosen":
+        raise InputError(f"positions must be 'all', 'each' or 'chosen', got {choice[:40]!r}", field="positions")
+    picks = [p for p in _PICK_SEPARATORS.split(values.get("positions_at", "")) if p and p.lower() != "and"]
+    if not picks:
+        raise InputError("type the positions to patch: roles like 'S2 and END' or token indices like '2, 10'",
+                         field="positions_at")
+    return picks
+
+
 # Every spec field a method may put on the form (each method's web module lists the ones it takes).
 FIELDS: dict[str, FormField] = {
     f.name: f
     for f in (
         _select("component", "Component", tuple((c, c) for c in COMPONENT_LABELS), "the activation intervened on"),
-        _select("positions", "Positions", (("all", "all at once"), ("each", "each position"))),
+        FormField("positions", "Positions", "select", parse=parse_positions,
+                  show=lambda p: p if isinstance(p, str) else "chosen",
+                  options=(("all", "all at once"), ("each", "each position, by role"), ("chosen", "chosen positions (below)")),
+                  title="each position is aligned by role across the prompts (IO, S1, S2, END, ...), never by index"),
+        FormField("positions_at", "Chosen positions", "text", parse=lambda v: None,
+                  show=lambda p: "" if isinstance(p, str) else ", ".join(str(x) for x in p), into_spec=False,
+                  spec_field="positions", title="roles (IO, S1, S2, END, a template word) or token indices, each patched on its own",
+                  placeholder="S2, END"),
         _select("direction", "Direction", (("denoise", "denoise (clean → corrupted run)"), ("noise", "noise (corrupted → clean run)"))),
         _select("ablation", "Ablation", (("zero", "zero"), ("mean", "mean"), ("resample", "resample"))),
         _number("seed", "Seed", 0, 10**9, "seed for resample ablation"),

@@ -18,7 +18,7 @@ The replacement values are built here and applied by the same core as activation
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 from pydantic import Field, field_validator
@@ -26,9 +26,9 @@ from torch import Tensor
 
 from patchstudio.engine import hooks as H
 from patchstudio.engine.inputs import PreparedPair
-from patchstudio.engine.methods.base import Method, PairContext, PairResult, check_component, sweep_cost
-from patchstudio.engine.profile import profile
+from patchstudio.engine.methods.base import Method, PairContext, PairResult, check_component, pair_sites, sweep_cost
 from patchstudio.engine.reference import ReferenceSet, resample_index, resample_indices
+from patchstudio.errors import InputError
 from patchstudio.specs import REFERENCE_DESCRIPTION, AblationKind, Reference, SpecBase, check_reference, draws_field
 
 __all__ = ["AblationSpec", "ablation_sources", "ablation_values", "n_draws", "resample_index", "resample_indices", "METHOD"]
@@ -64,14 +64,20 @@ def ablation_values(
     draws: int = 1,
 ) -> list[dict[str, Tensor]]:
     """Per-hook replacement activations (batch axis of size 1) for prompt pair ``index`` of a
-    spec, whose clean run cached ``base_cache``: one dict, or one per draw for resample."""
+    spec, whose clean run cached ``base_cache``: one dict, or one per draw for resample. Per position
+    (the pair's ``groups``), mean and resample values are taken role by role (``by_role``)."""
     if kind == "zero":
         return [{name: torch.zeros_like(act) for name, act in base_cache.items()}]
     if reference is None:
         raise ValueError(f"{kind} ablation needs a reference set")
     if kind == "mean":
+        if pair.groups is not None:
+            return [by_role(base_cache, pair.groups, reference.role_mean)]
         return [{name: reference.mean[name] for name in base_cache}]
     if kind == "resample":
+        if pair.groups is not None:
+            return [by_role(base_cache, pair.groups, lambda hook, cell, j=j: reference.at_role(hook, j, cell))
+                    for j in reference.drawn(pair, index, seed, draws)]
         return [{name: drawn[name] for name in base_cache} for drawn in reference.draw(pair, index, seed, draws)]
     raise ValueError(f"unknown ablation {kind!r}: use zero, mean or resample")
 
@@ -87,14 +93,43 @@ def n_draws(spec) -> int:
     return spec.draws if spec.ablation == "resample" else 1
 
 
+def by_role(base_cache: dict[str, Tensor], groups: tuple[tuple[int, ...], ...],
+            value_at: Callable[[str, int], Tensor]) -> dict[str, Tensor]:
+    """Per hook, the base activation with each cell's tokens (``groups``) set to ``value_at(hook,
+    cell)``: the reference's activation at the same role (a sweep patches one cell at a time, so
+    the other tokens are never read)."""
+    out = {}
+    for name, act in base_cache.items():
+        value = act.clone()
+        axis = 1 + H.position_axis(name)
+        for cell, where in enumerate(groups):
+            value.index_copy_(axis, torch.tensor(where, device=act.device), value_at(name, cell).to(act.dtype))
+        out[name] = value
+    return out
+
+
+def check(model, spec) -> None:
+    """The component exists; a pattern's mean or resample by role is refused (a pattern row weighs
+    the reference prompt's own positions, which hold other roles where the name order differs)."""
+    check_component(model, spec)
+    if spec.component == "pattern" and spec.positions != "all" and spec.ablation != "zero":
+        raise InputError(
+            f"a {spec.ablation} ablation of the attention pattern by position is not aligned by role: a pattern row "
+            f"weighs the reference prompt's own positions, which hold other roles where the name order differs; "
+            f"ablate a head's output, q, k or v, or use zero ablation, or positions 'all'",
+            field="component",
+        )
+
+
 def needs_one_length(spec) -> bool:
-    """Per-position sweeps, and mean/resample values taken position by position from other prompts."""
-    return spec.positions == "each" or spec.ablation != "zero"
+    """Mean/resample values are taken position by position from other prompts (a per-position
+    sweep's cells are roles, and need no one length)."""
+    return spec.ablation != "zero"
 
 
 def run_pair(ctx: PairContext) -> PairResult:
     spec, model = ctx.spec, ctx.model
-    sites, _, _ = profile(model).sites(spec.component, spec.positions, ctx.pair.clean.shape[-1])
+    sites = pair_sites(model, spec, ctx.pair)
     n_layers = int(model.cfg.n_layers)
     outs = [ctx.sweep(ctx.pair.clean, H.patch_values(spec.component, n_layers, ctx.clean_cache, source), sites)
             for source in ablation_sources(ctx)]
@@ -104,7 +139,7 @@ def run_pair(ctx: PairContext) -> PairResult:
 METHOD = Method(
     spec=AblationSpec,
     run_pair=run_pair,
-    check=check_component,
+    check=check,
     multi_token=True,
     pair_cost=lambda model, spec, pair: sweep_cost(model, spec, pair) * n_draws(spec),
     baseline=lambda spec, clean, corrupted: clean,  # the clean run is the one ablated

@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import Field
 
 from patchstudio.engine import hooks as H
-from patchstudio.engine.methods.base import Method, PairContext, PairResult, check_component, sweep_cost
+from patchstudio.engine.methods.base import Method, PairContext, PairResult, check_component, pair_sites, sweep_cost
 from patchstudio.engine.patching import first_difference
 from patchstudio.engine.profile import profile
 from patchstudio.specs import Direction, SpecBase
@@ -35,7 +35,7 @@ def run_pair(ctx: PairContext) -> PairResult:
     spec, model = ctx.spec, ctx.model
     base_tokens, base_cache, source = ctx.runs(spec.direction)
     known = profile(model)
-    sites, _, _ = known.sites(spec.component, spec.positions, ctx.pair.clean.shape[-1])
+    sites = pair_sites(model, spec, ctx.pair)
     values = H.patch_values(spec.component, int(model.cfg.n_layers), base_cache, source)
     # the two prompts agree before their first difference: patches confined there change nothing
     same_before = first_difference(ctx.pair.clean, ctx.pair.corrupted)

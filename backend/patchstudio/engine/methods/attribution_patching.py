@@ -27,7 +27,7 @@ same site order and axes as ``patching.patch_sweep``, so the two can be compared
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -40,7 +40,7 @@ from patchstudio.engine.forward import last_mlp_trim, run_to_final_resid
 from patchstudio.engine.hooks import merge
 from patchstudio.engine.patching import first_difference
 from patchstudio.engine.profile import profile
-from patchstudio.engine.methods.base import Method, PairContext, PairResult
+from patchstudio.engine.methods.base import Method, PairContext, PairResult, by_cells
 from patchstudio.engine.metrics import zero_gradient
 from patchstudio.specs import Direction, SpecBase
 
@@ -64,13 +64,14 @@ class AttributionPatchingSpec(SpecBase):
         return value
 
 
-def _reduce(component: str, positions: str, values: Tensor) -> Tensor:
-    """Sum an elementwise product [rows, ...activation] to one number per site of the sweep."""
+def _reduce(component: str, per_position: bool, values: Tensor) -> Tensor:
+    """Sum an elementwise product [rows, ...activation] to one number per position and head (or
+    per head, with every position summed)."""
     if H.activation_kind(component) == "head_vector":  # [rows, pos, head, d_head]
         per_pos = values.sum(-1)  # [rows, pos, head]
-        return per_pos if positions == "each" else per_pos.sum(1)
+        return per_pos if per_position else per_pos.sum(1)
     per_pos = values.sum(-1)  # stream: [rows, pos]
-    return per_pos if positions == "each" else per_pos.sum(1, keepdim=True)
+    return per_pos if per_position else per_pos.sum(1, keepdim=True)
 
 
 def attribution_sweep(
@@ -79,13 +80,14 @@ def attribution_sweep(
     base_cache: dict[str, Tensor],
     source_cache: dict[str, Tensor],
     component: str,
-    positions: str,
+    positions: Any,
     readout: Callable[[Float[Tensor, "rows d_model"]], Float[Tensor, "rows"]],
     *,
     steps: int = 1,
     stats: dict[str, float] | None = None,
     same_before: int = 0,
     kv: dict[str, Tensor] | None = None,
+    groups: Sequence[Sequence[int]] | None = None,
 ) -> Float[Tensor, "n_sites"]:
     """Estimated metric after patching each site (``hooks.sites`` order) of ``component``.
 
@@ -102,6 +104,9 @@ def attribution_sweep(
     values read from ``kv`` (a suffix pass, as in ``patching``). Exact: source minus base is zero
     at the earlier positions, so their gradients multiply zero, and a later position's gradient
     flows only through later positions.
+
+    Per position (``positions`` other than "all"), a cell is the positions of one of ``groups`` (a
+    role's, ``inputs.role_axis``), their estimates summed; without them, each position.
     """
     if component not in SUPPORTED:
         raise ValueError(f"attribution patching supports {sorted(SUPPORTED)}, not {component!r}")
@@ -154,9 +159,12 @@ def attribution_sweep(
         mean_grad = grad.detach().sum(0, keepdim=True) / grad.shape[0]  # average over the IG steps
         n = grad.shape[1]  # positions the pass computed: all, or the suffix (q, k, v: all, the prefix's delta 0)
         delta = (source_cache[name] - base_cache[name])[:, seq_len - n :]
-        per_site = _reduce(component, positions, mean_grad * delta)[0]
-        if positions == "each" and n < seq_len:  # positions before the suffix: no change, estimate 0
-            per_site = torch.cat([per_site.new_zeros((seq_len - n, *per_site.shape[1:])), per_site])
+        per_position = positions != "all"
+        per_site = _reduce(component, per_position, mean_grad * delta)[0]
+        if per_position:
+            if n < seq_len:  # positions before the suffix: no change, estimate 0
+                per_site = torch.cat([per_site.new_zeros((seq_len - n, *per_site.shape[1:])), per_site])
+            per_site = by_cells(per_site, groups)
         estimates.append(per_site.reshape(-1))
     return torch.stack(estimates).reshape(-1).float().cpu() + base_metric
 
@@ -170,6 +178,7 @@ def run_pair(ctx: PairContext) -> PairResult:
     values = attribution_sweep(
         ctx.model, base_tokens, base_cache, source_cache, spec.component, spec.positions, ctx.readout(),
         steps=spec.steps, stats=stats, same_before=first_difference(ctx.pair.clean, ctx.pair.corrupted), kv=kv,
+        groups=ctx.pair.groups,
     )
     ctx.progress(spec.steps)
     warnings = ()

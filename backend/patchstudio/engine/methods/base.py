@@ -8,7 +8,7 @@ from the registered methods (``engine/methods/__init__.py``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 from torch import Tensor
@@ -97,14 +97,29 @@ def sites_cost(model, spec, seq_len: int) -> int:
     return len(profile(model).sites(spec.component, spec.positions, seq_len)[0])
 
 
-def sites_axes(model, spec, seq_len: int) -> tuple[list[str], list[int]]:
-    _, axes, sizes = profile(model).sites(spec.component, spec.positions, seq_len)
+def sites_axes(model, spec, n_pos: int) -> tuple[list[str], list[int]]:
+    """The sweep's axes; ``n_pos``: the length of its position axis (for a per-position sweep,
+    its roles, ``inputs.role_axis``; else the first prompt's length)."""
+    _, axes, sizes = profile(model).sites(spec.component, spec.positions, n_pos)
     return axes, sizes
+
+
+def pair_sites(model, spec, pair: PreparedPair) -> list[H.Site]:
+    """The sweep's sites on one pair (per position: at its roles' tokens, ``PreparedPair.groups``)."""
+    return profile(model).sites(spec.component, spec.positions, pair.clean.shape[-1], pair.groups)[0]
 
 
 def sweep_cost(model, spec, pair: PreparedPair) -> int:
     """Patched runs of a sweep over sites for one pair: one per site and continuation."""
-    return sites_cost(model, spec, pair.clean.shape[-1]) * n_legs(spec.metric, pair)
+    return len(pair_sites(model, spec, pair)) * n_legs(spec.metric, pair)
+
+
+def by_cells(per_pos: Tensor, groups: Sequence[Sequence[int]] | None) -> Tensor:
+    """[pos, ...] -> [cells, ...]: each cell's positions summed (for a per-token estimate, that of the
+    cell's tokens together); without ``groups``, every position its own cell."""
+    if groups is None:
+        return per_pos
+    return torch.stack([per_pos[list(where)].sum(0) for where in groups])
 
 
 def check_component(model, spec) -> None:
@@ -122,9 +137,9 @@ def component_hooks(model, spec) -> list[str]:
     return H.source_hooks(spec.component, int(model.cfg.n_layers))
 
 
-def per_position(spec) -> bool:
-    """Per-position sweeps need one length across the prompt set (their axes are positions)."""
-    return spec.positions == "each"
+def any_length(spec) -> bool:
+    """Prompts of any lengths: a per-position sweep's cells are roles (``inputs.role_axis``)."""
+    return False
 
 
 def no_check(model, spec) -> None:
@@ -166,9 +181,10 @@ class Method:
     values: Literal["metric", "change"] = "metric"
     baseline: Callable[[Any, float, float], float] = patching_baseline
     cost: Callable[[Any, Any, int], int] = sites_cost
+    # (model, spec, length of the position axis: a per-position sweep's roles, else the first prompt's tokens)
     axes: Callable[[Any, Any, int], tuple[list[str], list[int]]] = sites_axes
     cache_names: Callable[[Any, Any], list[str]] = component_hooks
-    same_length: Callable[[Any], bool] = per_position
+    same_length: Callable[[Any], bool] = any_length
     check: Callable[[Any, Any], None] = no_check
     summarize: Callable[[list[dict], Any, float], dict] | None = None
     evidence: Callable[[Any], str] = patching_evidence  # what kind of claim a cell supports, in words

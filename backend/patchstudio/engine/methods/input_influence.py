@@ -39,7 +39,7 @@ from torch import Tensor
 
 from patchstudio.engine import hooks as H
 from patchstudio.engine.forward import run_to_final_resid
-from patchstudio.engine.methods.base import Method, PairContext, PairResult
+from patchstudio.engine.methods.base import Method, PairContext, PairResult, by_cells
 from patchstudio.engine.metrics import zero_gradient
 from patchstudio.specs import SpecBase
 
@@ -107,7 +107,8 @@ def run_pair(ctx: PairContext) -> PairResult:
     spec = ctx.spec
     baseline = ctx.corrupted_cache[H.resid_pre_name(0)] if spec.baseline == "corrupted" else None
     readout = ctx.readout()
-    values, largest = input_influence(ctx.model, ctx.pair.clean, readout, steps=spec.steps, baseline=baseline)
+    per_token, largest = input_influence(ctx.model, ctx.pair.clean, readout, steps=spec.steps, baseline=baseline)
+    values = by_cells(per_token, ctx.pair.groups)  # by role: a role's tokens' shares add up
     ctx.progress(spec.steps)
     if zero_gradient(spec.metric, spec.steps == 1, largest):  # IG rows leave the clean run
         where = "at the clean run" if spec.steps == 1 else "along the whole path"
@@ -118,7 +119,7 @@ def run_pair(ctx: PairContext) -> PairResult:
     # completeness: what the shares should add up to (one more forward pass each side)
     model, tokens, first = ctx.model, ctx.pair.clean, H.resid_pre_name(0)
     expected = metric_at(model, tokens, readout, ctx.clean_cache[first]) - metric_at(model, tokens, readout, baseline)
-    return PairResult(values, extras={"prompt": ctx.index, "sum": float(values.sum()), "expected": expected})
+    return PairResult(values, extras={"prompt": ctx.index, "sum": float(per_token.sum()), "expected": expected})
 
 
 def completeness_warnings(per_prompt: list[dict], spec) -> list[str]:
@@ -147,7 +148,7 @@ METHOD = Method(
     run_pair=run_pair,
     values="change",  # each token's share of the metric
     cost=lambda model, spec, seq_len: spec.steps,
-    axes=lambda model, spec, seq_len: (["pos"], [seq_len]),
+    axes=lambda model, spec, n_pos: (["pos"], [n_pos]),
     evidence=lambda spec: "input attribution: each clean token's contribution to the metric (gradient-based, not an intervention)",
     default_view="change",
     cache_names=lambda model, spec: [H.resid_pre_name(0)],

@@ -33,7 +33,7 @@ def context(service, reading: Reading) -> dict[str, Any]:
 WEB = WebMethod(
     name="attribution_patching",
     label="attribution patching (estimate)",
-    fields=("component", "positions", "direction", "steps"),
+    fields=("component", "positions", "positions_at", "direction", "steps"),
     claim=claim,
     partial="methods/attribution_patching.html",
     context=context,

@@ -106,8 +106,10 @@ def run_json(data: RunDataDep) -> Any:
 
 
 def values_csv(stored: StoredRun, reading: Reading | None = None) -> str:
-    """Long in the cells, wide in the prompts: one row per cell, a column per axis (the token and, for
-    IOI-shaped prompts, its role for positions), then ``value`` (the mean over the prompts), its
+    """Long in the cells, wide in the prompts: one row per cell, a column per axis (for positions also
+    the ``token`` where every prompt has the same one there, its ``role`` and ``n``, how many prompts
+    the cell averages; results stored by index: prompt 1's token and, for IOI-shaped prompts, its
+    role), then ``value`` (the mean over the prompts), its
     ``change`` from "no effect", its ``share`` of the clean-corrupted gap (blank where the gap is 0),
     ``std``, ``ci_low``, ``ci_high`` (a 95% bootstrap interval of the mean) and ``prompt_1`` ..
     ``prompt_n`` (each prompt's own value). Results stored before the spread existed leave those
@@ -118,8 +120,10 @@ def values_csv(stored: StoredRun, reading: Reading | None = None) -> str:
     writer = csv.writer(out)
     n_prompts = len(result.per_prompt) if result.per_prompt is not None else len(result.prompts)
     spread = ("std", "ci_low", "ci_high")
-    roles = analysis.position_roles(result) if "pos" in result.axes else []
-    header = list(result.axes) + (["token", "role"] if "pos" in result.axes else []) + ["value", "change", "share", *spread]
+    by_pos = "pos" in result.axes
+    roles = analysis.position_roles(result) if by_pos else []
+    tokens = analysis.position_tokens(result) if by_pos else []
+    header = list(result.axes) + (["token", "role", "n"] if by_pos else []) + ["value", "change", "share", *spread]
     writer.writerow(header + [f"prompt_{i + 1}" for i in range(n_prompts)])
     change = reading.view("change").values
     share_view = reading.view("share")
@@ -136,9 +140,9 @@ def values_csv(stored: StoredRun, reading: Reading | None = None) -> str:
     per_prompt = result.per_prompt if result.per_prompt is not None else [None] * n_prompts
     for index in itertools.product(*(range(s) for s in sizes)):
         row: list[Any] = [result.labels[a][i] if a == "edge" else i for a, i in zip(result.axes, index)]  # edges by name
-        if "pos" in result.axes:
+        if by_pos:
             pos = index[result.axes.index("pos")]
-            row += [result.labels["pos"][pos], roles[pos]]
+            row += [tokens[pos], roles[pos], result.roles[pos].n if result.roles is not None else n_prompts]
         row += [at(result.values, index), at(change, index), at(share, index), *(at(getattr(result, name), index) for name in spread)]
         writer.writerow(row + [at(p, index) for p in per_prompt])
     return out.getvalue()
