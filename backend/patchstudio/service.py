@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping
 from patchstudio.engine.attention import layer_patterns
 from patchstudio.engine.precision import dtype_name, model_dtype
 from patchstudio.engine.run import Plan, plan, run
-from patchstudio.errors import InputError
+from patchstudio.errors import InputError, check_text
 from patchstudio.jobs import JobQueue
 from patchstudio.models import prompts as P
 from patchstudio.models.registry import (
@@ -94,18 +94,6 @@ def vocabulary_groups(model) -> dict[str, list[str]] | None:
 
 
 PROMPT_TEXT_FIELDS = ("clean", "corrupted", "answer", "wrong")
-
-
-def check_text(value: str, field_name: str, max_chars: int | None = None) -> None:
-    """Refuse text a tokenizer or a database cannot take: lone surrogates, NUL, or too long."""
-    if max_chars is not None and len(value) > max_chars:
-        raise InputError(f"{field_name} is {len(value):,} characters long; the limit is {max_chars:,}", field=field_name)
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InputError(f"{field_name} is not valid Unicode text (it holds a lone surrogate)", field=field_name) from None
-    if "\x00" in value:
-        raise InputError(f"{field_name} holds a NUL character", field=field_name)
 
 
 def check_strings(data: Any, path: str = "") -> None:
