@@ -19,8 +19,9 @@ import csv
 import hashlib
 import io
 import json
+import re
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
 
 from pydantic import ValidationError
 
@@ -30,6 +31,7 @@ from patchstudio.specs import PromptPair
 MAX_PAIRS = 10_000
 PAIR_FIELDS = ("clean", "corrupted", "answer", "wrong")
 PREVIEW_ROWS = 5
+SET_ID = re.compile(r"[0-9a-f]{16}")
 Format = Literal["csv", "jsonl"]
 
 
@@ -225,3 +227,28 @@ def check_on_model(model, prompt_set: PromptSet) -> list[dict[str, Any]]:
     if errors:
         raise PromptSetError(errors)
     return out
+
+
+def fill_prompts(data: Mapping[str, Any], get: Callable[[str], PromptSet | None]) -> Mapping[str, Any]:
+    """Spec data that names a stored set (``prompt_set``) with the set's pairs as its prompts; an
+    InputError if no such set is stored, or if the data also gives prompts that are not the set's."""
+    set_id = data.get("prompt_set")
+    if not isinstance(set_id, str) or SET_ID.fullmatch(set_id) is None:
+        return data  # absent, or parse_spec names what is wrong with it
+    stored = get(set_id)
+    if stored is None:
+        raise InputError(f"no prompt set {set_id} is stored on this server: upload it first (POST /api/prompt-sets)",
+                         field="prompt_set")
+    pairs = [{k: row[k] for k in PAIR_FIELDS} for row in stored.rows()]
+    given = data.get("prompts")
+    if not given:
+        return {**data, "prompts": pairs}
+
+    def key(pair: Any) -> Any:
+        return tuple(str(pair.get(k, "")).strip() if k in ("answer", "wrong") else pair.get(k) for k in PAIR_FIELDS) \
+            if isinstance(pair, Mapping) else None
+
+    if not isinstance(given, (list, tuple)) or [key(p) for p in given] != [key(p) for p in pairs]:
+        raise InputError(f"the prompts are not those of prompt set {set_id}: give the set's id without prompts "
+                         f"(its pairs are filled in), or the prompts without the id", field="prompts")
+    return data
