@@ -50,9 +50,10 @@ class PromptSetError(InputError):
 
     def __init__(self, rows: Sequence[RowError], message: str | None = None):
         rows = list(rows)
+        self.summary = message or f"{len(rows)} bad row{'s' * (len(rows) != 1)}, nothing stored"
         shown = "; ".join(f"line {r.line}: {r.reason}" for r in rows[:5])
         more = f" (and {len(rows) - 5} more)" if len(rows) > 5 else ""
-        super().__init__(message or f"{len(rows)} bad row{'s' * (len(rows) != 1)}, nothing stored: {shown}{more}",
+        super().__init__(f"{self.summary}: {shown}{more}" if rows else self.summary,
                          field="prompt_set", detail={"rows": [r.as_dict() for r in rows]})
         self.rows = rows
 

@@ -171,6 +171,8 @@ class ExperimentService:
         held to the same limits. Data naming a stored prompt set gets the set's pairs as its prompts."""
         if isinstance(data, Mapping):
             data = fill_prompts(data, self.store.get_prompt_set)
+        elif isinstance(data, SpecBase) and data.prompt_set is not None:  # the form's: its prompts must be the set's
+            fill_prompts(data.model_dump(mode="json"), self.store.get_prompt_set)
         self.check_limits(data.model_dump(mode="json") if isinstance(data, SpecBase) else data)
         return data if isinstance(data, SpecBase) else parse_spec(data)
 

@@ -98,3 +98,42 @@ def test_a_spec_naming_an_unknown_set_or_other_prompts_is_refused(client):
     other = client.post("/api/runs", json={"prompt_set": set_id, "prompts": TINY_PAIRS[:1]})
     assert other.status_code == 422 and other.json()["field"] == "prompts"
     assert client.post("/api/runs", json={"prompt_set": "nope", "prompts": TINY_PAIRS}).json()["field"] == "prompt_set"
+
+
+def test_the_page_upload_fills_in_the_pairs_and_the_form_runs_the_set(client):
+    page = client.get("/")
+    assert page.status_code == 200 and 'name="prompt_set_file"' in page.text
+    answer = client.post("/prompt-sets/upload", files={"prompt_set_file": ("p.csv", csv_text(TINY_PAIRS).encode(), "text/csv")},
+                         headers={"HX-Request": "true"})
+    assert answer.status_code == 201, answer.text
+    set_id = client.post("/api/prompt-sets", json={"pairs": TINY_PAIRS}).json()["id"]
+    assert f'name="prompt_set" value="{set_id}"' in answer.text
+    assert f"{len(TINY_PAIRS)} pairs" in answer.text
+    assert 'id="family-field" hx-swap-oob="true"' in answer.text and '<option value="custom" selected' in answer.text
+    first = " | ".join(TINY_PAIRS[0][k] for k in FIELDS)
+    assert first in answer.text and 'id="pairs_text"' in answer.text
+
+
+def test_the_page_upload_lists_the_bad_rows_and_stores_nothing(client):
+    before = store_of(client).table_snapshot()
+    bad = dict(TINY_PAIRS[1], wrong="")
+    answer = client.post("/prompt-sets/upload", files={"prompt_set_file": ("p.csv", csv_text([TINY_PAIRS[0], bad]).encode(), "text/csv")},
+                         headers={"HX-Request": "true"})
+    assert answer.status_code == 422
+    assert "1 bad row, nothing stored" in answer.text and "<li>line 3 (wrong): wrong is empty</li>" in answer.text
+    assert store_of(client).table_snapshot() == before
+
+
+def test_the_form_with_an_uploaded_set_runs_the_spec_that_names_it_and_edited_pairs_are_refused(client):
+    from web_helpers import HTMX, form
+
+    set_id = client.post("/api/prompt-sets", json={"pairs": TINY_PAIRS}).json()["id"]
+    by_api = client.post("/api/runs", json={"prompt_set": set_id, "component": "head"}).json()["id"]
+    text = "\n".join(" | ".join(p[k] for k in FIELDS) for p in TINY_PAIRS)
+    ran = client.post("/explore", data=form(source="family", family="custom", pairs_text=text, prompt_set=set_id), headers=HTMX)
+    assert ran.status_code == 200 and ran.headers["HX-Push-Url"].startswith(f"/runs/{by_api}")
+    edited = client.post("/explore", data=form(source="family", family="custom", pairs_text=text.split("\n")[0], prompt_set=set_id),
+                         headers=HTMX)
+    assert f"not those of prompt set {set_id}" in edited.text
+    reopened = client.get(f"/runs/{by_api}")
+    assert f'name="prompt_set" value="{set_id}"' in reopened.text

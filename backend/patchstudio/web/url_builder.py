@@ -39,6 +39,10 @@ def prompt_set_json(set_id: str) -> str:
     return f"/api/prompt-sets/{set_id}.json"
 
 
+def prompt_set_upload() -> str:
+    return "/prompt-sets/upload"
+
+
 def compare(a: str, b: str | None = None, **view: object) -> str:
     query = urlencode({"a": a, **({"b": b} if b else {}), **{f"_{k}": v for k, v in view.items() if v is not None}})
     return f"/compare?{query}"

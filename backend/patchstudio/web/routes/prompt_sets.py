@@ -9,14 +9,18 @@ import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from jinja2_fragments import render_block
 from starlette.concurrency import run_in_threadpool
 
 from patchstudio.errors import InputError
-from patchstudio.prompt_sets import MAX_PAIRS, PREVIEW_ROWS, SET_ID, PromptSet, format_of
+from patchstudio.models.prompts import FAMILIES
+from patchstudio.prompt_sets import MAX_PAIRS, PREVIEW_ROWS, SET_ID, PromptSet, PromptSetError, format_of
 from patchstudio.web import url_builder as urls
 from patchstudio.web.deps import ServiceDep
+from patchstudio.web.forms import pairs_text
 from patchstudio.web.payloads import REFUSALS
+from patchstudio.web.templating import templates
 
 router = APIRouter()
 
@@ -91,3 +95,31 @@ def prompt_set_json(service: ServiceDep, set_id: SetId) -> Any:
             responses={404: {"description": "No such prompt set."}})
 def prompt_set(service: ServiceDep, set_id: SetId) -> Any:
     return describe_set(stored_set(service, set_id))
+
+
+@router.post("/prompt-sets/upload", response_class=HTMLResponse, include_in_schema=False)
+async def upload_from_page(request: Request, service: ServiceDep) -> Response:
+    """The explore form's upload control (htmx): the set stored and its pairs filled into the form's
+    pairs box (family 'my own pairs'), or the bad rows listed and nothing stored."""
+    form = await request.form()
+    file, model = form.get("prompt_set_file"), form.get("model")
+    context: dict[str, Any] = {"request": request, "form": {"prompt_set": ""}}
+    if file is None or isinstance(file, str):
+        context["upload"] = {"error": "choose a .csv or .jsonl file of prompt pairs"}
+        return templates.TemplateResponse(request, "_prompt_set.html", context, status_code=422)
+    try:
+        prompt_set, tokens, _ = await run_in_threadpool(
+            service.add_prompt_set, await file.read(), format_of(file.filename, file.content_type),
+            model if isinstance(model, str) and model else None)
+    except PromptSetError as exc:
+        context["upload"] = {"error": exc.summary, "rows": exc.rows}
+        return templates.TemplateResponse(request, "_prompt_set.html", context, status_code=422)
+    shown = describe_set(prompt_set, tokens, PREVIEW_ROWS)
+    upload = {"n_pairs": shown["n_pairs"],
+              "rows": [{**row, "line": line} for row, line in zip(shown["rows"], prompt_set.lines)]}
+    filled = {"prompt_set": prompt_set.id, "family": "custom", "pairs_text": pairs_text(prompt_set.pairs)}
+    page = {"form": filled, "families": FAMILIES, "urls": urls}
+    html = (templates.get_template("_prompt_set.html").render({**page, "upload": upload})
+            + render_block(templates.env, "explore.html", "family_field", **page)
+            + render_block(templates.env, "explore.html", "derived_pairs", **page))
+    return HTMLResponse(html, status_code=201)
