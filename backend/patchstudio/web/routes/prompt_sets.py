@@ -70,6 +70,15 @@ async def upload(request: Request) -> tuple[str | bytes, str, str | None]:
     tags=["prompt sets"],
     status_code=201,
     responses=REFUSALS,
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+            "file": {"type": "string", "format": "binary", "description": "A .csv or .jsonl file of pairs."},
+            "model": {"type": "string", "description": "The model to check the rows on (default: the first offered)."}}}},
+        "application/json": {"schema": {"type": "object", "properties": {
+            "pairs": {"type": "array", "items": {"type": "object"}, "description": "The pairs (and role keys) as objects."},
+            "text": {"type": "string", "description": "The file's text, instead of pairs."},
+            "format": {"type": "string", "enum": ["csv", "jsonl"], "default": "csv"},
+            "model": {"type": "string"}}}}}}},
 )
 async def create_prompt_set(request: Request, service: ServiceDep) -> Any:
     data, fmt, model = await upload(request)
