@@ -131,4 +131,5 @@ async def upload_from_page(request: Request, service: ServiceDep) -> Response:
     html = (templates.get_template("_prompt_set.html").render({**page, "upload": upload})
             + render_block(templates.env, "explore.html", "family_field", **page)
             + render_block(templates.env, "explore.html", "derived_pairs", **page))
-    return HTMLResponse(html, status_code=201)
+    # "choose" bubbles from the file input to the explore form, which then runs the filled-in set
+    return HTMLResponse(html, status_code=201, headers={"HX-Trigger-After-Settle": "choose"})
