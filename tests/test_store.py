@@ -11,7 +11,7 @@ from sqlalchemy import create_engine, text
 
 from helpers import TINY_PAIRS
 from patchstudio.engine.run import run
-from patchstudio.store import Store, meta
+from patchstudio.store import Store, meta, prompt_sets, utcnow
 
 POSTGRES_URL = os.environ.get("PATCHSTUDIO_TEST_POSTGRES_URL")
 
@@ -126,3 +126,24 @@ def test_origins_and_patterns_are_written_once_and_the_job_table_shares_the_data
     with store.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM jobs")).scalar() == 0
         assert conn.execute(text("SELECT value FROM meta WHERE key = 'k'")).scalar() == "first"
+
+
+def test_a_prompt_set_is_stored_once_under_its_id_and_read_back_as_written(store):
+    from patchstudio.prompt_sets import PromptSet, parse_prompt_set
+
+    text = "clean,corrupted,answer,wrong,S2\nWhen Mary and John,When Mary and Mary, John , Mary,John\nA b,A c,x,y,b\n"
+    first = parse_prompt_set(text, "csv")
+    assert store.get_prompt_set(first.id) is None
+    assert store.put_prompt_set(first) and not store.put_prompt_set(first)
+    again = store.get_prompt_set(first.id)
+    assert again is not None and again.id == first.id
+    assert [p.model_dump() for p in again.pairs] == [
+        {"clean": "When Mary and John", "corrupted": "When Mary and Mary", "answer": "John", "wrong": "Mary"},
+        {"clean": "A b", "corrupted": "A c", "answer": "x", "wrong": "y"},
+    ]
+    assert again.roles == ({"S2": "John"}, {"S2": "b"})
+    # first write wins: another set can never land under a stored id
+    other = PromptSet(first.pairs[:1], first.roles[:1])
+    assert not store.insert_once(prompt_sets, id=first.id, n_pairs=1, rows_json=other.canonical_json(), created_at=utcnow())
+    assert len(store.get_prompt_set(first.id).pairs) == 2
+    assert store.get_prompt_set("0" * 16) is None and store.get_prompt_set("a\x00b") is None

@@ -49,3 +49,15 @@ def field_errors(exc: ValidationError | InputError, method_tags: frozenset[str] 
 def describe(errors: list[dict[str, str]]) -> str:
     """The errors on one line: 'receivers.0.layer: Input should be ...; metric: ...'."""
     return "; ".join(f"{e['field'] or 'spec'}: {e['message']}" for e in errors)
+
+
+def check_text(value: str, field_name: str, max_chars: int | None = None) -> None:
+    """Refuse text a tokenizer or a database cannot take: lone surrogates, NUL, or too long."""
+    if max_chars is not None and len(value) > max_chars:
+        raise InputError(f"{field_name} is {len(value):,} characters long; the limit is {max_chars:,}", field=field_name)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"{field_name} is not valid Unicode text (it holds a lone surrogate)", field=field_name) from None
+    if "\x00" in value:
+        raise InputError(f"{field_name} holds a NUL character", field=field_name)

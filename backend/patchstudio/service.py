@@ -23,9 +23,10 @@ from typing import Any, Callable, Mapping
 from patchstudio.engine.attention import layer_patterns
 from patchstudio.engine.precision import dtype_name, model_dtype
 from patchstudio.engine.run import Plan, plan, run
-from patchstudio.errors import InputError
+from patchstudio.errors import InputError, check_text
 from patchstudio.jobs import JobQueue
 from patchstudio.models import prompts as P
+from patchstudio.prompt_sets import Format, PromptSet, check_on_model, fill_prompts, parse_prompt_set
 from patchstudio.models.registry import (
     ModelUnavailableError,
     describe_model,
@@ -94,18 +95,6 @@ def vocabulary_groups(model) -> dict[str, list[str]] | None:
 
 
 PROMPT_TEXT_FIELDS = ("clean", "corrupted", "answer", "wrong")
-
-
-def check_text(value: str, field_name: str, max_chars: int | None = None) -> None:
-    """Refuse text a tokenizer or a database cannot take: lone surrogates, NUL, or too long."""
-    if max_chars is not None and len(value) > max_chars:
-        raise InputError(f"{field_name} is {len(value):,} characters long; the limit is {max_chars:,}", field=field_name)
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InputError(f"{field_name} is not valid Unicode text (it holds a lone surrogate)", field=field_name) from None
-    if "\x00" in value:
-        raise InputError(f"{field_name} holds a NUL character", field=field_name)
 
 
 def check_strings(data: Any, path: str = "") -> None:
@@ -179,9 +168,21 @@ class ExperimentService:
     def parse(self, data: Any) -> SpecBase:
         """A spec from request data: the server's limits first, then the spec's own validation
         (a ValidationError or InputError names the field). A spec built elsewhere (the form's) is
-        held to the same limits."""
+        held to the same limits. Data naming a stored prompt set gets the set's pairs as its prompts."""
+        if isinstance(data, Mapping):
+            data = fill_prompts(data, self.store.get_prompt_set)
+        elif isinstance(data, SpecBase) and data.prompt_set is not None:  # the form's: its prompts must be the set's
+            fill_prompts(data.model_dump(mode="json"), self.store.get_prompt_set)
         self.check_limits(data.model_dump(mode="json") if isinstance(data, SpecBase) else data)
         return data if isinstance(data, SpecBase) else parse_spec(data)
+
+    def add_prompt_set(self, data: str | bytes, fmt: Format, model: str | None = None) -> tuple[PromptSet, list[dict], bool]:
+        """An uploaded set parsed, every row checked on ``model`` (the first offered by default) and
+        stored once; with each row's tokens and whether this call stored it. A PromptSetError names
+        every bad row, and then nothing is stored."""
+        prompt_set = parse_prompt_set(data, fmt, max_chars=self.settings.max_prompt_chars)
+        tokens = check_on_model(self.model(model or self.settings.models[0]).model, prompt_set)
+        return prompt_set, tokens, self.store.put_prompt_set(prompt_set)
 
     def model(self, name: str) -> LoadedModel:
         loaded = self.models.get(name)

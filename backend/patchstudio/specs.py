@@ -135,6 +135,10 @@ class SpecBase(Frozen):
         "['S2', 'END'].",
     )
     metric: Metric = "logit_diff"
+    # The stored prompt set (prompt_sets.py) the prompts came from, by its content id: the service fills in
+    # its pairs. Left out of every dump when absent, so a spec without one keeps the id it always had.
+    prompt_set: str | None = Field(None, pattern=r"^[0-9a-f]{16}$", exclude_if=lambda value: value is None,
+                                   description="Id of a stored prompt set: its pairs are the prompts.")
 
     @field_validator("positions", mode="before")
     @classmethod

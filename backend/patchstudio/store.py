@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import (
     Column,
     DateTime,
+    Integer,
     MetaData,
     String,
     Table,
@@ -37,6 +38,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.schema import CreateColumn
 
+from patchstudio.prompt_sets import PromptSet
 from patchstudio.results import PatchResult
 
 metadata = MetaData()
@@ -109,10 +111,21 @@ studies = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
+# Uploaded prompt sets by content id (prompt_sets.py): written once, like runs, so a spec naming an id
+# always names the same rows.
+prompt_sets = Table(
+    "prompt_sets",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("n_pairs", Integer, nullable=False),
+    Column("rows_json", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
 # Small facts about the database itself (and a table readiness writes a row to, and deletes it from).
 meta = Table("meta", metadata, Column("key", String(64), primary_key=True), Column("value", Text, nullable=False))
 
-RUN_TABLES = (runs, run_origins, run_companions, run_requests, patterns, studies, meta)
+RUN_TABLES = (runs, run_origins, run_companions, run_requests, patterns, studies, prompt_sets, meta)
 
 
 def utcnow() -> dt.datetime:
@@ -334,6 +347,18 @@ class Store:
         with self.engine.connect() as conn:
             row = conn.execute(select(run_origins.c.form_json).where(run_origins.c.id == run_id)).first()
         return json.loads(row[0]) if row else None
+
+    def put_prompt_set(self, prompt_set: PromptSet) -> bool:
+        """Store a checked set under its id (first write wins); True when this call wrote it."""
+        return self.insert_once(prompt_sets, id=prompt_set.id, n_pairs=len(prompt_set.pairs),
+                                rows_json=prompt_set.canonical_json(), created_at=utcnow())
+
+    def get_prompt_set(self, set_id: str) -> PromptSet | None:
+        if not usable_key(set_id):
+            return None
+        with self.engine.connect() as conn:
+            row = conn.execute(select(prompt_sets.c.rows_json).where(prompt_sets.c.id == set_id)).first()
+        return PromptSet.from_rows(json.loads(row[0])) if row else None
 
     def put_patterns(self, run_id: str, layer: int, data: dict) -> None:
         self.insert_once(patterns, id=f"{run_id}:{layer}", data_json=json.dumps(data))  # a concurrent one: the same values

@@ -153,6 +153,12 @@
     }
   });
 
+  // Choosing a file to upload is not an edit of the experiment: the upload posts it (hx-post on the
+  // input), and its answer runs the form once the set's pairs are filled in (HX-Trigger-After-Settle).
+  document.addEventListener("input", function (ev) {
+    if (ev.target.matches && ev.target.matches("[type=file]")) ev.stopPropagation();
+  }, true);
+
   document.addEventListener("change", function (ev) {
     var form = ev.target.closest && ev.target.closest("#spec-form");
     if (!form) return;

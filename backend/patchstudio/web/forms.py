@@ -33,6 +33,7 @@ DEFAULT_FORM: dict[str, str] = {
     "family_seed": "0",
     "template": "0",
     "pairs_text": "",
+    "prompt_set": "",  # the uploaded set the pairs text came from (its id names the data in the spec)
     "method": "activation_patching",
     "component": "head",
     "positions": "all",
@@ -345,6 +346,8 @@ def spec_from_form(form: Mapping[str, Any]) -> FormState:
             raise InputError(f"unknown method {values['method']!r}: use one of {', '.join(WEB_METHODS)}", field="method")
         prompts = family_pairs(values) if values["source"] == "family" else [_pair_from_clean(values)]
         data: dict[str, Any] = {"model": values["model"], "method": web.name, "prompts": prompts, "metric": values["metric"]}
+        if values["source"] == "family" and values["family"] == "custom" and values["prompt_set"]:
+            data["prompt_set"] = values["prompt_set"]
         data.update({name: FIELDS[name].parse(values) for name in web.fields if FIELDS[name].into_spec})
         state.spec = parse_spec(data)
     except (InputError, ValidationError) as exc:
@@ -374,9 +377,15 @@ def form_from_spec(spec: Any) -> dict[str, str]:
         values.update(
             source="family",
             family="custom",
-            pairs_text="\n".join(f"{p.clean} | {p.corrupted} | {p.answer} | {p.wrong}" for p in spec.prompts),
+            pairs_text=pairs_text(spec.prompts),
+            prompt_set=spec.prompt_set or "",
         )
     return values
+
+
+def pairs_text(prompts: Any) -> str:
+    """Pairs as the pairs box shows them, one per line."""
+    return "\n".join(f"{p.clean} | {p.corrupted} | {p.answer} | {p.wrong}" for p in prompts)
 
 
 def _try(fn, *args):

@@ -35,6 +35,14 @@ def run_page(run_id: str, **view: object) -> str:
     return f"/runs/{run_id}" + (f"?{query}" if query else "")
 
 
+def prompt_set_json(set_id: str) -> str:
+    return f"/api/prompt-sets/{set_id}.json"
+
+
+def prompt_set_upload() -> str:
+    return "/prompt-sets/upload"
+
+
 def compare(a: str, b: str | None = None, **view: object) -> str:
     query = urlencode({"a": a, **({"b": b} if b else {}), **{f"_{k}": v for k, v in view.items() if v is not None}})
     return f"/compare?{query}"

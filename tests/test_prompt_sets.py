@@ -1,0 +1,121 @@
+"""Prompt sets: CSV and JSONL parsed row by row, every bad row named by line and reason, the id a
+sha256 of the canonical rows (computed here by hand), and the model check of each row."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+
+import pytest
+
+from helpers import TINY_PAIRS
+from patchstudio.prompt_sets import PromptSet, PromptSetError, check_on_model, format_of, parse_prompt_set
+
+A, B = TINY_PAIRS[0], TINY_PAIRS[1]
+
+
+def csv_of(*rows, header="clean,corrupted,answer,wrong"):
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows([header.split(","), *rows])
+    return out.getvalue()
+
+
+def bad_rows(data, fmt="csv", **kw):
+    with pytest.raises(PromptSetError) as caught:
+        parse_prompt_set(data, fmt, **kw)
+    return [(r["line"], r["reason"]) for r in caught.value.detail["rows"]]
+
+
+def test_csv_and_jsonl_give_the_same_set_and_its_id_is_the_sha256_of_the_canonical_rows():
+    text = csv_of(*[(p["clean"], p["corrupted"], p["answer"], p["wrong"]) for p in (A, B)])
+    from_csv = parse_prompt_set(text.encode(), "csv")
+    from_jsonl = parse_prompt_set("\n".join(json.dumps(p) for p in (A, B)), "jsonl")
+    rows = [{"answer": p["answer"], "clean": p["clean"], "corrupted": p["corrupted"], "wrong": p["wrong"]} for p in (A, B)]
+    by_hand = hashlib.sha256(json.dumps(rows, separators=(",", ":")).encode()).hexdigest()[:16]
+    assert from_csv.id == from_jsonl.id == by_hand
+    assert [p.model_dump() for p in from_csv.pairs] == [A, B]
+    assert from_csv.lines == (2, 3) and from_jsonl.lines == (1, 2)
+
+
+def test_answer_whitespace_does_not_change_the_id_but_row_order_and_roles_do():
+    base = parse_prompt_set(csv_of(("a b", "a c", "x", "y"), ("d e", "d f", "x", "y")), "csv")
+    spaced = parse_prompt_set(csv_of(("a b", "a c", " x ", "y\u00a0"), ("d e", "d f", "x", "y")), "csv")
+    swapped = parse_prompt_set(csv_of(("d e", "d f", "x", "y"), ("a b", "a c", "x", "y")), "csv")
+    roled = parse_prompt_set(csv_of(("a b", "a c", "x", "y", "b"), ("d e", "d f", "x", "y", "e"),
+                                    header="clean,corrupted,answer,wrong,S2"), "csv")
+    assert base.id == spaced.id
+    assert len({base.id, swapped.id, roled.id}) == 3
+    assert roled.roles == ({"S2": "b"}, {"S2": "e"})
+    assert PromptSet.from_rows(roled.rows()).id == roled.id
+
+
+def test_every_bad_row_is_named_with_its_line_and_reason():
+    text = (
+        "clean,corrupted,answer,wrong\n"
+        "a b,a c,x,y\n"        # line 2: good
+        "a b,a c,x,x\n"        # line 3: answer == wrong
+        ",a c,x,y\n"           # line 4: empty clean
+        "a b,a c,x\n"          # line 5: a field short
+        "\n"                   # line 6: blank, skipped
+        "a b,a c, x ,y\n"      # line 7: same pair as line 2 (answers are stripped)
+        "e f,e g,x,y\n"        # line 8: good
+    )
+    rows = bad_rows(text)
+    assert [line for line, _ in rows] == [3, 4, 5, 7]
+    assert "wrong is the answer itself" in rows[0][1]
+    assert rows[1][1] == "clean is empty"
+    assert rows[2][1] == "3 fields where the header has 4"
+    assert rows[3][1] == "the same pair as line 2"
+
+
+def test_jsonl_rows_name_missing_fields_non_text_and_non_objects():
+    text = "\n".join([
+        json.dumps({"clean": "a b", "corrupted": "a c", "answer": "x"}),            # 1: no wrong
+        json.dumps({"clean": "a b", "corrupted": "a c", "answer": 3, "wrong": "y"}),  # 2: answer not text
+        "[1, 2]",                                                                    # 3: not an object
+        "{oops",                                                                     # 4: not JSON
+        json.dumps({"clean": "a\u0000b", "corrupted": "a c", "answer": "x", "wrong": "y"}),  # 5: NUL
+    ])
+    assert bad_rows(text, "jsonl") == [
+        (1, "missing field wrong"), (2, "answer is not text"), (3, "not a JSON object"), (4, "not a JSON object"),
+        (5, "clean holds a NUL character"),
+    ]
+
+
+def test_a_header_without_the_pair_columns_is_refused_at_line_1():
+    assert bad_rows("prompt,corrupted,answer,wrong\na,b,c,d\n") == [
+        (1, "the header has no clean column: it must name clean, corrupted, answer, wrong")]
+
+
+def test_the_first_row_past_the_limit_is_named_and_nothing_past_it():
+    rows = [(f"w{i} a", f"w{i} b", "x", "y") for i in range(4)]
+    assert bad_rows(csv_of(*rows), limit=3) == [(5, "more than 3 pairs: a set holds at most 3")]
+    assert len(parse_prompt_set(csv_of(*rows), "csv", limit=4).pairs) == 4
+
+
+def test_an_empty_file_or_bytes_that_are_not_utf8_are_refused():
+    with pytest.raises(PromptSetError, match="no prompt pairs"):
+        parse_prompt_set(b"clean,corrupted,answer,wrong\n", "csv")
+    with pytest.raises(PromptSetError, match="not UTF-8"):
+        parse_prompt_set(b"clean,corrupted,answer,wrong\n\xff\xfe,a,b,c\n", "csv")
+
+
+def test_the_format_follows_the_file_name():
+    assert format_of("pairs.jsonl") == format_of("x.ndjson") == format_of(None, "application/json") == "jsonl"
+    assert format_of("pairs.csv") == format_of(None) == "csv"
+
+
+def test_the_model_check_names_each_row_that_does_not_tokenize(tiny_model):
+    good = (A["clean"], A["corrupted"], A["answer"], A["wrong"])
+    longer = (A["clean"], A["corrupted"] + " Mary", A["answer"], A["wrong"])  # one token more than clean
+    unknown = (A["clean"].replace("store", "zeppelin"), A["corrupted"].replace("store", "zeppelin"), "Mary", "John")
+    with pytest.raises(PromptSetError) as caught:
+        check_on_model(tiny_model, parse_prompt_set(csv_of(good, longer, unknown), "csv"))
+    rows = caught.value.detail["rows"]
+    assert [r["line"] for r in rows] == [3, 4]
+    assert "same number of tokens" in rows[0]["reason"] and "'zeppelin'" in rows[1]["reason"]
+    preview = check_on_model(tiny_model, parse_prompt_set(csv_of(good), "csv"))
+    assert preview[0]["answer"] == ["Mary"] and preview[0]["clean"][-1] == "to"
+    assert len(preview[0]["clean"]) == len(A["clean"].split()) + 1  # the words and the BOS
