@@ -137,9 +137,12 @@ def test_ioi_positions_are_named_in_axes_and_hovers(page):
     open_explore(page)
     page.locator("[name=component]").select_option("resid_pre")
     page.locator("[name=positions]").select_option("each")
-    page.wait_for_function("() => { const gd = document.getElementById('heatmap'); return gd && gd.data && gd.data[0].x.includes('10 John (S2)'); }")
-    hover = page.evaluate("() => document.getElementById('heatmap').data[0].text[0][2]")
-    assert hover.startswith("L0 2 Mary (IO): ")
+    # per position, cells are roles (IO, S1, S2, END), named on the axis and in the hover
+    page.wait_for_function("() => { const gd = document.getElementById('heatmap'); return gd && gd.data && gd.data[0].x && gd.data[0].x.includes('S2 (John)'); }")
+    x = page.evaluate("() => document.getElementById('heatmap').data[0].x")
+    assert x.index("IO (Mary)") == 2 and x.index("S1 (John)") == 4 and x[-1] == "END (to)"
+    hover = page.evaluate("(i) => document.getElementById('heatmap').data[0].text[0][i]", x.index("IO (Mary)"))
+    assert hover.startswith("L0 IO (Mary): ")
 
 
 def test_cancel_is_final_for_that_submission(browser, browser_model, tmp_path, serve_app):

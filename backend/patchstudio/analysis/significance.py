@@ -74,6 +74,8 @@ def largest_effect(reading: Reading) -> float:
 
 def largest_share(reading: Reading) -> float | None:
     """The largest |effect| as a share of the gap (None when the gap is 0)."""
+    if not reading.intervenes:  # a reading of one run has no effects to compare with a gap
+        return None
     return largest_effect(reading) / abs(reading.span) if reading.share_defined and reading.span else None
 
 
@@ -104,6 +106,8 @@ def scale(reading: Reading, view_name: str | None = None, name: str | None = Non
     if not reading.share_defined:
         return Scale("data", lo, hi, mid, None, "data range (the gap is 0: no scale to fix it to)",
                      "the clean and corrupted runs agree, so there is no gap to fix the scale to" if name == "gap" else "")
+    if not reading.intervenes:  # a reading of one run (the logit lens): no effect, no gap to measure a zoom by
+        return Scale("data", lo, hi, mid, None, "", "")
     unit = _gap_unit(reading, shown.name)
     if name == "gap" and shown.name in ("share", "change"):
         reach = max(mid - lo, hi - mid)
