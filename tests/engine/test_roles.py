@@ -5,8 +5,6 @@ positions are exactly those cells; where roles cannot be aligned the spec is ref
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 
@@ -144,10 +142,11 @@ def test_zero_ablation_by_role_equals_plain_hooks(tiny_model, prompts):
     assert torch.allclose(got, ref, atol=TOL), (got - ref).abs().max()
 
 
-def reference_by_role(model, kind: str, seed: int = 0) -> torch.Tensor:
+def reference_by_role(model, kind: str, seed: int = 0, draws: int = 1) -> torch.Tensor:
     """Mean or resample ablation of resid_pre on MIXED against the spec's own clean and corrupted prompts
     (the tiny model cannot spell the generator's prompts): role by role, each reference prompt's own token
-    of that role (a corrupted prompt's roles sit where its clean prompt's do)."""
+    of that role (a corrupted prompt's roles sit where its clean prompt's do). Resample: the metric's mean
+    over the pair's ``draws`` draws (``references.resample_draws``, from the docstring's rule)."""
     pairs = R.pairs_of(model, MIXED)
     pool = [p.clean for p in pairs] + [p.corrupted for p in pairs]
     pool_where = [located(model, p) for p in MIXED] * 2
@@ -155,32 +154,34 @@ def reference_by_role(model, kind: str, seed: int = 0) -> torch.Tensor:
     out = torch.zeros(n_layers, len(KEY_ROLES))
     for i, (prompt, pair) in enumerate(zip(MIXED, pairs)):
         where = located(model, prompt)
-        if kind == "resample":  # the docstring's draw, never the pair's own clean or corrupted prompt
-            choices = [j for j in range(len(pool)) if not (torch.equal(pool[j], pair.clean) or torch.equal(pool[j], pair.corrupted))]
-            drawn = random.Random(seed * 1_000_003 + i).choice(choices)
+        if kind == "resample":  # never the pair's own clean or corrupted prompt
+            own = {j for j in range(len(pool)) if torch.equal(pool[j], pair.clean) or torch.equal(pool[j], pair.corrupted)}
+            sources = [[j] for j in R.resample_draws(len(pool), i, seed, draws, own)]
+        else:
+            sources = [list(range(len(pool)))]
         for layer in range(n_layers):
             name = R.hook_name("resid_pre", layer)
             acts = [R.cache_of(model, t, [name])[name] for t in pool]
             for k, role in enumerate(KEY_ROLES):
-                used = range(len(pool)) if kind == "mean" else [drawn]
-                value = torch.stack([acts[j][0, pool_where[j][role]] for j in used]).mean(0)
+                for used in sources:
+                    value = torch.stack([acts[j][0, pool_where[j][role]] for j in used]).mean(0)
 
-                def hook(act, hook, value=value, at=where[role]):
-                    act = act.clone()
-                    act[0, at] = value
-                    return act
+                    def hook(act, hook, value=value, at=where[role]):
+                        act = act.clone()
+                        act[0, at] = value
+                        return act
 
-                with torch.no_grad():
-                    out[layer, k] += float(R.score(model, pair.clean, pair, "logit_diff", [(name, hook)]))
+                    with torch.no_grad():
+                        out[layer, k] += float(R.score(model, pair.clean, pair, "logit_diff", [(name, hook)])) / len(sources)
     return out / len(MIXED)
 
 
-@pytest.mark.parametrize("kind", ["mean", "resample"])
-def test_mean_and_resample_ablation_take_each_role_from_the_same_role(tiny_model, kind):
+@pytest.mark.parametrize("kind, draws", [("mean", 8), ("resample", 1), ("resample", 3)])
+def test_mean_and_resample_ablation_take_each_role_from_the_same_role(tiny_model, kind, draws):
     result = run(tiny_model, {"method": "ablation", "ablation": kind, "seed": 5, "prompts": MIXED, "component": "resid_pre",
-                              "positions": "each"})
+                              "positions": "each", "draws": draws})
     assert result.reference["kind"] == "own"
-    got, ref = cells(result), reference_by_role(tiny_model, kind, seed=5)
+    got, ref = cells(result), reference_by_role(tiny_model, kind, seed=5, draws=draws)
     assert torch.allclose(got, ref, atol=TOL), (got - ref).abs().max()
 
 
@@ -320,11 +321,11 @@ def test_picked_positions_are_kept_sorted_and_once():
     assert a.positions == (3, 10, "END", "S2") and a.id == b.id
 
 
-# Ids computed on main before picked positions existed: a spec in the old form keeps its id.
+# Ids computed on main before picked positions existed: a spec in the old form keeps its id. (A
+# resample ablation's id changed since, on purpose: its value is now the mean over ``draws`` draws.)
 OLD_IDS = [
     ({"positions": "each"}, "a5fd78b3246ffb7d"),
     ({"positions": "all", "component": "resid_pre"}, "9f4332a3403c9441"),
-    ({"method": "ablation", "positions": "each", "component": "mlp_out", "ablation": "resample", "seed": 3}, "843ff58410a3a84e"),
     ({"method": "attribution_patching", "positions": "each", "direction": "noise"}, "2fe663012d52b871"),
     ({"method": "input_influence"}, "1b3d3fae9d6292f4"),
 ]
