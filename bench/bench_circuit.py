@@ -3,7 +3,8 @@
 What is timed (best of R, in one process; see bench/README.md for the figures):
 
 - one forward pass (the clean prompt, full logits): the unit;
-- ``run`` of the circuit method (noising, logit difference), its phases timed inside it by wrapping
+- ``run`` of the circuit method (noising, logit difference), after one untimed-for-the-table first
+  run that pays what a model pays once (the graph's check on probe tokens, its edge list), its phases timed inside it by wrapping
   the engine's three sweeps: the EAP / EAP-IG gradient pass (``receiver_gradients``), the exact
   top-k edges (``edge_sweep``), the faithfulness ladder (``circuit_sweep``); the rest (tokenizing,
   the clean and corrupted cached runs, sender outputs, scores) is reported as "setup";
@@ -90,6 +91,8 @@ def main() -> None:
         return total, dict(clocks), result
 
     heads, _ = best(lambda: run(model, {"prompts": [pair], "component": "head", "positions": "all"}), args.repeat)
+    once, _, _ = circuit(1, 0)  # what a model pays once: the graph's check, its edges and names, its stacked weights
+    print(f"first circuit run (EAP; the graph checked and listed once per model): {once:.3f} s = {once / fwd:.1f} passes")
     print(f"one sweep (activation patching, 144 heads, all positions): {heads:.3f} s = {heads / fwd:.1f} passes")
     for steps, top_k in ((1, 0), (args.ig_steps, 0), (1, args.top_k)):
         with torch.no_grad():  # the unit again beside each run: the shared machine's load moves
