@@ -118,6 +118,8 @@ def to_nested(values, sizes: list[int]) -> Any:
     def build(offset: int, dims: list[int]) -> Any:
         if not dims:
             return flat[offset]
+        if len(dims) == 1:  # the innermost axis as one slice: a circuit run's 32,491 edges are one axis
+            return flat[offset : offset + dims[0]]
         step = 1
         for d in dims[1:]:
             step *= d
