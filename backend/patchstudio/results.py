@@ -113,11 +113,16 @@ class PatchResult(BaseModel):
 
 def to_nested(values, sizes: list[int]) -> Any:
     """A flat tensor/sequence in row-major order -> nested Python lists of floats of shape ``sizes``."""
-    flat = [float(v) for v in (values.tolist() if hasattr(values, "tolist") else values)]
+    if hasattr(values, "is_floating_point") and values.is_floating_point():  # a float tensor
+        flat = values.reshape(-1).tolist()  # already Python floats
+    else:
+        flat = [float(v) for v in (values.tolist() if hasattr(values, "tolist") else values)]
 
     def build(offset: int, dims: list[int]) -> Any:
         if not dims:
             return flat[offset]
+        if len(dims) == 1:  # the innermost axis as one slice: a circuit run's 32,491 edges are one axis
+            return flat[offset : offset + dims[0]]
         step = 1
         for d in dims[1:]:
             step *= d

@@ -72,3 +72,14 @@ def test_a_one_token_prompt_needs_no_probe(tiny_tokenizer):
     passes = _count_passes(model)
     assert not profile(model).suffix_supported(1)
     assert passes == [] and profile(model).found == {}
+
+
+def test_stacked_weights_follow_an_in_place_update(tiny_tokenizer):
+    model = build_tiny_model(tiny_tokenizer, n_layers=2, seed=11)
+    found = profile(model)
+    assert torch.equal(found.stacked("W_Q"), model.W_Q)
+    assert found.stacked("W_Q") is found.stacked("W_Q")  # kept while no parameter changes
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)  # as an optimizer step updates them: in place
+    assert torch.equal(found.stacked("W_Q"), model.W_Q) and torch.equal(found.stacked("W_O"), model.W_O)

@@ -184,7 +184,7 @@ def cache_names(model) -> list[str]:
 
 def head_outputs(model, layer: int, z: Float[Tensor, "rows pos head d_head"]) -> Float[Tensor, "rows head pos d_model"]:
     """Each head's write to the residual stream, z_H W_O[H] (b_O is no head's)."""
-    return torch.einsum("rphk,hkd->rhpd", z, model.W_O[layer].to(z.dtype))
+    return torch.einsum("rphk,hkd->rhpd", z, profile(model).stacked("W_O")[layer].to(z.dtype))
 
 
 @torch.no_grad()
@@ -200,8 +200,9 @@ def sender_outputs(model, graph: Graph, cache: dict[str, Tensor]) -> Float[Tenso
 
 def norm_weights(model, layer: int, letter: str) -> tuple[Tensor, Tensor | None]:
     """(W [heads, d_model, d_head], b [heads, d_head] or None) of one input of a layer's attention."""
-    w = {"q": model.W_Q, "k": model.W_K, "v": model.W_V}[letter][layer]
-    b = getattr(model, f"b_{letter.upper()}", None)
+    found = profile(model)
+    w = found.stacked(f"W_{letter.upper()}")[layer]
+    b = found.stacked(f"b_{letter.upper()}")
     return w, (b[layer] if b is not None else None)
 
 

@@ -76,6 +76,8 @@ class ModelProfile:
         self.soft_cap = soft_cap(model)
         self.found: dict[str, Any] = {}  # flag -> value, once found (a test may set one beforehand)
         self._sites: dict[tuple, tuple] = {}
+        self._stacked: dict[str, tuple[tuple, Tensor | None]] = {}
+        self._params: list[Tensor] | None = None
 
     # --- flags, found once ---------------------------------------------------------------------
 
@@ -196,6 +198,21 @@ class ModelProfile:
             built = self._sites[key] = H.sites(self._live(), component, positions, seq_len, groups if per_pos else None)
         out, axes, sizes = built
         return list(out), list(axes), list(sizes)
+
+    # --- stacked weights ---------------------------------------------------------------------------
+
+    def stacked(self, name: str) -> Tensor | None:
+        """``model.<name>`` (W_Q, b_K, W_O ...: every layer's weights, stacked; None where the model
+        has none), detached, kept until a parameter changes. A TransformerBridge stacks the blocks'
+        parameters afresh on every read, which costs more than the edge sweeps' arithmetic."""
+        if self._params is None:
+            self._params = list(self._live().parameters())  # walking the module tree costs as much as stacking
+        stamp = tuple((p.data_ptr(), p._version) for p in self._params)  # an in-place update bumps _version
+        kept = self._stacked.get(name)
+        if kept is None or kept[0] != stamp:
+            value = getattr(self._live(), name, None)
+            kept = self._stacked[name] = (stamp, value.detach() if value is not None else None)
+        return kept[1]
 
     def _live(self):
         model = self._model()

@@ -150,7 +150,8 @@ def finish(done: Finish) -> dict[str, Any]:
     n_edges = len(graph.edges)
     base = torch.tensor(done.clean if spec.direction == "noise" else done.corrupted, dtype=torch.float64)
     estimate = done.per_prompt.double() - base[:, None]  # each pair's estimated change per edge
-    order = sorted(range(n_edges), key=lambda e: -abs(float(estimate[:, e].mean())))  # ties: graph order
+    # edges by |mean estimate|, largest first; a stable sort keeps ties in graph order
+    order = torch.sort(-estimate.mean(0).abs(), stable=True).indices.tolist()
     top = order[: top_k(spec, n_edges)]
     exact = [exact_edges(ctx, graph, top).tolist() for ctx in done.pairs] if top else []
     sizes, run_sizes = ladder(n_edges)
