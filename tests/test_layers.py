@@ -16,7 +16,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("errors", "specs", "results", "settings", "models.prompts"),
     ("engine",),
     ("analysis",),
-    ("models",),  # registry, training, default_model, hydra_report
+    ("models", "prompt_sets"),  # registry, training, default_model, hydra_report; prompt_sets: uploaded pairs, checked on a model
     ("store", "studies"),  # studies: the studies table's rows, on the run store
     ("jobs",),
     ("service",),

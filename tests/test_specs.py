@@ -208,7 +208,7 @@ def _error_locs(exc: ValidationError) -> list[tuple]:
          ("activation_patching", "prompts", 0, "answer"), "Field required"),
         ({**PATCH, "component": "neuron"}, ("activation_patching", "component"), "Input should be 'head'"),
         ({**PATCH, "metric": "accuracy"}, ("activation_patching", "metric"), "Input should be 'logit_diff'"),
-        ({**PATCH, "positions": "some"}, ("activation_patching", "positions"), "Input should be 'all' or 'each'"),
+        ({**PATCH, "positions": "some"}, ("activation_patching", "positions"), "positions must be 'all', 'each' or a list"),
         ({**PATCH, "direction": "sideways"}, ("activation_patching", "direction"), "Input should be 'denoise' or 'noise'"),
         ({**ABLATE, "ablation": "gaussian"}, ("ablation", "ablation"), "Input should be 'zero', 'mean' or 'resample'"),
         ({**PATCH, "schema_version": 2}, ("activation_patching", "schema_version"), "Input should be 1"),

@@ -56,7 +56,7 @@ def test_own_reference_prompts_from_the_form(client, tiny_model, method, extra):
 
 def test_reference_field_is_offered_only_to_methods_that_ablate(client):
     page = client.get("/").text
-    for name, methods in (("reference", "ablation self_repair"), ("reference_prompts", "ablation self_repair"),
+    for name, methods in (("reference", "ablation self_repair circuit"), ("reference_prompts", "ablation self_repair circuit"),
                           ("baseline", "input_influence")):
         slot = re.search(rf'<div class="method-field" data-methods="([^"]*)"[^>]*>\s*<label[^>]*>[^<]*\s*<(?:select|textarea) name="{name}"', page)
         assert slot is not None and slot.group(1) == methods, name

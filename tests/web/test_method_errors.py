@@ -67,7 +67,9 @@ def test_nested_errors_name_their_field(client, method, spec_field, bad):
 
 # In the form: a bad value for each field a method shows lands in that field's error slot.
 BAD_FORM_VALUE = {"select": "bogus", "number": "many", "text": "L?H?", "textarea": "When Mary went"}
-FORM_CONTEXT = {"reference_prompts": {"reference": "own", "faithfulness": "mean"}}  # the box is read only for one's own reference prompts (a circuit reads them for mean-ablated faithfulness)
+# the box is read only for one's own reference prompts (a circuit reads them for mean-ablated
+# faithfulness); the chosen positions only when positions are 'chosen'
+FORM_CONTEXT = {"reference_prompts": {"reference": "own", "faithfulness": "mean"}, "positions_at": {"positions": "chosen"}}
 FORM_CASES = [(m, f) for m, web in WEB_METHODS.items() for f in web.fields]
 
 
@@ -77,7 +79,8 @@ def test_form_error_lands_beside_its_field(client, method, field):
     response = client.post("/explore", data=values, headers=HTMX)
     assert response.status_code == 200
     slot = re.search(rf'<div class="field-error" id="err-{field}"[^>]*>([^<]+)</div>', response.text)
-    assert slot is not None, f"no error beside {field}"
-    assert field.rstrip("s").replace("_", " ") in slot.group(1) or "Input should be" in slot.group(1)
+    assert slot is not None, f"no error beside {field}: " + " | ".join(re.findall(r"class=\"field-error\"[^>]*>[^<]+", response.text) + re.findall(r"class=\"error\"[^>]*>[^<]+", response.text))
+    words = {"positions_at": "position"}.get(field, field.rstrip("s").replace("_", " "))  # the box names the positions picked
+    assert words in slot.group(1) or "Input should be" in slot.group(1)
     others = re.findall(r'<div class="field-error" id="err-([a-z_]+)"[^>]*>[^<]+</div>', response.text)
     assert others == [field]  # nowhere else, not in the generic box

@@ -52,9 +52,9 @@ def test_chosen_positions_left_empty_are_refused_beside_the_field(client):
     assert "type the positions to patch" in error_in(response.text, "positions_at")
 
 
-def test_a_role_some_prompt_lacks_is_refused_beside_positions(client):
+def test_a_role_some_prompt_lacks_is_refused_beside_the_box_it_was_typed_in(client):
     response = client.post("/explore", data=form(positions="chosen", positions_at="S3"), headers=HTMX)
-    assert "prompt 1 has no position 'S3': its roles are BOS, When, IO, and, S1" in error_in(response.text, "positions")
+    assert "prompt 1 has no position 'S3': its roles are BOS, When, IO, and, S1" in error_in(response.text, "positions_at")
 
 
 def test_json_and_csv_name_the_role_and_how_many_prompts_each_cell_averages(client):

@@ -61,6 +61,8 @@ def _experiment_context(request: Request, service: ExperimentService, state: For
         field = exc.field
         if field == "reference" and state.values.get("reference") == "own":
             field = "reference_prompts"  # the engine checks the given prompts: the box they were typed in
+        elif field == "positions" and state.values.get("positions") == "chosen":
+            field = "positions_at"  # the engine checks the picked roles: the box they were typed in
         return explore.error_context(str(exc), field, exc.detail)
     except TooManyJobs as exc:
         return explore.error_context(str(exc), "spec")
