@@ -27,7 +27,7 @@ SMALL = {"prompts": [TINY_PAIRS[1]], "component": "head"}
 
 
 class TmpfsDisk:
-    """A 16 MB tmpfs; ``fill`` writes a file until nothing is left, after truncating SQLite's WAL
+    """A 64 MB tmpfs; ``fill`` writes a file until nothing is left, after truncating SQLite's WAL
     (a WAL file with room in it takes writes on a full disk)."""
 
     kind = "tmpfs"
@@ -79,7 +79,7 @@ def small_disk(tmp_path: Path, kind: str):
         return
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(path)], capture_output=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(path)], capture_output=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode(errors='replace').strip()}")
     try:
