@@ -43,7 +43,9 @@ def _job(server: Server, job_id: str) -> dict:
 
 def test_two_workers_a_sigkill_a_cancel_and_a_web_restart(tmp_path, tiny_model):
     with postgres_schema() as url:
-        env = process_env(database_url=url, chunk_rows=1, job_heartbeat_seconds=1, job_stale_seconds=3, max_jobs_per_client=100)
+        # a stale time well above the heartbeat: with 3 s a busy 2-core machine delayed a live worker's
+        # beats past it, so its job was rerun elsewhere and ran twice (CI, 2026-12-03)
+        env = process_env(database_url=url, chunk_rows=1, job_heartbeat_seconds=1, job_stale_seconds=10, max_jobs_per_client=100)
         server = Server(env, tmp_path / "web.log").start()
         workers = [worker(env, tmp_path / f"worker{i}.log").start() for i in range(2)]
         with stopped_after([server, *workers]) as procs:

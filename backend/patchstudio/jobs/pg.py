@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import os
 import signal
 import threading
 import time
@@ -220,6 +221,7 @@ class ProcrastinateQueue:
                     log.error("the worker stopped without being asked to; exiting with status %d for its supervisor to "
                               "restart it", EXIT_LOST)
                     outcome["code"] = EXIT_LOST
+                    _exit_if_shutdown_hangs(max(5.0, 2 * self.stale_seconds))
 
         log.info("worker for %s on queues %s", ", ".join(self.models), ", ".join(queues))
         try:
@@ -310,6 +312,21 @@ class WorkerRuntime:
         finally:
             with self._lock:
                 self._running.pop(job_id, None)
+
+
+def _exit_if_shutdown_hangs(seconds: float) -> None:
+    """End the process with ``EXIT_LOST`` if shutting down takes over ``seconds``: closing the app's
+    pool and the threads still inside a call to a database that is gone can block, and a worker that
+    neither works nor exits is the half-dead one its supervisor cannot see (seen in the outage test:
+    "Stopped worker", then no exit)."""
+    def hard_exit() -> None:
+        log.error("shutting down took over %.0f s (a database call still blocked); exiting with status %d", seconds, EXIT_LOST)
+        logging.shutdown()
+        os._exit(EXIT_LOST)
+
+    timer = threading.Timer(seconds, hard_exit)
+    timer.daemon = True  # a clean exit does not wait for it
+    timer.start()
 
 
 async def _retry_stalled(app: procrastinate.App, queues: list[str], stale_seconds: float) -> None:
