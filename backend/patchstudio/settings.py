@@ -39,6 +39,14 @@ class Settings(BaseSettings):
         description="Experiments (and companion runs) needing more patched runs than this run as background jobs, "
         "in the page and from POST /api/runs (which then answers 202 with the job); smaller ones are computed in the request.",
     )
+    live_estimate_gflop: float = Field(
+        200.0,
+        ge=0,
+        description="The explore page draws an exact activation-patching sweep first as its attribution-patching "
+        "estimate (one gradient pass), then the exact result, when the sweep's naive work (every patched run a full "
+        "forward pass, engine.fast.layer_flops) exceeds this many GFLOP: a GPT-2-small head sweep of 16 tokens is "
+        "about 390, the default model's sweeps stay under it. 'inf': always exact at once.",
+    )
     database_url: str | None = Field(
         None,
         validation_alias=AliasChoices("DATABASE_URL", "PATCHSTUDIO_DATABASE_URL"),

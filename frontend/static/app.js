@@ -282,6 +282,23 @@
     d.serverResponse += '<p class="muted if-result">The result below is the last one that ran.</p>';
   });
 
+  // An estimate's follow-up (explore.html's #exact-follow-up) brings the exact result of that edit:
+  // it may replace the estimate only while the estimate is on screen. Once a newer answer has been
+  // swapped in, the follow-up's element is gone and its request is aborted, so its answer is never
+  // drawn. (Its events cannot be caught later: an element removed from the page bubbles none.)
+  var followUps = [];
+  document.addEventListener("htmx:beforeRequest", function (ev) {
+    var elt = ev.detail.elt;
+    if (elt && elt.classList && elt.classList.contains("exact-follow-up")) followUps.push({ elt: elt, xhr: ev.detail.xhr });
+  });
+  document.addEventListener("htmx:afterSwap", function () {
+    followUps = followUps.filter(function (f) {
+      if (document.body.contains(f.elt)) return true;
+      if (f.xhr.readyState !== 4) f.xhr.abort();
+      return false;
+    });
+  });
+
   htmx.onLoad(function (root) {
     drawPlots(root.querySelectorAll ? root : document);
     var form = document.getElementById("spec-form");

@@ -43,6 +43,16 @@ def exact_patching_spec(spec: SpecBase) -> SpecBase:
     return _spec("activation_patching", direction=getattr(spec, "direction", "denoise"), **_common(spec))
 
 
+def attribution_estimate_spec(spec: SpecBase) -> SpecBase | None:
+    """The attribution-patching estimate of an exact activation-patching sweep: the same prompts (and
+    prompt set), metric, component, positions and direction; None where attribution patching does
+    not take the component, or ``spec`` is not activation patching."""
+    if spec.method != "activation_patching" or spec.component not in ATTRIBUTION_COMPONENTS:
+        return None
+    data = {"prompt_set": spec.prompt_set} if spec.prompt_set is not None else {}
+    return _spec("attribution_patching", direction=spec.direction, **_common(spec), **data)
+
+
 def mean_ablation_spec(spec: SpecBase) -> SpecBase:
     """Mean ablation of the same component on the clean run."""
     return _spec("ablation", ablation="mean", **_common(spec))

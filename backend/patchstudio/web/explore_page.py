@@ -11,7 +11,8 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import Response
 
-from patchstudio import analysis
+from patchstudio import analysis, live
+from patchstudio.analysis.triangulation import attribution_estimate_spec
 from patchstudio.engine.methods import METHODS
 from patchstudio.analysis import Reading
 from patchstudio.errors import InputError
@@ -55,6 +56,7 @@ def base_context(service: ExperimentService, form: dict[str, str]) -> dict[str, 
         "job": None,
         "result": None,
         "stored": None,
+        "live": None,  # an estimate drawn before its exact result, or that exact result (estimate_context)
     }
 
 
@@ -252,6 +254,29 @@ def cell_prompts_context(stored: StoredRun, reading: Reading, view: str, cell: d
         "stored": stored,
         "view_name": view,
     }
+
+
+# --- a live edit on a larger model: the estimate, then the exact result (live.py) ---------------------
+
+
+def estimate_context(estimate: live.Estimate, values: dict[str, str]) -> dict[str, Any]:
+    """The estimate's label, its link, and the follow-up POST (the same form, flagged) for the exact result."""
+    n, runs = estimate.passes, estimate.exact_runs
+    return {"live": {
+        "state": "estimate",
+        "label": f"Estimate (attribution patching: gradient, {n} forward-and-backward pass{'es' if n != 1 else ''} "
+                 f"instead of {runs:,} patched runs) — exact result on its way",
+        "run_id": estimate.run.id,
+        "follow_up": {**values, "exact_after": estimate.run.id},
+    }}
+
+
+def exact_context(service: ExperimentService, spec) -> dict[str, Any]:
+    """The exact result drawn in place of its estimate, labelled so, with the estimate's link."""
+    estimate = attribution_estimate_spec(spec) if spec is not None else None
+    stored = service.store.get(estimate.id) if estimate is not None else None
+    return {"live": {"state": "exact", "label": "Exact (activation patching: every cell its own patched run)",
+                     "run_id": stored.id if stored is not None else None}}
 
 
 # --- recent runs ---------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from patchstudio import analysis
+from patchstudio import analysis, live
 from patchstudio.engine.inputs import unknown_words
 from patchstudio.errors import InputError
 from patchstudio.service import ExperimentService
@@ -48,15 +48,17 @@ def home(request: Request, service: ServiceDep, client: ClientDep, preset: str |
     return explore.render(request, context)
 
 
-def _experiment_context(request: Request, service: ExperimentService, state: FormState, client: str) -> dict[str, Any]:
-    """Results for a form (a POST): stored, computed now, or a background job; or the error to show."""
+def _experiment_context(request: Request, service: ExperimentService, state: FormState, client: str,
+                        estimate_first: bool = False) -> dict[str, Any]:
+    """Results for a form (a POST): stored, computed now, or a background job; or the error to show.
+    ``estimate_first`` (a live edit): an expensive sweep's attribution estimate first (``live.py``)."""
     if state.error:
         unknown = _unknown_in_clean(service, state)  # the root cause of a failed name swap or guess
         if unknown is not None:
             return explore.error_context(str(unknown), unknown.field, unknown.detail)
         return explore.error_context(state.error, state.error_field, state.error_detail)
     try:
-        outcome = service.submit(state.spec, client)
+        outcome = live.submit(service, state.spec, client) if estimate_first else service.submit(state.spec, client)
     except InputError as exc:
         field = exc.field
         if field == "reference" and state.values.get("reference") == "own":
@@ -69,6 +71,9 @@ def _experiment_context(request: Request, service: ExperimentService, state: For
     if isinstance(outcome, JobRow):
         return explore.job_context(request, service, outcome)
     try:
+        if isinstance(outcome, live.Estimate):
+            return {**explore.result_context(request, service, outcome.run, analysis.read(outcome.run.result)),
+                    **explore.estimate_context(outcome, state.values)}
         return explore.result_context(request, service, outcome, analysis.read(outcome.result))
     except InputError as exc:
         return explore.error_context(str(exc), exc.field, exc.detail)
@@ -127,12 +132,30 @@ def _refused_in_place(request: Request, context: dict[str, Any]) -> Response:
     return response
 
 
+def _exact_after_estimate(request: Request, service: ExperimentService, context: dict[str, Any], state: FormState,
+                          client: str) -> Response:
+    """The follow-up an estimate's page posts: the exact result (or its job) in place of the estimate,
+    linked to it. Only the results are swapped, never the form's fields (the user may be typing a
+    newer edit; app.js drops this answer once a newer one has replaced the estimate)."""
+    if context.get("error"):
+        response = explore.render(request, context, blocks=["status"])
+        response.headers["HX-Reswap"] = "none"
+        return response
+    _remember_origin(service, context, state, client)
+    context.update(explore.exact_context(service, state.spec))
+    context["your_runs"] = explore.your_runs(service, client)
+    stored = context.get("stored")
+    return explore.render(request, context, blocks=["results", "your_runs"],
+                          push=urls.run_page(stored.id) if stored is not None else None)
+
+
 @router.post("/explore", response_class=HTMLResponse)
 async def explore_form(request: Request, service: ServiceDep, client: ClientDep, watchers: WatchersDep,
                        page: PageDep) -> Response:
     limit = service.settings.max_body_bytes  # the body limit already bounds the form; our own checks name the field
     form = {k: v for k, v in (await request.form(max_fields=200, max_part_size=limit)).items() if isinstance(v, str)}
     replaces = form.pop("replaces", "")  # the job the page showed before this edit (app.js), not part of the form
+    follow_up = form.pop("exact_after", "") != ""  # the exact result an estimate's page asks for next (explore.html)
     try:  # sizes first: nothing is parsed, generated or tokenized past the server's limits
         check_form_limits(form, service.settings.max_prompt_chars, service.settings.max_prompts)
     except InputError as exc:
@@ -144,12 +167,16 @@ async def explore_form(request: Request, service: ServiceDep, client: ClientDep,
     state = spec_from_form(form)
     context = explore.base_context(service, state.values)
     # The engine runs in a worker thread so the server keeps answering while it computes.
-    context.update(await run_in_threadpool(_experiment_context, request, service, state, client))
+    live_edit = is_htmx(request) and not follow_up
+    context.update(await run_in_threadpool(_experiment_context, request, service, state, client, live_edit))
     stored = context.get("stored")
+    if is_htmx(request) and follow_up:
+        return _exact_after_estimate(request, service, context, state, client)
     if is_htmx(request):
         if context.get("error"):
             return _refused_in_place(request, context)
-        push = urls.run_page(stored.id) if stored is not None else None
+        # an estimate is not where the address goes: the exact result's answer pushes that
+        push = urls.run_page(stored.id) if stored is not None and context.get("live") is None else None
         _remember_origin(service, context, state, client)
         new = stored.id if stored is not None else context["job"].id if context.get("job") else None
         if replaces:
