@@ -1,6 +1,7 @@
-"""Live latency of the explore page's loop on the default model: engine, server and browser.
+"""Live latency of the explore page's loop (the default model, or a GPT-2-small-shaped one): engine, server and browser.
 
-    python bench/bench_live.py [--requests N] [--edits M] [--debounce 200,600] [--typing 100,180] [--threads T] [--no-browser]
+    python bench/bench_live.py [--model default|gpt2-small] [--requests N] [--edits M] [--debounce 200,600]
+                               [--typing 100,180] [--threads T] [--no-browser]
 
 1. engine: ``patchstudio.run`` on N distinct IOI prompts (a head sweep over all positions, and a
    per-position head sweep), in process;
@@ -15,6 +16,15 @@
    the page's own clock. Requests sent per edit are counted (flooding), and each edit waits for
    Figure 1 of the new run to load before the next one, as a user reading it would.
 
+With ``--model gpt2-small`` the same three on the GPT-2-small-shaped random model of
+bench_patching.py (12 layers x 12 heads, d_model 768, a 50,257-word word-level tokenizer; random
+weights, no pretrained ones offline) and its 16-token IOI-shaped pairs (one word swapped at position
+11; the corruption typed, the answers t777 and t888), where an edit is answered first by the
+attribution estimate and then by the exact sweep (patchstudio/live.py): engine, both runs; server,
+the edit's POST (the estimate) and then the follow-up POST its answer carries (the exact result);
+browser, last keydown to the estimate's heatmap drawn (the first picture) and to the exact result's
+heatmap drawn (the exact picture).
+
 Prints p50 and p95 of each. Not a test: timings depend on the machine and its load.
 """
 
@@ -25,6 +35,7 @@ import contextlib
 import os
 import socket
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -36,6 +47,11 @@ CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 HEATMAP_Z = "(() => { const gd = document.getElementById('heatmap'); return gd && gd.data ? gd.data[0].z : null; })()"
+
+
+BENCH = Path(__file__).resolve().parent
+EXACT_Z = ("(() => { const gd = document.querySelector('#results .result[data-run-id=\"%s\"] #heatmap'); "
+           "return gd && gd.data ? gd.data[0].z : null; })()")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -59,13 +75,13 @@ def prompts(n: int, seed: int) -> list[str]:
 
 
 @contextlib.contextmanager
-def serve(model, directory: str):
+def serve(model, directory: str, **overrides):
     import uvicorn
 
     from patchstudio.settings import Settings
     from patchstudio.web.app import create_app
 
-    settings = Settings(models=["default"], database_url=f"sqlite:///{directory}/runs.sqlite3")
+    settings = Settings(models=["default"], database_url=f"sqlite:///{directory}/runs.sqlite3", **overrides)
     app = create_app(settings, model_loader=lambda name: model)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -174,6 +190,152 @@ def browser_times(url: str, texts: list[str], debounce_ms: int, typing_ms: int) 
     return latencies, requests
 
 
+# --- the GPT-2-small-shaped model: the estimate first, then the exact sweep --------------------------
+
+
+def gpt2_pairs(n: int, seed: int) -> list[dict]:
+    from bench_patching import prompt_pair
+
+    return [prompt_pair("ioi", seed=seed + i) for i in range(n)]
+
+
+def gpt2_specs(pair: dict) -> tuple:
+    """The exact spec the form makes of ``pair``, and its attribution estimate's (their ids are what the page shows)."""
+    from patchstudio.engine.methods.activation_patching import ActivationPatchingSpec
+    from patchstudio.engine.methods.attribution_patching import AttributionPatchingSpec
+
+    common = {"prompts": [pair], "component": "head", "positions": "all", "metric": "logit_diff", "direction": "denoise"}
+    return ActivationPatchingSpec(**common), AttributionPatchingSpec(**common)
+
+
+def gpt2_form(pair: dict) -> dict[str, str]:
+    from patchstudio.web.forms import DEFAULT_FORM
+
+    form = {**DEFAULT_FORM, "clean": pair["clean"], "corruption": "custom", "corrupted": pair["corrupted"],
+            "answer": pair["answer"], "wrong": pair["wrong"]}
+    form.pop("auto_answers")  # unchecked
+    return form
+
+
+def gpt2_engine_times(model, pairs: list[dict]) -> tuple[list[float], list[float]]:
+    from patchstudio.engine.run import run
+
+    estimate, exact = [], []
+    for pair in pairs:
+        for spec, out in zip(reversed(gpt2_specs(pair)), (estimate, exact)):
+            start = time.perf_counter()
+            run(model, spec)
+            out.append(1000 * (time.perf_counter() - start))
+    return estimate, exact
+
+
+def gpt2_server_times(url: str, pairs: list[dict]) -> tuple[list[float], list[float]]:
+    """Each edit's POST (its answer: the estimate) and the follow-up POST it carries (the exact result)."""
+    import html
+    import json
+    import re
+
+    import httpx
+
+    first, exact = [], []
+    with httpx.Client(base_url=url, timeout=120) as client:
+        client.get("/")
+        for pair in pairs:
+            want_exact, want_estimate = (s.id for s in gpt2_specs(pair))
+            start = time.perf_counter()
+            response = client.post("/explore", data=gpt2_form(pair), headers={"HX-Request": "true"})
+            response.read()
+            first.append(1000 * (time.perf_counter() - start))
+            assert f'data-run-id="{want_estimate}" data-live="estimate"' in response.text, response.text[:500]
+            values = json.loads(html.unescape(re.search(r"hx-vals='([^']*)'", response.text).group(1)))
+            response = client.post("/explore", data=values, headers={"HX-Request": "true"})
+            response.read()
+            exact.append(1000 * (time.perf_counter() - start))
+            assert f'data-run-id="{want_exact}" data-live="exact"' in response.text, response.text[:500]
+    return first, exact
+
+
+def gpt2_browser_times(url: str, pairs: list[dict], debounce_ms: int, typing_ms: int) -> tuple[list[float], list[float]]:
+    from playwright.sync_api import sync_playwright
+
+    first, exact = [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(120_000)
+        page.goto(url + "/")
+        page.evaluate(
+            """ms => {
+                const form = document.getElementById('spec-form');
+                form.setAttribute('hx-trigger', form.getAttribute('hx-trigger').replace(/input delay:\\d+ms/, `input delay:${ms}ms`));
+                htmx.process(form);
+                form.querySelector('[name=corruption]').value = 'custom';
+                form.querySelector('[name=auto_answers]').checked = false;
+                ['corrupted', 'answer', 'wrong'].forEach(n => { form.querySelector(`[name=${n}]`).readOnly = false; });
+                document.getElementById('clean').addEventListener('keydown', () => { window.__lastKey = performance.now(); });
+            }""",
+            debounce_ms,
+        )
+        box = page.locator("#clean")
+        for pair in pairs:
+            want_exact, want_estimate = (s.id for s in gpt2_specs(pair))
+            words = pair["clean"].split(" ")
+            head, typed = " ".join(words[:-2]), " " + " ".join(words[-2:])
+            page.evaluate("""([clean, corrupted, answer, wrong]) => {
+                const form = document.getElementById('spec-form');
+                form.querySelector('[name=clean]').value = clean;
+                form.querySelector('[name=corrupted]').value = corrupted;
+                form.querySelector('[name=answer]').value = answer;
+                form.querySelector('[name=wrong]').value = wrong;
+            }""", [head, pair["corrupted"], pair["answer"], pair["wrong"]])
+            box.focus()
+            page.keyboard.press("End")
+            page.keyboard.type(typed, delay=typing_ms)
+            shown = page.evaluate(_wait_until("() => " + EXACT_Z % want_estimate + " !== null || "
+                                              + EXACT_Z % want_exact + " !== null"))
+            drawn = page.evaluate(_wait_until("() => " + EXACT_Z % want_exact + " !== null"))
+            key = page.evaluate("window.__lastKey")
+            first.append(shown - key)
+            exact.append(drawn - key)
+            with contextlib.suppress(Exception):  # the reader's Figure 1 loads before the next edit
+                page.evaluate(_wait_until("() => { const f = document.getElementById('figure1'); "
+                                          "return !f || !f.textContent.includes('loading'); }", timeout_ms=60_000))
+        browser.close()
+    return first, exact
+
+
+def gpt2_main(args) -> None:
+    sys.path.insert(0, str(BENCH))
+    from bench_patching import build_model
+
+    from patchstudio.live import naive_gflop
+    from patchstudio.engine.run import plan
+
+    model = build_model()
+    cfg = model.cfg
+    pairs = gpt2_pairs(args.requests + 2, seed=1)
+    work = naive_gflop(model, plan(model, gpt2_specs(pairs[0])[0]))
+    print(f"GPT-2-small-shaped random model ({cfg.n_layers} layers x {cfg.n_heads} heads, d_model {cfg.d_model}); "
+          f"head sweep of a 16-token pair: {work:.0f} GFLOP naive (threshold: live_estimate_gflop); torch {torch.__version__}, "
+          f"{args.threads} threads, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}", flush=True)
+    gpt2_engine_times(model, pairs[:2])  # warm up
+    estimate, exact = gpt2_engine_times(model, pairs[2:])
+    print(summary("engine, attribution estimate (head sweep)", estimate), flush=True)
+    print(summary("engine, exact head sweep (144 heads)", exact), flush=True)
+    with tempfile.TemporaryDirectory() as directory, serve(model, directory) as url:
+        first, done = gpt2_server_times(url, gpt2_pairs(args.requests, seed=1000))
+        print(summary("server, edit POST -> estimate", first), flush=True)
+        print(summary("server, edit POST + follow-up POST -> exact", done), flush=True)
+        if not args.no_browser and Path(CHROMIUM).exists():
+            for i, debounce in enumerate(int(d) for d in args.debounce.split(",")):
+                for j, typing in enumerate(int(t) for t in args.typing.split(",")):
+                    first, done = gpt2_browser_times(url, gpt2_pairs(args.edits, seed=2000 + 100 * (2 * i + j)), debounce, typing)
+                    label = f"browser, debounce {debounce} ms, keys {typing} ms apart"
+                    print(summary(f"{label}: first picture", first), flush=True)
+                    print(summary(f"{label}: exact picture", done), flush=True)
+    print(f"load average at the end {os.getloadavg()[0]:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=30, help="distinct prompts per engine/server measurement")
@@ -182,8 +344,12 @@ def main() -> None:
     parser.add_argument("--typing", default="100,180", help="ms between keys: a fast typist, and a slower one (flooding)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--no-browser", action="store_true")
+    parser.add_argument("--model", choices=("default", "gpt2-small"), default="default",
+                        help="gpt2-small: the GPT-2-small-shaped random model, estimate first then exact")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.model == "gpt2-small":
+        return gpt2_main(args)
 
     import patchstudio
 
