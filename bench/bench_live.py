@@ -146,19 +146,17 @@ def _wait_until(predicate: str, timeout_ms: int = 60_000) -> str:
     }})"""
 
 
-def browser_times(url: str, texts: list[str], debounce_ms: int, typing_ms: int) -> tuple[list[float], list[int]]:
+@contextlib.contextmanager
+def explore_page(url: str, debounce_ms: int, timeout_ms: int):
+    """Headless Chromium on the explore page, its form's debounce set to ``debounce_ms``, the last
+    keydown in the clean prompt kept (``window.__lastKey``) and the form's requests counted."""
     from playwright.sync_api import sync_playwright
 
-    latencies, requests = [], []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.set_default_timeout(60_000)
+        page.set_default_timeout(timeout_ms)
         page.goto(url + "/")
-        # (the page's CSP forbids eval, which wait_for_function's string predicates need: these
-        # waits are promises run with evaluate, polling once per animation frame)
-        page.locator("#spec-form button[type=submit]").click()  # a GET computes nothing: run the form once
-        page.evaluate(_wait_until("() => " + HEATMAP_Z + " !== null"))
         page.evaluate(
             """ms => {
                 const form = document.getElementById('spec-form');
@@ -170,23 +168,44 @@ def browser_times(url: str, texts: list[str], debounce_ms: int, typing_ms: int) 
             }""",
             debounce_ms,
         )
-        box = page.locator("#clean")
+        try:
+            yield page
+        finally:
+            browser.close()
+
+
+def type_end(page, typed: str, typing_ms: int) -> None:
+    """Type ``typed`` at the end of the clean prompt, key by key."""
+    page.locator("#clean").focus()
+    page.keyboard.press("End")
+    page.keyboard.type(typed, delay=typing_ms)
+
+
+def wait_figure1(page) -> None:
+    """The reader's Figure 1 (triangulation) loads before the next edit, as a user reading it would wait."""
+    with contextlib.suppress(Exception):
+        page.evaluate(_wait_until("() => { const f = document.getElementById('figure1'); "
+                                  "return !f || !f.textContent.includes('loading'); }", timeout_ms=60_000))
+
+
+def browser_times(url: str, texts: list[str], debounce_ms: int, typing_ms: int) -> tuple[list[float], list[int]]:
+    latencies, requests = [], []
+    with explore_page(url, debounce_ms, 60_000) as page:
+        # (the page's CSP forbids eval, which wait_for_function's string predicates need: these
+        # waits are promises run with evaluate, polling once per animation frame)
+        page.locator("#spec-form button[type=submit]").click()  # a GET computes nothing: run the form once
+        page.evaluate(_wait_until("() => " + HEATMAP_Z + " !== null"))
         for text in texts:
             head, typed = text.rsplit(" ", 2)[0], " " + " ".join(text.rsplit(" ", 2)[1:])
             old = page.evaluate(HEATMAP_Z)
             page.evaluate("([v]) => { const el = document.getElementById('clean'); el.value = v; window.__requests = 0; }", [head])
-            box.focus()
-            page.keyboard.press("End")
-            page.keyboard.type(typed, delay=typing_ms)
+            type_end(page, typed, typing_ms)
             changed = f"() => {{ const z = {HEATMAP_Z}; return z !== null && JSON.stringify(z) !== JSON.stringify(window.__old); }}"
             page.evaluate("old => { window.__old = old; }", old)
             done = page.evaluate(_wait_until(changed))
             latencies.append(done - page.evaluate("window.__lastKey"))
             requests.append(page.evaluate("window.__requests"))
-            with contextlib.suppress(Exception):  # the reader's Figure 1 (triangulation) loads before the next edit
-                page.evaluate(_wait_until("() => { const f = document.getElementById('figure1'); "
-                                          "return !f || !f.textContent.includes('loading'); }", timeout_ms=60_000))
-        browser.close()
+            wait_figure1(page)
     return latencies, requests
 
 
@@ -256,27 +275,14 @@ def gpt2_server_times(url: str, pairs: list[dict]) -> tuple[list[float], list[fl
 
 
 def gpt2_browser_times(url: str, pairs: list[dict], debounce_ms: int, typing_ms: int) -> tuple[list[float], list[float]]:
-    from playwright.sync_api import sync_playwright
-
     first, exact = [], []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.set_default_timeout(120_000)
-        page.goto(url + "/")
-        page.evaluate(
-            """ms => {
-                const form = document.getElementById('spec-form');
-                form.setAttribute('hx-trigger', form.getAttribute('hx-trigger').replace(/input delay:\\d+ms/, `input delay:${ms}ms`));
-                htmx.process(form);
-                form.querySelector('[name=corruption]').value = 'custom';
-                form.querySelector('[name=auto_answers]').checked = false;
-                ['corrupted', 'answer', 'wrong'].forEach(n => { form.querySelector(`[name=${n}]`).readOnly = false; });
-                document.getElementById('clean').addEventListener('keydown', () => { window.__lastKey = performance.now(); });
-            }""",
-            debounce_ms,
-        )
-        box = page.locator("#clean")
+    with explore_page(url, debounce_ms, 120_000) as page:
+        page.evaluate("""() => {
+            const form = document.getElementById('spec-form');
+            form.querySelector('[name=corruption]').value = 'custom';
+            form.querySelector('[name=auto_answers]').checked = false;
+            ['corrupted', 'answer', 'wrong'].forEach(n => { form.querySelector(`[name=${n}]`).readOnly = false; });
+        }""")
         for pair in pairs:
             want_exact, want_estimate = (s.id for s in gpt2_specs(pair))
             words = pair["clean"].split(" ")
@@ -288,19 +294,14 @@ def gpt2_browser_times(url: str, pairs: list[dict], debounce_ms: int, typing_ms:
                 form.querySelector('[name=answer]').value = answer;
                 form.querySelector('[name=wrong]').value = wrong;
             }""", [head, pair["corrupted"], pair["answer"], pair["wrong"]])
-            box.focus()
-            page.keyboard.press("End")
-            page.keyboard.type(typed, delay=typing_ms)
+            type_end(page, typed, typing_ms)
             shown = page.evaluate(_wait_until("() => " + EXACT_Z % want_estimate + " !== null || "
                                               + EXACT_Z % want_exact + " !== null"))
             drawn = page.evaluate(_wait_until("() => " + EXACT_Z % want_exact + " !== null"))
             key = page.evaluate("window.__lastKey")
             first.append(shown - key)
             exact.append(drawn - key)
-            with contextlib.suppress(Exception):  # the reader's Figure 1 loads before the next edit
-                page.evaluate(_wait_until("() => { const f = document.getElementById('figure1'); "
-                                          "return !f || !f.textContent.includes('loading'); }", timeout_ms=60_000))
-        browser.close()
+            wait_figure1(page)
     return first, exact
 
 
