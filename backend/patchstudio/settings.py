@@ -45,7 +45,8 @@ class Settings(BaseSettings):
         description="The explore page draws an exact activation-patching sweep first as its attribution-patching "
         "estimate (one gradient pass), then the exact result, when the sweep's naive work (every patched run a full "
         "forward pass, engine.fast.layer_flops) exceeds this many GFLOP: a GPT-2-small head sweep of 16 tokens is "
-        "about 390, the default model's sweeps stay under it. 'inf': always exact at once.",
+        "372; the default model's in-request sweeps (at most 2,000 patched runs of at most 64 tokens) are at most 185. "
+        "'inf': always exact at once.",
     )
     database_url: str | None = Field(
         None,
