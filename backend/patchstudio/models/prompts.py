@@ -284,25 +284,31 @@ AGREEMENT_TEMPLATES: tuple[str, ...] = (
 )
 
 
-def agreement_pairs(n: int, seed: int = 0, words: Mapping[str, Sequence[Any]] | None = None) -> list[PromptPair]:
+def agreement_pairs(
+    n: int, seed: int = 0, words: Mapping[str, Sequence[Any]] | None = None, template: int | None = None
+) -> list[PromptPair]:
     """`n` subject-verb agreement pairs. Clean: "The key to the cabinets" (a subject, a preposition,
     an attractor noun of another noun pair), answer the verb that agrees with the subject (" is"),
     wrong the other (" are"). Corrupted: the subject's number flipped ("The keys to the cabinets"),
     so the answer flips; the attractor is unchanged. Subjects alternate singular, plural; the
-    attractor's number is drawn (half agree with the subject, half do not)."""
+    attractor's number is drawn (half agree with the subject, half do not). template: an index into
+    AGREEMENT_TEMPLATES (one preposition, so one token length on any tokenizer); default any."""
     nouns, verbs = _words(words, "nouns", "verbs")
+    if template is not None and not 0 <= template < len(AGREEMENT_TEMPLATES):
+        raise ValueError(f"template must be in [0, {len(AGREEMENT_TEMPLATES)}), got {template}")
+    templates = AGREEMENT_TEMPLATES if template is None else AGREEMENT_TEMPLATES[template:template + 1]
     if len(nouns) < 2:
         raise ValueError("subject-verb agreement needs two (singular, plural) noun pairs")
     sg_verb, pl_verb = verbs[0]
     rng = random.Random(seed)
     pairs = []
     for i in range(n):
-        template = rng.choice(AGREEMENT_TEMPLATES)
+        chosen = rng.choice(templates)
         subj, attr = rng.sample(nouns, 2)
         number, attr_number = i % 2, rng.randrange(2)  # 0 singular, 1 plural
         attractor = attr[attr_number]
-        clean = template.format(SUBJ=subj[number], ATTR=attractor)
-        corrupted = template.format(SUBJ=subj[1 - number], ATTR=attractor)
+        clean = chosen.format(SUBJ=subj[number], ATTR=attractor)
+        corrupted = chosen.format(SUBJ=subj[1 - number], ATTR=attractor)
         answer, wrong = (sg_verb, pl_verb) if number == 0 else (pl_verb, sg_verb)
         pairs.append(PromptPair(clean, corrupted, answer, wrong))
     return pairs
