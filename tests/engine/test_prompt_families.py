@@ -181,3 +181,31 @@ def test_new_families_sweep_by_their_roles(word_models):
         mixed = agr[:1] + gt[:1]
         role_axis(model, mixed, prepare_pairs(model, mixed, same_length=False), "each")
     assert info.value.field == "positions"
+
+
+def test_greater_than_metric_is_the_logit_difference_at_the_17_position(word_models):
+    """The note's claim: with ' 17' shared by answer and wrong, the sequence log-probability difference
+    is logit(YY+1) - logit(YY-1) read after ' 17' (plain forward pass, no engine)."""
+    import torch
+
+    from patchstudio.engine.run import run
+
+    model = word_models("gpt2")
+    pairs = F.family_pairs(model, "greater_than", 3, seed=0)
+    result = run(model, {"prompts": [p.to_dict() for p in pairs], "component": "resid_pre", "positions": "all"})
+    for p, got in zip(pairs, result.per_prompt_clean):
+        with torch.no_grad():
+            logits = model(model.to_tokens(p.clean + " 17"))[0, -1]
+        (up,), (down,) = (model.tokenizer(p.answer[2:], add_special_tokens=False)["input_ids"],
+                          model.tokenizer(p.wrong[2:], add_special_tokens=False)["input_ids"])
+        assert got == pytest.approx(float(logits[up] - logits[down]), abs=1e-4)
+    with pytest.raises(InputError, match="is 2 tokens .* needs a single-token answer"):  # one-token methods refuse it
+        run(model, {"method": "attribution_patching", "prompts": [p.to_dict() for p in pairs]})
+
+
+def test_docs_carry_every_note():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "prompt-families.md").read_text()
+    for family in P.FAMILIES.values():
+        assert f"### `{family.name}`" in doc and family.note in doc and family.description in doc

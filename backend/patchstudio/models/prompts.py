@@ -257,7 +257,7 @@ def greater_than_pairs(n: int, seed: int = 0, words: Mapping[str, Sequence[str]]
     """`n` greater-than pairs (Hanna et al. 2023). Clean: "The war lasted from the year 17YY to the
     year"; answer = the year 17(YY+1), wrong = 17(YY-1): the smallest year the sentence allows against
     the largest it rules out. Corrupted: the start year 1701 (the paper's corruption), after which both
-    are allowed. YY is drawn from the years whose neighbours are in the list too, 02 < YY-1."""
+    are allowed. YY is drawn from the years whose neighbours are in the list too, with YY-1 >= 02."""
     century, years = _words(words, "century", "years")
     have = set(years)
     usable = [y for y in years if 3 <= int(y) <= 98 and {f"{int(y) - 1:02d}", f"{int(y) + 1:02d}"} <= have]
@@ -731,7 +731,7 @@ _INDUCTION_NOTE = (
 _GREATER_THAN_NOTE = (
     "Tests whether the model prefers years after a start year (Hanna et al. 2023, 'How does GPT-2 compute "
     "greater-than?'). Clean: 'The war lasted from the year 17YY to the year'; answer ' 17(YY+1)', wrong "
-    "' 17(YY-1)', YY from 03 to 97. Corrupted: the start year 1701 (the paper's corruption), after which both "
+    "' 17(YY-1)', YY from 03 to 98. Corrupted: the start year 1701 (the paper's corruption), after which both "
     "answers are allowed, so the corruption removes the information rather than flipping the answer. Deviation "
     "from the paper: the paper ends the prompt at '17' and its metric is the probability difference "
     "sum p(years > YY) - sum p(years <= YY) over all 100 two-digit tokens; Patch Studio's answers follow the "
@@ -766,8 +766,9 @@ FAMILIES: dict[str, Family] = {
             lambda n, seed=0, words=None, **kw: ioi_pairs(n, seed=seed, corruption="swap", words=words, **kw),
             _IOI_NOTE.format(n_templates=len(IOI_TEMPLATES))
             + "Corrupted: the repeated subject's second mention (S2) replaced by the IO name, so the licensed "
-            "answer flips to S. It cannot separate the name-mover mechanism from a preference for the name that "
-            "appears once, since the swap changes both.",
+            "answer flips to S. Only S2 changes, so a sweep sees what flows from S2 (the duplicate-token and "
+            "S-inhibition route); what is read from IO and S1 themselves is the same in both prompts, and this "
+            "corruption cannot show it.",
             _IOI_NEEDS,
             "IO, S1, S2, PLACE, OBJECT, END and the template's words",
         ),
