@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 import patchstudio
 from patchstudio.settings import Settings
 from patchstudio.web.app import create_app
-from web_helpers import form
+from web_helpers import HTMX, form
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -78,3 +78,12 @@ def test_api_families(client):
     assert plain["model"] is None and "offered" not in plain["families"][0]
     missing = client.get("/api/families", params={"model": "nope"})
     assert missing.status_code == 404 and "no loaded model 'nope'" in missing.json()["detail"]
+
+
+def test_switching_the_model_updates_the_picker_in_place(client):
+    """An htmx edit re-renders the family picker (out of band) for the model now chosen."""
+    response = client.post("/explore", data=form(model="qwen2", source="family", family="ioi_swap"), headers=HTMX)
+    assert response.status_code == 200, response.text
+    assert '<label id="family-field" hx-swap-oob="true">' in response.text
+    assert offered_in(response.text) == ["ioi_swap", "ioi_abc", "induction", "agreement", "custom"]
+    assert GREATER_THAN_REFUSAL in html.unescape(response.text)
