@@ -39,6 +39,24 @@ def family_dirs(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def word_models(tmp_path_factory):
+    """family -> a model whose tokenizer also knows the built-in prompt families' words
+    (``build_family(..., words=True)``), loaded as users load one; each built once per session."""
+    import patchstudio
+    from family_models import build_family
+
+    built: dict[str, object] = {}
+
+    def get(family: str):
+        if family not in built:
+            directory = build_family(family, tmp_path_factory.mktemp(f"words_{family}"), words=True)
+            built[family] = patchstudio.load_model(str(directory))
+        return built[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def family_models(family_dirs):
     """family -> a TransformerBridge loaded the way users load one: ``patchstudio.load_model(directory)``."""
     import patchstudio

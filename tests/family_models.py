@@ -36,6 +36,11 @@ FAMILIES = ("gpt2", "neox", "llama", "gemma2", "qwen2")
 NAMES = "Mary John Alice Bob Tom Anna Sarah James Kate Paul".split()
 PLACES = "store garden school park office".split()
 OBJECTS = "drink book ring bag letter".split()
+NOUN_PAIRS = [("key", "keys"), ("cabinet", "cabinets"), ("author", "authors"), ("pilot", "pilots"), ("table", "tables")]
+# With ``words=True`` (the built-in prompt families' tests): a larger vocabulary, merges seen fewer than
+# MIN_FREQUENCY times left out (whole years are seen 8 times, their two-digit ends over 100).
+VOCAB_SIZE = {"byte_level": 800, "metaspace": 640}
+MIN_FREQUENCY = 20
 
 # IOI prompt pairs (Wang et al. 2022), short (11 words) to keep the references' sweeps small.
 PAIRS = [
@@ -53,7 +58,7 @@ MULTI_TOKEN_PAIRS = [
 ]
 
 
-def _corpus() -> list[str]:
+def _corpus(words: bool = False) -> list[str]:
     lines = []
     for i, a in enumerate(NAMES):
         for j, b in enumerate(NAMES):
@@ -63,6 +68,25 @@ def _corpus() -> list[str]:
             lines.append(f"When {a} and {b} went to the {place}, {b} gave a {obj} to {a}.")
             lines.append(f"When {a} and {b} met, {b} gave a {obj} to {a}.")
             lines.append(f"Then {a} and {b} had a lot of fun at the {place}.")
+    if words:
+        lines += _family_words()
+    return lines
+
+
+def _family_words() -> list[str]:
+    """For the built-in families (engine/families.py): names at the start of a text, induction's words
+    there too, years as GPT-2 writes them (" 17" then "32": each two-digit end also appears alone, far
+    more often than any whole year), and nouns in the singular and the plural."""
+    lines = [f"{a} and {NAMES[i - 1]} had a long argument." for i, a in enumerate(NAMES)]
+    for w in (*NAMES, *PLACES, *OBJECTS):
+        lines += [f"{w} {w} {w}"] * 10
+    for yy in range(100):
+        lines.append(f"The war lasted from the year 17{yy:02d} to the year 17{(yy + 7) % 100:02d}.")
+        lines += [f"Track #{yy:02d} is here."] * 25
+    for s, p in NOUN_PAIRS:
+        for s2, p2 in NOUN_PAIRS:
+            if s != s2:
+                lines.append(f"The {s} to the {p2} is here. The {p} near the {s2} are here.")
     return lines
 
 
@@ -70,10 +94,12 @@ def _ascii() -> list[str]:
     return [chr(c) for c in range(33, 127)]
 
 
-def build_tokenizer(directory: Path, style: str) -> PreTrainedTokenizerFast:
+def build_tokenizer(directory: Path, style: str, words: bool = False) -> PreTrainedTokenizerFast:
     """A BPE tokenizer trained on IOI sentences: every name, place and object is one token with its
     leading space. ``style``: ``byte_level`` (GPT-2's: "ĠMary"), ``byte_level_no_bos`` (Qwen2's:
-    no BOS token), or ``metaspace`` (SentencePiece's: "▁Mary", BOS added by the tokenizer)."""
+    no BOS token), or ``metaspace`` (SentencePiece's: "▁Mary", BOS added by the tokenizer). ``words``: also
+    trained on the built-in families' words (``_family_words``), with a larger vocabulary, and (metaspace)
+    punctuation split off as SentencePiece splits it ("▁store", "," rather than "▁store,")."""
     directory = Path(directory)
     if style.startswith("byte_level"):
         special = ["<|endoftext|>"]
@@ -86,12 +112,14 @@ def build_tokenizer(directory: Path, style: str) -> PreTrainedTokenizerFast:
         special = ["<unk>", "<s>", "</s>", "<pad>"]
         tok = Tokenizer(models.BPE(unk_token="<unk>"))
         tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+        if words:
+            tok.pre_tokenizer = pre_tokenizers.Sequence([tok.pre_tokenizer, pre_tokenizers.Punctuation("isolated")])
         tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
         alphabet = _ascii() + ["▁"]
         vocab_size = 260
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special, initial_alphabet=alphabet,
-                                  show_progress=False)
-    tok.train_from_iterator(_corpus() * 4, trainer)
+    options = {"vocab_size": VOCAB_SIZE["metaspace" if style == "metaspace" else "byte_level"], "min_frequency": MIN_FREQUENCY} if words else {"vocab_size": vocab_size}
+    trainer = trainers.BpeTrainer(special_tokens=special, initial_alphabet=alphabet, show_progress=False, **options)
+    tok.train_from_iterator(_corpus(words) * 4, trainer)
     if style == "byte_level":
         fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
                                        unk_token="<|endoftext|>")
@@ -154,12 +182,13 @@ def _perturb(model, seed: int) -> None:
                 p.copy_(0.1 * noise)
 
 
-def build_family(family: str, directory: Path, *, seed: int = 0) -> Path:
-    """Write a tiny random ``family`` model and its tokenizer to ``directory`` (save_pretrained)."""
+def build_family(family: str, directory: Path, *, seed: int = 0, words: bool = False) -> Path:
+    """Write a tiny random ``family`` model and its tokenizer to ``directory`` (save_pretrained);
+    ``words``: a tokenizer that also knows the built-in prompt families' words (``build_tokenizer``)."""
     from transformers import AutoModelForCausalLM
 
     directory = Path(directory)
-    tokenizer = build_tokenizer(directory, TOKENIZER_STYLE[family])
+    tokenizer = build_tokenizer(directory, TOKENIZER_STYLE[family], words)
     config = _config(family, tokenizer)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()

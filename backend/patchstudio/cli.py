@@ -1,5 +1,5 @@
 """Command line: ``patchstudio serve``, ``patchstudio worker``, ``patchstudio run spec.json``,
-``patchstudio train-default``."""
+``patchstudio families``, ``patchstudio train-default``."""
 
 from __future__ import annotations
 
@@ -88,6 +88,40 @@ def run_command(
     else:
         out.write_text(payload + "\n")
         typer.echo(f"wrote {out} (id {result.id})", err=True)
+
+
+@app.command("families")
+def families_command(
+    model: str = typer.Option("default", help="The model whose tokenizer the families are checked on."),
+    family: Optional[str] = typer.Option(None, help="Print this family's pairs as JSON lines (a prompt set to upload)."),
+    n: int = typer.Option(16, min=1, max=10_000, help="How many pairs."),
+    seed: int = typer.Option(0, min=0, help="The generator's seed."),
+) -> None:
+    """List the built-in prompt families the model's tokenizer can make (and why not the others), or
+    print one family's pairs."""
+    import patchstudio
+    from patchstudio.engine.families import check_families, family_pairs
+    from patchstudio.engine.inputs import InputError
+    from patchstudio.models.prompts import FAMILIES
+    from patchstudio.models.registry import ModelUnavailableError
+
+    try:
+        loaded = patchstudio.load_model(model)
+    except (ModelUnavailableError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    if family is not None:
+        try:
+            pairs = family_pairs(loaded, family, n, seed=seed)
+        except InputError as exc:
+            _fail(str(exc))
+        for pair in pairs:
+            typer.echo(json.dumps(pair.to_dict()))
+        return
+    for name, check in check_families(loaded).items():
+        if check.offered:
+            typer.echo(f"{name}: offered. {FAMILIES[name].note}\n")
+        else:
+            typer.echo(f"{name}: not offered: {check.refusal}\n")
 
 
 LOADER_HELP = ("Load models with this function instead of by name: 'module:function', called with a model name "

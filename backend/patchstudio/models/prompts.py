@@ -15,7 +15,7 @@ import hashlib
 import random
 import re
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 # --------------------------------------------------------------------------------------------
 # Word lists
@@ -39,6 +39,25 @@ OBJECTS: tuple[str, ...] = (
     "snack", "letter", "ball", "gift", "key", "cake",
 )  # fmt: skip
 NAME_SET = frozenset(NAMES)
+# Greater-than (Hanna et al. 2023): the two-digit ends of years 1700..1799, as GPT-2 writes them
+# (" 1732" is " 17" then "32").
+CENTURY = "17"
+YEARS: tuple[str, ...] = tuple(f"{yy:02d}" for yy in range(100))
+# Subject-verb agreement (Linzen et al. 2016): nouns in (singular, plural) pairs, and the verbs.
+NOUN_PAIRS: tuple[tuple[str, str], ...] = (
+    ("key", "keys"), ("cabinet", "cabinets"), ("author", "authors"), ("pilot", "pilots"),
+    ("doctor", "doctors"), ("farmer", "farmers"), ("table", "tables"), ("door", "doors"),
+    ("teacher", "teachers"), ("student", "students"), ("manager", "managers"), ("painting", "paintings"),
+    ("picture", "pictures"), ("report", "reports"), ("officer", "officers"), ("window", "windows"),
+    ("house", "houses"), ("friend", "friends"), ("player", "players"), ("car", "cars"),
+)  # fmt: skip
+VERBS: tuple[str, str] = ("is", "are")  # (singular, plural)
+# What each generator draws from when it is given no checked words: the default model's own lists
+# for IOI and induction (so its pairs are as they always were), the literature's for the others.
+CANDIDATES: dict[str, tuple] = {
+    "names": NAMES, "places": PLACES, "objects": OBJECTS, "words": (*NAMES, *OBJECTS, *PLACES),
+    "century": (CENTURY,), "years": YEARS, "nouns": NOUN_PAIRS, "verbs": (VERBS,),
+}  # fmt: skip
 
 # --------------------------------------------------------------------------------------------
 # IOI templates (after Wang et al. 2022). {N1} and {N2} are the two names introduced together,
@@ -137,13 +156,18 @@ class PromptPair:
         return asdict(self)
 
 
+def _words(words: Mapping[str, Sequence[str]] | None, *keys: str) -> list[list[str]]:
+    """The word lists a generator draws from: the given ones, else its candidates (``CANDIDATES``)."""
+    return [list(words[k]) if words is not None and k in words else list(CANDIDATES[k]) for k in keys]
+
+
 def _fill(template: str, n1: str, n2: str, s: str, place: str, obj: str) -> str:
     return template.format(N1=n1, N2=n2, S=s, PLACE=place, OBJECT=obj)
 
 
-def _pick_pair(rng: random.Random, split: str) -> tuple[str, str]:
+def _pick_pair(rng: random.Random, split: str, names: Sequence[str] = NAMES) -> tuple[str, str]:
     while True:
-        io, s = rng.sample(NAMES, 2)
+        io, s = rng.sample(names, 2)
         held = is_heldout_pair(io, s)
         if split == "all" or held == (split == "heldout"):
             return io, s
@@ -155,6 +179,7 @@ def ioi_pairs(
     corruption: str = "swap",
     split: str = "all",
     template: int | None = None,
+    words: Mapping[str, Sequence[str]] | None = None,
 ) -> list[PromptPair]:
     """`n` IOI prompt pairs. The clean prompt ends before the indirect object: answer = IO,
     wrong = S. Orders alternate ABBA, BABA, ...
@@ -167,7 +192,10 @@ def ioi_pairs(
     template: an index into IOI_TEMPLATES; all pairs then have the same token length. With a
       fixed template the split only selects the name pairs (a held-out template is refused for
       split="train").
+    words: {"names": ..., "places": ..., "objects": ...}, the words to draw from (checked on a
+      tokenizer by ``engine.families``); default the shipped lists NAMES, PLACES, OBJECTS.
     """
+    names, places, objects = _words(words, "names", "places", "objects")
     if corruption not in ("swap", "abc"):
         raise ValueError(f"corruption must be 'swap' or 'abc', got {corruption!r}")
     if split not in ("train", "heldout", "all"):
@@ -184,26 +212,28 @@ def ioi_pairs(
     pairs = []
     for i in range(n):
         t = IOI_TEMPLATES[rng.choice(choices)]
-        io, s = _pick_pair(rng, split)
-        place, obj = rng.choice(PLACES), rng.choice(OBJECTS)
+        io, s = _pick_pair(rng, split, names)
+        place, obj = rng.choice(places), rng.choice(objects)
         n1, n2 = (io, s) if i % 2 == 0 else (s, io)  # ABBA, then BABA
         clean = _fill(t, n1, n2, s, place, obj)
         if corruption == "swap":
             corrupted = _fill(t, n1, n2, io, place, obj)
         else:
-            c1, c2, c3 = rng.sample([x for x in NAMES if x not in (io, s)], 3)
+            c1, c2, c3 = rng.sample([x for x in names if x not in (io, s)], 3)
             corrupted = _fill(t, c1, c2, c3, place, obj)
         pairs.append(PromptPair(clean, corrupted, io, s))
     return pairs
 
 
-def induction_pairs(n: int, seed: int = 0, length: int = 8) -> list[PromptPair]:
+def induction_pairs(
+    n: int, seed: int = 0, length: int = 8, words: Mapping[str, Sequence[str]] | None = None
+) -> list[PromptPair]:
     """`n` induction pairs. Clean: `length` distinct words w1..wL, then w1..w(L-1) again; the
     answer is wL (what an induction head predicts). Corrupted: the first half replaced by another
     sequence that shares only w(L-1), at the same place, followed by a different word `wrong`;
     the second half is unchanged, so induction now predicts `wrong`. Words come from
-    NAMES + OBJECTS + PLACES; all pairs have 2*length-1 words."""
-    pool = [*NAMES, *OBJECTS, *PLACES]
+    NAMES + OBJECTS + PLACES (or ``words["words"]``); all pairs have 2*length-1 words."""
+    (pool,) = _words(words, "words")
     if not 2 <= length <= len(pool) // 2:
         raise ValueError(f"length must be in [2, {len(pool) // 2}], got {length}")
     rng = random.Random(seed)
@@ -216,6 +246,71 @@ def induction_pairs(n: int, seed: int = 0, length: int = 8) -> list[PromptPair]:
         pairs.append(
             PromptPair(" ".join(seq + second), " ".join(first + second), answer=seq[-1], wrong=others[-1])
         )
+    return pairs
+
+
+GREATER_THAN_TEMPLATE = "The war lasted from the year {C}{YY} to the year"
+GREATER_THAN_START = "01"  # the paper's corrupted start year: every year after it is licensed
+
+
+def greater_than_pairs(n: int, seed: int = 0, words: Mapping[str, Sequence[str]] | None = None) -> list[PromptPair]:
+    """`n` greater-than pairs (Hanna et al. 2023). Clean: "The war lasted from the year 17YY to the
+    year"; answer = the year 17(YY+1), wrong = 17(YY-1): the smallest year the sentence allows against
+    the largest it rules out. Corrupted: the start year 1701 (the paper's corruption), after which both
+    are allowed. YY is drawn from the years whose neighbours are in the list too, with YY-1 >= 02."""
+    century, years = _words(words, "century", "years")
+    have = set(years)
+    usable = [y for y in years if 3 <= int(y) <= 98 and {f"{int(y) - 1:02d}", f"{int(y) + 1:02d}"} <= have]
+    if not usable or GREATER_THAN_START not in have:
+        raise ValueError("greater-than needs the year 01 and three consecutive two-digit years from 02 to 99")
+    c = century[0]
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(n):
+        yy = int(rng.choice(usable))
+        clean = GREATER_THAN_TEMPLATE.format(C=c, YY=f"{yy:02d}")
+        corrupted = GREATER_THAN_TEMPLATE.format(C=c, YY=GREATER_THAN_START)
+        pairs.append(PromptPair(clean, corrupted, answer=f"{c}{yy + 1:02d}", wrong=f"{c}{yy - 1:02d}"))
+    return pairs
+
+
+# Subject, a preposition, the attractor noun; the verb comes next (Linzen et al. 2016's "The keys
+# to the cabinet are"). Every template has the same number of words.
+AGREEMENT_TEMPLATES: tuple[str, ...] = (
+    "The {SUBJ} to the {ATTR}",
+    "The {SUBJ} near the {ATTR}",
+    "The {SUBJ} behind the {ATTR}",
+    "The {SUBJ} beside the {ATTR}",
+)
+
+
+def agreement_pairs(
+    n: int, seed: int = 0, words: Mapping[str, Sequence[Any]] | None = None, template: int | None = None
+) -> list[PromptPair]:
+    """`n` subject-verb agreement pairs. Clean: "The key to the cabinets" (a subject, a preposition,
+    an attractor noun of another noun pair), answer the verb that agrees with the subject (" is"),
+    wrong the other (" are"). Corrupted: the subject's number flipped ("The keys to the cabinets"),
+    so the answer flips; the attractor is unchanged. Subjects alternate singular, plural; the
+    attractor's number is drawn (half agree with the subject, half do not). template: an index into
+    AGREEMENT_TEMPLATES (one preposition, so one token length on any tokenizer); default any."""
+    nouns, verbs = _words(words, "nouns", "verbs")
+    if template is not None and not 0 <= template < len(AGREEMENT_TEMPLATES):
+        raise ValueError(f"template must be in [0, {len(AGREEMENT_TEMPLATES)}), got {template}")
+    templates = AGREEMENT_TEMPLATES if template is None else AGREEMENT_TEMPLATES[template:template + 1]
+    if len(nouns) < 2:
+        raise ValueError("subject-verb agreement needs two (singular, plural) noun pairs")
+    sg_verb, pl_verb = verbs[0]
+    rng = random.Random(seed)
+    pairs = []
+    for i in range(n):
+        chosen = rng.choice(templates)
+        subj, attr = rng.sample(nouns, 2)
+        number, attr_number = i % 2, rng.randrange(2)  # 0 singular, 1 plural
+        attractor = attr[attr_number]
+        clean = chosen.format(SUBJ=subj[number], ATTR=attractor)
+        corrupted = chosen.format(SUBJ=subj[1 - number], ATTR=attractor)
+        answer, wrong = (sg_verb, pl_verb) if number == 0 else (pl_verb, sg_verb)
+        pairs.append(PromptPair(clean, corrupted, answer, wrong))
     return pairs
 
 
@@ -376,11 +471,13 @@ def reference_prompts(prompts: Sequence[str], n: int, seed: int = 0) -> list[str
 BOS, END = "BOS", "END"  # the tokens before the text (added by the engine), and the final one
 # Names the taggers give; a literal word spelled like one of them (or like an index, or like a
 # numbered role) is quoted instead ("'END'"), so that a role name always means one thing.
-STRUCTURAL_ROLES = frozenset({BOS, END, "IO", "S1", "S2", "PLACE", "OBJECT", "A", "B"})
+STRUCTURAL_ROLES = frozenset({BOS, END, "IO", "S1", "S2", "PLACE", "OBJECT", "A", "B", "YEAR", "SUBJ", "ATTR"})
 _NUMBERED_ROLE = re.compile(r"(first|repeat|diff)\d+")
 ROLE_KINDS = {
     "ioi": "an IOI prompt (one name once, the other twice)",
     "induction": "a repeated sequence",
+    "greater_than": "a greater-than prompt (a start year, then 'to the year')",
+    "agreement": "a subject-verb agreement prompt (a subject, a preposition, an attractor noun)",
     "words": "neither an IOI prompt nor a repeated sequence",
 }
 
@@ -404,6 +501,10 @@ def word_roles(prompt: str, answer: str | None = None, wrong: str | None = None)
       is the L-th word). After Olsson et al.'s [A][B] ... [A] -> [B]: A is the earlier copy of the
       final word, B the word after it (the answer's earlier copy); the others ``first1``..
       ``first{L-2}`` and ``repeat1``..``repeat{L-2}``, counted from the start.
+    - ``"greater_than"``: a prompt of ``GREATER_THAN_TEMPLATE``; its start year ("1732", one word
+      of two tokens on GPT-2: " 17" and "32") is YEAR.
+    - ``"agreement"``: a prompt of ``AGREEMENT_TEMPLATES`` with nouns of ``NOUN_PAIRS``: SUBJ (the
+      subject) and ATTR (the attractor noun, the final word, so its token is END).
     - ``"words"``: anything else.
 
     Every other word is named by its own text, a repeated one numbered from its second time
@@ -415,6 +516,9 @@ def word_roles(prompt: str, answer: str | None = None, wrong: str | None = None)
     kind, named = "ioi", _ioi_roles(prompt, words, answer, wrong)
     if named is None:
         kind, named = "induction", _induction_roles(words, answer)
+    for other, tagger in (("greater_than", _greater_than_roles), ("agreement", _agreement_roles)):
+        if named is None:
+            kind, named = other, tagger(words)
     if named is None:
         kind, named = "words", {}
     roles = numbered([named.get(i) or literal_role(w) for i, w in enumerate(words)])
@@ -471,6 +575,33 @@ def _induction_roles(words: list[str], answer: str | None) -> dict[int, str] | N
     for k in range(length - 2):
         named[k], named[length + k] = f"first{k + 1}", f"repeat{k + 1}"
     return named
+
+
+_GREATER_THAN_WORDS = _template_words(GREATER_THAN_TEMPLATE.replace("{C}{YY}", "{YEAR}"))
+_AGREEMENT_WORDS = [_template_words(t) for t in AGREEMENT_TEMPLATES]
+_NOUNS = frozenset(w for pair in NOUN_PAIRS for w in pair)
+
+
+def _greater_than_roles(words: list[str]) -> dict[int, str] | None:
+    if len(words) != len(_GREATER_THAN_WORDS):
+        return None
+    for i, (part, w) in enumerate(zip(_GREATER_THAN_WORDS, words)):
+        if part == "{YEAR}":
+            if not re.fullmatch(r"\d{4}", w):
+                return None
+            at = i
+        elif part != w:
+            return None
+    return {at: "YEAR"}
+
+
+def _agreement_roles(words: list[str]) -> dict[int, str] | None:
+    for pattern in _AGREEMENT_WORDS:
+        if len(pattern) == len(words) and all(
+            (w in _NOUNS) if p.startswith("{") else w == p for p, w in zip(pattern, words)
+        ):
+            return {i: p[1:-1] for i, p in enumerate(pattern) if p.startswith("{")}
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -532,11 +663,97 @@ def iter_training_texts(seed: int = 0, chunk: int = 1024, ioi_fraction: float = 
 # --------------------------------------------------------------------------------------------
 
 
+def _contexts(templates: Sequence[str], slot: str, **fill: str) -> tuple[str, ...]:
+    """Each template with ``slot`` as ``{W}`` (every time it occurs) and the other slots filled."""
+    out = []
+    for t in templates:
+        if "{" + slot + "}" in t:
+            out.append(t.replace("{" + slot + "}", "{W}").format(W="{W}", **fill))
+    return tuple(out)
+
+
+_IOI_FILL = {"N1": NAMES[0], "N2": NAMES[1], "S": NAMES[1], "PLACE": PLACES[0], "OBJECT": OBJECTS[0]}
+
+
+def _ioi_contexts(slot: str) -> tuple[str, ...]:
+    """Where IOI puts a word of ``slot``: every template; a name (slot "N") in all three name slots
+    at once, and after the prompt, as the answer."""
+    if slot == "N":
+        templates = [t.replace("{N2}", "{N}").replace("{N1}", "{N}").replace("{S}", "{N}") for t in IOI_TEMPLATES]
+        fill = {"PLACE": PLACES[0], "OBJECT": OBJECTS[0]}
+        return _contexts(templates, "N", **fill) + (IOI_TEMPLATES[0].format(**_IOI_FILL) + " {W}",)
+    return _contexts(IOI_TEMPLATES, slot, **{k: v for k, v in _IOI_FILL.items() if k != slot})
+
+
+@dataclass(frozen=True)
+class Need:
+    """Words a family draws from ``CANDIDATES[key]``: each (or, for a tuple, each of its words) is
+    kept only where it is one token in every context (a text with ``{W}`` where the word goes: the
+    places the family puts it, the answer after the prompt included); at least ``minimum`` kept."""
+
+    key: str
+    what: str  # how a refusal names them: "names", "two-digit years after 17", ...
+    contexts: tuple[str, ...]
+    minimum: int
+
+
 @dataclass(frozen=True)
 class Family:
     name: str
-    description: str
-    make: Callable[..., list[PromptPair]]  # make(n, seed=0, **options)
+    description: str  # one line, for the picker
+    make: Callable[..., list[PromptPair]]  # make(n, seed=0, words=None, **options)
+    note: str = ""  # what it tests, how pairs are made, the corruption, the metric, its limits, the paper
+    needs: tuple[Need, ...] = ()
+    roles: str = ""  # the positions a sweep by role gets
+
+
+_IOI_NEEDS = (
+    Need("names", "first names", _ioi_contexts("N"), 6),
+    Need("places", "places (after 'the')", _ioi_contexts("PLACE"), 2),
+    Need("objects", "objects (after 'a')", _ioi_contexts("OBJECT"), 2),
+)
+_IOI_NOTE = (
+    "Tests indirect object identification (Wang et al. 2022, 'Interpretability in the Wild'): after two names "
+    "and a repeat of one of them (S), the model should name the other (IO). Pairs: {n_templates} templates, both "
+    "name orders (ABBA, BABA), names, places and objects drawn from the lists, each kept only where it is one "
+    "token in every place a template puts it. Metric: logit(IO) - logit(S). "
+)
+_INDUCTION_NOTE = (
+    "Tests induction (Olsson et al. 2022, 'In-context learning and induction heads'): [A][B] ... [A] -> [B]. "
+    "Pairs: L distinct words (default 8) and the first L-1 again; the answer is the L-th word. Corrupted: the "
+    "first half replaced by other words that keep only the anchor A (the repeat's last word) in its place, "
+    "followed by another word, so induction now predicts that word (the wrong answer); the second half is "
+    "unchanged. Metric: logit(answer) - logit(wrong). Words are drawn from the name, object and place lists, kept "
+    "only where one token at the start, inside and at the end of a text. It cannot separate induction from "
+    "other copying of the bigram A B; on a byte-level tokenizer the first word is a different token at the "
+    "start of the text (no leading space) than in the repeat."
+)
+_GREATER_THAN_NOTE = (
+    "Tests whether the model prefers years after a start year (Hanna et al. 2023, 'How does GPT-2 compute "
+    "greater-than?'). Clean: 'The war lasted from the year 17YY to the year'; answer ' 17(YY+1)', wrong "
+    "' 17(YY-1)', YY from 03 to 98. Corrupted: the start year 1701 (the paper's corruption), after which both "
+    "answers are allowed, so the corruption removes the information rather than flipping the answer. Deviation "
+    "from the paper: the paper ends the prompt at '17' and its metric is the probability difference "
+    "sum p(years > YY) - sum p(years <= YY) over all 100 two-digit tokens; Patch Studio's answers follow the "
+    "prompt after a space, so the prompt ends at 'year' and each answer is two tokens, ' 17' then the "
+    "two-digit token; with ' 17' shared, the sequence log-probability difference S(answer) - S(wrong) is "
+    "exactly the logit difference logit(YY+1) - logit(YY-1) at the '17' position, one neighbour on each "
+    "side of the boundary instead of the paper's sums. The '17' position is the answer's, not the prompt's, "
+    "so it is never patched (the paper's MLPs act there): sweeps see only what reaches it from the prompt, "
+    "and methods that need one-token answers refuse this family. Needs ' 17' and the two-digit years as "
+    "tokens of their own (true of GPT-2's tokenizer; a word-level or digit-by-digit tokenizer is refused)."
+)
+_AGREEMENT_NOTE = (
+    "Tests subject-verb number agreement across an attractor (Linzen et al. 2016, 'Assessing the ability of "
+    "LSTMs to learn syntax-sensitive dependencies'; Finlayson et al. 2021, 'Causal analysis of syntactic "
+    "agreement mechanisms in neural language models'). Clean: 'The key to the cabinets' (a subject, one of "
+    "four prepositions, an attractor noun), answer the verb agreeing with the subject (' is'), wrong the "
+    "other (' are'). Corrupted: the subject's number flipped ('The keys to the cabinets'), so the answer "
+    "flips; the attractor is unchanged, and agrees with the subject in about half of the pairs. Metric: "
+    "logit(agreeing verb) - logit(other verb). It measures where the subject's number is carried to the "
+    "verb; it cannot separate number from the lexical identity of the singular and plural forms (they are "
+    "different tokens), nor say how the attractor interferes (its number is never the corrupted variable)."
+)
 
 
 FAMILIES: dict[str, Family] = {
@@ -546,20 +763,67 @@ FAMILIES: dict[str, Family] = {
             "ioi_swap",
             "Indirect object identification; corrupted = the repeated subject replaced by the "
             "other name, which flips the answer.",
-            lambda n, seed=0, **kw: ioi_pairs(n, seed=seed, corruption="swap", **kw),
+            lambda n, seed=0, words=None, **kw: ioi_pairs(n, seed=seed, corruption="swap", words=words, **kw),
+            _IOI_NOTE.format(n_templates=len(IOI_TEMPLATES))
+            + "Corrupted: the repeated subject's second mention (S2) replaced by the IO name, so the licensed "
+            "answer flips to S. Only S2 changes, so a sweep sees what flows from S2 (the duplicate-token and "
+            "S-inhibition route); what is read from IO and S1 themselves is the same in both prompts, and this "
+            "corruption cannot show it.",
+            _IOI_NEEDS,
+            "IO, S1, S2, PLACE, OBJECT, END and the template's words",
         ),
         Family(
             "ioi_abc",
             "Indirect object identification; corrupted = all three names replaced by three "
             "unrelated names (no answer licensed).",
-            lambda n, seed=0, **kw: ioi_pairs(n, seed=seed, corruption="abc", **kw),
+            lambda n, seed=0, words=None, **kw: ioi_pairs(n, seed=seed, corruption="abc", words=words, **kw),
+            _IOI_NOTE.format(n_templates=len(IOI_TEMPLATES))
+            + "Corrupted: all three name mentions replaced by three other distinct names, so neither IO nor S "
+            "is licensed (Wang et al.'s ABC distribution). It cannot separate which name mention carries "
+            "the signal: all of them change at once.",
+            _IOI_NEEDS,
+            "IO, S1, S2, PLACE, OBJECT, END and the template's words",
         ),
         Family(
             "induction",
             "A random word sequence followed by its repeat; the answer is the next word of the "
             "repeat. Corrupted = a different first half whose copy of the last word is followed "
             "by another word.",
-            lambda n, seed=0, **kw: induction_pairs(n, seed=seed, **kw),
+            lambda n, seed=0, words=None, **kw: induction_pairs(n, seed=seed, words=words, **kw),
+            _INDUCTION_NOTE,
+            (Need("words", "words (names, objects, places)", ("{W} {W} {W}",), 15),),
+            "A (the earlier copy of the final word), B (the word after it), first1.., repeat1.., END",
+        ),
+        Family(
+            "greater_than",
+            "Greater-than (Hanna et al. 2023): 'The war lasted from the year 17YY to the year', answer a "
+            "later year; corrupted = the start year 1701.",
+            lambda n, seed=0, words=None, **kw: greater_than_pairs(n, seed=seed, words=words, **kw),
+            _GREATER_THAN_NOTE,
+            (
+                Need("century", "'17' as a token of its own before a two-digit year",
+                     (GREATER_THAN_TEMPLATE.format(C="{W}", YY="32"),
+                      GREATER_THAN_TEMPLATE.format(C="17", YY="32") + " {W}33"), 1),
+                Need("years", "two-digit years that are single tokens after '17'",
+                     (GREATER_THAN_TEMPLATE.format(C="17", YY="{W}"),
+                      GREATER_THAN_TEMPLATE.format(C="17", YY="32") + " 17{W}"), 10),
+            ),
+            "YEAR (the start year's tokens, ' 17' and YY), the template's words, END ('year')",
+        ),
+        Family(
+            "agreement",
+            "Subject-verb agreement (Linzen et al. 2016): 'The key(s) to the cabinet(s)' -> ' is'/' are'; "
+            "corrupted = the subject's number flipped, which flips the answer.",
+            lambda n, seed=0, words=None, **kw: agreement_pairs(n, seed=seed, words=words, **kw),
+            _AGREEMENT_NOTE,
+            (
+                Need("nouns", "nouns whose singular and plural are single tokens",
+                     _contexts(AGREEMENT_TEMPLATES, "SUBJ", ATTR="cabinet")
+                     + _contexts(AGREEMENT_TEMPLATES, "ATTR", SUBJ="key"), 4),
+                Need("verbs", "the verbs 'is' and 'are' as single tokens after the prompt",
+                     (AGREEMENT_TEMPLATES[0].format(SUBJ="key", ATTR="cabinet") + " {W}",), 1),
+            ),
+            "SUBJ, the preposition and 'the', END (the attractor ATTR is the final token)",
         ),
     )
 }

@@ -33,7 +33,7 @@ from patchstudio.jobs import TooManyJobs
 from patchstudio.store import Store
 from patchstudio.web.progress import ProgressLog
 from patchstudio.web.guard import BodyLimit, HostCheck, OriginCheck, RequestContext, is_api_path, request_id
-from patchstudio.web.routes import attention, circuits, companions, compare, explore, jobs, meta, prompt_sets, runs, studies
+from patchstudio.web.routes import attention, circuits, companions, compare, explore, families, jobs, meta, prompt_sets, runs, studies
 from patchstudio.web.templating import FRONTEND
 from patchstudio.web.watchers import Watchers
 
@@ -150,7 +150,7 @@ def create_app(settings: Settings | None = None, *, model_loader: Callable[[str]
 
     app.add_middleware(GZipMiddleware, minimum_size=1024)  # plotly.js: 4.9 MB raw, ~1.5 MB compressed
     app.mount("/static", VersionedStatic(directory=FRONTEND / "static"), name="static")
-    for router in (runs, companions, circuits, attention, compare, jobs, studies, explore, prompt_sets, meta):
+    for router in (runs, companions, circuits, attention, compare, jobs, studies, explore, prompt_sets, families, meta):
         app.include_router(router.router)
 
     # Outermost last: every request gets an id and the headers, then the host, size and origin checks.

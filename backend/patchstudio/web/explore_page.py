@@ -16,7 +16,8 @@ from patchstudio.analysis.triangulation import attribution_estimate_spec
 from patchstudio.engine.methods import METHODS
 from patchstudio.analysis import Reading
 from patchstudio.errors import InputError
-from patchstudio.models.prompts import FAMILIES
+from patchstudio.engine.families import check_families
+from patchstudio.models.prompts import FAMILIES, Family
 from patchstudio.results import PatchResult
 from patchstudio.service import ExperimentService
 from patchstudio.specs import METRIC_LABELS, parse_spec
@@ -34,6 +35,23 @@ from patchstudio.web.templating import is_htmx, templates
 ORIGIN_FIELDS = ("source", "family", "n_pairs", "family_seed", "template")
 
 
+def loaded_model(service: ExperimentService, name: str | None) -> Any:
+    """The loaded model of that name, or None (not allowed here, or not loaded)."""
+    loaded = service.models.get(name) if name else None
+    return loaded.model if loaded is not None else None
+
+
+def family_offer(service: ExperimentService, model_name: str | None) -> dict[str, Any]:
+    """The families the picker offers for this model (those its tokenizer makes from single-token
+    words) and, for the others, why not; every family where the model is not loaded."""
+    model = loaded_model(service, model_name)
+    if model is None:
+        return {"families": FAMILIES, "families_refused": {}}
+    checks = check_families(model)
+    offered: dict[str, Family] = {name: FAMILIES[name] for name, c in checks.items() if c.offered}
+    return {"families": offered, "families_refused": {name: c.refusal for name, c in checks.items() if not c.offered}}
+
+
 def base_context(service: ExperimentService, form: dict[str, str]) -> dict[str, Any]:
     """The form and everything it offers; nothing shown yet."""
     return {
@@ -43,7 +61,7 @@ def base_context(service: ExperimentService, form: dict[str, str]) -> dict[str, 
         if service.models else None,
         # the picker's text per model: architecture and size, or "not loaded"
         "model_labels": {name: loaded.label for name, loaded in service.models.items()},
-        "families": FAMILIES,
+        **family_offer(service, form.get("model") or (service.settings.models[0] if service.settings.models else None)),
         "methods": WEB_METHODS,
         "fields": [(f, methods_with(name)) for name, f in FIELDS.items()],
         "metrics": METRIC_LABELS,

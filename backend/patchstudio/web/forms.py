@@ -2,7 +2,8 @@
 
 A user types one clean prompt (the corruption can be generated: swap the two names, or "ABC":
 other random names; the answers are guessed when the prompt has the IOI shape), or picks a prompt
-family: the built-in IOI and induction families, or their own pairs, one per line.
+family: a built-in family the model's tokenizer supports (IOI, induction, greater-than, subject-verb
+agreement; ``engine.families``), or their own pairs, one per line.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, Callable, Mapping
 
 from pydantic import ValidationError
 
+from patchstudio.engine.families import family_pairs as family_pairs_on
 from patchstudio.errors import InputError, field_errors
 from patchstudio.models import prompts as P
 from patchstudio.service import check_text
@@ -172,7 +174,10 @@ def format_receivers(receivers) -> str:
     return " ".join(f"L{r.layer}H{r.head}.{r.input}" for r in receivers)
 
 
-def family_pairs(values: dict[str, str]) -> list[dict[str, str]]:
+def family_pairs(values: dict[str, str], model: Any = None) -> list[dict[str, str]]:
+    """The form's family pairs: from the words that are single tokens for ``model``'s tokenizer
+    (``engine.families``; a family it cannot make is refused by name), or, without a model, from
+    the families' candidate lists (the default model's own words)."""
     name = values.get("family", "ioi_swap")
     if name == "custom":
         return parse_pairs_text(values.get("pairs_text", ""))
@@ -183,7 +188,8 @@ def family_pairs(values: dict[str, str]) -> list[dict[str, str]]:
     options: dict[str, Any] = {}
     if name.startswith("ioi"):
         options["template"] = _int(values, "template", 0, len(P.IOI_TEMPLATES) - 1)
-    pairs = [p.to_dict() for p in P.FAMILIES[name].make(n, seed=seed, **options)]
+    made = P.FAMILIES[name].make(n, seed=seed, **options) if model is None else family_pairs_on(model, name, n, seed, **options)
+    pairs = [p.to_dict() for p in made]
     values["pairs_text"] = "\n".join(" | ".join(p[k] for k in ("clean", "corrupted", "answer", "wrong")) for p in pairs)
     return pairs
 
@@ -335,7 +341,8 @@ def check_form_limits(form: Mapping[str, str], max_chars: int, max_prompts: int)
             check_text(value, name, max_chars)
 
 
-def spec_from_form(form: Mapping[str, Any]) -> FormState:
+def spec_from_form(form: Mapping[str, Any], model: Any = None) -> FormState:
+    """The spec the form describes; a family's pairs are made for ``model``'s tokenizer when given."""
     values = {**DEFAULT_FORM, **{k: str(v) for k, v in form.items()}}
     if "auto_answers" not in form and form:  # an unchecked checkbox is absent from a submitted form
         values["auto_answers"] = ""
@@ -344,7 +351,7 @@ def spec_from_form(form: Mapping[str, Any]) -> FormState:
         web = WEB_METHODS.get(values["method"])
         if web is None:
             raise InputError(f"unknown method {values['method']!r}: use one of {', '.join(WEB_METHODS)}", field="method")
-        prompts = family_pairs(values) if values["source"] == "family" else [_pair_from_clean(values)]
+        prompts = family_pairs(values, model) if values["source"] == "family" else [_pair_from_clean(values)]
         data: dict[str, Any] = {"model": values["model"], "method": web.name, "prompts": prompts, "metric": values["metric"]}
         if values["source"] == "family" and values["family"] == "custom" and values["prompt_set"]:
             data["prompt_set"] = values["prompt_set"]

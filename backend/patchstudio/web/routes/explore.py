@@ -34,12 +34,13 @@ def home(request: Request, service: ServiceDep, client: ClientDep, preset: str |
     chosen = PRESETS.get(preset) if preset is not None else None
     if preset is not None and (chosen is None or chosen.model not in service.settings.models):
         names = ", ".join(p.name for p in offered(list(service.settings.models)))
-        state = spec_from_form({})
+        state = spec_from_form({}, explore.loaded_model(service, DEFAULT_FORM["model"]))
         context = {**explore.base_context(service, state.values), "recent": explore.recent(service),
                    "your_runs": explore.your_runs(service, client),
                    **explore.error_context(f"no example {preset!r} on this server; the examples are: {names}", "spec")}
         return explore.render(request, context, status=404)
-    state = spec_from_form({**DEFAULT_FORM, **chosen.form} if chosen else {})
+    values = {**DEFAULT_FORM, **chosen.form} if chosen else {}
+    state = spec_from_form(values, explore.loaded_model(service, values.get("model", DEFAULT_FORM["model"])))
     context = {**explore.base_context(service, state.values), "recent": explore.recent(service),
                "your_runs": explore.your_runs(service, client), "preset": chosen}
     stored = service.store.get(state.spec.id) if state.spec is not None else None
@@ -164,7 +165,7 @@ async def explore_form(request: Request, service: ServiceDep, client: ClientDep,
         if is_htmx(request):  # like every other refusal: beside its field, the last result kept
             return _refused_in_place(request, context)
         return explore.render(request, context, status=422)
-    state = spec_from_form(form)
+    state = spec_from_form(form, explore.loaded_model(service, form.get("model", DEFAULT_FORM["model"])))
     context = explore.base_context(service, state.values)
     # The engine runs in a worker thread so the server keeps answering while it computes.
     live_edit = is_htmx(request) and not follow_up

@@ -14,10 +14,10 @@ from jinja2_fragments import render_block
 from starlette.concurrency import run_in_threadpool
 
 from patchstudio.errors import InputError
-from patchstudio.models.prompts import FAMILIES
 from patchstudio.prompt_sets import MAX_PAIRS, PREVIEW_ROWS, SET_ID, PromptSet, PromptSetError, format_of
 from patchstudio.web import url_builder as urls
 from patchstudio.web.deps import ServiceDep
+from patchstudio.web.explore_page import family_offer
 from patchstudio.web.forms import pairs_text
 from patchstudio.web.payloads import REFUSALS
 from patchstudio.web.templating import templates
@@ -127,7 +127,8 @@ async def upload_from_page(request: Request, service: ServiceDep) -> Response:
     upload = {"n_pairs": shown["n_pairs"],
               "rows": [{**row, "line": line} for row, line in zip(shown["rows"], prompt_set.lines)]}
     filled = {"prompt_set": prompt_set.id, "family": "custom", "pairs_text": pairs_text(prompt_set.pairs)}
-    page = {"form": filled, "families": FAMILIES, "urls": urls}
+    page = {"form": filled, "urls": urls,
+            **family_offer(service, model if isinstance(model, str) and model else service.settings.models[0])}
     html = (templates.get_template("_prompt_set.html").render({**page, "upload": upload})
             + render_block(templates.env, "explore.html", "family_field", **page)
             + render_block(templates.env, "explore.html", "derived_pairs", **page))
