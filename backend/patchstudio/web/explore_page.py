@@ -15,6 +15,7 @@ from patchstudio import analysis
 from patchstudio.engine.methods import METHODS
 from patchstudio.analysis import Reading
 from patchstudio.errors import InputError
+from patchstudio.model_manager import megabytes
 from patchstudio.models.prompts import FAMILIES
 from patchstudio.results import PatchResult
 from patchstudio.service import ExperimentService
@@ -34,7 +35,8 @@ ORIGIN_FIELDS = ("source", "family", "n_pairs", "family_seed", "template")
 
 
 def base_context(service: ExperimentService, form: dict[str, str]) -> dict[str, Any]:
-    """The form and everything it offers; nothing shown yet."""
+    """The form and everything it offers; nothing shown yet. A page for a model counts as its use."""
+    service.manager.touch(form.get("model", ""))
     return {
         "form": form,
         "models": list(service.settings.models),
@@ -42,6 +44,7 @@ def base_context(service: ExperimentService, form: dict[str, str]) -> dict[str, 
         if service.models else None,
         # the picker's text per model: architecture and size, or "not loaded"
         "model_labels": {name: loaded.label for name, loaded in service.models.items()},
+        **models_context(service),  # and each model's state: loaded, loading, not loaded (a Load button), unavailable
         "families": FAMILIES,
         "methods": WEB_METHODS,
         "fields": [(f, methods_with(name)) for name, f in FIELDS.items()],
@@ -56,6 +59,13 @@ def base_context(service: ExperimentService, form: dict[str, str]) -> dict[str, 
         "result": None,
         "stored": None,
     }
+
+
+def models_context(service: ExperimentService) -> dict[str, Any]:
+    """The picker's panel (``_models.html``; ``GET /api/models``): every model's state and the budget."""
+    manager = service.manager
+    return {"model_states": manager.states(), "model_budget_mb": megabytes(manager.budget),
+            "model_used_mb": megabytes(manager.used_bytes())}
 
 
 def error_context(message: str, field: str | None, detail: dict[str, Any] | None = None) -> dict[str, Any]:
