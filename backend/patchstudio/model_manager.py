@@ -225,7 +225,7 @@ class ModelManager:
             entry = self._entry(name, "name")
             if entry.state in (NOT_LOADED, UNAVAILABLE):
                 self._start(entry)
-            return self._describe(entry)
+            return self._describe(self.entries[name])
 
     def load_now(self, names: list[str]) -> None:
         """Load ``names`` in this thread, in order (a process's start)."""

@@ -236,13 +236,16 @@ class ExperimentService:
             if computation is not None and computation != loaded.computation:
                 raise OtherComputation(self._differs(spec.id, spec.model, computation, loaded.computation, "queued"), field="model")
             stored = self.store.get(spec.id)
-            return self._own(stored) if stored is not None else self._compute(plan(loaded.model, spec), progress)
+            return self._own(stored) if stored is not None else self._run_on(loaded, plan(loaded.model, spec), progress)
 
     def _compute(self, checked: Plan, progress: Callable[[int, int], None] | None = None) -> StoredRun:
         with self.manager.using(checked.spec.model) as loaded:  # never unloaded while it computes
-            result = run(loaded.model, checked.spec, model_name=loaded.name, chunk_rows=self.settings.chunk_rows,
-                         max_patched_runs=self.settings.max_patched_runs, progress=progress, checked=checked)
-            return self._own(self.store.put(result, loaded.fingerprint))  # a concurrent writer of the same id may have won
+            return self._run_on(loaded, checked, progress)
+
+    def _run_on(self, loaded: LoadedModel, checked: Plan, progress: Callable[[int, int], None] | None) -> StoredRun:
+        result = run(loaded.model, checked.spec, model_name=loaded.name, chunk_rows=self.settings.chunk_rows,
+                     max_patched_runs=self.settings.max_patched_runs, progress=progress, checked=checked)
+        return self._own(self.store.put(result, loaded.fingerprint))  # a concurrent writer of the same id may have won
 
     # --- attention patterns of a stored run, one layer at a time ---
 
