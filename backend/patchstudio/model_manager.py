@@ -260,7 +260,7 @@ class ModelManager:
             return self._describe(self.entries[name])
 
     def _mark_loading(self, entry: LoadedModel) -> None:
-        fresh = LoadedModel(entry.name, state=LOADING, phase="waiting to start", started=time.monotonic())
+        fresh = LoadedModel(entry.name, state=LOADING, phase="starting", started=time.monotonic())
         self.entries[entry.name] = fresh
         self._cond.notify_all()
 
@@ -276,30 +276,33 @@ class ModelManager:
 
     def _load(self, name: str) -> None:
         """Load one model (its entry says loading); any failure makes it unavailable, never a crash."""
-        self._phase(name, "waiting for another model to finish loading")
-        with self._one_load:
-            try:
-                self._make_room(name, self._sizes.get(name))
-                self._phase(name, "reading weights")
-                model = self._loader(name)
-                self._phase(name, "fingerprinting weights")
-                loaded = LoadedModel(name, model, model_fingerprint(model), vocabulary=vocabulary_groups(model),
-                                     info=describe_model(model), dtype=dtype_name(model_dtype(model)),
-                                     bytes=model_bytes(model), state=LOADED)
-                self._sizes[name] = loaded.bytes
-                if self.budget is not None and loaded.bytes > self.budget:
-                    self._fail(name, f"it needs {loaded.bytes / MB:.1f} MB of parameters and buffers, more than this "
-                                     f"server's whole model memory budget ({self.budget / MB:.1f} MB, PATCHSTUDIO_MODEL_MEMORY_MB)")
-                    return
-                self._make_room(name, loaded.bytes)
-                with self._cond:
-                    loaded.last_used = next(self._tick)
-                    self.entries[name] = loaded
-                    self._cond.notify_all()
-                log.info("loaded model %s (%.1f MB)", name, loaded.bytes / MB)
-            except Exception as exc:  # a model that cannot load is reported, in plain words, as unavailable
-                log.warning("model %s unavailable: %s", name, exc, exc_info=not isinstance(exc, (OSError, RuntimeError)))
-                self._fail(name, plain_reason(name), error=str(exc))
+        if not self._one_load.acquire(blocking=False):
+            self._phase(name, "waiting for another model to finish loading")
+            self._one_load.acquire()
+        try:
+            self._make_room(name, self._sizes.get(name))
+            self._phase(name, "reading weights")
+            model = self._loader(name)
+            self._phase(name, "fingerprinting weights")
+            loaded = LoadedModel(name, model, model_fingerprint(model), vocabulary=vocabulary_groups(model),
+                                 info=describe_model(model), dtype=dtype_name(model_dtype(model)),
+                                 bytes=model_bytes(model), state=LOADED)
+            self._sizes[name] = loaded.bytes
+            if self.budget is not None and loaded.bytes > self.budget:
+                self._fail(name, f"it needs {loaded.bytes / MB:.1f} MB of parameters and buffers, more than this "
+                                 f"server's whole model memory budget ({self.budget / MB:.1f} MB, PATCHSTUDIO_MODEL_MEMORY_MB)")
+                return
+            self._make_room(name, loaded.bytes)
+            with self._cond:
+                loaded.last_used = next(self._tick)
+                self.entries[name] = loaded
+                self._cond.notify_all()
+            log.info("loaded model %s (%.1f MB)", name, loaded.bytes / MB)
+        except Exception as exc:  # a model that cannot load is reported, in plain words, as unavailable
+            log.warning("model %s unavailable: %s", name, exc, exc_info=not isinstance(exc, (OSError, RuntimeError)))
+            self._fail(name, plain_reason(name), error=str(exc))
+        finally:
+            self._one_load.release()
 
     def _fail(self, name: str, reason: str, error: str | None = None) -> None:
         with self._cond:

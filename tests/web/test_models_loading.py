@@ -121,7 +121,7 @@ def test_the_picker_says_each_models_state_and_loads_one_from_the_page(gated):
     panel = client.post("/models/other/load", headers={**HTMX, "Origin": "http://testserver"})
     assert panel.status_code == 202
     assert '<li data-model="other" data-state="loading"><code>other</code>: loading: <span class="phase">' in panel.text
-    assert 'hx-get="/models/panel" hx-trigger="every 1s"' in panel.text  # it polls while a model loads
+    assert 'hx-get="/models/panel" hx-trigger="every 1s" hx-target="this"' in panel.text  # it polls while a model loads
     gate.set()
     client.app.state.service.manager.wait("other", timeout=30)
     after = client.get("/models/panel").text
