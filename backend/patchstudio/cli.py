@@ -134,7 +134,9 @@ def serve_command(
     host = host or settings.host
     port = port or settings.port
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    typer.echo(f"Patch Studio: loading {', '.join(settings.models)}; then open http://{shown}:{port}/", err=True)
+    at_start = settings.start_models()
+    typer.echo(f"Patch Studio: loading {', '.join(at_start) if at_start else 'no model yet (the page loads them)'}; "
+               f"then open http://{shown}:{port}/", err=True)
     # Proxy headers only from the configured proxies: uvicorn's own default trusts 127.0.0.1, so a
     # local client could pick its own address (and dodge per-address caps) with X-Forwarded-For.
     proxies = settings.forwarded_allow_ips

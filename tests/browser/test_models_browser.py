@@ -13,6 +13,7 @@ pytest.importorskip("playwright.sync_api", reason="browser tests need playwright
 from playwright.sync_api import expect  # noqa: E402
 
 from helpers import TINY_PAIRS, WORDS, build_tiny_model, build_word_tokenizer  # noqa: E402
+from test_jobs_browser import open_page  # noqa: E402
 
 
 class SlowToLoad(dict):
@@ -44,11 +45,7 @@ def test_load_a_second_model_from_the_page_while_a_job_runs_on_the_first(browser
     second = build_tiny_model(tokenizer, seed=1)
     models = SlowToLoad(default=first, other=second)
     with serve_app(models, tmp_path, models_at_start=["default"], chunk_rows=2, local_workers=1) as url:
-        ctx = browser.new_context(base_url=url)
-        ctx.set_default_timeout(30_000)
-        page = ctx.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        ctx, page, errors = open_page(browser, url)
         try:
             page.goto("/")
             panel = page.locator("#model-states")

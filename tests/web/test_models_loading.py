@@ -239,3 +239,12 @@ def test_a_jobs_worker_loads_its_model_on_demand(tmp_path, tiny_model):
         assert states(client)["other"]["state"] == "loaded"
         stored = client.get(f"/runs/{job['id']}.json").json()
         assert stored["model"]["name"] == "other"
+
+
+def test_start_models_must_be_allow_listed_and_a_server_that_loads_none_is_ready(tmp_path, tiny_model):
+    with pytest.raises(ValueError, match="PATCHSTUDIO_MODELS_AT_START names models outside PATCHSTUDIO_MODELS: gpt2"):
+        Settings(models=["default"], models_at_start=["gpt2"])
+    with app_client(tmp_path, lambda name: tiny_model, models=["default"], models_at_start=[]) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["checks"]["models"] == {"default": "not loaded"}
+        assert client.get("/").status_code == 200 and states(client)["default"]["state"] == "not loaded"

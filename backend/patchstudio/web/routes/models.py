@@ -12,7 +12,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from patchstudio.model_manager import LOADED, LOADING
-from patchstudio.service import ExperimentService
 from patchstudio.web import url_builder as urls
 from patchstudio.web.deps import ServiceDep
 from patchstudio.web.explore_page import models_context
@@ -21,7 +20,7 @@ from patchstudio.web.templating import templates
 router = APIRouter()
 
 
-def _payload(service: ExperimentService, state: dict[str, Any]) -> dict[str, Any]:
+def _payload(state: dict[str, Any]) -> dict[str, Any]:
     name = state["name"]
     return {**state, "links": {"load": urls.model_load_json(name), "unload": urls.model_unload_json(name),
                                "models": urls.models_json()}}
@@ -31,7 +30,7 @@ def _payload(service: ExperimentService, state: dict[str, Any]) -> dict[str, Any
             tags=["models"])
 def list_models(service: ServiceDep) -> Any:
     context = models_context(service)
-    return {"models": [_payload(service, s) for s in context["model_states"]], "budget_mb": context["model_budget_mb"],
+    return {"models": [_payload(s) for s in context["model_states"]], "budget_mb": context["model_budget_mb"],
             "used_mb": context["model_used_mb"]}
 
 
@@ -42,13 +41,13 @@ def load_model(name: str, service: ServiceDep) -> Response:
     """200 with its state when it is loaded already; else 202 while it loads (an unavailable model
     is tried again). Loading past the memory budget first unloads the least recently used idle model."""
     state = service.manager.load(name)
-    return JSONResponse(_payload(service, state), status_code=200 if state["state"] == LOADED else 202)
+    return JSONResponse(_payload(state), status_code=200 if state["state"] == LOADED else 202)
 
 
 @router.post("/api/models/{name:path}/unload", summary="Unload a model now", tags=["models"],
              responses={409: {"description": "It is loading, or a run or job computes on it."}})
 def unload_model(name: str, service: ServiceDep) -> Any:
-    return _payload(service, service.manager.unload(name))
+    return _payload(service.manager.unload(name))
 
 
 @router.get("/models/panel", response_class=HTMLResponse, include_in_schema=False)
