@@ -248,3 +248,43 @@ def test_start_models_must_be_allow_listed_and_a_server_that_loads_none_is_ready
         ready = client.get("/readyz")
         assert ready.status_code == 200 and ready.json()["checks"]["models"] == {"default": "not loaded"}
         assert client.get("/").status_code == 200 and states(client)["default"]["state"] == "not loaded"
+
+
+def test_loads_unloads_and_requests_at_once_end_in_named_refusals_never_a_crash(tiny_model):
+    """Eight threads load, unload and ask for two models for a second and a half, under a budget that
+    holds one: every answer is the model or a refusal naming it, and the budget holds at the end."""
+    from patchstudio.model_manager import ModelManager, ModelNotReady, model_bytes
+
+    size = model_bytes(tiny_model)
+    manager = ModelManager(Settings(models=["a", "b"], model_memory_mb=1.5 * size / 1e6), lambda name: tiny_model)
+    outcomes: list[str] = []
+    failures: list[BaseException] = []
+    stop = time.monotonic() + 1.5
+
+    def hammer(i: int) -> None:
+        name = "ab"[i % 2]
+        try:
+            while time.monotonic() < stop:
+                for act in (manager.load, manager.get, manager.unload):
+                    try:
+                        act(name)
+                        outcomes.append("ok")
+                    except ModelNotReady as exc:
+                        assert f"model {name!r} is" in str(exc) and exc.status in (409, 503)
+                        outcomes.append(str(exc.status))
+                with manager.using(name, load=True) as entry:  # a job's worker: loads and holds it
+                    assert entry.state == "loaded" and entry.model is tiny_model
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=hammer, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not failures, failures
+    assert {"ok", "409"} <= set(outcomes)
+    for name in "ab":
+        manager.wait(name, timeout=30)
+    assert manager.used_bytes() <= 1.5 * size
+    assert sum(e.busy for e in manager.entries.values()) == 0
