@@ -28,7 +28,7 @@ from patchstudio.engine.attention import layer_patterns
 from patchstudio.engine.run import Plan, plan, run
 from patchstudio.errors import InputError, check_text
 from patchstudio.jobs import JobQueue
-from patchstudio.model_manager import LOADED, UNAVAILABLE, LoadedModel, ModelManager, ModelNotReady  # the last two: also this module's names
+from patchstudio.model_manager import LOADED, UNAVAILABLE, LoadedModel, ModelManager
 from patchstudio.prompt_sets import Format, PromptSet, check_on_model, fill_prompts, parse_prompt_set
 from patchstudio.settings import Settings
 from patchstudio.specs import SpecBase, parse_spec
@@ -234,7 +234,8 @@ class ExperimentService:
         spec = parse_spec(spec)
         with self.manager.using(spec.model, load=True) as loaded:  # a job's worker loads its model on demand
             if computation is not None and computation != loaded.computation:
-                raise OtherComputation(self._differs(spec.id, spec.model, computation, loaded.computation, "queued"), field="model")
+                raise OtherComputation(self._differs(spec.id, spec.model, computation, loaded.computation, "queued"),
+                                       field="model")
             stored = self.store.get(spec.id)
             return self._own(stored) if stored is not None else self._run_on(loaded, plan(loaded.model, spec), progress)
 

@@ -1,5 +1,6 @@
 """create_app(settings) -> FastAPI. The lifespan opens the store, loads the models of
-``models_at_start`` (others load while it runs: routes/models.py) and starts the job queue; nothing is built at import time.
+``models_at_start`` (others load while it runs: routes/models.py) and starts the job queue;
+nothing is built at import time.
 
 Every error a user can see is either a 4xx naming the field, or a 500 that says only "something
 went wrong" with the request id (``guard.RequestContext``): the exception, its text and its
@@ -26,15 +27,16 @@ from patchstudio import __version__
 from patchstudio.engine.allocator import keep_freed_memory
 from patchstudio.errors import InputError, describe, field_errors
 from patchstudio.jobs import open_queue
-from patchstudio.model_manager import UNAVAILABLE
-from patchstudio.service import ExperimentService, ModelNotReady, NotYourJob, OtherComputation
+from patchstudio.model_manager import UNAVAILABLE, ModelNotReady
+from patchstudio.service import ExperimentService, NotYourJob, OtherComputation
 from patchstudio.settings import Settings
 from patchstudio.specs import spec_json_schema
 from patchstudio.jobs import TooManyJobs
 from patchstudio.store import Store
 from patchstudio.web.progress import ProgressLog
 from patchstudio.web.guard import BodyLimit, HostCheck, OriginCheck, RequestContext, is_api_path, request_id
-from patchstudio.web.routes import attention, circuits, companions, compare, explore, jobs, meta, models, prompt_sets, runs, studies
+from patchstudio.web.routes import (attention, circuits, companions, compare, explore, jobs, meta, models, prompt_sets, runs,
+                                    studies)
 from patchstudio.web.templating import FRONTEND
 from patchstudio.web.watchers import Watchers
 
