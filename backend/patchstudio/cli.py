@@ -168,7 +168,9 @@ def serve_command(
     host = host or settings.host
     port = port or settings.port
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    typer.echo(f"Patch Studio: loading {', '.join(settings.models)}; then open http://{shown}:{port}/", err=True)
+    at_start = settings.start_models()
+    typer.echo(f"Patch Studio: loading {', '.join(at_start) if at_start else 'no model yet (the page loads them)'}; "
+               f"then open http://{shown}:{port}/", err=True)
     # Proxy headers only from the configured proxies: uvicorn's own default trusts 127.0.0.1, so a
     # local client could pick its own address (and dodge per-address caps) with X-Forwarded-For.
     proxies = settings.forwarded_allow_ips
@@ -185,11 +187,13 @@ def worker_command(
     concurrency: int = typer.Option(1, min=1, help="Jobs at once (each holds the model's lock per forward pass)."),
     model_loader: Optional[str] = typer.Option(None, help=LOADER_HELP),
 ) -> None:
-    """Run background jobs: loads its models once, then takes jobs from the database's queue until
-    stopped (SIGINT or SIGTERM). Start as many as you like, on any machine that reaches the database."""
+    """Run background jobs: one queue per model; loads the models of PATCHSTUDIO_MODELS_AT_START (all unless set)
+    now and any other on its first job, within PATCHSTUDIO_MODEL_MEMORY_MB, then takes jobs from the database's
+    queue until stopped (SIGINT or SIGTERM). Start as many as you like, on any machine that reaches the database."""
     import logging
 
     from patchstudio.jobs import open_queue
+    from patchstudio.model_manager import LOADED, UNAVAILABLE
     from patchstudio.service import ExperimentService
     from patchstudio.store import DatabaseMissing, Store
 
@@ -204,13 +208,16 @@ def worker_command(
     except DatabaseMissing as exc:
         _fail(str(exc))
     service = ExperimentService(settings, store)
-    service.load_models(_loader(model_loader), names=names)
-    loaded = [m for m in names if service.models[m].model is not None]
-    if not loaded:
+    # the models of PATCHSTUDIO_MODELS_AT_START (all unless set) load now; the others on their first job
+    service.load_models(_loader(model_loader), names=[m for m in names if m in settings.start_models()])
+    runnable = [m for m in names if service.models[m].state != UNAVAILABLE]
+    if not runnable:
         _fail(f"none of {', '.join(names)} could be loaded (see the log above)")
 
-    queue = open_queue(settings, store, service.get_or_run, loaded)
-    typer.echo(f"Patch Studio worker: {', '.join(loaded)} ({queue.kind} queue)", err=True)
+    queue = open_queue(settings, store, service.get_or_run, runnable)
+    lazy = [m for m in runnable if service.models[m].state != LOADED]
+    typer.echo(f"Patch Studio worker: {', '.join(runnable)} ({queue.kind} queue)"
+               + (f"; loads {', '.join(lazy)} on its first job" if lazy else ""), err=True)
     code = queue.run_worker(concurrency)
     if code:  # it lost the database or its place in the queue: its supervisor restarts it
         raise typer.Exit(code=code)

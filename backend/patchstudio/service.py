@@ -12,6 +12,10 @@ computed it. A server whose model differs never answers a submit with that recor
 its own, nor stores a different one under the same id: it refuses (``OtherComputation``, 409)
 and the run's page says so. A job carries its server's computation, and a worker whose model
 differs refuses it. Only the client that started a job may cancel it (``NotYourJob``).
+
+Models load and unload while the process runs (``model_manager``): a request for a model that is not
+loaded is refused with its state (``ModelNotReady``), while a job's worker loads the model it needs,
+within the memory budget, and compares the job's computation with the weights it loaded.
 """
 
 from __future__ import annotations
@@ -21,51 +25,17 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from patchstudio.engine.attention import layer_patterns
-from patchstudio.engine.precision import dtype_name, model_dtype
 from patchstudio.engine.run import Plan, plan, run
 from patchstudio.errors import InputError, check_text
 from patchstudio.jobs import JobQueue
-from patchstudio.models import prompts as P
+from patchstudio.model_manager import LOADED, UNAVAILABLE, LoadedModel, ModelManager
 from patchstudio.prompt_sets import Format, PromptSet, check_on_model, fill_prompts, parse_prompt_set
-from patchstudio.models.registry import (
-    ModelUnavailableError,
-    describe_model,
-    download_command,
-    format_params,
-    load_model,
-    model_fingerprint,
-)
 from patchstudio.settings import Settings
 from patchstudio.specs import SpecBase, parse_spec
 from patchstudio.jobs.store import JobRow
 from patchstudio.store import Store, StoredRun
 
 log = logging.getLogger("patchstudio")
-
-
-@dataclass
-class LoadedModel:
-    name: str
-    model: Any = None
-    fingerprint: str = ""
-    error: str | None = None  # for the log only: it may hold paths
-    vocabulary: dict[str, list[str]] | None = None  # small (word-level) vocabularies, grouped, for help
-    info: dict[str, Any] = field(default_factory=dict)  # registry.describe_model: architecture, size
-    dtype: str = "float32"
-
-    @property
-    def computation(self) -> str:
-        """What this model computes, as a job records it: "<dtype>:<weights sha256>"."""
-        return f"{self.dtype}:{self.fingerprint}"
-
-    @property
-    def label(self) -> str:
-        """The model picker's text: name, architecture and size, or that it did not load."""
-        if self.model is None:
-            return f"{self.name} (not loaded)"
-        arch, n = self.info.get("architecture"), self.info.get("n_params")
-        size = f", {format_params(n)} params" if n else ""
-        return f"{self.name} ({arch}{size})" if arch else self.name
 
 
 class OtherComputation(InputError):
@@ -75,23 +45,6 @@ class OtherComputation(InputError):
 
 class NotYourJob(PermissionError):
     """Only the client that started a job may cancel it: 403."""
-
-
-SMALL_VOCABULARY = 2_000  # a vocabulary up to this size is listed in the page as help
-
-
-def vocabulary_groups(model) -> dict[str, list[str]] | None:
-    """The words a small word-level vocabulary knows, grouped as names, places, objects and the rest
-    (from the built-in generator's lists); None for a large (subword) vocabulary."""
-    tokenizer = model.tokenizer
-    if len(tokenizer) > SMALL_VOCABULARY:
-        return None
-    special = set(tokenizer.all_special_tokens)
-    words = [w for w, _ in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]) if w not in special]
-    groups = {"names": set(P.NAMES), "places": set(P.PLACES), "objects": set(P.OBJECTS)}
-    out = {name: [w for w in words if w in members] for name, members in groups.items()}
-    out["other words"] = [w for w in words if not any(w in m for m in groups.values())]
-    return out
 
 
 PROMPT_TEXT_FIELDS = ("clean", "corrupted", "answer", "wrong")
@@ -122,28 +75,31 @@ def owns(job: JobRow, client: str) -> bool:
 class ExperimentService:
     settings: Settings
     store: Store
-    models: dict[str, LoadedModel] = field(default_factory=dict)
     jobs: JobQueue | None = None  # where large experiments go; set by whoever runs the queue (the web app's lifespan)
+    manager: ModelManager = field(init=False)  # the allow-listed models and their states (model_manager.py)
+
+    def __post_init__(self) -> None:
+        self.manager = ModelManager(self.settings)
+
+    @property
+    def models(self) -> dict[str, LoadedModel]:
+        """Every allow-listed model by name, loaded or not (``LoadedModel.state`` says which)."""
+        return self.manager.entries
 
     def load_models(self, loader: Callable[[str], Any] | None = None, names: list[str] | None = None) -> None:
-        """Load every allow-listed model (or ``names``) once. A model that cannot load is kept with
-        its message for the log; requests for it get a plain refusal instead of a traceback."""
-        for name in names or self.settings.models:
-            try:
-                settings = self.settings
-                model = (loader or (lambda n: load_model(n, device=settings.device, dtype=settings.dtype)))(name)
-                self.models[name] = LoadedModel(
-                    name, model, model_fingerprint(model), vocabulary=vocabulary_groups(model), info=describe_model(model),
-                    dtype=dtype_name(model_dtype(model)),
-                )
-                log.info("loaded model %s", name)
-            except (ModelUnavailableError, FileNotFoundError, OSError) as exc:
-                self.models[name] = LoadedModel(name, error=str(exc))
-                log.warning("model %s unavailable: %s", name, exc)
+        """Load the models of ``Settings.models_at_start`` (all of the allow-list unless set), or
+        ``names``, now and in order; ``loader`` replaces loading by name (tests, custom setups). A model
+        that cannot load is kept as unavailable with a plain reason; requests for it get a refusal
+        instead of a traceback. The others load while the process runs (``manager.load``)."""
+        if loader is not None:
+            self.manager = ModelManager(self.settings, loader)
+        self.manager.load_now(self.settings.start_models() if names is None else names)
 
     @property
     def ready(self) -> bool:
-        return any(m.model is not None for m in self.models.values())
+        """A model is loaded, or none was to load at start and one still may."""
+        states = [m.state for m in self.models.values()]
+        return LOADED in states or (not self.settings.start_models() and any(s != UNAVAILABLE for s in states))
 
     def check_limits(self, data: Any) -> None:
         """The server's limits on a raw spec (a dict from JSON or the form), before parsing: the
@@ -185,15 +141,9 @@ class ExperimentService:
         return prompt_set, tokens, self.store.put_prompt_set(prompt_set)
 
     def model(self, name: str) -> LoadedModel:
-        loaded = self.models.get(name)
-        if loaded is None:
-            offered = ", ".join(self.settings.models)
-            raise InputError(f"unknown model {name!r}: this server offers {offered}", field="model")
-        if loaded.model is None:  # the reason (it may name paths) is in the log
-            raise InputError(f"model {name!r} is not available on this server: its weights could not be loaded "
-                             f"(the server's log says why; if they are not downloaded, whoever runs the server can fetch "
-                             f"them with `{download_command(name)}`)", field="model")
-        return loaded
+        """The loaded model ``name`` (a use, for the least-recently-used rule); refused, naming it,
+        when it is unknown or unavailable (422), loading (503) or not loaded (409)."""
+        return self.manager.get(name)
 
     def price(self, spec: SpecBase) -> Plan:
         """The spec checked and tokenized on its model, with its cost in patched runs; refused
@@ -257,7 +207,7 @@ class ExperimentService:
         """Why ``stored`` is not what this server's model computes (other weights, another dtype), or
         None when it is (or the model is not loaded here, so nothing can be compared)."""
         loaded = self.models.get(stored.model_name)
-        if loaded is None or loaded.model is None:
+        if loaded is None or loaded.state != LOADED or loaded.model is None:
             return None
         theirs = f"{stored.result.model.dtype}:{stored.model_fingerprint}"
         if theirs == loaded.computation:
@@ -282,14 +232,18 @@ class ExperimentService:
         worker). ``computation``: what the job's server asked for; OtherComputation if this
         worker's model differs, or if the stored run came from another computation."""
         spec = parse_spec(spec)
-        loaded = self.model(spec.model)
-        if computation is not None and computation != loaded.computation:
-            raise OtherComputation(self._differs(spec.id, spec.model, computation, loaded.computation, "queued"), field="model")
-        stored = self.store.get(spec.id)
-        return self._own(stored) if stored is not None else self._compute(plan(loaded.model, spec), progress)
+        with self.manager.using(spec.model, load=True) as loaded:  # a job's worker loads its model on demand
+            if computation is not None and computation != loaded.computation:
+                raise OtherComputation(self._differs(spec.id, spec.model, computation, loaded.computation, "queued"),
+                                       field="model")
+            stored = self.store.get(spec.id)
+            return self._own(stored) if stored is not None else self._run_on(loaded, plan(loaded.model, spec), progress)
 
     def _compute(self, checked: Plan, progress: Callable[[int, int], None] | None = None) -> StoredRun:
-        loaded = self.model(checked.spec.model)
+        with self.manager.using(checked.spec.model) as loaded:  # never unloaded while it computes
+            return self._run_on(loaded, checked, progress)
+
+    def _run_on(self, loaded: LoadedModel, checked: Plan, progress: Callable[[int, int], None] | None) -> StoredRun:
         result = run(loaded.model, checked.spec, model_name=loaded.name, chunk_rows=self.settings.chunk_rows,
                      max_patched_runs=self.settings.max_patched_runs, progress=progress, checked=checked)
         return self._own(self.store.put(result, loaded.fingerprint))  # a concurrent writer of the same id may have won
@@ -304,6 +258,7 @@ class ExperimentService:
         """A run's patterns at ``layer``: stored ones, else computed on its model and stored."""
         data = self.patterns(stored, layer)
         if data is None:
-            data = layer_patterns(self.model(stored.result.spec.model).model, stored.result.spec, layer)
+            with self.manager.using(stored.result.spec.model) as loaded:
+                data = layer_patterns(loaded.model, stored.result.spec, layer)
             self.store.put_patterns(stored.id, layer, data)
         return data

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -17,6 +17,17 @@ class Settings(BaseSettings):
         default=["default", "hydra"],
         description="Allow-list of model names a server offers (JSON list in the environment). "
         "Requests can only pick these: nothing else is ever loaded from a request.",
+    )
+    models_at_start: list[str] | None = Field(
+        None,
+        description="Which allow-listed models load when the server (or a worker) starts (JSON list); unset: all of them. "
+        "The others load while it runs: from the page's model picker, POST /api/models/{name}/load, or when a job needs one.",
+    )
+    model_memory_mb: float | None = Field(
+        None,
+        gt=0,
+        description="Most memory the loaded models may take, in MB (10^6 bytes) of parameters and buffers. Loading past it "
+        "first unloads the least recently used model that no run or job is computing on. Unset: no limit.",
     )
     device: str = Field("cpu", description="torch device for the models (cpu, cuda, cuda:1, ...).")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
@@ -116,6 +127,17 @@ class Settings(BaseSettings):
         if not value:
             raise ValueError("PATCHSTUDIO_MODELS must name at least one model")
         return value
+
+    @model_validator(mode="after")
+    def _start_models_allowed(self) -> "Settings":
+        outside = [m for m in self.models_at_start or [] if m not in self.models]
+        if outside:
+            raise ValueError(f"PATCHSTUDIO_MODELS_AT_START names models outside PATCHSTUDIO_MODELS: {', '.join(outside)}")
+        return self
+
+    def start_models(self) -> list[str]:
+        """The allow-listed models that load at start, in the allow-list's order."""
+        return list(self.models) if self.models_at_start is None else [m for m in self.models if m in self.models_at_start]
 
     @field_validator("public_url")
     @classmethod

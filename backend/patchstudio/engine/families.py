@@ -9,9 +9,10 @@ tokenizer has; it never falls back to words the tokenizer splits. The check runs
 
 from __future__ import annotations
 
+import hashlib
+
 from dataclasses import dataclass, field
 from typing import Any, Sequence
-from weakref import WeakKeyDictionary
 
 from patchstudio.engine.inputs import InputError, token_spans, tokenize, unknown_token_id
 from patchstudio.models import prompts as P
@@ -92,16 +93,27 @@ def check_family(model, family: P.Family, cache: dict | None = None) -> FamilyCh
     return FamilyCheck(family.name, words, None, counts)
 
 
-_CHECKED: WeakKeyDictionary = WeakKeyDictionary()  # tokenizer -> {family name: FamilyCheck}
+_CHECKED: dict[str, dict[str, FamilyCheck]] = {}  # tokenizer's content -> {family name: FamilyCheck}
+
+
+def tokenizer_key(model) -> str:
+    """What the check depends on: the tokenizer's content (not the object: a model reloaded, or
+    another model with the same tokenizer, is not checked again) and whether a BOS is prepended."""
+    tokenizer = model.tokenizer
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    content = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    prepend = getattr(model.cfg, "default_prepend_bos", None)
+    return hashlib.sha256(f"{prepend}\n{content}".encode()).hexdigest()
 
 
 def check_families(model) -> dict[str, FamilyCheck]:
-    """Every built-in family checked on the model's tokenizer (once per tokenizer)."""
-    tokenizer = model.tokenizer
-    if tokenizer not in _CHECKED:
+    """Every built-in family checked on the model's tokenizer (once per tokenizer's content; the
+    model manager does it when a model loads, so that a page or a GET only reads it)."""
+    key = tokenizer_key(model)
+    if key not in _CHECKED:
         cache: dict = {}
-        _CHECKED[tokenizer] = {name: check_family(model, f, cache) for name, f in P.FAMILIES.items()}
-    return _CHECKED[tokenizer]
+        _CHECKED[key] = {name: check_family(model, f, cache) for name, f in P.FAMILIES.items()}
+    return _CHECKED[key]
 
 
 def family_pairs(model, name: str, n: int, seed: int = 0, **options: Any) -> list[P.PromptPair]:

@@ -1,5 +1,6 @@
-"""create_app(settings) -> FastAPI. The lifespan opens the store, loads the allow-listed models once
-and starts the job queue; nothing is built at import time.
+"""create_app(settings) -> FastAPI. The lifespan opens the store, loads the models of
+``models_at_start`` (others load while it runs: routes/models.py) and starts the job queue;
+nothing is built at import time.
 
 Every error a user can see is either a 4xx naming the field, or a 500 that says only "something
 went wrong" with the request id (``guard.RequestContext``): the exception, its text and its
@@ -26,6 +27,7 @@ from patchstudio import __version__
 from patchstudio.engine.allocator import keep_freed_memory
 from patchstudio.errors import InputError, describe, field_errors
 from patchstudio.jobs import open_queue
+from patchstudio.model_manager import UNAVAILABLE, ModelNotReady
 from patchstudio.service import ExperimentService, NotYourJob, OtherComputation
 from patchstudio.settings import Settings
 from patchstudio.specs import spec_json_schema
@@ -33,7 +35,8 @@ from patchstudio.jobs import TooManyJobs
 from patchstudio.store import Store
 from patchstudio.web.progress import ProgressLog
 from patchstudio.web.guard import BodyLimit, HostCheck, OriginCheck, RequestContext, is_api_path, request_id
-from patchstudio.web.routes import attention, circuits, companions, compare, explore, families, jobs, meta, prompt_sets, runs, studies
+from patchstudio.web.routes import (attention, circuits, companions, compare, explore, families, jobs, meta, models,
+                                    prompt_sets, runs, studies)
 from patchstudio.web.templating import FRONTEND
 from patchstudio.web.watchers import Watchers
 
@@ -64,8 +67,9 @@ def create_app(settings: Settings | None = None, *, model_loader: Callable[[str]
         store = Store(settings.resolved_database_url(), create=settings.create_db)
         service = ExperimentService(settings, store)
         service.load_models(model_loader)
-        loaded = [name for name, m in service.models.items() if m.model is not None]
-        queue = open_queue(settings, store, service.get_or_run, loaded)
+        # the worker threads take jobs for every model that may load: one not loaded loads when a job needs it
+        loadable = [name for name, m in service.models.items() if m.state != UNAVAILABLE]
+        queue = open_queue(settings, store, service.get_or_run, loadable)
         service.jobs = queue  # the service's submit rule queues large experiments here
         queue.start()
         app.state.service = service
@@ -129,6 +133,12 @@ def create_app(settings: Settings | None = None, *, model_loader: Callable[[str]
         """The id is stored (or queued) from other weights or another dtype than this server's model."""
         return refusal(request, 409, str(exc), field=exc.field)
 
+    @app.exception_handler(ModelNotReady)
+    async def model_not_ready(request: Request, exc: ModelNotReady) -> Response:
+        """A model that is loading (503, ask again shortly) or not loaded (409), named."""
+        headers = {"Retry-After": "5"} if exc.status == 503 else None
+        return refusal(request, exc.status, str(exc), field=exc.field, headers=headers)
+
     @app.exception_handler(NotYourJob)
     async def not_your_job(request: Request, exc: NotYourJob) -> Response:
         return refusal(request, 403, str(exc), field="job")
@@ -150,7 +160,7 @@ def create_app(settings: Settings | None = None, *, model_loader: Callable[[str]
 
     app.add_middleware(GZipMiddleware, minimum_size=1024)  # plotly.js: 4.9 MB raw, ~1.5 MB compressed
     app.mount("/static", VersionedStatic(directory=FRONTEND / "static"), name="static")
-    for router in (runs, companions, circuits, attention, compare, jobs, studies, explore, prompt_sets, families, meta):
+    for router in (runs, companions, circuits, attention, compare, jobs, studies, explore, prompt_sets, families, models, meta):
         app.include_router(router.router)
 
     # Outermost last: every request gets an id and the headers, then the host, size and origin checks.

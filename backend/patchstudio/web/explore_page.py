@@ -17,6 +17,7 @@ from patchstudio.engine.methods import METHODS
 from patchstudio.analysis import Reading
 from patchstudio.errors import InputError
 from patchstudio.engine.families import check_families
+from patchstudio.model_manager import megabytes
 from patchstudio.models.prompts import FAMILIES, Family
 from patchstudio.results import PatchResult
 from patchstudio.service import ExperimentService
@@ -53,7 +54,8 @@ def family_offer(service: ExperimentService, model_name: str | None) -> dict[str
 
 
 def base_context(service: ExperimentService, form: dict[str, str]) -> dict[str, Any]:
-    """The form and everything it offers; nothing shown yet."""
+    """The form and everything it offers; nothing shown yet. A page for a model counts as its use."""
+    service.manager.touch(form.get("model", ""))
     return {
         "form": form,
         "models": list(service.settings.models),
@@ -61,6 +63,7 @@ def base_context(service: ExperimentService, form: dict[str, str]) -> dict[str, 
         if service.models else None,
         # the picker's text per model: architecture and size, or "not loaded"
         "model_labels": {name: loaded.label for name, loaded in service.models.items()},
+        **models_context(service),  # and each model's state: loaded, loading, not loaded (a Load button), unavailable
         **family_offer(service, form.get("model") or (service.settings.models[0] if service.settings.models else None)),
         "methods": WEB_METHODS,
         "fields": [(f, methods_with(name)) for name, f in FIELDS.items()],
@@ -76,6 +79,13 @@ def base_context(service: ExperimentService, form: dict[str, str]) -> dict[str, 
         "stored": None,
         "live": None,  # an estimate drawn before its exact result, or that exact result (estimate_context)
     }
+
+
+def models_context(service: ExperimentService) -> dict[str, Any]:
+    """The picker's panel (``_models.html``; ``GET /api/models``): every model's state and the budget."""
+    manager = service.manager
+    return {"model_states": manager.states(), "model_budget_mb": megabytes(manager.budget),
+            "model_used_mb": megabytes(manager.used_bytes())}
 
 
 def error_context(message: str, field: str | None, detail: dict[str, Any] | None = None) -> dict[str, Any]:

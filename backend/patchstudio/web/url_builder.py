@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from functools import lru_cache
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 # The frontend's files (templates and static files): here, below the templates that link to them,
 # because a static URL carries its file's content hash.
@@ -33,6 +33,27 @@ def run_page(run_id: str, **view: object) -> str:
     """A stored result's page; ``view`` holds view-only options, sent as ``_``-prefixed params."""
     query = urlencode({f"_{k}": v for k, v in view.items() if v is not None})
     return f"/runs/{run_id}" + (f"?{query}" if query else "")
+
+
+def models_json() -> str:
+    return "/api/models"
+
+
+def model_load(name: str) -> str:
+    """The page's Load button (answers the picker's panel); ``/api`` + this answers JSON."""
+    return f"/models/{quote(name, safe='')}/load"
+
+
+def model_load_json(name: str) -> str:
+    return "/api" + model_load(name)
+
+
+def model_unload_json(name: str) -> str:
+    return f"/api/models/{quote(name, safe='')}/unload"
+
+
+def models_panel() -> str:
+    return "/models/panel"
 
 
 def prompt_set_json(set_id: str) -> str:

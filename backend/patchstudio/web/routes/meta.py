@@ -34,7 +34,7 @@ def readyz(service: ServiceDep) -> Any:
     except Exception:  # the reason (URL, path, driver text) goes to the log only
         log.exception("readiness: the database check failed")
         checks["database"] = "unavailable"
-    checks["models"] = {name: ("loaded" if m.model is not None else "unavailable") for name, m in service.models.items()}
+    checks["models"] = {name: m.state for name, m in service.models.items()}  # loaded, loading, not loaded, unavailable
     ready = checks["database"] == "ok" and service.ready
     return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503,
                         headers=None if ready else {"Retry-After": "10"})
