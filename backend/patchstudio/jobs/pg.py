@@ -230,9 +230,9 @@ class ProcrastinateQueue:
                         _exit_if_shutdown_hangs(max(5.0, 2 * self.stale_seconds))
                     for task in side:
                         task.cancel()
-                    # Python 3.11's wait_for returns its inner result when a cancel arrives just as
-                    # that finishes, swallowing the cancel: a loop would go on forever and a plain
-                    # gather wait for it (the outage test's "Stopped worker", then no exit)
+                    # a side task that outlives its cancel (Python 3.11's wait_for returns its inner
+                    # result when a cancel arrives just as that finishes) kept a plain gather waiting
+                    # forever: the outage test's "Stopped worker", then no exit. Bounded, and named
                     _, pending = await asyncio.wait(side, timeout=max(2.0, self.heartbeat_seconds * 2))
                     for task in pending:
                         stack = io.StringIO()
