@@ -231,3 +231,41 @@ def test_a_running_job_that_beats_is_never_claimed_again(store):
     assert store.claim(job.id, "w2", statuses=("queued", "running")) is None
     silence(store, job.id)
     assert store.claim(job.id, "w2", statuses=("queued", "running")) == 2
+
+
+def test_a_queued_job_whose_ticket_is_stuck_doing_gets_a_new_one(store):
+    """PostgreSQL (the outage test's job that never ended): a worker ran its ticket to an end (it put
+    the row back in the queue) but could not record the ticket's end while the database was down,
+    and lived on, its Procrastinate heartbeat fresh: the ticket stays "doing" and no stalled-ticket
+    retry frees it. The reconciler gives such a row a new ticket once the ticket has been doing for
+    the stale time without claiming it; one that started a moment ago is left to claim its row."""
+    if store.engine.dialect.name != "postgresql":
+        pytest.skip("Procrastinate tickets exist on PostgreSQL only")
+    from sqlalchemy import text
+
+    from patchstudio.jobs.pg import ProcrastinateQueue
+
+    queue = ProcrastinateQueue(store, lambda s, p: None, ["default"], stale_seconds=3600)  # its own loop never ticks here
+    queue.start()
+    try:
+        job = queue.submit(spec(), "c:me")
+
+        def tickets() -> list[str]:
+            with store.engine.connect() as conn:
+                return sorted(conn.execute(text("SELECT status::text FROM procrastinate_jobs WHERE queueing_lock = :id"),
+                                           {"id": job.id}).scalars())
+
+        with store.engine.begin() as conn:  # a worker fetched the ticket (Procrastinate records 'started')
+            conn.execute(text("UPDATE procrastinate_jobs SET status = 'doing' WHERE queueing_lock = :id"), {"id": job.id})
+            conn.execute(update(jobs).where(jobs.c.id == job.id)
+                         .values(created_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=3)))
+        queue.reconcile()
+        assert tickets() == ["doing"]  # started a moment ago: it is about to claim its row
+        with store.engine.begin() as conn:  # ... two hours ago, and the row is still queued: it never will
+            conn.execute(text("UPDATE procrastinate_events SET at = NOW() - INTERVAL '2 hours' WHERE type = 'started'"))
+        queue.reconcile()
+        assert tickets() == ["doing", "todo"]
+        queue.reconcile()
+        assert tickets() == ["doing", "todo"]  # one new ticket, not one per pass
+    finally:
+        queue.shutdown()

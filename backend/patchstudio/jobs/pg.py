@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import faulthandler
+import io
 import logging
 import os
 import signal
@@ -52,11 +54,18 @@ SCHEMA_LOCK = 74280002  # pg advisory lock id: one process applies Procrastinate
 EXIT_LOST = 1  # the worker's exit status when it stopped because it lost the database or its registration
 
 # queued rows with no ticket waiting or running for them (but for those just queued: their
-# submitter is deferring one now)
+# submitter is deferring one now). A ticket's task claims its row first thing, so a ticket "doing"
+# for longer than the stale time on a row still queued is not running it: its worker ran it to an
+# end (released it, or failed to write) but could not record the ticket's own end in an outage, and
+# stays alive with its Procrastinate heartbeat fresh, so no stalled-ticket retry ever frees it. Such
+# a row gets a new ticket too (a spare ticket is harmless: only one claim of a row succeeds).
 UNTICKETED = text("""
     SELECT j.id, j.model_name, COALESCE(j.priority, 0) AS priority FROM jobs j
      WHERE j.status = 'queued' AND j.created_at < :settled AND NOT EXISTS (
-           SELECT 1 FROM procrastinate_jobs p WHERE p.queueing_lock = j.id AND p.status IN ('todo', 'doing'))
+           SELECT 1 FROM procrastinate_jobs p WHERE p.queueing_lock = j.id AND (p.status = 'todo' OR (
+                  p.status = 'doing' AND COALESCE((SELECT max(e.at) FROM procrastinate_events e
+                                                    WHERE e.job_id = p.id AND e.type = 'started'), NOW())
+                                         >= NOW() - make_interval(secs => :stale))))
 """)
 
 
@@ -137,7 +146,7 @@ class ProcrastinateQueue:
         self.store.requeue_stale()
         settled = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=max(self.heartbeat_seconds, 1.0))
         with self.store.engine.connect() as conn:
-            rows = [tuple(r) for r in conn.execute(UNTICKETED, {"settled": settled}).all()]
+            rows = [tuple(r) for r in conn.execute(UNTICKETED, {"settled": settled, "stale": self.stale_seconds}).all()]
         for job_id, _, _ in rows:
             log.warning("job %s was queued without a ticket (its ticket failed or was lost); queueing one", job_id)
         return rows  # type: ignore[return-value]
@@ -206,22 +215,33 @@ class ProcrastinateQueue:
                 loop = asyncio.get_running_loop()
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.add_signal_handler(sig, stop)
-                side = [asyncio.create_task(_retry_stalled(self.app, queues, self.stale_seconds)),
-                        asyncio.create_task(self._watch(worker, runtime, asked)),
-                        asyncio.create_task(self._reconcile_async())]
+                ended = asyncio.Event()  # the side loops' own stop (a cancel alone can be swallowed; see below)
+                side = [asyncio.create_task(_retry_stalled(self.app, queues, self.stale_seconds, ended)),
+                        asyncio.create_task(self._watch(worker, runtime, asked, ended)),
+                        asyncio.create_task(self._reconcile_async(ended))]
                 try:
                     await worker.run()
                 except Exception:
                     log.exception("the worker stopped on an error")
                 finally:
+                    ended.set()
+                    if not asked.is_set():
+                        # from here on the process ends within this bound whatever blocks
+                        _exit_if_shutdown_hangs(max(5.0, 2 * self.stale_seconds))
                     for task in side:
                         task.cancel()
-                    await asyncio.gather(*side, return_exceptions=True)
+                    # a side task that outlives its cancel (Python 3.11's wait_for returns its inner
+                    # result when a cancel arrives just as that finishes) kept a plain gather waiting
+                    # forever: the outage test's "Stopped worker", then no exit. Bounded, and named
+                    _, pending = await asyncio.wait(side, timeout=max(2.0, self.heartbeat_seconds * 2))
+                    for task in pending:
+                        stack = io.StringIO()
+                        task.print_stack(file=stack)
+                        log.error("a side task did not stop when cancelled: %s", stack.getvalue())
                 if not asked.is_set():
                     log.error("the worker stopped without being asked to; exiting with status %d for its supervisor to "
                               "restart it", EXIT_LOST)
                     outcome["code"] = EXIT_LOST
-                    _exit_if_shutdown_hangs(max(5.0, 2 * self.stale_seconds))
 
         log.info("worker for %s on queues %s", ", ".join(self.models), ", ".join(queues))
         try:
@@ -231,9 +251,9 @@ class ProcrastinateQueue:
             outcome["code"] = outcome["code"] or EXIT_LOST
         return outcome["code"]
 
-    async def _reconcile_async(self) -> None:
+    async def _reconcile_async(self, ended: asyncio.Event) -> None:
         """``reconcile`` on the worker's event loop (its app is open there, for async calls only)."""
-        while True:
+        while not ended.is_set():
             await asyncio.sleep(max(self.stale_seconds / 3, 0.5))
             try:
                 for job_id, model, priority in await asyncio.to_thread(self._unticketed):
@@ -246,13 +266,13 @@ class ProcrastinateQueue:
             except Exception as exc:
                 log.warning("reconciling jobs with the queue failed (%s); trying again shortly", type(exc).__name__)
 
-    async def _watch(self, worker: Worker, runtime: "WorkerRuntime", asked: asyncio.Event) -> None:
+    async def _watch(self, worker: Worker, runtime: "WorkerRuntime", asked: asyncio.Event, ended: asyncio.Event) -> None:
         """Beat for the rows this worker runs, and stop the worker (exit status 1) when the database
         has been unreachable for ``stale_seconds`` or its Procrastinate registration is gone or has
         been silent for twice that. It goes on beating while the stopped worker finishes its job."""
         failing_since: float | None = None
         stopping = False
-        while True:
+        while not ended.is_set():
             await asyncio.sleep(self.heartbeat_seconds)
             problem = None
             try:
@@ -320,8 +340,10 @@ def _exit_if_shutdown_hangs(seconds: float) -> None:
     neither works nor exits is the half-dead one its supervisor cannot see (seen in the outage test:
     "Stopped worker", then no exit)."""
     def hard_exit() -> None:
-        log.error("shutting down took over %.0f s (a database call still blocked); exiting with status %d", seconds, EXIT_LOST)
+        log.error("shutting down took over %.0f s (a database call still blocked); exiting with status %d; "
+                  "its threads' stacks follow", seconds, EXIT_LOST)
         logging.shutdown()
+        faulthandler.dump_traceback(all_threads=True)
         os._exit(EXIT_LOST)
 
     timer = threading.Timer(seconds, hard_exit)
@@ -329,10 +351,10 @@ def _exit_if_shutdown_hangs(seconds: float) -> None:
     timer.start()
 
 
-async def _retry_stalled(app: procrastinate.App, queues: list[str], stale_seconds: float) -> None:
+async def _retry_stalled(app: procrastinate.App, queues: list[str], stale_seconds: float, ended: asyncio.Event) -> None:
     """Retry tickets of workers whose heartbeat stopped (every worker runs this; retrying is
     idempotent). A ticket that cannot go back (its row has a newer waiting ticket) is closed."""
-    while True:
+    while not ended.is_set():
         await asyncio.sleep(max(stale_seconds / 3, 0.5))
         try:
             for queue in queues:
