@@ -86,7 +86,9 @@
       }
       if (on && (pos.labels || p.kind !== "head")) {
         var label = svg("text", { x: p.kind === "head" ? p.x + pos.r + 2 : p.x + (p.kind === "mlp" ? 16 : 26),
-          y: p.y - (p.kind === "head" ? pos.r : 0) + 4, "font-size": 10, fill: INK }, parent);
+          y: p.y - (p.kind === "head" ? pos.r : 0) + 4, "font-size": 10, fill: INK,
+          // a white halo: a label lies over the edges (attributes, not CSS, so the exported SVG keeps it)
+          stroke: "#fff", "stroke-width": 3, "stroke-linejoin": "round", "paint-order": "stroke" }, parent);
         label.textContent = name;
       }
     });

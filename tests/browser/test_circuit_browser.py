@@ -1,6 +1,6 @@
 """The circuit view in a real browser: build the IOI circuit from its example, move the top-k slider
-(the graph redraws without a request), check the faithfulness curve's end points, click an edge and
-land on its exact run."""
+(the graph redraws without a request), check the faithfulness curve's end points, check that nothing
+overflows at 800 px, click an edge and land on its exact run."""
 
 from __future__ import annotations
 
@@ -14,6 +14,15 @@ from playwright.sync_api import expect  # noqa: E402
 from test_explore_browser import wait_for_new_run  # noqa: E402
 
 FAITHFULNESS = "() => { const gd = document.getElementById('faithfulness-plot'); return gd && gd.data ? gd.data : null; }"
+# widths that must not overflow: the page and the results panel (their scroll and visible widths), and the
+# graph's SVG, the faithfulness plot and the edge table's left and right edges against their figure or panel
+LAYOUT = """() => { const d = document.documentElement, panel = document.querySelector('.results-panel');
+  const lr = (id) => { const r = document.getElementById(id).getBoundingClientRect(); return [r.left, r.right]; };
+  const svg = document.getElementById('circuit-svg').getBoundingClientRect();
+  return { page: [d.scrollWidth, d.clientWidth], panel: [panel.scrollWidth, panel.clientWidth],
+           panelBox: [panel.getBoundingClientRect().left, panel.getBoundingClientRect().right],
+           svg: [svg.left, svg.right], graph: lr('circuit-graph'), plot: lr('faithfulness-plot'),
+           faithfulness: lr('faithfulness'), table: lr('edge-table') }; }"""
 
 
 @pytest.fixture
@@ -62,6 +71,22 @@ def test_build_the_ioi_circuit_move_the_slider_and_open_an_edge(browser, circuit
         assert curve["y"] == pytest.approx(twin["extras"]["faithfulness"]["curve"], abs=1e-9)
         expect(page.locator("#faith-last")).to_have_text("1.000")
         assert page.locator("#metric-empty").inner_text() == page.locator("#corrupted-value").inner_text()
+
+        # at 800 px (the results panel is then ~450 px wide) nothing is wider than its place: neither the
+        # page nor the results panel scrolls sideways (the prompts' token table made the panel do so), the
+        # graph redrawn within its figure, the faithfulness plot within its own, the edge table within the panel
+        page.set_viewport_size({"width": 800, "height": 3200})
+        for _ in range(50):  # the graph redraws 150 ms after a resize
+            layout = page.evaluate(LAYOUT)
+            if layout["svg"][1] <= layout["graph"][1] + 1:
+                break
+            page.wait_for_timeout(100)
+        assert layout["page"][0] <= layout["page"][1], layout
+        assert layout["panel"][0] <= layout["panel"][1], layout
+        for inner, outer in (("svg", "graph"), ("plot", "faithfulness"), ("graph", "panelBox"), ("faithfulness", "panelBox"),
+                             ("table", "panelBox")):
+            assert layout[outer][0] - 1 <= layout[inner][0] and layout[inner][1] <= layout[outer][1] + 1, (inner, layout)
+        page.set_viewport_size({"width": 1280, "height": 900})
 
         # an edge's link: the cost page (nothing computed), then its exact run
         name = top[0]

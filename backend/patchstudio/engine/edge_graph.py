@@ -188,14 +188,23 @@ def head_outputs(model, layer: int, z: Float[Tensor, "rows pos head d_head"]) ->
 
 
 @torch.no_grad()
-def sender_outputs(model, graph: Graph, cache: dict[str, Tensor]) -> Float[Tensor, "senders pos d_model"]:
-    """Every sender's output on one cached run (batch axis 1; a reference set's mean works the same:
-    every output is linear in the cached activation)."""
-    out = [cache[H.resid_pre_name(0)][0][None]]
-    for layer in range(graph.n_layers):
-        out.append(head_outputs(model, layer, cache[H.z_name(layer)][:1])[0])
-        out.append(cache[H.mlp_out_name(layer)][0][None])
-    return torch.cat(out)
+def sender_outputs(model, graph: Graph, cache: dict[str, Tensor], minus: dict[str, Tensor] | None = None,
+                   start: int = 0) -> Float[Tensor, "senders pos d_model"]:
+    """Every sender's output on one cached run (batch axis 1; a reference set's mean works the same),
+    at positions ``start``.. . Given ``minus`` (another run's cache), the difference of the two runs'
+    outputs: every output is linear in the cached activation, so it is taken once, from the
+    difference of the activations."""
+
+    def read(name: str) -> Tensor:
+        a = cache[name][0, start:]
+        return a if minus is None else a - minus[name][0, start:]
+
+    n = graph.n_layers
+    z = torch.stack([read(H.z_name(layer)) for layer in range(n)])  # [layers, pos, heads, d_head]
+    heads = torch.einsum("lphk,lhkd->lhpd", z, profile(model).stacked("W_O").to(z.dtype))
+    mlps = torch.stack([read(H.mlp_out_name(layer)) for layer in range(n)])[:, None]  # [layers, 1, pos, d]
+    blocks = torch.cat([heads, mlps.to(heads.dtype)], dim=1).flatten(0, 1)  # a0.h0 .. a0.hH, m0, a1.h0 ..
+    return torch.cat([read(H.resid_pre_name(0))[None].to(blocks.dtype), blocks])
 
 
 def norm_weights(model, layer: int, letter: str) -> tuple[Tensor, Tensor | None]:
@@ -264,7 +273,7 @@ def _why_not(model) -> str:
     if missing:
         return f"the model has no hook point {missing[0]}"
     _, cache = run_with_cache(model, found.probe_tokens, list(dict.fromkeys(names)))
-    with torch.no_grad():
+    with torch.no_grad(), found.pinned():
         for layer in range(n):
             pre, attn, mlp = cache[H.resid_pre_name(layer)], cache[H.attn_out_name(layer)], cache[H.mlp_out_name(layer)]
             after = cache[H.resid_pre_name(layer + 1)] if layer + 1 < n else cache[H.resid_post_name(n - 1)]

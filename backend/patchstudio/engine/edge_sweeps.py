@@ -38,7 +38,7 @@ from patchstudio.engine.edge_graph import QKV, Graph, head_outputs, norm_weights
 from patchstudio.engine.fast import grow, suffix_hooks
 from patchstudio.engine.forward import last_mlp_trim, run_to_final_resid
 from patchstudio.engine.hooks import HookFn, Hooks, merge
-from patchstudio.engine.profile import model_lock
+from patchstudio.engine.profile import model_lock, profile
 
 Progress = Callable[[int], None] | None
 
@@ -114,7 +114,7 @@ def receiver_gradients(
     rows = final.shape[0]
     n = seq_len - start
     out = []
-    with model_lock(model), torch.enable_grad():
+    with model_lock(model), torch.enable_grad(), profile(model).pinned():  # the weights read once
         for layer in range(n_layers):
             x = captured[("x", layer)].detach()
             # the gradient at each head's q/k/v back to its own (normed) input, then through the norm
@@ -171,7 +171,7 @@ def edge_sweep(
     for i, e in enumerate(edges):
         r = graph.receivers[graph.edges[e][1]]
         (direct if r.input == "logits" else by_layer[r.layer]).append(i)
-    with torch.no_grad():
+    with torch.no_grad(), profile(model).pinned():  # the hooks read the weights: checked once
         if direct:
             senders = torch.tensor([graph.edges[edges[i]][0] for i in direct])
             out[direct] = readout(final[None] + deltas[senders, -1].to(final.dtype)).float().cpu()
@@ -277,7 +277,7 @@ def circuit_sweep(
     out = torch.empty(circuits.shape[0])
     base = float("nan")
     size = max(1, chunk_rows)
-    with torch.no_grad():
+    with torch.no_grad(), profile(model).pinned():  # the hooks read the weights: checked once
         for k in range(0, circuits.shape[0], size):
             metric = _circuit_pass(model, graph, tokens, source, circuits[k : k + size], readout, start, kv)
             base, out[k : k + size] = float(metric[0]), metric[1:]

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor
@@ -78,6 +79,7 @@ class ModelProfile:
         self._sites: dict[tuple, tuple] = {}
         self._stacked: dict[str, tuple[tuple, Tensor | None]] = {}
         self._params: list[Tensor] | None = None
+        self._pinned = threading.local()  # .stamp: the parameters' stamp, taken once for the pass under way
 
     # --- flags, found once ---------------------------------------------------------------------
 
@@ -204,15 +206,32 @@ class ModelProfile:
     def stacked(self, name: str) -> Tensor | None:
         """``model.<name>`` (W_Q, b_K, W_O ...: every layer's weights, stacked; None where the model
         has none), detached, kept until a parameter changes. A TransformerBridge stacks the blocks'
-        parameters afresh on every read, which costs more than the edge sweeps' arithmetic."""
-        if self._params is None:
-            self._params = list(self._live().parameters())  # walking the module tree costs as much as stacking
-        stamp = tuple((p.data_ptr(), p._version) for p in self._params)  # an in-place update bumps _version
+        parameters afresh on every read, which costs more than the edge sweeps' arithmetic; checking
+        every parameter for a change costs ~0.2 ms, so a pass reads them ``pinned``."""
+        stamp = getattr(self._pinned, "stamp", None) or self._stamp()
         kept = self._stacked.get(name)
         if kept is None or kept[0] != stamp:
             value = getattr(self._live(), name, None)
             kept = self._stacked[name] = (stamp, value.detach() if value is not None else None)
         return kept[1]
+
+    @contextmanager
+    def pinned(self) -> Iterator[None]:
+        """Within it (one pass or sweep, on this thread), the parameters are checked for a change once,
+        on entry, not at every ``stacked`` read: nothing updates a model during a pass."""
+        if getattr(self._pinned, "stamp", None) is not None:  # nested: the outer pass's check holds
+            yield
+            return
+        self._pinned.stamp = self._stamp()
+        try:
+            yield
+        finally:
+            self._pinned.stamp = None
+
+    def _stamp(self) -> tuple:
+        if self._params is None:
+            self._params = list(self._live().parameters())  # walking the module tree costs as much as stacking
+        return tuple((p.data_ptr(), p._version) for p in self._params)  # an in-place update bumps _version
 
     def _live(self):
         model = self._model()

@@ -26,6 +26,7 @@ the EAP-IG code and the MIB circuit track (Mueller et al. 2025) name it. Three s
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -123,7 +124,7 @@ def run_pair(ctx: PairContext) -> PairResult:
     graph = Graph.of(model)
     tokens, base_cache, source_cache = ctx.runs(spec.direction)
     start = pass_start(ctx, spec)
-    deltas = sender_outputs(model, graph, source_cache) - sender_outputs(model, graph, base_cache)
+    deltas = sender_outputs(model, graph, source_cache, minus=base_cache, start=start)  # the pass's positions only
     first = H.resid_pre_name(0)
     readout = ctx.readout()
     grads, largest = receiver_gradients(model, graph, tokens, base_cache[first], source_cache[first], readout,
@@ -137,7 +138,7 @@ def run_pair(ctx: PairContext) -> PairResult:
         warnings = (f"The metric's gradient is zero {where}, so every edge's estimate is the unpatched metric: EAP "
                     f"says nothing here (KL(clean ‖ run) at the clean run is at its minimum). Use EAP-IG (steps > 1) "
                     f"or another metric.",)
-    return PairResult(edge_scores(graph, deltas[:, start:], grads) + base_metric, warnings=warnings)
+    return PairResult(edge_scores(graph, deltas, grads) + base_metric, warnings=warnings)
 
 
 # --- the second step: exact edges and faithfulness, over the whole prompt set -------------------------
@@ -170,7 +171,7 @@ def exact_edges(ctx: PairContext, graph: Graph, edges: list[int]) -> Tensor:
     spec, model = ctx.spec, ctx.model
     tokens, base_cache, source_cache = ctx.runs(spec.direction)
     start = pass_start(ctx, spec)
-    deltas = sender_outputs(model, graph, source_cache) - sender_outputs(model, graph, base_cache)
+    deltas = sender_outputs(model, graph, source_cache, minus=base_cache, start=start)
     values = edge_sweep(model, graph, tokens, deltas, final_resid(model, base_cache), edges, ctx.readout(),
                         chunk_rows=ctx.chunk_rows, start=start, kv=base_kv(ctx, base_cache) if start else None,
                         progress=ctx.progress)
@@ -184,7 +185,8 @@ def _circuits(ctx: PairContext, graph: Graph, order: list[int], sizes: list[int]
     if spec.faithfulness == "mean":
         source, start = sender_outputs(model, graph, ctx.reference.mean), 0
     else:
-        source, start = sender_outputs(model, graph, ctx.corrupted_cache), pass_start(ctx, spec)
+        start = pass_start(ctx, spec)
+        source = sender_outputs(model, graph, ctx.corrupted_cache, start=start)
     ranked = torch.tensor(order, dtype=torch.long)
     circuits = torch.zeros(len(sizes), len(graph.edges), dtype=torch.bool)
     for i, n in enumerate(sizes):
@@ -194,8 +196,10 @@ def _circuits(ctx: PairContext, graph: Graph, order: list[int], sizes: list[int]
     return values.tolist(), base
 
 
+@lru_cache(maxsize=16)
 def graph_info(graph: Graph) -> dict[str, Any]:
-    """The graph's nodes and receivers, and each edge's (sender, receiver) indices, for drawing."""
+    """The graph's nodes and receivers, and each edge's (sender, receiver) indices, for drawing: one
+    per graph shape, shared by its results (read only; 32,491 lists for GPT-2 small, ~20 ms to build)."""
     return {
         "n_layers": graph.n_layers, "n_heads": graph.n_heads, "n_key_value_heads": graph.n_kv,
         "parallel_attn_mlp": graph.parallel, "d_model": graph.d_model,
