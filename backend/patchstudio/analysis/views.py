@@ -15,6 +15,7 @@ from functools import cached_property
 from typing import Any, Callable, Mapping
 
 from patchstudio.engine.methods import Method, get_method
+from patchstudio.engine.methods.base import ShareOf
 from patchstudio.results import PatchResult
 from patchstudio.specs import METRIC_LABELS, SEQUENCE_METRIC_LABELS
 
@@ -226,6 +227,7 @@ class Reading:
     default_view: str
     views: Mapping[str, View]  # every name in VIEWS; an undefined one holds its replacement (``note`` says why)
     span: float = 0.0  # the change (metric units) that is the whole gap in the intervention's direction: share 1
+    share_base: ShareOf | None = None  # what the share view divides by where not the gap (then ``span`` is its value)
 
     @property
     def gap(self) -> float:
@@ -233,7 +235,22 @@ class Reading:
 
     @property
     def share_defined(self) -> bool:
-        return abs(self.gap) >= ZERO_GAP
+        return abs(self.span if self.share_base is not None else self.gap) >= ZERO_GAP
+
+    @property
+    def share_name(self) -> str:
+        """What a share is of, briefly: 'the gap', or "the clean run's logit difference"."""
+        return "the gap" if self.share_base is None else self.share_base.name
+
+    @property
+    def share_words(self) -> str:
+        """What a share is of, in full: 'the clean−corrupted gap', or "the clean run's logit difference,
+        which the parts sum to"."""
+        return "the clean−corrupted gap" if self.share_base is None else self.share_base.words
+
+    def view_label(self, name: str) -> str:
+        """A view's button label: 'share of the gap', "share of the clean run's logit difference"."""
+        return f"share of {self.share_name}" if name == "share" else VIEW_LABELS[name]
 
     @property
     def intervenes(self) -> bool:
@@ -259,7 +276,8 @@ class Reading:
 
     def all_views(self) -> dict[str, Any]:
         """Every defined view's values, for the .json twin."""
-        out: dict[str, Any] = {"default": self.default_view, "no_effect": self.no_effect, "gap": self.gap}
+        out: dict[str, Any] = {"default": self.default_view, "no_effect": self.no_effect, "gap": self.gap,
+                               "share_of": self.share_words, "share_base": self.span if self.share_base else self.gap}
         for name, v in self.views.items():
             out[name] = {"values": v.values, "title": v.title} if v.name == name else None
         return out
@@ -322,8 +340,10 @@ def read(result: PatchResult | Reading) -> Reading:
     The views: ``raw``, the metric after the intervention (for change-valued methods, the change
     itself); ``change``, raw minus "no effect" (the intervened run's metric); ``share``, the change
     as a share of the clean-corrupted gap, signed so that 1 is the whole gap in the intervention's
-    direction: restored (denoising), destroyed (noising, ablation). Share needs a non-zero gap;
-    without one, ``change`` stands in for it and its ``note`` says why.
+    direction: restored (denoising), destroyed (noising, ablation); a method with its own
+    ``share_of`` divides by that instead (direct logit attribution: the read run's logit difference,
+    which its parts sum to). Share needs a non-zero denominator; without one, ``change`` stands in
+    for it and its ``note`` says why.
     """
     if isinstance(result, Reading):
         return result
@@ -332,7 +352,8 @@ def read(result: PatchResult | Reading) -> Reading:
     base = method.no_effect(spec, result.clean, result.corrupted)
     unit = metric_unit(result)
     g = gap(result)
-    share_defined = abs(g) >= ZERO_GAP
+    share_base = method.share_of(spec, result.clean, result.corrupted) if method.share_of is not None else None
+    share_defined = abs(g if share_base is None else share_base.base) >= ZERO_GAP
     default_view = "change" if method.default_view == "share" and not share_defined else method.default_view
     base_run = None
     if method.values != "change":
@@ -349,14 +370,14 @@ def read(result: PatchResult | Reading) -> Reading:
                        {"share": instead, "change": instead, "raw": raw})
 
     views: dict[str, View] = {}
-    span = g if method.values == "change" else (result.clean if base_run == "corrupted" else result.corrupted) - base
+    span = (g if share_base is None else share_base.base) if method.values == "change" else (result.clean if base_run == "corrupted" else result.corrupted) - base
     if method.values == "change":
         what = "change in direct effect" if spec.method == "self_repair" else "contribution"
         views["raw"] = made("raw", lambda v: v, 0.0, f"{what} ({unit}); 0 = none")
         views["change"] = made("change", lambda v: v, 0.0, f"{what} ({unit}); 0 = none")
         if share_defined:
-            views["share"] = made("share", lambda v: v / g, 0.0,
-                                  f"{what} as a share of the clean−corrupted gap ({unit} {g:.3g}); 0 = none")
+            words = "the clean−corrupted gap" if share_base is None else share_base.words
+            views["share"] = made("share", lambda v: v / span, 0.0, f"{what} as a share of {words} ({unit} {span:.3g}); 0 = none")
     else:
         views["raw"] = made("raw", lambda v: v, base, f"{unit}; no effect = {base:.3g} (the {base_run} run)")
         views["change"] = made("change", lambda v: v - base, 0.0, f"change in {unit} from the {base_run} run; 0 = no effect")
@@ -370,10 +391,12 @@ def read(result: PatchResult | Reading) -> Reading:
             views["share"] = made("share", lambda v: (v - base) / span, 0.0, title)
     if not share_defined:
         change = views["change"]
+        why = ("the clean and corrupted runs have the same metric" if share_base is None
+               else f"{share_base.name} is 0")
         views["share"] = View(change.name, change.values, change.no_effect, change.title,
-                              "share of the gap is undefined: the clean and corrupted runs have the same metric", change.of)
+                              f"share of {'the gap' if share_base is None else share_base.name} is undefined: {why}", change.of)
     return Reading(result, method, base, base_run, metric_label(result), unit, method.evidence(spec), default_view,
-                   {name: views[name] for name in VIEWS}, span)
+                   {name: views[name] for name in VIEWS}, span, share_base)
 
 
 # --- one thing at a time, for a notebook (a page uses one Reading) ----------------------------------------
@@ -390,8 +413,9 @@ def no_effect(result: PatchResult | Reading) -> float:
 
 
 def share_defined(result: PatchResult | Reading) -> bool:
-    """The clean and corrupted runs differ, so a share of their gap is defined."""
-    return abs(gap(result.result if isinstance(result, Reading) else result)) >= ZERO_GAP
+    """The share view's denominator is not 0: the clean and corrupted runs differ (or, for a method
+    whose shares are of another number, that number is not 0)."""
+    return read(result).share_defined
 
 
 def default_view(result: PatchResult | Reading) -> str:

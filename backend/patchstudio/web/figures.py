@@ -85,7 +85,7 @@ def _spread_at(reading: Reading, shown: str, path: list[int]) -> str:
     if s.n < 2 or s.ci_low is None or s.ci_high is None:
         return "<br>one prompt pair: no spread"
     raw = shown == "raw"
-    units = {"raw": "raw units", "share": "share of the gap", "change": f"change, {reading.unit}"}[shown]
+    units = {"raw": "raw units", "share": f"share of {reading.share_name}", "change": f"change, {reading.unit}"}[shown]
     sd = num(s.sd, signed=False) if s.sd is not None else "?"
     return f"<br>over {s.n} prompts: sd {sd}, 95% CI {num(s.ci_low, not raw)} to {num(s.ci_high, not raw)} ({units})"
 
