@@ -58,7 +58,7 @@ def position_roles(result: PatchResult) -> list[str]:
     repeated subject; END, the final position) where every pair has that shape at the same positions,
     '' for the others (all '' else)."""
     if result.roles is not None:
-        return [r.role for r in result.roles]
+        return [index_role(r.role) for r in result.roles]
     n = len(result.prompts[0].clean)
     found: list[str] | None = None
     for p in result.prompts:
@@ -74,6 +74,22 @@ def position_roles(result: PatchResult) -> list[str]:
             return [""] * n
         found = roles
     return found or [""] * n
+
+
+def index_role(role: str) -> str:
+    """A cell aligned or picked by token index (a template slot, a chosen index) is stored with the
+    bare index as its role: it reads 'pos 12', never a bare '12'."""
+    return f"pos {role}" if role.isdigit() else role
+
+
+def _slot_words(result: PatchResult, k: int, most: int = 2) -> str:
+    """The tokens a cell holds across the prompts where they differ (a slot): 'drink, book, …'."""
+    seen: list[str] = []
+    for p, at in zip(result.prompts, result.roles[k].at):
+        text = "".join(p.clean[i] for i in at).strip()
+        if text not in seen:
+            seen.append(text)
+    return ", ".join(seen[:most]) + (", …" if len(seen) > most else "")
 
 
 def position_tokens(result: PatchResult) -> list[str]:
@@ -92,12 +108,15 @@ def position_tokens(result: PatchResult) -> list[str]:
 def position_labels(result: PatchResult) -> list[str]:
     """How the position axis reads (plain text: a drawing escapes it). By role: 'S2', with the token
     where every prompt has the same one ('END (to)'); a role that is a word names itself ('went'). By
-    index (a result stored before roles): '10 John (S2)'."""
+    index (a result stored before roles): '10 John (S2)'. A cell by index (a template slot, a chosen
+    index): 'pos 12 (drink)', or where the prompts differ there 'pos 12 (drink, book)'."""
     roles, tokens = position_roles(result), position_tokens(result)
     if result.roles is None:
         return [f"{i} {tok}" + (f" ({roles[i]})" if roles[i] else "") for i, tok in enumerate(tokens)]
     labels = [role if not tok.strip() or tok.strip() == role.split("#")[0] else f"{role} ({tok.strip()})"
               for role, tok in zip(roles, tokens)]
+    labels = [f"{label} ({_slot_words(result, k)})" if cell.role.isdigit() and not tokens[k].strip() else label
+              for k, (label, cell) in enumerate(zip(labels, result.roles))]
     if len({role.n for role in result.roles}) > 1:  # else the axis title says n once
         labels = [f"{label}, n = {role.n}" for label, role in zip(labels, result.roles)]
     return labels

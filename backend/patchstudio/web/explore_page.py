@@ -216,6 +216,7 @@ def result_context(request: Request, service: ExperimentService, stored: StoredR
         "result": result,
         "reading": reading,
         "pos": pos,
+        "position_labels": analysis.position_labels(result) if "pos" in result.axes else [],
         "heatmap": heatmap,
         "python_code": export.python_snippet(result.spec),
         "spec_json": export.spec_json(result.spec),
