@@ -9,6 +9,7 @@ import io
 import json
 
 import pytest
+import torch
 
 from helpers import TINY_PAIRS
 from patchstudio.prompt_sets import PromptSet, PromptSetError, check_on_model, format_of, parse_prompt_set
@@ -119,3 +120,74 @@ def test_the_model_check_names_each_row_that_does_not_tokenize(tiny_model):
     preview = check_on_model(tiny_model, parse_prompt_set(csv_of(good), "csv"))
     assert preview[0]["answer"] == ["Mary"] and preview[0]["clean"][-1] == "to"
     assert len(preview[0]["clean"]) == len(A["clean"].split()) + 1  # the words and the BOS
+
+
+def _distinct_rows(n):
+    """n distinct IOI rows in the tiny tokenizer's words."""
+    import itertools
+
+    names = "Mary John Alice Bob Tom Anna".split()
+    out = []
+    for (a, b), place, obj, start, fill in itertools.product(itertools.permutations(names, 2), ["store", "garden", "school"],
+                                                             ["drink", "book", "ring"], ["When", "Then"], ["", " and had a lot of fun"]):
+        clean = f"{start} {a} and {b} went to the {place}{fill} , {b} gave a {obj} to"
+        out.append([clean, clean.replace(f", {b} gave", f", {a} gave"), a, b])
+    return out[:n]
+
+
+def test_batched_check_names_the_rows_and_reasons_one_row_at_a_time_does(tiny_model):
+    """Rows are tokenized CHECK_BATCH at a time; each row's error (line, reason, field) and each good
+    row's tokens are those of ``prepare_pairs`` on that row alone, without the batch (the reference),
+    bad rows on both sides of a batch boundary included."""
+    from patchstudio.engine.inputs import prepare_pairs
+    from patchstudio.errors import InputError
+    from patchstudio.prompt_sets import CHECK_BATCH
+
+    rows = _distinct_rows(CHECK_BATCH + 40)
+    for k in (3, CHECK_BATCH - 1, CHECK_BATCH, CHECK_BATCH + 7):
+        clean, corrupted, a, b = rows[k]
+        rows[k] = {3: [clean, corrupted + " Mary", a, b], CHECK_BATCH - 1: [clean.replace("store", "zeppelin"), corrupted, a, b],
+                   CHECK_BATCH: [clean, corrupted, "zeppelin", b], CHECK_BATCH + 7: [clean, corrupted, "Mary quux", b]}[k]
+    prompt_set = parse_prompt_set(csv_of(*rows), "csv")
+    expected_errors, expected_rows = [], []
+    for line, pair in zip(prompt_set.lines, prompt_set.pairs):
+        try:
+            (one,) = prepare_pairs(tiny_model, [pair], same_length=False)
+        except InputError as exc:  # what each row raises alone
+            expected_errors.append({"line": line, "reason": str(exc).removeprefix("prompt 1: "), "field": exc.field})
+            continue
+        expected_rows.append((one.clean_str, one.corrupted_str))
+    assert [e["line"] for e in expected_errors] == [5, CHECK_BATCH + 1, CHECK_BATCH + 2, CHECK_BATCH + 9]
+    with pytest.raises(PromptSetError) as caught:
+        check_on_model(tiny_model, prompt_set)
+    got = [{k: r[k] for k in ("line", "reason", "field")} for r in caught.value.detail["rows"]]
+    assert got == expected_errors
+    good = parse_prompt_set(csv_of(*[r for i, r in enumerate(rows) if i not in (3, CHECK_BATCH - 1, CHECK_BATCH, CHECK_BATCH + 7)]), "csv")
+    preview = check_on_model(tiny_model, good)
+    assert [(p["clean"], p["corrupted"]) for p in preview] == expected_rows
+
+
+@pytest.mark.parametrize("family", ["tiny", "gpt2", "llama", "qwen2"])
+def test_batched_tokens_are_each_texts_own(tiny_model, family_models, family, monkeypatch):
+    """``tokenize_many`` (two padded batch calls) gives each text exactly the tokens ``tokenize``
+    gives it alone, for texts of different lengths, one empty, one that is the pad or BOS token's
+    own text, on a word-level tokenizer, byte-level BPE (pad = BOS = EOS), SentencePiece-style and
+    one without a BOS."""
+    from patchstudio.engine.inputs import tokenize, tokenize_many
+
+    model = tiny_model if family == "tiny" else family_models(family)
+    tok = model.tokenizer
+    texts = ["When Mary and John went to the store , John gave a drink to", "Mary", "", " Mary John",
+             "When Mary and John went to the store , John gave a drink to Mary"]
+    texts += [t for t in (tok.pad_token, tok.bos_token, f"Mary {tok.pad_token}") if t]
+    import patchstudio.engine.inputs as inputs
+
+    calls = []
+    monkeypatch.setattr(inputs, "tokenize", lambda m, t: calls.append(t) or tokenize(m, t))
+    batched = tokenize_many(model, texts)
+    # from the batch, not one at a time: only rows of padding alone, then the first text's check
+    assert calls[-1] == texts[0] and set(calls[:-1]) <= {"", tok.pad_token, tok.bos_token}, calls
+    alone = [tokenize(model, t) for t in texts]
+    assert len(batched) == len(alone)
+    for text, a, b in zip(texts, batched, alone):
+        assert torch.equal(a, b), (family, text, a, b)

@@ -208,17 +208,27 @@ def format_of(filename: str | None, content_type: str | None = None) -> Format:
     return "csv"
 
 
+CHECK_BATCH = 256  # rows tokenized per batch call when a set is checked on a model
+
+
 def check_on_model(model, prompt_set: PromptSet) -> list[dict[str, Any]]:
     """Check every row on ``model`` as a spec's pairs are checked (``prepare_pairs``, one row at a
-    time so each bad row is named); the tokenization of each row, or a PromptSetError."""
-    from patchstudio.engine.inputs import prepare_pairs
+    time so each bad row is named, its texts tokenized ``CHECK_BATCH`` rows per batch call); the
+    tokenization of each row, or a PromptSetError."""
+    from patchstudio.engine.inputs import prepare_pairs, token_cache
 
     out: list[dict[str, Any]] = []
     errors: list[RowError] = []
     lines = prompt_set.lines or tuple(range(1, len(prompt_set.pairs) + 1))
-    for line, pair in zip(lines, prompt_set.pairs):
+    cache = None
+    for k, (line, pair) in enumerate(zip(lines, prompt_set.pairs)):
+        if k % CHECK_BATCH == 0:
+            try:
+                cache = token_cache(model, prompt_set.pairs[k:k + CHECK_BATCH])
+            except Exception:  # noqa: BLE001 - a batch the tokenizer refuses: each row alone names its own error
+                cache = None
         try:
-            (prepared,) = prepare_pairs(model, [pair], same_length=False)
+            (prepared,) = prepare_pairs(model, [pair], same_length=False, cache=cache)
         except InputError as exc:
             errors.append(RowError(line, str(exc).removeprefix("prompt 1: "), exc.field))
             continue

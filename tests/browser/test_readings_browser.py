@@ -89,7 +89,7 @@ def test_the_receivers_example_is_under_the_floor_and_drawn_on_the_gap(browser, 
         assert "data range" not in drawn["title"]
         # the hover's interval is of the shown number, in its units, with n
         assert drawn["text"][0][0].startswith("L0 H0: share ") and drawn["text"][0][0].endswith("(share of the gap)")
-        assert "over 8 prompts" in drawn["text"][0][0]
+        assert "over n = 8 prompts" in drawn["text"][0][0]
         # the data range is a choice: its title says how much it magnifies
         page.locator("#scales a.scale[data-scale=data]").click()
         page.wait_for_url(re.compile(r"_scale=data"))

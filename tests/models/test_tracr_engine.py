@@ -19,44 +19,31 @@ from patchstudio.errors import InputError
 from patchstudio.engine.profile import profile
 from patchstudio.engine.run import run
 from patchstudio.models.tracr import TASKS
-from patchstudio.models.tracr.prompts import pairs as family_pairs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TOL = R.TOL
 
 
-@pytest.fixture(scope="module")
-def prompts(tracr_name):
-    # 4 words, not the full 5: references.following_ids tokenizes prompt + answer with TransformerLens's
-    # default truncation to n_ctx, which would cut the answer off a full-length prompt
-    return family_pairs(tracr_name, 3, seed=1, length=4)
-
-
-@pytest.fixture(scope="module")
-def pairs(tracr_model, prompts):
-    return R.pairs_of(tracr_model, prompts)
-
-
-def test_causal_shortcuts_only_where_attention_is_causal(tracr_name, tracr_model, pairs):
+def test_causal_shortcuts_only_where_attention_is_causal(tracr_name, tracr_model, tracr_pairs):
     assert profile(tracr_model).causal == TASKS[tracr_name].causal
-    assert profile(tracr_model).suffix_supported(pairs[0].clean.shape[-1]) == TASKS[tracr_name].causal
+    assert profile(tracr_model).suffix_supported(tracr_pairs[0].clean.shape[-1]) == TASKS[tracr_name].causal
 
 
 @pytest.mark.parametrize("key", [("head", "all"), ("head", "each"), ("mlp_out", "all"), ("resid_pre", "each"),
                                  ("head_q", "all"), ("head_k", "all"), ("head_v", "all")],
                          ids=lambda k: f"{k[0]}-{k[1]}")
 @pytest.mark.parametrize("direction", ["denoise", "noise"])
-def test_activation_patching_equals_transformer_lens(tracr_model, prompts, pairs, key, direction):
+def test_activation_patching_equals_transformer_lens(tracr_model, tracr_prompts, tracr_pairs, key, direction):
     # tokens changed before the final one (END is its own role): pairs that change different numbers
     # have no role axis, and are refused rather than averaged by index
-    changed = {int((p.clean[..., :-1] != p.corrupted[..., :-1]).sum()) for p in pairs}
+    changed = {int((p.clean[..., :-1] != p.corrupted[..., :-1]).sum()) for p in tracr_pairs}
     if key[1] == "each" and len(changed) > 1:
         with pytest.raises(InputError) as refused:
-            run(tracr_model, {"prompts": prompts, "component": key[0], "positions": key[1], "direction": direction})
+            run(tracr_model, {"prompts": tracr_prompts, "component": key[0], "positions": key[1], "direction": direction})
         assert refused.value.field == "positions" and "cannot be aligned by role" in str(refused.value)
         return
-    result = run(tracr_model, {"prompts": prompts, "component": key[0], "positions": key[1], "direction": direction})
-    cells, ref = R.tl_patching(tracr_model, pairs, key, direction, "logit_diff")
+    result = run(tracr_model, {"prompts": tracr_prompts, "component": key[0], "positions": key[1], "direction": direction})
+    cells, ref = R.tl_patching(tracr_model, tracr_pairs, key, direction, "logit_diff")
     if key[1] == "each":  # cells are roles: each role at one token index in every prompt is TL's cell at that index
         pos = result.axes.index("pos")
         index_role = {r.at[0][0]: k for k, r in enumerate(result.roles) if all(a == r.at[0] and len(a) == 1 for a in r.at)}
@@ -66,14 +53,14 @@ def test_activation_patching_equals_transformer_lens(tracr_model, prompts, pairs
         ref = ref[keep]
     got = R.engine_cells(result.values, cells)
     assert torch.allclose(got, ref, atol=TOL), (got - ref).abs().max()
-    clean, corrupted = R.baselines(tracr_model, pairs, "logit_diff")
+    clean, corrupted = R.baselines(tracr_model, tracr_pairs, "logit_diff")
     assert (result.clean, result.corrupted) == (pytest.approx(clean, abs=TOL), pytest.approx(corrupted, abs=TOL))
 
 
-def test_zero_ablation_of_heads_equals_plain_hooks(tracr_model, prompts, pairs):
+def test_zero_ablation_of_heads_equals_plain_hooks(tracr_model, tracr_prompts, tracr_pairs):
     n_layers, n_heads = int(tracr_model.cfg.n_layers), int(tracr_model.cfg.n_heads)
     expected = torch.zeros(n_layers, n_heads)
-    for pair in pairs:
+    for pair in tracr_pairs:
         seq = pair.clean.shape[1]
         for layer in range(n_layers):
             name = R.hook_name("head", layer)
@@ -82,19 +69,19 @@ def test_zero_ablation_of_heads_equals_plain_hooks(tracr_model, prompts, pairs):
                 with torch.no_grad():
                     expected[layer, h] += float(R.score(tracr_model, pair.clean, pair, "logit_diff",
                                                         [(name, R.set_at("head", zeros, seq, None, h))]))
-    result = run(tracr_model, {"method": "ablation", "ablation": "zero", "prompts": prompts, "component": "head"})
-    assert torch.allclose(torch.tensor(result.values), expected / len(pairs), atol=TOL)
+    result = run(tracr_model, {"method": "ablation", "ablation": "zero", "prompts": tracr_prompts, "component": "head"})
+    assert torch.allclose(torch.tensor(result.values), expected / len(tracr_pairs), atol=TOL)
 
 
 @pytest.mark.parametrize("direction", ["noise", "denoise"])
-def test_path_patching_equals_plain_hooks(tracr_name, tracr_model, prompts, pairs, direction):
+def test_path_patching_equals_plain_hooks(tracr_name, tracr_model, tracr_prompts, tracr_pairs, direction):
     """Receivers: the logits, and the last head's query, key and value inputs."""
     last = int(tracr_model.cfg.n_layers) - 1
     last_head = max(layer for layer in range(last + 1) if f"a{layer}.h0" in _circuit(tracr_name))
     for receivers in ([], [{"layer": last_head, "head": 0, "input": x} for x in "qkv"]):
-        spec = {"method": "path_patching", "prompts": prompts, "direction": direction, "receivers": receivers}
+        spec = {"method": "path_patching", "prompts": tracr_prompts, "direction": direction, "receivers": receivers}
         got = torch.tensor(run(tracr_model, spec).values)
-        ref = R.path_patching(tracr_model, pairs, direction, receivers)
+        ref = R.path_patching(tracr_model, tracr_pairs, direction, receivers)
         assert torch.allclose(got, ref, atol=TOL), (got - ref).abs().max()
 
 
@@ -105,13 +92,13 @@ def _circuit(name: str) -> list[str]:
 
 
 @pytest.mark.parametrize("component", ["head", "mlp_out"])
-def test_attribution_equals_autograd(tracr_model, prompts, pairs, component):
+def test_attribution_equals_autograd(tracr_model, tracr_prompts, tracr_pairs, component):
     """Denoising attribution patching: base (corrupted) metric + d/dt metric(A + t (A_clean - A))."""
     n_layers = int(tracr_model.cfg.n_layers)
     units = [(layer, h) for layer in range(n_layers)
              for h in (range(int(tracr_model.cfg.n_heads)) if component == "head" else [None])]
     expected = torch.zeros(len(units))
-    for pair in pairs:
+    for pair in tracr_pairs:
         names = [R.hook_name(component, layer) for layer in range(n_layers)]
         clean, base = R.cache_of(tracr_model, pair.clean, names), R.cache_of(tracr_model, pair.corrupted, names)
         with torch.no_grad():
@@ -127,6 +114,6 @@ def test_attribution_equals_autograd(tracr_model, prompts, pairs, component):
 
             (g,) = torch.autograd.grad(R.score(tracr_model, pair.corrupted, pair, "logit_diff", [(name, site)]), [t])
             expected[i] += base_metric + float(g)
-    result = run(tracr_model, {"method": "attribution_patching", "prompts": prompts, "component": component})
+    result = run(tracr_model, {"method": "attribution_patching", "prompts": tracr_prompts, "component": component})
     got = torch.tensor(result.values).reshape(-1)
-    assert torch.allclose(got, expected / len(pairs), atol=TOL), (got - expected / len(pairs)).abs().max()
+    assert torch.allclose(got, expected / len(tracr_pairs), atol=TOL), (got - expected / len(tracr_pairs)).abs().max()

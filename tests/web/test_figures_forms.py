@@ -36,7 +36,7 @@ def test_raw_heatmap_is_centred_on_no_effect_and_hovers_like_l3_h5(head_result):
     sd, lo, hi = head_result.std[1][2], head_result.ci_low[1][2], head_result.ci_high[1][2]
     assert trace["text"][1][2] == (
         f"L1 H2: raw {value:.3f} · share {share:+.3f} · change {change:+.3f}"
-        f"<br>over 2 prompts: sd {sd:.3f}, 95% CI {lo:.3f} to {hi:.3f} (raw units)"
+        f"<br>over n = 2 prompts: sd {sd:.3f}, 95% CI {lo:.3f} to {hi:.3f} (raw units)"
     )
     assert trace["customdata"][1][2] == [1, None, 2]
     title = trace["colorbar"]["title"]["text"].replace("<br>", " ")

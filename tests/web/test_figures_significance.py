@@ -76,9 +76,9 @@ def test_hover_interval_is_of_the_shown_number_in_its_units(tiny_model, directio
     share = figures.heatmap(result, view="share")["data"][0]["text"][1][2]
     a, b = sorted(((lo - base) / span, (hi - base) / span))
     assert share.startswith(f"L1 H2: share {(result.values[1][2] - base) / span:+.3f}")
-    assert share.endswith(f"<br>over 2 prompts: sd {sd / abs(span):.3f}, 95% CI {a:+.3f} to {b:+.3f} (share of the gap)")
+    assert share.endswith(f"<br>over n = 2 prompts: sd {sd / abs(span):.3f}, 95% CI {a:+.3f} to {b:+.3f} (share of the gap)")
     change = figures.heatmap(result, view="change")["data"][0]["text"][1][2]
-    assert change.endswith(f"<br>over 2 prompts: sd {sd:.3f}, 95% CI {lo - base:+.3f} to {hi - base:+.3f} (change, logit diff)")
+    assert change.endswith(f"<br>over n = 2 prompts: sd {sd:.3f}, 95% CI {lo - base:+.3f} to {hi - base:+.3f} (change, logit diff)")
 
 
 def test_layer_bars_carry_error_bars_and_no_text(tiny_model):

@@ -91,3 +91,41 @@ def test_logit_attribution_refuses_another_metric_beside_the_field(client):
     response = client.post("/explore", data=form(method="logit_attribution", metric="prob"), headers=HTMX)
     slot = re.search(r'id="err-metric"[^>]*>([^<]+)<', response.text)
     assert slot is not None and "prob is not a sum of parts: use logit_diff" in slot.group(1)
+
+
+@pytest.mark.parametrize("run", ["clean", "corrupted"])
+def test_logit_attribution_shares_are_of_the_runs_logit_difference(client, tiny_model, run):
+    """The parts sum to the read run's logit difference, not to the clean−corrupted gap: the share
+    view divides by it (by hand: each head's contribution / that run's own logit difference), the
+    shares of every part sum to 1, and the axis, hover, captions and the .json twin name it."""
+    response = client.post("/explore", data=form(method="logit_attribution", run=run), headers=HTMX)
+    run_id = response.headers["HX-Push-Url"].rsplit("/", 1)[1]
+    pair = R.pairs_of(tiny_model, [PAIR])[0]
+    own = _own_logit_diff(tiny_model, pair.clean if run == "clean" else pair.corrupted)
+    gap = _own_logit_diff(tiny_model, pair.clean) - _own_logit_diff(tiny_model, pair.corrupted)
+    assert abs(own - gap) > 0.1  # the two denominators differ here, so the test tells them apart
+    ref = LR.attribution(tiny_model, [pair], run)
+    heads = LR.heads_grid(tiny_model, ref)
+    text = client.get(f"/runs/{run_id}", params={"_view": "share"}, headers=HTMX).text
+    heatmap = _figure(text, "heatmap-data")
+    z = torch.tensor(heatmap["data"][0]["z"], dtype=torch.float64)
+    assert torch.allclose(z, heads.double() / own, atol=1e-4)
+    others = sum(v for k, v in ref.items() if not re.fullmatch(r"L\d+H\d+", k) and k != "metric")
+    assert float(z.sum()) + others / own == pytest.approx(1.0, abs=1e-4)
+    words = f"the {run} run&#39;s logit difference, which the parts sum to"
+    colorbar = heatmap["data"][0]["colorbar"]["title"]["text"].replace("<br>", " ")
+    assert f"share of the {run} run's logit difference, which the parts sum to" in colorbar
+    assert "gap" not in colorbar
+    hovers = [h for row in heatmap["data"][0]["text"] for h in row]
+    assert all(f"(share of the {run} run's logit difference)" in h for h in hovers if "95% CI" in h)
+    assert f"Shares are of {words}" in text  # the heatmap's caption
+    caption = re.search(rf'id="parts-share">The share view divides each contribution by the {run} run\'s logit '
+                        r'difference\s*\(<span class="num">([^<]+)</span>\), which the parts sum to', text)
+    assert caption is not None and float(caption.group(1)) == pytest.approx(own, abs=1e-4)
+    assert f"share of the {run} run&#39;s logit difference</a>" in text  # the view's button
+    twin = client.get(f"/runs/{run_id}.json").json()["views"]
+    assert twin["share_of"] == f"the {run} run's logit difference, which the parts sum to"
+    assert twin["share_base"] == pytest.approx(own, abs=1e-4)
+    assert "which the parts sum to" in twin["share"]["title"]
+    png = json.loads(re.search(r"data-caption='([^']*)'", text).group(1).replace("&#34;", '"'))
+    assert any(line.startswith(f"Shares are of the {run} run's logit difference") for line in png["lines"])

@@ -316,7 +316,7 @@ def test_warnings_reference_and_spread_are_on_the_page(client):
         [f"{IOI} | {IOI_CORRUPTED} | Mary | John",
          "When Alice and Bob went to the garden , Bob gave a book to | When Alice and Bob went to the garden , Alice gave a book to | Alice | Bob"])),
         headers=HTMX).text
-    assert "Each cell is the mean over 2 prompt pairs" in spread and "over 2 prompts: sd " in spread
+    assert "Each cell is the mean over 2 prompt pairs" in spread and "over n = 2 prompts: sd " in spread
     ablated = client.post("/explore", data=form(method="ablation"), headers=HTMX).text
     assert "Ablation reference: " in ablated
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import html
 import io
+import json
 import re
 
 import pytest
@@ -104,3 +105,27 @@ def test_the_position_picker_of_a_head_sweep_names_roles(client):
     page = client.get(f"/runs/{body['id']}").text
     links = re.findall(r'<a class="pos[^"]*"[^>]*>([^<]*)</a>', page)
     assert links == ["IO", "S2", "END"] == body["labels"]["pos"]
+
+
+# one template, a slot whose word differs ('ring', 'book'): aligned by index 5 (tests/engine/test_roles.py)
+SLOT_PAIRS = [{"clean": "the store had a ring to", "corrupted": "the school had a ring to", "answer": "to", "wrong": "at"},
+              {"clean": "the garden had a book to", "corrupted": "the store had a book to", "answer": "to", "wrong": "at"}]
+
+
+def test_cells_by_index_are_named_pos_i_with_their_tokens_never_a_bare_number(client):
+    """A template slot and a picked index are stored with the bare index as their role; the axis,
+    hover, CSV and the head sweep's position picker read 'pos 5 (ring, book)' and 'pos 4 (a)'."""
+    body = client.post("/api/runs", json={"prompts": SLOT_PAIRS, "component": "resid_pre", "positions": "each"}).json()
+    assert body["labels"]["pos"][5] == "5"  # stored as it was: the index
+    heatmap = json.loads(re.search(r'<script type="application/json" id="heatmap-data">(.*?)</script>',
+                                   client.get(f"/runs/{body['id']}").text, re.S).group(1))
+    assert heatmap["data"][0]["x"][5] == "pos 5 (ring, book)" and "5" not in heatmap["data"][0]["x"]
+    assert heatmap["data"][0]["text"][0][5].startswith("L0 pos 5 (ring, book): ")
+    rows = list(csv.DictReader(io.StringIO(client.get(f"/runs/{body['id']}.csv").text)))
+    assert [row["role"] for row in rows if row["pos"] == "5"] == ["pos 5"] * len(body["values"])
+    assert [row["token"] for row in rows if row["pos"] == "5"][0] == ""  # the word differs between the prompts
+    picked = client.post("/api/runs", json={"prompts": SLOT_PAIRS, "component": "head", "positions": [4, 5, "END"]}).json()
+    page = client.get(f"/runs/{picked['id']}").text
+    assert re.findall(r'<a class="pos[^"]*"[^>]*>([^<]*)</a>', page) == ["pos 4 (a)", "pos 5 (ring, book)", "END"]
+    rows = list(csv.DictReader(io.StringIO(client.get(f"/runs/{picked['id']}.csv").text)))
+    assert {row["role"] for row in rows} == {"pos 4", "pos 5", "END"}

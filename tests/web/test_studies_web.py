@@ -266,6 +266,22 @@ def test_the_notebook_recomputes_every_run_to_the_same_id(shipped_client):
     assert [p.split(":", 1)[0].strip() for p in printed] == ids
     heads = printed[0].splitlines()
     assert heads[2].split()[0] == "L0" and heads[1].split()[:2] == ["H0", "H1"]
+    # each run's cell draws its figure: an SVG heatmap with one cell per value of the run's default
+    # view, its tooltip the value (read here from the .json twin), titled with the id and the view
+    for i, run_id in enumerate(ids):
+        drawn = [o for o in nb.cells[4 + 2 * i].outputs if o.get("output_type") == "display_data"]
+        assert len(drawn) == 1 and "image/svg+xml" in drawn[0]["data"], nb.cells[4 + 2 * i].outputs
+        svg = drawn[0]["data"]["image/svg+xml"]
+        twin = shipped_client.get(f"/runs/{run_id}.json").json()
+        view = twin["views"][twin["views"]["default"]]
+
+        def flat(v):
+            return [x for w in v for x in flat(w)] if isinstance(v, list) else [v]
+
+        values = flat(view["values"])
+        tips = [float(t) for t in re.findall(r"<title>[^<]*: ([-+][0-9.]+)</title></rect>", svg)]
+        assert tips == pytest.approx(values, abs=1e-4) and svg.count("<rect ") == len(values)
+        assert html.unescape(re.search(r'font-size="12">([^<]*)</text>', svg).group(1)) == f"{run_id}: {view['title']}"
 
 
 def test_a_run_on_a_model_patchstudio_does_not_ship_says_what_to_load(client):

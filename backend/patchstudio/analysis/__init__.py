@@ -37,6 +37,7 @@ from patchstudio.analysis.significance import (
     largest_share,
     offered_scales,
     scale,
+    scale_label,
     spread,
 )
 from patchstudio.analysis.triangulation import (
@@ -98,7 +99,7 @@ from patchstudio.analysis.views import (
 
 __all__ = [
     "DEFAULT_SCALE", "EFFECT_FLOOR", "SCALES", "SCALE_LABELS", "Scale", "Spread", "covers_no_effect", "default_scale", "fine_percent",
-    "floor_notice", "largest_effect", "largest_share", "offered_scales", "scale", "spread",
+    "floor_notice", "largest_effect", "largest_share", "offered_scales", "scale", "scale_label", "spread",
     "ATTRIBUTION_OFF", "COMPENSATED", "DIRECT_MIN", "LARGE_SHARE", "METRIC_UNITS", "PATH_MIN_PATCHING",
     "PATH_MOSTLY_INDIRECT", "SEQUENCE_METRIC_UNITS", "SMALL_SHARE", "VIEWS", "VIEW_LABELS", "ZERO_GAP",
     "CellPrompts", "Compensator", "MOVER_FLOOR", "Mover", "RESPONSE_LABEL", "LogitParts", "Part", "Reading", "Triangulation", "View",

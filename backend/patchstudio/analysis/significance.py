@@ -79,6 +79,11 @@ def largest_share(reading: Reading) -> float | None:
     return largest_effect(reading) / abs(reading.span) if reading.share_defined and reading.span else None
 
 
+def scale_label(reading: Reading, name: str) -> str:
+    """A scale's button label: 'fixed to the gap', "fixed to the clean run's logit difference"."""
+    return f"fixed to {reading.share_name}" if name == "gap" else SCALE_LABELS[name]
+
+
 def default_scale(view_name: str) -> str:
     """The scale a view is drawn on unless another is asked for: the gap for the share view, the
     data range (zoom stated) for the views in metric units."""
@@ -111,7 +116,7 @@ def scale(reading: Reading, view_name: str | None = None, name: str | None = Non
     unit = _gap_unit(reading, shown.name)
     if name == "gap" and shown.name in ("share", "change"):
         reach = max(mid - lo, hi - mid)
-        title = "" if reach <= unit else f"scale widened: a cell moves {fine_percent(reach / unit)} of the gap"
+        title = "" if reach <= unit else f"scale widened: a cell moves {fine_percent(reach / unit)} of {reading.share_name}"
         return Scale("gap", min(lo, mid - unit), max(hi, mid + unit), mid, None, title)
     if name == "gap":
         note = "the raw metric is drawn on its data range; its colours are not fixed to the gap"
@@ -119,7 +124,7 @@ def scale(reading: Reading, view_name: str | None = None, name: str | None = Non
     if reach <= 0:
         return Scale("data", lo, hi, mid, None, "every cell shows no effect", note)
     zoom = unit / reach
-    return Scale("data", lo, hi, mid, zoom, f"data range {zoom_words(zoom)}: largest effect {fine_percent(reach / unit)} of the gap", note)
+    return Scale("data", lo, hi, mid, zoom, f"data range {zoom_words(zoom)}: largest effect {fine_percent(reach / unit)} of {reading.share_name}", note)
 
 
 def floor_notice(reading: Reading) -> str:
@@ -128,8 +133,10 @@ def floor_notice(reading: Reading) -> str:
     if share is None or share >= EFFECT_FLOOR:
         return ""
     largest = largest_effect(reading)
-    return (f"Under the floor: the largest effect here is {largest:.2g} {reading.unit}, {fine_percent(share)} of the "
-            f"{abs(reading.span):.3g} {reading.unit} gap (the floor is {fine_percent(EFFECT_FLOOR)} of the gap). "
+    of = (f"the {abs(reading.span):.3g} {reading.unit} gap" if reading.share_base is None
+          else f"{reading.share_name} ({reading.span:.3g} {reading.unit})")
+    return (f"Under the floor: the largest effect here is {largest:.2g} {reading.unit}, {fine_percent(share)} of "
+            f"{of} (the floor is {fine_percent(EFFECT_FLOOR)} of {reading.share_name}). "
             "No cell moves the metric enough to read as a finding; on the gap scale they stay pale.")
 
 

@@ -15,6 +15,7 @@ from functools import cached_property
 from typing import Any, Callable, Mapping
 
 from patchstudio.engine.methods import Method, get_method
+from patchstudio.engine.methods.base import ShareOf
 from patchstudio.results import PatchResult
 from patchstudio.specs import METRIC_LABELS, SEQUENCE_METRIC_LABELS
 
@@ -57,7 +58,7 @@ def position_roles(result: PatchResult) -> list[str]:
     repeated subject; END, the final position) where every pair has that shape at the same positions,
     '' for the others (all '' else)."""
     if result.roles is not None:
-        return [r.role for r in result.roles]
+        return [index_role(r.role) for r in result.roles]
     n = len(result.prompts[0].clean)
     found: list[str] | None = None
     for p in result.prompts:
@@ -73,6 +74,22 @@ def position_roles(result: PatchResult) -> list[str]:
             return [""] * n
         found = roles
     return found or [""] * n
+
+
+def index_role(role: str) -> str:
+    """A cell aligned or picked by token index (a template slot, a chosen index) is stored with the
+    bare index as its role: it reads 'pos 12', never a bare '12'."""
+    return f"pos {role}" if role.isdigit() else role
+
+
+def _slot_words(result: PatchResult, k: int, most: int = 2) -> str:
+    """The tokens a cell holds across the prompts where they differ (a slot): 'drink, book, …'."""
+    seen: list[str] = []
+    for p, at in zip(result.prompts, result.roles[k].at):
+        text = "".join(p.clean[i] for i in at).strip()
+        if text not in seen:
+            seen.append(text)
+    return ", ".join(seen[:most]) + (", …" if len(seen) > most else "")
 
 
 def position_tokens(result: PatchResult) -> list[str]:
@@ -91,12 +108,15 @@ def position_tokens(result: PatchResult) -> list[str]:
 def position_labels(result: PatchResult) -> list[str]:
     """How the position axis reads (plain text: a drawing escapes it). By role: 'S2', with the token
     where every prompt has the same one ('END (to)'); a role that is a word names itself ('went'). By
-    index (a result stored before roles): '10 John (S2)'."""
+    index (a result stored before roles): '10 John (S2)'. A cell by index (a template slot, a chosen
+    index): 'pos 12 (drink)', or where the prompts differ there 'pos 12 (drink, book)'."""
     roles, tokens = position_roles(result), position_tokens(result)
     if result.roles is None:
         return [f"{i} {tok}" + (f" ({roles[i]})" if roles[i] else "") for i, tok in enumerate(tokens)]
     labels = [role if not tok.strip() or tok.strip() == role.split("#")[0] else f"{role} ({tok.strip()})"
               for role, tok in zip(roles, tokens)]
+    labels = [f"{label} ({_slot_words(result, k)})" if cell.role.isdigit() and not tokens[k].strip() else label
+              for k, (label, cell) in enumerate(zip(labels, result.roles))]
     if len({role.n for role in result.roles}) > 1:  # else the axis title says n once
         labels = [f"{label}, n = {role.n}" for label, role in zip(labels, result.roles)]
     return labels
@@ -226,6 +246,7 @@ class Reading:
     default_view: str
     views: Mapping[str, View]  # every name in VIEWS; an undefined one holds its replacement (``note`` says why)
     span: float = 0.0  # the change (metric units) that is the whole gap in the intervention's direction: share 1
+    share_base: ShareOf | None = None  # what the share view divides by where not the gap (then ``span`` is its value)
 
     @property
     def gap(self) -> float:
@@ -233,7 +254,22 @@ class Reading:
 
     @property
     def share_defined(self) -> bool:
-        return abs(self.gap) >= ZERO_GAP
+        return abs(self.span if self.share_base is not None else self.gap) >= ZERO_GAP
+
+    @property
+    def share_name(self) -> str:
+        """What a share is of, briefly: 'the gap', or "the clean run's logit difference"."""
+        return "the gap" if self.share_base is None else self.share_base.name
+
+    @property
+    def share_words(self) -> str:
+        """What a share is of, in full: 'the clean−corrupted gap', or "the clean run's logit difference,
+        which the parts sum to"."""
+        return "the clean−corrupted gap" if self.share_base is None else self.share_base.words
+
+    def view_label(self, name: str) -> str:
+        """A view's button label: 'share of the gap', "share of the clean run's logit difference"."""
+        return f"share of {self.share_name}" if name == "share" else VIEW_LABELS[name]
 
     @property
     def intervenes(self) -> bool:
@@ -259,7 +295,8 @@ class Reading:
 
     def all_views(self) -> dict[str, Any]:
         """Every defined view's values, for the .json twin."""
-        out: dict[str, Any] = {"default": self.default_view, "no_effect": self.no_effect, "gap": self.gap}
+        out: dict[str, Any] = {"default": self.default_view, "no_effect": self.no_effect, "gap": self.gap,
+                               "share_of": self.share_words, "share_base": self.span if self.share_base else self.gap}
         for name, v in self.views.items():
             out[name] = {"values": v.values, "title": v.title} if v.name == name else None
         return out
@@ -322,8 +359,10 @@ def read(result: PatchResult | Reading) -> Reading:
     The views: ``raw``, the metric after the intervention (for change-valued methods, the change
     itself); ``change``, raw minus "no effect" (the intervened run's metric); ``share``, the change
     as a share of the clean-corrupted gap, signed so that 1 is the whole gap in the intervention's
-    direction: restored (denoising), destroyed (noising, ablation). Share needs a non-zero gap;
-    without one, ``change`` stands in for it and its ``note`` says why.
+    direction: restored (denoising), destroyed (noising, ablation); a method with its own
+    ``share_of`` divides by that instead (direct logit attribution: the read run's logit difference,
+    which its parts sum to). Share needs a non-zero denominator; without one, ``change`` stands in
+    for it and its ``note`` says why.
     """
     if isinstance(result, Reading):
         return result
@@ -332,7 +371,8 @@ def read(result: PatchResult | Reading) -> Reading:
     base = method.no_effect(spec, result.clean, result.corrupted)
     unit = metric_unit(result)
     g = gap(result)
-    share_defined = abs(g) >= ZERO_GAP
+    share_base = method.share_of(spec, result.clean, result.corrupted) if method.share_of is not None else None
+    share_defined = abs(g if share_base is None else share_base.base) >= ZERO_GAP
     default_view = "change" if method.default_view == "share" and not share_defined else method.default_view
     base_run = None
     if method.values != "change":
@@ -349,14 +389,14 @@ def read(result: PatchResult | Reading) -> Reading:
                        {"share": instead, "change": instead, "raw": raw})
 
     views: dict[str, View] = {}
-    span = g if method.values == "change" else (result.clean if base_run == "corrupted" else result.corrupted) - base
+    span = (g if share_base is None else share_base.base) if method.values == "change" else (result.clean if base_run == "corrupted" else result.corrupted) - base
     if method.values == "change":
         what = "change in direct effect" if spec.method == "self_repair" else "contribution"
         views["raw"] = made("raw", lambda v: v, 0.0, f"{what} ({unit}); 0 = none")
         views["change"] = made("change", lambda v: v, 0.0, f"{what} ({unit}); 0 = none")
         if share_defined:
-            views["share"] = made("share", lambda v: v / g, 0.0,
-                                  f"{what} as a share of the clean−corrupted gap ({unit} {g:.3g}); 0 = none")
+            words = "the clean−corrupted gap" if share_base is None else share_base.words
+            views["share"] = made("share", lambda v: v / span, 0.0, f"{what} as a share of {words} ({unit} {span:.3g}); 0 = none")
     else:
         views["raw"] = made("raw", lambda v: v, base, f"{unit}; no effect = {base:.3g} (the {base_run} run)")
         views["change"] = made("change", lambda v: v - base, 0.0, f"change in {unit} from the {base_run} run; 0 = no effect")
@@ -370,10 +410,12 @@ def read(result: PatchResult | Reading) -> Reading:
             views["share"] = made("share", lambda v: (v - base) / span, 0.0, title)
     if not share_defined:
         change = views["change"]
+        why = ("the clean and corrupted runs have the same metric" if share_base is None
+               else f"{share_base.name} is 0")
         views["share"] = View(change.name, change.values, change.no_effect, change.title,
-                              "share of the gap is undefined: the clean and corrupted runs have the same metric", change.of)
+                              f"share of {'the gap' if share_base is None else share_base.name} is undefined: {why}", change.of)
     return Reading(result, method, base, base_run, metric_label(result), unit, method.evidence(spec), default_view,
-                   {name: views[name] for name in VIEWS}, span)
+                   {name: views[name] for name in VIEWS}, span, share_base)
 
 
 # --- one thing at a time, for a notebook (a page uses one Reading) ----------------------------------------
@@ -390,8 +432,9 @@ def no_effect(result: PatchResult | Reading) -> float:
 
 
 def share_defined(result: PatchResult | Reading) -> bool:
-    """The clean and corrupted runs differ, so a share of their gap is defined."""
-    return abs(gap(result.result if isinstance(result, Reading) else result)) >= ZERO_GAP
+    """The share view's denominator is not 0: the clean and corrupted runs differ (or, for a method
+    whose shares are of another number, that number is not 0)."""
+    return read(result).share_defined
 
 
 def default_view(result: PatchResult | Reading) -> str:

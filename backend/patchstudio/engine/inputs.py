@@ -21,12 +21,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+import torch
 from torch import Tensor
 
 from patchstudio.errors import InputError
 from patchstudio.models import prompts as P
 
-__all__ = ["InputError", "PreparedPair", "RoleAxis", "prepare_pairs", "role_axis"]
+__all__ = ["InputError", "PreparedPair", "RoleAxis", "TokenCache", "prepare_pairs", "role_axis", "token_cache"]
 
 
 @dataclass(frozen=True)
@@ -62,20 +63,91 @@ def tokenize(model, text: str) -> Tensor:
     return model.to_tokens(text, truncate=False)
 
 
-def str_tokens(model, tokens: Tensor) -> list[str]:
-    return [model.tokenizer.decode([int(t)]) for t in tokens.reshape(-1)]
+def tokenize_many(model, texts: Sequence[str]) -> list[Tensor]:
+    """Each text's tokens exactly as ``tokenize`` gives them, from two of the tokenizer's batch calls
+    instead of one call per text. The batch is padded right and left; a row's padding is the
+    smallest shift at which the two agree (x + pad^k = pad^j + x for j < k only where x is all
+    padding: such a row, a model that strips an appended EOS per batch, or a tokenizer without a
+    pad token, is tokenized alone). The first text is checked against ``tokenize`` itself."""
+    texts = list(texts)
+    if not texts:
+        return []
+    pad = getattr(model.tokenizer, "pad_token_id", None)
+    if pad is None or getattr(model.cfg, "tokenizer_appends_eos", False) or len(texts) == 1:
+        return [tokenize(model, t) for t in texts]
+    right = model.to_tokens(texts, padding_side="right", truncate=False)
+    left = model.to_tokens(texts, padding_side="left", truncate=False)
+    rows, width = right.shape
+    shift = torch.full((rows,), -1, dtype=torch.long, device=right.device)
+    for j in range(width):
+        same = (right[:, : width - j] == left[:, j:]).all(-1)
+        shift = torch.where((shift < 0) & same, torch.full_like(shift, j), shift)
+    alone = (right == pad).all(-1) | (shift < 0)
+    out = [tokenize(model, t) if alone[i] else right[i : i + 1, : width - int(shift[i])].clone() for i, t in enumerate(texts)]
+    if not torch.equal(out[0], tokenize(model, texts[0])):  # a to_tokens this reading does not fit: one at a time
+        return [tokenize(model, t) for t in texts]
+    return out
 
 
-def unknown_words(model, text: str) -> list[str]:
+@dataclass
+class TokenCache:
+    """What ``prepare_pairs`` reads from the tokenizer, for many pairs at once (``token_cache``):
+    each text's tokens, each token's text and each text's unknown words. Looked up, never guessed:
+    a text or token not in it is tokenized alone."""
+
+    tokens: dict[str, Tensor] = field(default_factory=dict)
+    decoded: dict[int, str] = field(default_factory=dict)
+    unknown: dict[str, list[str]] = field(default_factory=dict)
+
+
+def token_cache(model, pairs: Sequence[Any]) -> TokenCache:
+    """Every text ``prepare_pairs`` tokenizes for ``pairs`` (both prompts, each with each answer
+    appended), tokenized in batches; the unknown-word check in one batch call too."""
+    texts = list(dict.fromkeys(t for p in pairs for t in (
+        p.clean, p.corrupted, *(prompt + continuation(a) for prompt in (p.clean, p.corrupted) for a in (p.answer, p.wrong))
+    )))
+    cache = TokenCache(dict(zip(texts, tokenize_many(model, texts))))
+    prompts = list(dict.fromkeys(t for p in pairs for t in (p.clean, p.corrupted)))
+    cache.unknown = dict(zip(prompts, unknown_words_many(model, prompts)))
+    return cache
+
+
+def _tokens(model, text: str, cache: TokenCache | None) -> Tensor:
+    found = cache.tokens.get(text) if cache is not None else None
+    return found if found is not None else tokenize(model, text)
+
+
+def str_tokens(model, tokens: Tensor, cache: TokenCache | None = None) -> list[str]:
+    if cache is None:
+        return [model.tokenizer.decode([int(t)]) for t in tokens.reshape(-1)]
+    out = []
+    for t in tokens.reshape(-1).tolist():
+        if t not in cache.decoded:
+            cache.decoded[t] = model.tokenizer.decode([t])
+        out.append(cache.decoded[t])
+    return out
+
+
+def unknown_words(model, text: str, cache: TokenCache | None = None) -> list[str]:
     """The distinct words of ``text`` the tokenizer maps to its unknown token, as typed. Only the text's own
     tokens count: a BOS that happens to share the unknown token's id (GPT-2) is not a word."""
+    if cache is not None and text in cache.unknown:
+        return cache.unknown[text]
+    return unknown_words_many(model, [text])[0]
+
+
+def unknown_words_many(model, texts: Sequence[str]) -> list[list[str]]:
+    """``unknown_words`` of each text, from one batch call of the tokenizer."""
     tok = model.tokenizer
     unk = unknown_token_id(tok)
-    if unk is None:
-        return []
-    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
-    words = [text[a:b] for t, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]) if t == unk]
-    return list(dict.fromkeys(words))  # each once, in order
+    if unk is None or not texts:
+        return [[] for _ in texts]
+    enc = tok(list(texts), add_special_tokens=False, return_offsets_mapping=True)
+    out = []
+    for text, ids, offsets in zip(texts, enc["input_ids"], enc["offset_mapping"]):
+        words = [text[a:b] for t, (a, b) in zip(ids, offsets) if t == unk]
+        out.append(list(dict.fromkeys(words)))  # each once, in order
+    return out
 
 
 def unknown_token_id(tokenizer) -> int | None:
@@ -99,12 +171,13 @@ def continuation(text: str) -> str:
     return " " + text.strip()
 
 
-def answer_tokens(model, prompt: str, prompt_tokens: Tensor, text: str, which: str, index: int) -> tuple[int, ...]:
+def answer_tokens(model, prompt: str, prompt_tokens: Tensor, text: str, which: str, index: int,
+                  cache: TokenCache | None = None) -> tuple[int, ...]:
     """The token ids of an answer word as the tokenizer writes it after ``prompt`` (see the module
     docstring); an InputError on ``which`` if the prompt's tokens change when it is appended, or if
     a token is unknown."""
     where = f"prompt {index + 1}: {which}"
-    full = tokenize(model, prompt + continuation(text)).reshape(-1).tolist()
+    full = _tokens(model, prompt + continuation(text), cache).reshape(-1).tolist()
     head = prompt_tokens.reshape(-1).tolist()
     if full[: len(head)] != head or len(full) == len(head):
         pieces = [model.tokenizer.decode([i]) for i in full]
@@ -121,17 +194,18 @@ def answer_tokens(model, prompt: str, prompt_tokens: Tensor, text: str, which: s
     return ids
 
 
-def prepare_pairs(model, prompts: Sequence[Any], *, same_length: bool) -> list[PreparedPair]:
+def prepare_pairs(model, prompts: Sequence[Any], *, same_length: bool,
+                  cache: TokenCache | None = None) -> list[PreparedPair]:
     """Tokenize and check every pair: equal clean/corrupted lengths, within the context, answers
     that follow the prompt as tokens of their own, known words; with ``same_length`` also one
-    length across the whole set."""
+    length across the whole set. ``cache``: the pairs' tokens from batched calls (``token_cache``)."""
     if not prompts:
         raise InputError("the prompt set is empty: give at least one prompt pair", field="prompts")
     n_ctx = int(model.cfg.n_ctx)
     out: list[PreparedPair] = []
     for i, p in enumerate(prompts):
-        clean, corrupted = tokenize(model, p.clean), tokenize(model, p.corrupted)
-        clean_str, corrupted_str = str_tokens(model, clean), str_tokens(model, corrupted)
+        clean, corrupted = _tokens(model, p.clean, cache), _tokens(model, p.corrupted, cache)
+        clean_str, corrupted_str = str_tokens(model, clean, cache), str_tokens(model, corrupted, cache)
         for name, toks, strs in (("clean", clean, clean_str), ("corrupted", corrupted, corrupted_str)):
             if toks.shape[-1] > n_ctx:
                 raise InputError(
@@ -139,7 +213,7 @@ def prepare_pairs(model, prompts: Sequence[Any], *, same_length: bool) -> list[P
                     f"model's context of {n_ctx}",
                     field=name,
                 )
-            words = unknown_words(model, getattr(p, name))
+            words = unknown_words(model, getattr(p, name), cache)
             if words:
                 quoted = ", ".join(repr(w) for w in words)
                 are, become = ("is", "it would become") if len(words) == 1 else ("are", "they would become")
@@ -161,11 +235,11 @@ def prepare_pairs(model, prompts: Sequence[Any], *, same_length: bool) -> list[P
                 field="corrupted",
                 detail={"clean_tokens": clean_str, "corrupted_tokens": corrupted_str, "first_difference": diff},
             )
-        answer_ids = answer_tokens(model, p.clean, clean, p.answer, "answer", i)
-        wrong_ids = answer_tokens(model, p.clean, clean, p.wrong, "wrong", i)
+        answer_ids = answer_tokens(model, p.clean, clean, p.answer, "answer", i, cache)
+        wrong_ids = answer_tokens(model, p.clean, clean, p.wrong, "wrong", i, cache)
         for which, text, ids in (("answer", p.answer, answer_ids), ("wrong", p.wrong, wrong_ids)):
             # the continuation is scored after either prompt: it must tokenize the same way there
-            if answer_tokens(model, p.corrupted, corrupted, text, which, i) != ids:
+            if answer_tokens(model, p.corrupted, corrupted, text, which, i, cache) != ids:
                 raise InputError(
                     f"prompt {i + 1}: {which} {text.strip()!r} tokenizes differently after the clean and "
                     f"the corrupted prompt; end both prompts with the same complete word",

@@ -53,7 +53,8 @@ def faithfulness_figure(result) -> dict[str, Any] | None:
         return None
     x = f["fractions"]
     labels = [f"top {n:,} of {f['n_edges']:,} edges ({100 * p:g}%)" for n, p in zip(f["sizes"], x)]
-    text = [f"{label}: {v:.3f} (95% interval {lo:.3f} to {hi:.3f})" for label, v, lo, hi in
+    n = figures.n_words(figures.prompt_count(result))
+    text = [f"{label}: {v:.3f} (95% interval {lo:.3f} to {hi:.3f}, {n})" for label, v, lo, hi in
             zip(labels, f["curve"], f["ci_low"], f["ci_high"])]
     band = {"type": "scatter", "x": x + x[::-1], "y": f["ci_high"] + f["ci_low"][::-1], "fill": "toself", "mode": "lines",
             "line": {"width": 0}, "fillcolor": "rgba(33,102,172,0.15)", "hoverinfo": "skip", "name": "95% interval over prompts"}
@@ -76,9 +77,10 @@ def faithfulness_figure(result) -> dict[str, Any] | None:
     return {"data": [band, curve], "layout": layout}
 
 
-def agreement_figure(stats: C.Agreement, unit: str) -> dict[str, Any]:
-    """Estimate against exact edge patching, one point per verified edge (``figures.agreement_scatter``)."""
-    fig = figures.agreement_scatter(stats.as_dict())
+def agreement_figure(stats: C.Agreement, unit: str, n: int) -> dict[str, Any]:
+    """Estimate against exact edge patching, one point per verified edge (``figures.agreement_scatter``),
+    each the mean over ``n`` prompts."""
+    fig = figures.agreement_scatter(stats.as_dict(), n)
     fig["layout"]["title"]["text"] = "EAP estimate vs exact edge patching"
     fig["layout"]["xaxis"]["title"]["text"] = f"exact edge patching: change in {unit} (0 = no effect)"
     fig["layout"]["yaxis"]["title"]["text"] = f"estimate: change in {unit}"

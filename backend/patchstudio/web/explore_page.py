@@ -235,27 +235,33 @@ def result_context(request: Request, service: ExperimentService, stored: StoredR
     description = describe(result)
     floor = analysis.floor_notice(reading) if web.heatmap else None
     legend = covered_legend(reading) if web.heatmap else None
+    caption = f"Metric: {reading.metric_label}; {analysis.corruption_summary(result)}"
+    share_of = ""
+    if shown.name == "share" and reading.share_base is not None:  # a share of something other than the gap
+        share_of = f"Shares are of {reading.share_words} ({reading.span:+.4g} {reading.unit})."
+        caption += f". {share_of[:-1]}"
     return {
         **cell_prompts_context(stored, reading, shown.name, selected),
         "stored": stored,
         "result": result,
         "reading": reading,
         "pos": pos,
+        "position_labels": analysis.position_labels(result) if "pos" in result.axes else [],
         "heatmap": heatmap,
         "python_code": export.python_snippet(result.spec),
         "spec_json": export.spec_json(result.spec),
         "view": shown,
-        "view_labels": [(n, analysis.VIEW_LABELS[n]) for n in reading.offered],
+        "view_labels": [(n, reading.view_label(n)) for n in reading.offered],
         "state": state,
         "scale": analysis.scale(reading, shown.name, scale),
-        "scale_labels": [(n, analysis.SCALE_LABELS[n]) for n in analysis.offered_scales(reading, shown.name)],
+        "scale_labels": [(n, analysis.scale_label(reading, n)) for n in analysis.offered_scales(reading, shown.name)],
         "page_link": lambda **changes: urls.run_page(stored.id, **{**state, **changes}),
         "floor_notice": floor,
         "covered_legend": legend,
         "evidence": reading.evidence,
         "description": description,
-        "caption": f"Metric: {reading.metric_label}; {analysis.corruption_summary(result)}",
-        "png_caption": png_caption(reading, stored.id, description, link, [floor, legend]),
+        "caption": caption,
+        "png_caption": png_caption(reading, stored.id, description, link, [share_of, floor, legend]),
         "selected": selected,
         "share_url": link,
         # a record from other weights or another dtype than this server's model says so first (service.py)

@@ -26,6 +26,16 @@ def pos_labels(result: PatchResult) -> list[str]:
     return [safe(label) for label in analysis.position_labels(result)] if "pos" in result.labels else []
 
 
+def prompt_count(result: PatchResult) -> int:
+    """How many prompts each cell averages (every role of a per-position sweep has them all)."""
+    return len(result.per_prompt) if result.per_prompt is not None else len(result.prompts)
+
+
+def n_words(n: int) -> str:
+    """'n = 8 prompts': every hover of a mean says how many prompts it averages."""
+    return f"n = {n} prompt{'s' if n != 1 else ''}"
+
+
 def _layout(title: str, x_title: str, y_title: str) -> dict[str, Any]:
     return {
         "title": {"text": title, "font": {"size": 14}},
@@ -76,18 +86,18 @@ def num(v: float, signed: bool = True) -> str:
 
 
 def _spread_at(reading: Reading, shown: str, path: list[int]) -> str:
-    """'<br>over 8 prompts: sd 0.031, 95% CI +0.452 to +0.507 (share of the gap)': the interval of the
-    shown view's number, in its units; '' for a result stored without a spread."""
+    """'<br>over n = 8 prompts: sd 0.031, 95% CI +0.452 to +0.507 (share of the gap)': the interval of the
+    shown view's number, in its units; for a result stored without a spread, its n alone."""
     result = reading.result
     if not result.std or result.ci_low is None or result.ci_high is None:
-        return ""
+        return f"<br>mean over {n_words(prompt_count(result))} (no spread stored)"
     s = analysis.spread(reading, shown, path)
     if s.n < 2 or s.ci_low is None or s.ci_high is None:
-        return "<br>one prompt pair: no spread"
+        return f"<br>n = {s.n} prompt pair: no spread"
     raw = shown == "raw"
-    units = {"raw": "raw units", "share": "share of the gap", "change": f"change, {reading.unit}"}[shown]
+    units = {"raw": "raw units", "share": f"share of {reading.share_name}", "change": f"change, {reading.unit}"}[shown]
     sd = num(s.sd, signed=False) if s.sd is not None else "?"
-    return f"<br>over {s.n} prompts: sd {sd}, 95% CI {num(s.ci_low, not raw)} to {num(s.ci_high, not raw)} ({units})"
+    return f"<br>over {n_words(s.n)}: sd {sd}, 95% CI {num(s.ci_low, not raw)} to {num(s.ci_high, not raw)} ({units})"
 
 
 def _hover(reading: Reading, shown: str) -> Any:
@@ -287,7 +297,7 @@ def figure1(
         "y": values,
         "text": [f"{v:.3f}" for v in values],
         "textposition": "auto",
-        "hovertemplate": "%{x}: %{y:.3f}<extra></extra>",
+        "hovertemplate": f"%{{x}}: %{{y:.3f}}, mean over {n_words(prompt_count(result))}<extra></extra>",
         "marker": {"color": ["#4c78a8", "#e45756", "#54a24b", "#b279a2"]},
     }
     layout = {
@@ -320,7 +330,7 @@ def repair_figure(result: PatchResult) -> dict[str, Any]:
                  ("paired<br>ablation<br>(TE)", r["paired_total_effect"], r["paired_total_effect_ci"], "#72b7b2")]
     labels, values, cis, colors = (list(col) for col in zip(*bars))
     trace = {"type": "bar", "x": labels, "y": values, "marker": {"color": colors}, "cliponaxis": False,
-             "hovertemplate": f"%{{x}}: %{{y:+.3f}} logit diff, mean over n = {r['n']}<extra></extra>"}
+             "hovertemplate": f"%{{x}}: %{{y:+.3f}} logit diff, mean over {n_words(r['n'])}<extra></extra>"}
     if all(ci is not None for ci in cis):
         trace["error_y"] = {"type": "data", "symmetric": False, "array": [ci[1] - v for v, ci in zip(values, cis)],
                             "arrayminus": [v - ci[0] for v, ci in zip(values, cis)], "color": "#333"}
@@ -333,12 +343,13 @@ def repair_figure(result: PatchResult) -> dict[str, Any]:
     return {"data": [trace], "layout": layout}
 
 
-def logit_parts(parts: analysis.LogitParts) -> dict[str, Any]:
+def logit_parts(parts: analysis.LogitParts, n: int) -> dict[str, Any]:
     """Direct logit attribution per component: one bar per part of the final residual stream, in
-    the stream's order, drawn from 0 (no contribution), in logits."""
+    the stream's order, drawn from 0 (no contribution), in logits, each the mean over ``n`` prompts."""
     names = [safe(p.name) for p in parts.parts]
     values = [p.value for p in parts.parts]
-    trace = {"type": "bar", "x": names, "y": values, "hovertemplate": "%{x}: %{y:+.4f} logits<extra></extra>",
+    trace = {"type": "bar", "x": names, "y": values,
+             "hovertemplate": f"%{{x}}: %{{y:+.4f}} logits, mean over {n_words(n)}<extra></extra>",
              "marker": {"color": ["#2166ac" if v >= 0 else "#b2182b" for v in values]}, "cliponaxis": False}
     frozen = "final norm's scale frozen" if parts.scale is not None else "no final norm"
     title = f"direct logit attribution of the {parts.run} run, per component ({frozen})"
@@ -385,7 +396,7 @@ def prompt_strip(cell: analysis.CellPrompts) -> dict[str, Any]:
         interval, error = ("one prompt pair: no interval" if n == 1 else "no interval stored"), None
     mean = {
         "type": "scatter", "mode": "markers", "name": "mean, 95% interval",
-        "x": [cell.mean], "y": [0], "text": [f"mean over {n} prompt{'s' if n != 1 else ''}: {cell.mean:+.3f}; {interval}"],
+        "x": [cell.mean], "y": [0], "text": [f"mean over {n_words(n)}: {cell.mean:+.3f}; {interval}"],
         "hovertemplate": "%{text}<extra></extra>",
         "marker": {"color": "#111", "size": 12, "symbol": "diamond"},
     }
@@ -405,11 +416,13 @@ def prompt_strip(cell: analysis.CellPrompts) -> dict[str, Any]:
     return {"data": [points, mean], "layout": layout}
 
 
-def agreement_scatter(stats: dict[str, Any]) -> dict[str, Any]:
-    """Estimate against exact patching, one point per cell (``analysis.agreement``'s numbers)."""
+def agreement_scatter(stats: dict[str, Any], n: int) -> dict[str, Any]:
+    """Estimate against exact patching, one point per cell (``analysis.agreement``'s numbers), each
+    the mean over ``n`` prompts."""
     x, y = stats["exact"], stats["estimate"]
-    trace = {"type": "scatter", "mode": "markers", "x": x, "y": y, "text": [safe(n) for n in stats["names"]],
-             "hovertemplate": "%{text}: exact %{x:.3f}, estimate %{y:.3f}<extra></extra>", "marker": {"size": 7}}
+    trace = {"type": "scatter", "mode": "markers", "x": x, "y": y, "text": [safe(name) for name in stats["names"]],
+             "hovertemplate": f"%{{text}}: exact %{{x:.3f}}, estimate %{{y:.3f}}, means over {n_words(n)}<extra></extra>",
+             "marker": {"size": 7}}
     low, high = min(x + y), max(x + y)
     layout = {"title": {"text": "attribution estimate vs exact activation patching", "font": {"size": 14}},
               "xaxis": {"title": {"text": "exact patch"}}, "yaxis": {"title": {"text": "estimate"}}, "height": 360,
@@ -419,9 +432,10 @@ def agreement_scatter(stats: dict[str, Any]) -> dict[str, Any]:
 
 
 def grid(result: PatchResult | Reading, values: Any, title: str, colorbar: str, lo: float, hi: float, mid: float,
-         pos: int | None = None) -> dict[str, Any]:
+         pos: int | None = None, counts: str | None = None) -> dict[str, Any]:
     """``values`` (nested like ``result.values``) as a heatmap on a given range: for comparing runs on
-    one scale. One-axis results are drawn as one row; per-position head sweeps at ``pos``."""
+    one scale. One-axis results are drawn as one row; per-position head sweeps at ``pos``. The hover
+    says how many prompts a value averages (``counts``; default the result's 'mean over n = 8 prompts')."""
     reading = analysis.read(result)
     result, axes = reading.result, reading.result.axes
     if axes == ["layer", "pos", "head"]:
@@ -439,7 +453,8 @@ def grid(result: PatchResult | Reading, values: Any, title: str, colorbar: str, 
     y = [f"L{i}" for i in range(len(z))] if axes != ["pos"] else ["input"]
     colorscale, zmin, zmax = diverging(lo, hi, mid)
     trace = {"type": "heatmap", "z": z, "x": x, "y": y, "colorscale": colorscale, "zmin": zmin, "zmax": zmax,
-             "hovertemplate": "%{y} %{x}: %{z:+.3f}<extra></extra>", "xgap": 1, "ygap": 1,
+             "hovertemplate": f"%{{y}} %{{x}}: %{{z:+.3f}}, {counts or 'mean over ' + n_words(prompt_count(result))}<extra></extra>",
+             "xgap": 1, "ygap": 1,
              "colorbar": {"title": {"text": _wrap(colorbar, 14), "side": "top"}, "thickness": 12}}
     layout = _layout(safe(title), x_title, "layer" if axes != ["pos"] else "")
     layout["height"] = 360

@@ -2,10 +2,12 @@
 then per run its claim (a Markdown cell) and a code cell that recomputes it with ``patchstudio.run``
 from its spec, asserts the same id and the same baselines, and draws it.
 
-The drawing is a plain-text table in the run's default view (the view its page opens in): matplotlib
-and plotly are not patchstudio dependencies, and a table needs nothing but Python, so the notebook runs
-wherever patchstudio does, headless in CI included (``jupyter execute``). The study's page draws the
-interactive heatmaps; the notebook links to it.
+The drawing is a heatmap in the run's default view (the view its page opens in), as an SVG the setup
+cell writes itself (blue above "no effect", red below, each cell's value in its tooltip) and the kernel
+displays, with the same numbers printed as a table: matplotlib and plotly are not patchstudio
+dependencies, so the notebook runs wherever patchstudio does, headless in CI included (``jupyter
+execute``). Outside a kernel only the table prints. The study's page draws the interactive heatmaps;
+the notebook links to it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from patchstudio.web import url_builder as urls
 from patchstudio.web.methods import describe
 
 SETUP = '''import math
+from html import escape
 
 import patchstudio
 from patchstudio import analysis
@@ -37,10 +40,9 @@ def check(result, clean, corrupted):
             f"the {name} metric is {got:.6f}, the stored run's {stored:.6f}: are these the same weights?")
 
 
-def show(result):
-    """The result in its page's default view: a row per value of the leading axes, a column per value
-    of the last; the shade grows with the distance from "no effect" (blank: none)."""
-    view = analysis.read(result).view()
+def grid(result, view):
+    """A row per value of the leading axes, a column per value of the last: ([(row name, values)],
+    [column names]) and the largest distance from "no effect"."""
 
     def name(axis, i):
         label = result.labels[axis][i]
@@ -49,22 +51,66 @@ def show(result):
     rows = [("", view.values)]
     for axis in result.axes[:-1]:
         rows = [(f"{path} {name(axis, i)}".strip(), sub) for path, values in rows for i, sub in enumerate(values)]
-    reach = max(abs(v - view.no_effect) for _, values in rows for v in values) or 1.0
-    width = max(len(path) for path, _ in rows)
     columns = [name(result.axes[-1], i) for i in range(len(rows[0][1]))]
+    return rows, columns, max(abs(v - view.no_effect) for _, values in rows for v in values) or 1.0
+
+
+def colour(v, base, reach):
+    """Blue above "no effect", red below, white at it (the page's diverging scale)."""
+    t = min(abs(v - base) / reach, 1.0)
+    far = (33, 102, 172) if v >= base else (178, 24, 43)
+    r, g, b = (round(247 + (c - 247) * t) for c in far)
+    return f"rgb({r},{g},{b})"
+
+
+def figure(result):
+    """The result as an SVG heatmap in its page's default view; each cell's value in its tooltip."""
+    view = analysis.read(result).view()
+    rows, columns, reach = grid(result, view)
+    cw, ch, top = 46, 20, 40
+    left = 7 * max(len(path) for path, _ in rows) + 12
+    title = f"{result.id}: {view.title}"
+    width, height = max(left + cw * len(columns) + 10, 6 * len(title) + 10), top + ch * len(rows) + 10
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+           f'font-size="11"><text x="4" y="14" font-size="12">{escape(title)}</text>']
+    out += [f'<text x="{left + cw * j + cw // 2}" y="{top - 6}" text-anchor="middle">{escape(c[:8])}</text>'
+            for j, c in enumerate(columns)]
+    for i, (path, values) in enumerate(rows):
+        y = top + ch * i
+        out.append(f'<text x="{left - 4}" y="{y + 14}" text-anchor="end">{escape(path)}</text>')
+        out += [f'<rect x="{left + cw * j}" y="{y}" width="{cw - 1}" height="{ch - 1}" '
+                f'fill="{colour(v, view.no_effect, reach)}"><title>{escape(f"{path} {columns[j]}".strip())}: '
+                f'{v:+.4f}</title></rect>' for j, v in enumerate(values)]
+    return "".join(out) + "</svg>"
+
+
+def show(result):
+    """The result in its page's default view: drawn as a heatmap (in a kernel), and printed as a table
+    whose shade grows with the distance from "no effect" (blank: none)."""
+    view = analysis.read(result).view()
+    rows, columns, reach = grid(result, view)
+    width = max(len(path) for path, _ in rows)
     print(f"{result.id}: {view.title}")
     print(" " * width + "".join(f"{c[:9]:>9} " for c in columns))
     for path, values in rows:
         cells = "".join(f"{v:>+9.3f}{SHADES[round(abs(v - view.no_effect) / reach * (len(SHADES) - 1))]}" for v in values)
         print(f"{path:<{width}}{cells}")
+    try:
+        from IPython import get_ipython
+        from IPython.display import SVG, display
+    except ImportError:  # plain Python: the table is the drawing
+        return
+    if get_ipython() is not None:
+        display(SVG(figure(result)))
 '''
 
 SETUP_NOTE = (
     "Each cell below recomputes one run of the study from its spec with `patchstudio.run`: the same spec gives "
     "the same id, which the cell asserts, and the same weights give the same clean and corrupted metric, which "
-    "it checks. The tables show each result in the view its page opens in; the study's page draws them as "
-    "interactive heatmaps (matplotlib and plotly are not patchstudio dependencies, so the notebook prints tables "
-    "and runs wherever patchstudio does)."
+    "it checks. Each result is drawn as a heatmap in the view its page opens in (blue above no effect, red below; "
+    "hover a cell for its value) and printed as a table; the study's page draws them as interactive heatmaps. "
+    "The heatmaps are SVG written by the setup cell (matplotlib and plotly are not patchstudio dependencies, so "
+    "the notebook runs wherever patchstudio does)."
 )
 
 

@@ -170,6 +170,19 @@ def check_heads(model, heads, field_name: str, what: str = "head") -> None:
 
 
 @dataclass(frozen=True)
+class ShareOf:
+    """The denominator of a share view that is not the clean-corrupted gap, and its words."""
+
+    base: float  # in the metric's units
+    name: str  # "the clean run's logit difference"
+    why: str  # "which the parts sum to"
+
+    @property
+    def words(self) -> str:
+        return f"{self.name}, {self.why}"
+
+
+@dataclass(frozen=True)
 class Method:
     """A registered method. Only ``spec`` and ``run_pair`` are required; the rest has the
     defaults of a sweep over ``hooks.sites`` (one patched run per site)."""
@@ -210,6 +223,9 @@ class Method:
     finish: Callable[[Finish], dict[str, Any]] | None = None
     # axis -> labels where they are not indices (positions are labelled by the tokens regardless)
     labels: Callable[[Any, Any], dict[str, list[str]]] | None = None
+    # what the share view divides a change-valued cell by, where not the clean-corrupted gap:
+    # (spec, clean, corrupted) -> ShareOf (direct logit attribution: the parts sum to one run's metric)
+    share_of: Callable[[Any, float, float], ShareOf] | None = None
 
     @property
     def name(self) -> str:

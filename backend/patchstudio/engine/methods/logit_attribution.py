@@ -17,7 +17,8 @@ checked against the run's logit difference; a warning says where they do not add
 
 Cells are each head's contribution in (layer, head) order, 0 = none; the other parts are the
 result's ``extras``. Unlike ``direct_effect``, nothing moves between runs: one run (the spec's
-``run``) is read as it is. What it cannot show: a part's contribution is read at the norm's scale
+``run``) is read as it is, and the share view divides by that run's logit difference (what the parts
+sum to), not by the clean−corrupted gap. What it cannot show: a part's contribution is read at the norm's scale
 with every part present, not what the logits would be without it (removing a part changes the
 scale and every later component that reads it: ablation and path patching measure that).
 Only the logit difference is a sum of parts; Gemma 2 (a norm after attention, a logit soft cap) is refused.
@@ -34,7 +35,7 @@ from torch import Tensor
 from patchstudio.engine import final_norm
 from patchstudio.engine import hooks as H
 from patchstudio.engine.forward import hooked
-from patchstudio.engine.methods.base import Method, PairContext, PairResult
+from patchstudio.engine.methods.base import Method, PairContext, PairResult, ShareOf
 from patchstudio.engine.methods.logit_lens import ReadRun, read_cache
 from patchstudio.engine.metrics import architecture
 from patchstudio.engine.precision import noise_floor
@@ -60,7 +61,7 @@ class LogitAttributionSpec(WholeHeadsSpec):
             raise ValueError(
                 f"{METHOD_WORDS} splits the logit difference, which is a sum of the parts' contributions once the "
                 f"final norm's scale is frozen; {value} is not a sum of parts: use logit_diff (the share view reads "
-                f"each part as a share of the clean−corrupted gap)"
+                f"each part as a share of the run's logit difference, which the parts sum to)"
             )
         return value
 
@@ -168,6 +169,13 @@ def check(model, spec) -> None:
                          field="method")
 
 
+def share_of(spec, clean: float, corrupted: float) -> ShareOf:
+    """The share view's denominator: the parts sum to the read run's logit difference (not to the
+    clean−corrupted gap), so a part's share of it is its fraction of that run's logit difference."""
+    return ShareOf(clean if spec.run == "clean" else corrupted, f"the {spec.run} run's logit difference",
+                   "which the parts sum to")
+
+
 METHOD = Method(
     spec=LogitAttributionSpec,
     check=check,
@@ -177,6 +185,7 @@ METHOD = Method(
     cost=lambda model, spec, seq_len: readout_rows(model),
     cache_names=lambda model, spec: part_names(model),
     summarize=summarize,
+    share_of=share_of,
     evidence=lambda spec: (
         f"{METHOD_WORDS} of the {spec.run} run: each part of the final residual stream (every head, MLP, the "
         f"embeddings, the biases) read through the final norm, its scale frozen at the {spec.run} run's value at the "

@@ -27,7 +27,7 @@ def context(service, reading: Reading) -> dict[str, Any]:
         return {"agreement": None, "panel": box}
     exact = found.runs["exact"]
     stats = analysis.agreement(result, exact)
-    return {"agreement": {**stats, "figure": figures.agreement_scatter(stats), "exact_id": exact.id}, "panel": box}
+    return {"agreement": {**stats, "figure": figures.agreement_scatter(stats, figures.prompt_count(result)), "exact_id": exact.id}, "panel": box}
 
 
 WEB = WebMethod(

@@ -8,7 +8,7 @@ from typing import Any
 from patchstudio.analysis import Reading
 from patchstudio.analysis import circuit as C
 from patchstudio.models.tracr import TASKS, load_ground_truth
-from patchstudio.web import circuit_view
+from patchstudio.web import circuit_view, figures
 from patchstudio.web import url_builder as urls
 from patchstudio.web.methods.base import WebMethod, direction_phrase
 
@@ -32,7 +32,7 @@ def context(service, reading: Reading) -> dict[str, Any]:
         "faithfulness_figure": circuit_view.faithfulness_figure(result),
         "faithfulness_words": circuit_view.describe_faithfulness(result),
         "agreement": stats,
-        "agreement_figure": circuit_view.agreement_figure(stats, reading.unit) if stats and len(stats.names) > 1 else None,
+        "agreement_figure": circuit_view.agreement_figure(stats, reading.unit, figures.prompt_count(result)) if stats and len(stats.names) > 1 else None,
         "auc": C.ground_truth_auc(reading, truth) if truth else None,
         "export_url": urls.circuit_export(result.id, result.spec.top_k or circuit_view.DEFAULT_K),
         "unit": reading.unit,

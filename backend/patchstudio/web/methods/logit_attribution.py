@@ -17,7 +17,7 @@ def claim(spec) -> str:
 
 def context(service: Any, reading: Reading) -> dict[str, Any]:
     parts = analysis.logit_parts(reading.result)
-    return {"parts": parts, "parts_figure": figures.logit_parts(parts)}
+    return {"parts": parts, "parts_figure": figures.logit_parts(parts, figures.prompt_count(reading.result))}
 
 
 WEB = WebMethod(

@@ -72,8 +72,10 @@ def compare_page(request: Request, service: ServiceDep, a: str = "", b: str = ""
             describe_a=describe(ra.result), describe_b=describe(rb.result),
             views=[n for n in analysis.VIEWS if n == data["view"] or ra.views[n].name == n],
             # short colour-bar titles (the caption gives the whole one): long ones outgrew the heatmaps
-            fig_a=figures.grid(ra, data["a"], "A", analysis.VIEW_LABELS[data["view"]], lo, hi, data["no_effect"]),
-            fig_b=figures.grid(rb, data["b"], "B", analysis.VIEW_LABELS[data["view"]], lo, hi, data["no_effect"]),
-            fig_diff=figures.grid(ra, data["diff"], "A − B", "A − B; 0 = same", -reach, reach, 0.0),
+            fig_a=figures.grid(ra, data["a"], "A", ra.view_label(data["view"]), lo, hi, data["no_effect"]),
+            fig_b=figures.grid(rb, data["b"], "B", rb.view_label(data["view"]), lo, hi, data["no_effect"]),
+            fig_diff=figures.grid(ra, data["diff"], "A − B", "A − B; 0 = same", -reach, reach, 0.0, counts=(
+                f"A mean over {figures.n_words(figures.prompt_count(ra.result))}, "
+                f"B over {figures.n_words(figures.prompt_count(rb.result))}")),
         )
     return templates.TemplateResponse(request, "compare.html", context, status_code=found.status)

@@ -110,7 +110,9 @@ def values_csv(stored: StoredRun, reading: Reading | None = None) -> str:
     the ``token`` where every prompt has the same one there, its ``role`` and ``n``, how many prompts
     the cell averages; results stored by index: prompt 1's token and, for IOI-shaped prompts, its
     role), then ``value`` (the mean over the prompts), its
-    ``change`` from "no effect", its ``share`` of the clean-corrupted gap (blank where the gap is 0),
+    ``change`` from "no effect", its ``share`` of the clean-corrupted gap (blank where the gap is 0;
+    direct logit attribution's is of the read run's logit difference, which its parts sum to: the
+    .json twin's ``views.share_of`` names the denominator),
     ``std``, ``ci_low``, ``ci_high`` (a 95% bootstrap interval of the mean) and ``prompt_1`` ..
     ``prompt_n`` (each prompt's own value). Results stored before the spread existed leave those
     columns empty."""
