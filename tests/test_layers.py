@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("models", "prompt_sets"),  # registry, training, default_model, hydra_report; prompt_sets: uploaded pairs, checked on a model
     ("store", "studies"),  # studies: the studies table's rows, on the run store
     ("jobs",),
-    ("service", "model_manager"),  # model_manager: the models a service loads and unloads while it runs
+    ("service", "model_manager", "live"),  # model_manager: the models a service loads and unloads while it runs; live: the estimate-first answer on top of submit
     ("web",),
     ("cli", ""),  # "": patchstudio/__init__.py, the notebook facade (lazily imports engine and models)
 ]
