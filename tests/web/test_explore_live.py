@@ -28,7 +28,7 @@ def live_client(tmp_path, tiny_model):
 
 
 def follow_up_values(text: str) -> dict[str, str]:
-    found = re.search(r"id=\"exact-follow-up\" hx-post=\"/explore\" hx-trigger=\"load\" hx-vals='([^']*)'", text)
+    found = re.search(r"id=\"exact-follow-up\" hx-post=\"/explore\" hx-trigger=\"load[^\"]*\" hx-vals='([^']*)'", text)
     assert found, text[:2000]
     return json.loads(html.unescape(found.group(1)))
 
