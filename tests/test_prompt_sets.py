@@ -191,3 +191,52 @@ def test_batched_tokens_are_each_texts_own(tiny_model, family_models, family, mo
     assert len(batched) == len(alone)
     for text, a, b in zip(texts, batched, alone):
         assert torch.equal(a, b), (family, text, a, b)
+
+
+def test_bad_role_values_are_named_bad_rows_and_nothing_is_stored():
+    """A role column's value names a word of the clean prompt ('a#2' for its second time)."""
+    text = csv_of(("the store had a ring to", "the school had a ring to", "to", "at", "ring", "store"),  # line 2: good
+                  ("the store had a ring to a", "the school had a ring to a", "to", "at", "pen", "a"),  # 3: no pen; a twice
+                  ("the store had a ring to a", "the school had a ring to a", "to", "at", "a#3", "a#2"),  # 4: a#3
+                  ("the store had a ring to", "the school had a ring to", "to", "at", "ring", "ring"),  # 5: one word, two roles
+                  header="clean,corrupted,answer,wrong,OBJ,PLACE")
+    with pytest.raises(PromptSetError) as caught:
+        parse_prompt_set(text, "csv")
+    rows = [(r["line"], r["field"], r["reason"]) for r in caught.value.detail["rows"]]
+    assert rows == [
+        (3, "OBJ", "role OBJ: 'pen' is not a word of the clean prompt"),
+        (3, "PLACE", "role PLACE: 'a' is 2 times in the clean prompt: say which, e.g. a#2"),
+        (4, "OBJ", "role OBJ: 'a' is 2 time(s) in the clean prompt, not 3"),
+        (5, "PLACE", "roles OBJ and PLACE name the same word: a word has one role"),
+    ]
+    good = parse_prompt_set(csv_of(("the store had a ring to a", "the school had a ring to a", "to", "at", "a#2"),
+                                   header="clean,corrupted,answer,wrong,OBJ"), "csv")
+    assert good.roles == ({"OBJ": "a#2"},)
+
+
+def test_role_columns_cannot_take_the_names_of_tokens():
+    text = csv_of(("the store had a ring to", "the school had a ring to", "to", "at", "ring", "store"),
+                  header="clean,corrupted,answer,wrong,END,diff1")
+    with pytest.raises(PromptSetError) as caught:
+        parse_prompt_set(text, "csv")
+    assert [(r["line"], r["field"]) for r in caught.value.detail["rows"]] == [(2, "END"), (2, "diff1")]
+
+
+def test_a_sets_json_rows_upload_again_with_their_roles():
+    roled = parse_prompt_set(csv_of(("the store had a ring to", "the school had a ring to", "to", "at", "ring"),
+                                    header="clean,corrupted,answer,wrong,OBJ"), "csv")
+    again = parse_prompt_set("\n".join(json.dumps(r) for r in roled.rows()), "jsonl")
+    assert again.roles == ({"OBJ": "ring"},) and again.id == roled.id
+
+
+def test_the_sets_roles_go_with_its_pairs_into_the_spec():
+    from patchstudio.prompt_sets import fill_prompts
+    from patchstudio.specs import parse_spec
+
+    roled = parse_prompt_set(csv_of(("the store had a ring to", "the school had a ring to", "to", "at", "ring"),
+                                    header="clean,corrupted,answer,wrong,OBJ"), "csv")
+    plain = {k: roled.rows()[0][k] for k in ("clean", "corrupted", "answer", "wrong")}
+    for data in ({"prompt_set": roled.id}, {"prompt_set": roled.id, "prompts": [plain]}):
+        assert parse_spec(fill_prompts(data, lambda _: roled)).prompts[0].roles == {"OBJ": "ring"}
+    with pytest.raises(Exception, match="not those of prompt set"):
+        fill_prompts({"prompt_set": roled.id, "prompts": [{**plain, "roles": {"OBJ": "store"}}]}, lambda _: roled)

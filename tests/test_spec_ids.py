@@ -108,3 +108,25 @@ def test_pinned_ids_stay():
 
     assert spec_from_form({**DEFAULT_FORM, **PRESETS["no-self-repair"].form}).spec.id == "a7b264363d69b1e5"
     assert spec_from_form({**DEFAULT_FORM, **PRESETS["self-repair"].form}).spec.id == "1d4a927b978af484"
+
+
+def test_pairs_without_roles_keep_their_ids():
+    """Issue 23: PromptPair.roles (a prompt set's role columns) is left out of the canonical form when
+    empty, so every spec made before it keeps its id; roles that are given change the id."""
+    spec = parse_spec({"prompts": [PAIR]})
+    assert spec.canonical_json() == parse_spec({"prompts": [{**PAIR, "roles": {}}]}).canonical_json()
+    assert "roles" not in spec.canonical_json()
+    words = PAIR["clean"].split()
+    roled = parse_spec({"prompts": [{**PAIR, "roles": {"X": words[1]}}]})
+    assert roled.id != spec.id
+    assert spec.canonical_json() == plain_json(spec)
+
+
+def test_a_pairs_roles_must_name_words_of_its_clean_prompt():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as caught:
+        parse_spec({"prompts": [{**PAIR, "roles": {"X": "nowhere"}}]})
+    (err,) = caught.value.errors()
+    assert err["loc"][-3:] == ("prompts", 0, "roles")
+    assert "'nowhere' is not a word of the clean prompt" in err["msg"]

@@ -1,10 +1,13 @@
 """Prompt sets: a user's file of prompt pairs, checked row by row and named by its content.
 
 A set is read from CSV (a header row naming ``clean, corrupted, answer, wrong``) or JSONL (one
-object per line with those keys); any other column is a role column (e.g. ``S1``, ``IO``), kept
-with its row as text. Every bad row is reported with its line number and the reason, all at once,
-and a set with any bad row is refused whole: nothing of it is stored. A row is checked by the same
-rules as a pasted pair (``specs.PromptPair``: no empty field, the wrong answer differs from the
+object per line with those keys); any other column is a role column (e.g. ``S1``, ``IO``; in JSONL
+a ``roles`` object), kept with its row as text: its value names the clean prompt's word that has
+that role, ``John``, or ``John#2`` for a word's second time (``models.prompts.word_at``; a value that
+names no word, or a repeated word without its ``#n``, is a bad row). A spec's per-position sweep puts
+the role's cell at that word in each prompt (``engine.inputs.text_roles``). Every bad row is
+reported with its line number and the reason, all at once, and a set with any bad row is refused
+whole: nothing of it is stored. A row is checked by the same rules as a pasted pair (``specs.PromptPair``: no empty field, the wrong answer differs from the
 answer) and, on a model, by ``engine.inputs.prepare_pairs`` (equal token lengths, known words,
 answers that follow the prompt as tokens of their own), each row on its own so each is named.
 
@@ -26,6 +29,7 @@ from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
 from pydantic import ValidationError
 
 from patchstudio.errors import InputError, check_text
+from patchstudio.models.prompts import role_errors
 from patchstudio.specs import PromptPair
 
 MAX_PAIRS = 10_000
@@ -126,6 +130,8 @@ def _jsonl_records(text: str) -> Iterator[tuple[int, dict[str, Any] | RowError]]
         if not isinstance(value, dict):
             yield line, RowError(line, "not a JSON object")
             continue
+        if isinstance(value.get("roles"), dict):  # the canonical rows' form (a set's JSON): its roles object
+            value = {**{k: v for k, v in value.items() if k != "roles"}, **value["roles"]}
         yield line, value
 
 
@@ -152,13 +158,15 @@ def _row(line: int, record: dict[str, Any], max_chars: int | None) -> tuple[Prom
             reason = f"missing field {name}" if err["type"] == "missing" else err["msg"].removeprefix("Value error, ")
             out.append(RowError(line, reason, name))
         return out
-    return pair, {k: v for k, v in record.items() if k not in PAIR_FIELDS}
+    roles = {k: v for k, v in record.items() if k not in PAIR_FIELDS}
+    errors = [RowError(line, reason, name) for name, reason in role_errors(pair.clean, roles)]
+    return errors if errors else (pair, roles)
 
 
 def parse_prompt_set(data: str | bytes, fmt: Format, *, limit: int = MAX_PAIRS, max_chars: int | None = None) -> PromptSet:
     """The set in ``data`` (CSV or JSONL), or a PromptSetError naming every bad row: a missing or
-    empty field, a wrong answer equal to the answer, text that is not text, a pair repeated from an
-    earlier line, and the first row past ``limit`` pairs."""
+    empty field, a wrong answer equal to the answer, text that is not text, a role value that names
+    no word of its clean prompt, a pair repeated from an earlier line, and the first row past ``limit`` pairs."""
     if isinstance(data, bytes):
         try:
             data = data.decode("utf-8-sig")
@@ -250,7 +258,7 @@ def fill_prompts(data: Mapping[str, Any], get: Callable[[str], PromptSet | None]
     if stored is None:
         raise InputError(f"no prompt set {set_id} is stored on this server: upload it first (POST /api/prompt-sets)",
                          field="prompt_set")
-    pairs = [{k: row[k] for k in PAIR_FIELDS} for row in stored.rows()]
+    pairs = [{k: row[k] for k in (*PAIR_FIELDS, "roles") if k in row} for row in stored.rows()]
     given = data.get("prompts")
     if not given:
         return {**data, "prompts": pairs}
@@ -259,7 +267,10 @@ def fill_prompts(data: Mapping[str, Any], get: Callable[[str], PromptSet | None]
         return tuple(str(pair.get(k, "")).strip() if k in ("answer", "wrong") else pair.get(k) for k in PAIR_FIELDS) \
             if isinstance(pair, Mapping) else None
 
-    if not isinstance(given, (list, tuple)) or [key(p) for p in given] != [key(p) for p in pairs]:
+    if not isinstance(given, (list, tuple)) or [key(p) for p in given] != [key(p) for p in pairs] \
+            or any(p.get("roles") not in (None, {}, q.get("roles", {})) for p, q in zip(given, pairs)):
         raise InputError(f"the prompts are not those of prompt set {set_id}: give the set's id without prompts "
                          f"(its pairs are filled in), or the prompts without the id", field="prompts")
+    if any(p.get("roles") != q.get("roles") for p, q in zip(given, pairs)):  # the set's roles go with its pairs
+        return {**data, "prompts": [{**p, **({"roles": q["roles"]} if "roles" in q else {})} for p, q in zip(given, pairs)]}
     return data

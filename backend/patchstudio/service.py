@@ -128,7 +128,9 @@ class ExperimentService:
         if isinstance(data, Mapping):
             data = fill_prompts(data, self.store.get_prompt_set)
         elif isinstance(data, SpecBase) and data.prompt_set is not None:  # the form's: its prompts must be the set's
-            fill_prompts(data.model_dump(mode="json"), self.store.get_prompt_set)
+            dumped = data.model_dump(mode="json")
+            if (filled := fill_prompts(dumped, self.store.get_prompt_set)) is not dumped:
+                data = parse_spec(filled)  # the set's role columns go with its pairs
         self.check_limits(data.model_dump(mode="json") if isinstance(data, SpecBase) else data)
         return data if isinstance(data, SpecBase) else parse_spec(data)
 

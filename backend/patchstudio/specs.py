@@ -31,6 +31,8 @@ from typing import Annotated, Any, Callable, ClassVar, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 from pydantic_core import to_jsonable_python
 
+from patchstudio.models.prompts import role_errors
+
 SCHEMA_VERSION = 1
 
 Component = Literal[
@@ -94,6 +96,13 @@ class PromptPair(Frozen):
     corrupted: str = Field(description="Same length prompt with the relevant fact altered.")
     answer: str = Field(description="The correct next token on the clean prompt.")
     wrong: str = Field(description="The competing token (the correct one on the corrupted prompt).")
+    # A prompt set's role columns (prompt_sets.py): role name -> the clean prompt's word with that role
+    # ("John", or "John#2" for its second time). Left out of every dump when empty, so a pair without
+    # roles keeps the spec id it always had.
+    roles: dict[str, str] = Field(default_factory=dict, exclude_if=lambda value: not value,
+                                  description="Roles named by the user: role -> a word of the clean prompt "
+                                  "('word', or 'word#n' for its n-th time); a per-position sweep puts the role's "
+                                  "cell at that word in this prompt.")
 
     @field_validator("clean", "corrupted", "answer", "wrong")
     @classmethod
@@ -111,6 +120,16 @@ class PromptPair(Frozen):
                 f"wrong is the answer itself ({value.strip()!r}): the metric compares two different tokens, "
                 f"so the logit difference would be 0 on every run"
             )
+        return value
+
+
+    @field_validator("roles")
+    @classmethod
+    def _roles_name_words(cls, value: dict[str, str], info: Any) -> dict[str, str]:
+        clean = info.data.get("clean")  # absent when the clean prompt itself was invalid
+        bad = role_errors(clean, value) if clean is not None else []
+        if bad:
+            raise ValueError("; ".join(reason for _, reason in bad))
         return value
 
 

@@ -356,3 +356,43 @@ def test_methods_on_whole_heads_refuse_picked_positions():
 
     with pytest.raises(ValidationError, match="positions must be 'all'"):
         parse_spec({"method": "path_patching", "prompts": MIXED[:1], "positions": ["END"]})
+
+
+# Issue 23: an uploaded set's role column (OBJ) names the object's word, at index 5 in one template and
+# 6 in the other; the guessed roles have no name for it, and the two templates' lengths differ.
+ROLE_CSV = ("clean,corrupted,answer,wrong,OBJ\n"
+            "the store had a ring to,the school had a ring to,to,at,ring\n"
+            "the garden store had a book to,the school store had a book to,to,at,book\n")
+
+
+def test_a_role_column_puts_its_cell_at_its_word_in_each_prompt(tiny_model):
+    from patchstudio.prompt_sets import fill_prompts, parse_prompt_set
+
+    stored = parse_prompt_set(ROLE_CSV, "csv")
+    spec = fill_prompts({"prompt_set": stored.id, "component": "resid_pre", "positions": "each"}, lambda _: stored)
+    result = run(tiny_model, spec)
+    assert "OBJ" in result.labels["pos"]
+    assert [r.at for r in result.roles if r.role == "OBJ"] == [[[5], [6]]]
+    prompts = spec["prompts"]
+    ref = torch.zeros(int(tiny_model.cfg.n_layers))
+    for pair, at in zip(R.pairs_of(tiny_model, prompts), (5, 6)):
+        for layer in range(len(ref)):
+            name = R.hook_name("resid_pre", layer)
+            hook = R.set_at("resid_pre", R.cache_of(tiny_model, pair.clean, [name])[name], pair.clean.shape[1], at, None)
+            with torch.no_grad():
+                ref[layer] += float(R.score(tiny_model, pair.corrupted, pair, "logit_diff", [(name, hook)])) / len(prompts)
+    assert ref.abs().max() > 1e-3  # the cell is not trivially zero
+    assert torch.allclose(cells(result, ["OBJ"])[:, 0], ref, atol=TOL)
+    picked = run(tiny_model, {**spec, "positions": ["OBJ"]})
+    assert torch.allclose(torch.tensor(picked.values)[:, 0], ref, atol=TOL)
+    without = run(tiny_model, {**spec, "prompt_set": None,
+                               "prompts": [{k: v for k, v in p.items() if k != "roles"} for p in prompts]})
+    assert "OBJ" not in without.labels["pos"]  # the guessed roles alone have no such cell
+
+
+def test_a_role_column_takes_precedence_over_the_guessed_role_of_its_name(tiny_model):
+    """Column S2 names IO's word: S2's cell is there; the guessed S2 token is named by its text."""
+    prompts = [{**MIXED[0], "roles": {"S2": "Mary"}}, {**MIXED[2], "roles": {"S2": "Alice"}}]
+    result = run(tiny_model, {"prompts": prompts, "component": "resid_pre", "positions": ["S2"]})
+    where = [located(tiny_model, p)["IO"] for p in prompts]
+    assert [r.at for r in result.roles if r.role == "S2"] == [where]

@@ -137,3 +137,29 @@ def test_the_form_with_an_uploaded_set_runs_the_spec_that_names_it_and_edited_pa
     assert f"not those of prompt set {set_id}" in edited.text
     reopened = client.get(f"/runs/{by_api}")
     assert f'name="prompt_set" value="{set_id}"' in reopened.text
+
+
+def test_a_sets_role_columns_reach_the_run_by_api_and_by_the_form(client):
+    """Issue 23: the set's roles go with its pairs into the spec, the same from the API and from the
+    form (whose pairs text has no roles), and a sweep has the role's cell."""
+    from web_helpers import HTMX, form
+
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows([[*FIELDS, "X"], *([p[k] for k in FIELDS] + [w] for p, w in
+                                                                          zip(TINY_PAIRS, ("drink", "book")))])
+    text = out.getvalue()
+    made = client.post("/api/prompt-sets", files={"file": ("pairs.csv", text.encode(), "text/csv")})
+    assert made.status_code == 201, made.text
+    assert [row["roles"] for row in made.json()["rows"]] == [{"X": "drink"}, {"X": "book"}]
+    set_id = made.json()["id"]
+    by_api = client.post("/api/runs", json={"prompt_set": set_id, "component": "resid_pre", "positions": ["X"]})
+    assert by_api.status_code == 200, by_api.text
+    stored = by_api.json()
+    run_id = stored["id"]
+    assert [p["roles"] for p in stored["spec"]["prompts"]] == [{"X": "drink"}, {"X": "book"}]
+    assert stored["labels"]["pos"] == ["X"]
+    assert [r["at"] for r in stored["roles"]] == [[[13], [13]]]  # 'drink', 'book': the 13th word, after BOS
+    pairs_text = "\n".join(" | ".join(p[k] for k in FIELDS) for p in TINY_PAIRS)
+    ran = client.post("/explore", data=form(source="family", family="custom", pairs_text=pairs_text, prompt_set=set_id,
+                                            component="resid_pre", positions="chosen", positions_at="X"), headers=HTMX)
+    assert ran.status_code == 200 and ran.headers["HX-Push-Url"].startswith(f"/runs/{run_id}")

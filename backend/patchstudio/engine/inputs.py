@@ -19,7 +19,7 @@ cannot be aligned the spec is refused on ``positions``, never averaged by index.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -360,20 +360,31 @@ def token_spans(model, text: str, ids: Sequence[int]) -> list[tuple[int, int] | 
 
 
 def text_roles(model, text: str, tokens: Tensor, answer: str | None = None, wrong: str | None = None,
-               corrupted: Tensor | None = None) -> PairRoles:
+               corrupted: Tensor | None = None, given: Mapping[str, str] | None = None) -> PairRoles:
     """The role of every token of ``text`` (tokenized as ``tokens``): its word's role
     (``models.prompts.word_roles``; a word of several tokens gives its role to all of them), BOS
     before the text, END at the final token and, for a pair of kind "words" (``corrupted`` given),
-    diff1, diff2, ... where the corrupted tokens differ."""
+    diff1, diff2, ... where the corrupted tokens differ.
+
+    ``given``: roles the user named (a prompt set's role columns, ``PromptPair.roles``: role -> a word,
+    ``models.prompts.word_at``). They take precedence over every guessed name: the word's tokens get
+    the given role whatever was guessed for them (a diff or END included), and a token guessed to have
+    a role of the same name is named by its own text instead, so the user's role is the only one of
+    that name and prompts of different templates align by it."""
     kind, words = P.word_roles(text, answer, wrong)
     ids = tokens.reshape(-1).tolist()
     spans = token_spans(model, text, ids)
+    chosen = {P.word_at(text, value): role for role, value in (given or {}).items()}
     names: list[str] = []
     loose: list[int] = []  # tokens of no word (before the text, or whitespace): named one by one
+    mine: dict[int, str] = {}  # tokens of a given role's word
     for pos, span in enumerate(spans):
         word = None if span is None or span[0] >= span[1] else next(
             (w for w in words if w.start < span[1] and w.end > span[0]), None)
-        if word is not None:
+        if word is not None and (word.start, word.end) in chosen:
+            mine[pos] = chosen[word.start, word.end]
+            names.append(mine[pos])
+        elif word is not None and word.role not in (given or {}):
             names.append(word.role)
         else:
             names.append(P.BOS if span is None else P.literal_role(repr(model.tokenizer.decode([ids[pos]]))))
@@ -388,6 +399,8 @@ def text_roles(model, text: str, tokens: Tensor, answer: str | None = None, wron
                 diffs += 1
                 names[pos] = f"diff{diffs}"
     names[-1] = P.END
+    for pos, role in mine.items():
+        names[pos] = role
     at: dict[str, list[int]] = {}
     for pos, name in enumerate(names):
         at.setdefault(name, []).append(pos)
@@ -396,7 +409,8 @@ def text_roles(model, text: str, tokens: Tensor, answer: str | None = None, wron
 
 def pair_roles(model, prompt: Any, pair: PreparedPair) -> PairRoles:
     """``text_roles`` of a prompt pair's clean prompt, from its answers and its corruption."""
-    return text_roles(model, prompt.clean, pair.clean, prompt.answer, prompt.wrong, pair.corrupted)
+    return text_roles(model, prompt.clean, pair.clean, prompt.answer, prompt.wrong, pair.corrupted,
+                      getattr(prompt, "roles", None))
 
 
 def role_axis(model, prompts: Sequence[Any], pairs: Sequence[PreparedPair], positions: Any) -> RoleAxis:

@@ -525,6 +525,51 @@ def word_roles(prompt: str, answer: str | None = None, wrong: str | None = None)
     return kind, [WordRole(m.start(), m.end(), role) for m, role in zip(matches, roles)]
 
 
+_WORD_AT = re.compile(r"(.+?)(?:#([1-9][0-9]*))?")
+
+
+def word_at(prompt: str, value: str) -> tuple[int, int]:
+    """Where a role column's value (``prompt_sets``) names a word of ``prompt``: characters [start, end)
+    of the word ``value`` (a word of ``split_words``), or of its n-th time for ``word#n`` (counted
+    from 1, as the guessed roles number a repeated word). A ValueError saying why it names none."""
+    m = _WORD_AT.fullmatch(value.strip())
+    if m is None:
+        raise ValueError("is empty: name a word of the clean prompt")
+    word, n = m.group(1), int(m.group(2) or 1)
+    found = [w for w in _WORD_RE.finditer(prompt) if w.group() == word]
+    if not found:
+        raise ValueError(f"{word[:40]!r} is not a word of the clean prompt")
+    if n > len(found):
+        raise ValueError(f"{word[:40]!r} is {len(found)} time(s) in the clean prompt, not {n}")
+    if len(found) > 1 and m.group(2) is None:
+        raise ValueError(f"{word[:40]!r} is {len(found)} times in the clean prompt: say which, e.g. {word[:40]}#2")
+    return found[n - 1].start(), found[n - 1].end()
+
+
+TOKEN_NAMES = re.compile(r"BOS|END|diff\d+|\d+")  # names a sweep gives tokens, not words
+
+
+def role_errors(prompt: str, roles: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(role, why) for each role the user gave (a prompt set's role columns) that does not name a
+    word of ``prompt`` of its own (``word_at``): a token's name taken, no such word, a word named twice."""
+    out: list[tuple[str, str]] = []
+    where: dict[tuple[int, int], str] = {}
+    for name, value in roles.items():
+        if TOKEN_NAMES.fullmatch(name):
+            out.append((name, f"role column {name[:40]}: the sweep gives that name to tokens (BOS, END, diff1, ..., "
+                              f"indices), not words; name the role otherwise"))
+            continue
+        try:
+            span = word_at(prompt, value)
+        except ValueError as exc:
+            out.append((name, f"role {name[:40]}: {exc}"))
+            continue
+        if span in where:
+            out.append((name, f"roles {where[span][:40]} and {name[:40]} name the same word: a word has one role"))
+        where.setdefault(span, name)
+    return out
+
+
 def literal_role(text: str) -> str:
     """A word (or token) named by its own text, quoted where it would read as another role or an index."""
     if text in STRUCTURAL_ROLES or text.isdigit() or _NUMBERED_ROLE.fullmatch(text):
