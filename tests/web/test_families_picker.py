@@ -41,7 +41,7 @@ def offered_in(page: str) -> list[str]:
 def test_the_picker_offers_what_the_tokenizer_supports_and_says_why_not(client):
     page = client.get("/").text  # the default model
     assert offered_in(page) == ["ioi_swap", "ioi_abc", "induction", "custom"]
-    refused = html.unescape(re.search(r'<span class="muted" id="families-refused">(.*?)</span>\s*</label>', page, re.S).group(1))
+    refused = html.unescape(re.search(r'<span id="families-refused">(.*?)</span></details>', page, re.S).group(1))
     assert GREATER_THAN_REFUSAL + "." in refused and "agreement needs nouns whose singular and plural" in refused
     response = client.post("/explore", data=form(model="gpt2", source="family", family="greater_than"))
     assert response.status_code == 200, response.text
