@@ -10,6 +10,7 @@ tokenizer has; it never falls back to words the tokenizer splits. The check runs
 from __future__ import annotations
 
 import hashlib
+from weakref import WeakKeyDictionary
 
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -96,13 +97,30 @@ def check_family(model, family: P.Family, cache: dict | None = None) -> FamilyCh
 _CHECKED: dict[str, dict[str, FamilyCheck]] = {}  # tokenizer's content -> {family name: FamilyCheck}
 
 
+_KEYS: WeakKeyDictionary = WeakKeyDictionary()  # tokenizer object -> its content's key (pages ask on every render)
+
+
 def tokenizer_key(model) -> str:
     """What the check depends on: the tokenizer's content (not the object: a model reloaded, or
-    another model with the same tokenizer, is not checked again) and whether a BOS is prepended."""
+    another model with the same tokenizer, is not checked again) and whether a BOS is prepended.
+    Hashed once per tokenizer object: serialising a 50k-token vocabulary on every page is not free."""
     tokenizer = model.tokenizer
+    prepend = getattr(model.cfg, "default_prepend_bos", None)
+    try:
+        return _KEYS[tokenizer][prepend]
+    except (KeyError, TypeError):
+        pass
+    key = _content_key(tokenizer, prepend)
+    try:
+        _KEYS.setdefault(tokenizer, {})[prepend] = key
+    except TypeError:  # a tokenizer that cannot be weakly referenced is hashed each time
+        pass
+    return key
+
+
+def _content_key(tokenizer, prepend) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     content = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
-    prepend = getattr(model.cfg, "default_prepend_bos", None)
     return hashlib.sha256(f"{prepend}\n{content}".encode()).hexdigest()
 
 
